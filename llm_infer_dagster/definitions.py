@@ -1,0 +1,34 @@
+"""The code location: one bundle of assets and jobs per task folder, wired to one settings resource.
+
+Tasks come from ``LLM_INFER_TASK_CONFIGS`` (default: this repo's ``task_configs/``); ``LLM_INFER_TASKS``
+(comma-separated) limits which are loaded, which is how ``llm-infer`` loads only the task it runs.
+"""
+
+from __future__ import annotations
+
+import os
+
+from dagster import Definitions
+
+from llm_infer_dagster.assets.factory import TaskAssets, build_task_assets
+from llm_infer_dagster.settings import InferenceSettings
+from llm_infer_dagster.tasks.loader import discover_tasks, load_task
+
+
+def build_task_bundles(settings: InferenceSettings, only: list[str] | None = None) -> list[TaskAssets]:
+    names = only if only else discover_tasks(settings.task_configs)
+    return [build_task_assets(load_task(settings.task_configs, n)) for n in names]
+
+
+def build_definitions() -> Definitions:
+    settings = InferenceSettings.from_env()
+    only = [t.strip() for t in os.environ.get("LLM_INFER_TASKS", "").split(",") if t.strip()]
+    bundles = build_task_bundles(settings, only or None)
+    return Definitions(
+        assets=[a for b in bundles for a in b.assets],
+        jobs=[j for b in bundles for j in (b.job, b.register_job)],
+        resources={"settings": settings},
+    )
+
+
+defs = build_definitions()

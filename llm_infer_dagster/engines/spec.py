@@ -1,0 +1,46 @@
+"""What engine to build, as plain data that crosses a process boundary, and the one place engines are built."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from llm_infer_dagster.engines.base import Engine
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    model_type: str  # "hf" | "vllm"
+    model_path: str
+    device: str = "cpu"  # "cpu" | "cuda"
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    trust_remote_code: bool = False
+    batch_size: int = 32
+    tensor_parallel_size: int = 1
+    engine_args: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EngineSpec:
+        return cls(**data)
+
+
+def load_engine(spec: EngineSpec) -> Engine:
+    """Build the engine. Imports torch/vLLM lazily: call it only in the process that owns the GPUs."""
+    if spec.model_type == "hf":
+        from llm_infer_dagster.engines.hf import HFEngine
+
+        return HFEngine(
+            spec.model_path,
+            device=spec.device,
+            dtype=spec.dtype,
+            max_model_len=spec.max_model_len,
+            trust_remote_code=spec.trust_remote_code,
+            batch_size=spec.batch_size,
+        )
+    if spec.model_type == "vllm":
+        raise NotImplementedError("the vLLM engine is not built yet (issue 3)")
+    raise ValueError(f"unknown model type {spec.model_type!r}")

@@ -1,0 +1,72 @@
+"""The seed's output layout (``results/infer``, ``results/extract``, ``results/text``), built from the shards.
+
+Existing downstream scripts read these JSON arrays; the Parquet shards stay the source of truth.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import polars as pl
+
+from llm_infer_dagster.store import TaskStore, atomic_write_json, atomic_write_text
+
+
+def seed_records(
+    raw: pl.DataFrame, prompts: pl.DataFrame, completions: pl.DataFrame, answers: pl.DataFrame | None
+) -> list[dict[str, Any]]:
+    """One dict per row with the seed's keys (file_name, file_idx, origin_data, prompt, model_response,
+    extracted_answer) plus record_id, every sample and the row's error."""
+    df = raw.join(prompts.rename({"error": "prompt_error"}), on="record_id", how="left").join(
+        completions.select("record_id", "response", "responses", "finish_reason", "error"),
+        on="record_id",
+        how="left",
+    )
+    if answers is not None:
+        df = df.join(
+            answers.select("record_id", "answer", pl.col("error").alias("answer_error")),
+            on="record_id",
+            how="left",
+        )
+    out = []
+    for r in df.iter_rows(named=True):
+        prompt = json.loads(r["prompt"]) if r.get("is_chat") else r.get("prompt")
+        answer = r.get("answer")
+        out.append(
+            {
+                "record_id": r["record_id"],
+                "file_name": r["file"],
+                "file_idx": r["index"],
+                "origin_data": json.loads(r["data"]),
+                "prompt": prompt,
+                "model_response": r["response"],
+                "responses": r["responses"],
+                "finish_reason": r["finish_reason"],
+                "extracted_answer": json.loads(answer) if answer is not None else None,
+                "error": r.get("answer_error") or r["error"],
+            }
+        )
+    return out
+
+
+def records_text(records: list[dict[str, Any]]) -> str:
+    parts = []
+    for r in records:
+        prompt = r["prompt"] if isinstance(r["prompt"], str) else json.dumps(r["prompt"], ensure_ascii=False)
+        parts.append(
+            f"===== {r['record_id']} =====\n[prompt]\n{prompt}\n[response]\n{r['model_response']}\n"
+            f"[extracted_answer] {json.dumps(r['extracted_answer'], ensure_ascii=False)}\n"
+            + (f"[error] {r['error']}\n" if r["error"] else "")
+        )
+    return "\n".join(parts)
+
+
+def export_shard(store: TaskStore, key: str, *, with_answers: bool, save_text: bool) -> None:
+    """Write results/infer/<key>.json, or results/extract/<key>.json once answers exist (and text)."""
+    raw, prompts, comps = (store.read_frame(a, key) for a in ("raw", "prompts", "completions"))
+    answers = store.read_frame("answers", key) if with_answers else None
+    records = seed_records(raw, prompts, comps, answers)
+    atomic_write_json(store.result_path("extract" if with_answers else "infer", key), records)
+    if save_text and with_answers:
+        atomic_write_text(store.result_path("text", key), records_text(records))

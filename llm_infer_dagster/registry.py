@@ -1,0 +1,210 @@
+"""Register a task's shards: one read per changed input file, a manifest on disk, dynamic partitions in Dagster.
+
+The manifest (``<output>/<task>/shards.json``) maps each shard key to its file and row range; the raw asset
+reads it to know which rows a partition holds. Unchanged files (same size and mtime) are not re-read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dagster import AssetKey, DagsterInstance, DynamicPartitionsDefinition
+
+from llm_infer_dagster.errors import TaskConfigError
+from llm_infer_dagster.store import ASSETS, TaskStore, atomic_write_json
+from llm_infer_dagster.tasks.loader import TaskConfig
+from llm_infer_dagster.tasks.sharding import (
+    DEFAULT_SHARD_SIZE,
+    Shard,
+    file_id,
+    plan_file_shards,
+    relative_name,
+    shard_size_for_tasks,
+)
+
+log = logging.getLogger(__name__)
+
+
+def partitions_def_for(task: TaskConfig) -> DynamicPartitionsDefinition:
+    """One dynamic partitions definition per task: its partitions are its shards."""
+    return DynamicPartitionsDefinition(name=f"{task.dagster_name}_shards")
+
+
+@dataclass
+class FileEntry:
+    path: str
+    file_id: str
+    rows: int
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class ShardManifest:
+    """Which rows each shard holds. Shards are kept in registration order (Dagster's partition order)."""
+
+    task: str
+    shard_size: int
+    files: dict[str, FileEntry] = field(default_factory=dict)
+    shards: dict[str, Shard] = field(default_factory=dict)
+
+    def shard(self, key: str) -> Shard:
+        try:
+            return self.shards[key]
+        except KeyError:
+            raise TaskConfigError(
+                f"shard {key!r} is not in the manifest of task {self.task!r}; register shards first "
+                "(llm-infer --plan_only, or the task's register job)"
+            ) from None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "task": self.task,
+            "shard_size": self.shard_size,
+            "files": {k: vars(v) for k, v in self.files.items()},
+            "shards": [s.to_dict() for s in self.shards.values()],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> ShardManifest:
+        return cls(
+            task=data["task"],
+            shard_size=int(data["shard_size"]),
+            files={k: FileEntry(**v) for k, v in data["files"].items()},
+            shards={s["key"]: Shard(**s) for s in data["shards"]},
+        )
+
+    @classmethod
+    def load(cls, store: TaskStore) -> ShardManifest | None:
+        if not store.manifest_path.is_file():
+            return None
+        return cls.from_json(json.loads(store.manifest_path.read_text(encoding="utf-8")))
+
+    def save(self, store: TaskStore) -> None:
+        atomic_write_json(store.manifest_path, self.to_json())
+
+
+@dataclass
+class Registration:
+    manifest: ShardManifest
+    new_keys: list[str]
+    files_read: int
+    shrunk_files: list[str]
+
+
+def _stat(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def plan_registration(
+    task: TaskConfig,
+    store: TaskStore,
+    input_path: str | None,
+    *,
+    shard_size: int | None = None,
+    tasks: int | None = None,
+    reshard: bool = False,
+) -> Registration:
+    """Work out the task's shards, re-reading only new or changed files. Writes nothing."""
+    files = task.list_files(input_path)
+    if not files:
+        raise TaskConfigError(f"{task.config_file}: get_file_list({input_path!r}) returned no files")
+    old = None if reshard else ShardManifest.load(store)
+    roots = [r for r in (input_path, task.folder) if r]
+    entries: list[FileEntry] = []
+    files_read = 0
+    for path in files:
+        fid = file_id(task.name, relative_name(path, roots))
+        size, mtime = _stat(path)
+        prev = old.files.get(fid) if old else None
+        if prev is not None and (prev.size, prev.mtime_ns) == (size, mtime):
+            rows = prev.rows
+        else:
+            rows = len(task.read_rows(path))
+            files_read += 1
+        entries.append(FileEntry(path=path, file_id=fid, rows=rows, size=size, mtime_ns=mtime))
+
+    total = sum(e.rows for e in entries)
+    wanted = shard_size or (shard_size_for_tasks(total, tasks) if tasks else None)
+    if old is not None:
+        if wanted and wanted != old.shard_size:
+            log.warning(
+                "task %s keeps its %d-row shards (asked for %d); re-cut them with --rerun",
+                task.name, old.shard_size, wanted,
+            )
+        size_ = old.shard_size
+    else:
+        size_ = wanted or DEFAULT_SHARD_SIZE
+
+    manifest = ShardManifest(task=task.name, shard_size=size_)
+    if old is not None:
+        manifest.files.update(old.files)
+        manifest.shards.update(old.shards)
+    shrunk: list[str] = []
+    new_keys: list[str] = []
+    for e in entries:
+        prev = manifest.files.get(e.file_id)
+        if prev is not None and e.rows < prev.rows:
+            shrunk.append(e.path)
+        manifest.files[e.file_id] = e
+        for s in plan_file_shards(e.path, e.file_id, e.rows, size_):
+            if s.key not in manifest.shards:
+                new_keys.append(s.key)
+            manifest.shards[s.key] = s  # a grown file extends its last shard in place
+    return Registration(manifest=manifest, new_keys=new_keys, files_read=files_read, shrunk_files=shrunk)
+
+
+def register_shards(
+    instance: DagsterInstance,
+    task: TaskConfig,
+    store: TaskStore,
+    input_path: str | None,
+    *,
+    shard_size: int | None = None,
+    tasks: int | None = None,
+    reshard: bool = False,
+) -> Registration:
+    """Plan, save the manifest, then add the new shard keys as Dagster partitions."""
+    reg = plan_registration(
+        task, store, input_path, shard_size=shard_size, tasks=tasks, reshard=reshard
+    )
+    pdef_name = partitions_def_for(task).name
+    assert pdef_name is not None
+    if reshard:
+        # Re-cut shards reuse keys with other row ranges: forget every old partition and materialization.
+        for key in instance.get_dynamic_partitions(pdef_name):
+            instance.delete_dynamic_partition(pdef_name, key)
+        instance.wipe_assets([AssetKey([task.dagster_name, a]) for a in ASSETS])
+        for asset in ASSETS:
+            shutil.rmtree(store.task_dir / asset, ignore_errors=True)
+        reg.new_keys = list(reg.manifest.shards)
+    reg.manifest.save(store)
+    known = set(instance.get_dynamic_partitions(pdef_name))
+    to_add = [k for k in reg.manifest.shards if k not in known]
+    if to_add:
+        instance.add_dynamic_partitions(pdef_name, to_add)
+    return reg
+
+
+def registered_keys(instance: DagsterInstance, task: TaskConfig) -> list[str]:
+    """The task's shard keys in Dagster's partition order."""
+    name = partitions_def_for(task).name
+    assert name is not None
+    return list(instance.get_dynamic_partitions(name))
+
+
+def manifest_for(store: TaskStore) -> ShardManifest:
+    m = ShardManifest.load(store)
+    if m is None:
+        raise TaskConfigError(
+            f"no shards registered for task {store.task_name!r} under {store.output_dir} "
+            f"({Path(store.manifest_path)} is missing); run `llm-infer --plan_only ...` or the "
+            f"{store.task_name}_register_shards job first"
+        )
+    return m

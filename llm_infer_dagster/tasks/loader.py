@@ -1,0 +1,203 @@
+"""Load a seed task folder and call its four functions with errors that name the file and the row.
+
+A task folder is ``<task_configs>/<name>/task_config.py`` defining ``get_file_list``, ``read_file``,
+``format_prompt`` and ``extract_answer``, plus an optional ``sampling_params.json`` merged over
+``<task_configs>/default_sampling_params.json``. Folders written for the seed load with no edit.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from llm_infer_dagster.errors import TaskConfigError
+from llm_infer_dagster.tasks.sampling import load_sampling_params
+
+REQUIRED_FUNCTIONS = ("get_file_list", "read_file", "format_prompt", "extract_answer")
+TASK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+CONFIG_FILE = "task_config.py"
+DEFAULTS_FILE = "default_sampling_params.json"
+
+
+def _describe_error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+@dataclass
+class TaskConfig:
+    """A loaded task: its folder, its four functions and its merged sampling parameters."""
+
+    name: str
+    folder: Path
+    module: ModuleType = field(repr=False)
+    sampling_params: dict[str, Any]
+
+    @property
+    def config_file(self) -> Path:
+        return self.folder / CONFIG_FILE
+
+    @property
+    def dagster_name(self) -> str:
+        """The task name as a valid Dagster name (asset key prefix, group, job)."""
+        return re.sub(r"[^A-Za-z0-9_]", "_", self.name)
+
+    def _fn(self, name: str) -> Callable[..., Any]:
+        return getattr(self.module, name)
+
+    def list_files(self, input_path: str | None) -> list[str]:
+        """``get_file_list(input_path)``, checked to be a list of existing files."""
+        try:
+            files = self._fn("get_file_list")(input_path)
+        except Exception as exc:
+            raise TaskConfigError(
+                f"{self.config_file}: get_file_list({input_path!r}) raised {_describe_error(exc)}"
+            ) from exc
+        if isinstance(files, str | Path) or not isinstance(files, list | tuple):
+            raise TaskConfigError(
+                f"{self.config_file}: get_file_list must return a list of file paths, "
+                f"got {type(files).__name__}"
+            )
+        out: list[str] = []
+        for i, f in enumerate(files):
+            if not isinstance(f, str | Path):
+                raise TaskConfigError(
+                    f"{self.config_file}: get_file_list returned {type(f).__name__} at position {i}; "
+                    "expected a file path string"
+                )
+            if not Path(f).is_file():
+                raise TaskConfigError(
+                    f"{self.config_file}: get_file_list returned {str(f)!r}, which is not a file "
+                    f"(input_path={input_path!r}; set --input_path / LLM_INFER_INPUT_PATH?)"
+                )
+            out.append(str(f))
+        if len(set(out)) != len(out):
+            raise TaskConfigError(f"{self.config_file}: get_file_list returned the same file twice")
+        return out
+
+    def read_rows(self, file_path: str) -> list[dict[str, Any]]:
+        """``read_file(file_path)``, checked to be a list of dicts."""
+        try:
+            rows = self._fn("read_file")(file_path)
+        except Exception as exc:
+            raise TaskConfigError(
+                f"{self.config_file}: read_file({file_path!r}) raised {_describe_error(exc)}"
+            ) from exc
+        if not isinstance(rows, list):
+            raise TaskConfigError(
+                f"{self.config_file}: read_file({file_path!r}) must return a list of dicts, "
+                f"got {type(rows).__name__}"
+            )
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise TaskConfigError(
+                    f"{self.config_file}: read_file({file_path!r}) returned a {type(row).__name__} "
+                    f"at row {i}; every row must be a dict"
+                )
+        return rows
+
+    def format_prompt(self, row: dict[str, Any]) -> str | list[dict[str, str]]:
+        """``format_prompt(row)``: text, or chat messages. Raises ValueError on a bad return value."""
+        prompt = self._fn("format_prompt")(row)
+        if isinstance(prompt, str):
+            return prompt
+        if isinstance(prompt, list) and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in prompt
+        ):
+            return prompt
+        raise ValueError(
+            "format_prompt must return a str or a list of {'role': str, 'content': str} messages, "
+            f"got {type(prompt).__name__}"
+        )
+
+    def extract_answer(self, response: str) -> Any:
+        return self._fn("extract_answer")(response)
+
+
+def resolve_task_folder(task_configs: str | Path, name: str) -> Path:
+    """The folder of task ``name``; refuses names that are not a plain folder name inside task_configs."""
+    root = Path(task_configs).resolve()
+    if not root.is_dir():
+        raise TaskConfigError(f"task config dir {str(task_configs)!r} does not exist (set --config_path)")
+    if not TASK_NAME_RE.match(name) or name in (".", ".."):
+        raise TaskConfigError(
+            f"task name {name!r} is not a plain folder name (letters, digits, '_', '-', '.'); "
+            f"pick one of: {', '.join(discover_tasks(root)) or '(none found)'}"
+        )
+    folder = (root / name).resolve()
+    if folder.parent != root:
+        raise TaskConfigError(f"task name {name!r} leaves the task config dir {root}")
+    if not (folder / CONFIG_FILE).is_file():
+        raise TaskConfigError(
+            f"no task {name!r}: {folder / CONFIG_FILE} does not exist; "
+            f"tasks in {root}: {', '.join(discover_tasks(root)) or '(none)'}"
+        )
+    return folder
+
+
+def discover_tasks(task_configs: str | Path) -> list[str]:
+    """Names of the task folders (those holding a task_config.py), sorted."""
+    root = Path(task_configs)
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.name for p in root.iterdir() if (p / CONFIG_FILE).is_file() and TASK_NAME_RE.match(p.name)
+    )
+
+
+def _import_config(folder: Path, task_name: str) -> ModuleType:
+    path = folder / CONFIG_FILE
+    module_name = f"llm_infer_task_{re.sub(r'[^A-Za-z0-9_]', '_', task_name)}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise TaskConfigError(f"{path}: cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    # Seed tasks may import helper modules that sit next to task_config.py.
+    sys.path.insert(0, str(folder))
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise TaskConfigError(f"{path}: importing it raised {_describe_error(exc)}") from exc
+    finally:
+        if sys.path and sys.path[0] == str(folder):
+            sys.path.pop(0)
+    sys.modules[module_name] = module
+    return module
+
+
+def _check_functions(module: ModuleType, path: Path) -> None:
+    missing = [n for n in REQUIRED_FUNCTIONS if not callable(getattr(module, n, None))]
+    if missing:
+        raise TaskConfigError(
+            f"{path}: missing function(s) {', '.join(missing)}; a task must define "
+            + ", ".join(f"{n}(...)" for n in REQUIRED_FUNCTIONS)
+        )
+    for name in REQUIRED_FUNCTIONS:
+        try:
+            inspect.signature(getattr(module, name)).bind(object())
+        except TypeError:
+            raise TaskConfigError(f"{path}: {name} must take exactly one argument") from None
+        except ValueError:  # builtins without signatures: trust them
+            continue
+
+
+def load_task(task_configs: str | Path, name: str) -> TaskConfig:
+    """Load and validate a task folder. Fails before any data is read or any model is loaded."""
+    folder = resolve_task_folder(task_configs, name)
+    module = _import_config(folder, name)
+    _check_functions(module, folder / CONFIG_FILE)
+    sampling = load_sampling_params(Path(task_configs) / DEFAULTS_FILE, folder / "sampling_params.json")
+    return TaskConfig(name=name, folder=folder, module=module, sampling_params=sampling)
+
+
+def to_json(value: Any) -> str:
+    """JSON for a row or an answer; values JSON cannot hold (dates, sets) fall back to str()."""
+    return json.dumps(value, ensure_ascii=False, default=str)

@@ -1,0 +1,113 @@
+"""Pure sharding: input files and their row counts -> stable shard keys and row ranges.
+
+A shard is a fixed-size chunk of rows *within one file*, keyed ``<file id>-<chunk number>``. Adding a file
+adds shards and growing a file adds or extends its last shards; no existing key is renumbered. The file id
+is a readable slug of the file name plus a hash of (task, path relative to the input root), so two tasks that
+read the same file never share a key, and moving the whole input folder keeps the keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+SHARD_KEY_RE = re.compile(r"^[a-z0-9_]{1,40}-[0-9a-f]{8}-[0-9]{5,}$")
+DEFAULT_SHARD_SIZE = 512
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Rows ``[start, stop)`` of ``file``."""
+
+    key: str
+    file: str
+    file_id: str
+    chunk: int
+    start: int
+    stop: int
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def relative_name(path: str, roots: Sequence[str | Path]) -> str:
+    """``path`` relative to the first root that contains it, else the absolute path."""
+    p = Path(path).resolve()
+    for root in roots:
+        try:
+            return p.relative_to(Path(root).resolve()).as_posix()
+        except ValueError:
+            continue
+    return p.as_posix()
+
+
+def file_id(task: str, rel_path: str) -> str:
+    """Readable, stable, collision-resistant id of one input file of one task."""
+    stem = Path(rel_path).name.lower()
+    slug = re.sub(r"[^a-z0-9]+", "_", stem).strip("_")[:40] or "file"
+    digest = hashlib.sha1(f"{task}\0{rel_path}".encode()).hexdigest()[:8]
+    return f"{slug}-{digest}"
+
+
+def shard_key(fid: str, chunk: int) -> str:
+    return f"{fid}-{chunk:05d}"
+
+
+def is_shard_key(key: str) -> bool:
+    """True for keys this module makes; anything else must not become a file name."""
+    return bool(SHARD_KEY_RE.match(key))
+
+
+def shard_size_for_tasks(total_rows: int, tasks: int) -> int:
+    """The seed's ``--tasks N``: the shard size that cuts the data into about N shards."""
+    if tasks < 1:
+        raise ValueError(f"--tasks must be >= 1, got {tasks}")
+    return max(1, math.ceil(total_rows / tasks))
+
+
+def plan_file_shards(path: str, fid: str, rows: int, shard_size: int) -> list[Shard]:
+    """The shards of one file with ``rows`` rows."""
+    if shard_size < 1:
+        raise ValueError(f"shard size must be >= 1, got {shard_size}")
+    return [
+        Shard(shard_key(fid, c), path, fid, c, c * shard_size, min(rows, (c + 1) * shard_size))
+        for c in range(math.ceil(rows / shard_size))
+    ]
+
+
+def plan_shards(files: Iterable[tuple[str, str, int]], shard_size: int) -> list[Shard]:
+    """All shards, in file order then chunk order, for ``(path, file_id, row_count)`` triples."""
+    shards: list[Shard] = []
+    for path, fid, rows in files:
+        shards.extend(plan_file_shards(path, fid, rows, shard_size))
+    return shards
+
+
+def contiguous_ranges(ordered_keys: Sequence[str], wanted: Iterable[str]) -> list[tuple[str, str]]:
+    """Group ``wanted`` keys into (first, last) runs of consecutive keys in ``ordered_keys``.
+
+    A Dagster run covers a partition *range*; this turns "the shards still missing" into as few runs as possible.
+    """
+    wanted_set = set(wanted)
+    ranges: list[tuple[str, str]] = []
+    start: str | None = None
+    prev: str | None = None
+    for key in ordered_keys:
+        if key in wanted_set:
+            if start is None:
+                start = key
+            prev = key
+        elif start is not None:
+            ranges.append((start, prev))  # type: ignore[arg-type]
+            start = None
+    if start is not None:
+        ranges.append((start, prev))  # type: ignore[arg-type]
+    return ranges

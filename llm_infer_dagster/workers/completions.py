@@ -1,0 +1,55 @@
+"""Turn one prompts shard into one completions frame. Pure data shaping around ``Engine.generate``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import polars as pl
+
+from llm_infer_dagster.engines.base import Completion, Engine, Prompt
+
+COMPLETION_SCHEMA = {
+    "record_id": pl.String,
+    "response": pl.String,
+    "responses": pl.List(pl.String),
+    "finish_reason": pl.String,
+    "finish_reasons": pl.List(pl.String),
+    "prompt_tokens": pl.Int64,
+    "completion_tokens": pl.Int64,
+    "error": pl.String,
+    "model": pl.String,
+    "sampling_params": pl.String,
+}
+
+
+def complete_shard(
+    engine: Engine, prompts: pl.DataFrame, sampling: Mapping[str, Any], model: str
+) -> pl.DataFrame:
+    """Generate for every row without a prompt error; rows with one carry it through as their error."""
+    todo: list[int] = []
+    to_send: list[Prompt] = []
+    for i, row in enumerate(prompts.iter_rows(named=True)):
+        if row["error"] is None:
+            todo.append(i)
+            to_send.append(json.loads(row["prompt"]) if row["is_chat"] else row["prompt"])
+    results: list[Completion] = [Completion(error=f"prompt: {e}") for e in prompts["error"].to_list()]
+    for i, c in zip(todo, engine.generate(to_send, sampling), strict=True):
+        results[i] = c
+    sampling_json = json.dumps(dict(sampling), sort_keys=True)
+    return pl.DataFrame(
+        {
+            "record_id": prompts["record_id"].to_list(),
+            "response": [c.response for c in results],
+            "responses": [c.responses for c in results],
+            "finish_reason": [c.finish_reasons[0] if c.finish_reasons else None for c in results],
+            "finish_reasons": [c.finish_reasons for c in results],
+            "prompt_tokens": [c.prompt_tokens for c in results],
+            "completion_tokens": [c.completion_tokens for c in results],
+            "error": [c.error for c in results],
+            "model": [model] * len(results),
+            "sampling_params": [sampling_json] * len(results),
+        },
+        schema=COMPLETION_SCHEMA,
+    )

@@ -1,0 +1,216 @@
+"""Run prompt shards through N engine worker processes, each on its own GPU slice, pulling from one queue.
+
+The parent is the only dispatcher: a worker says ``ready`` and gets the next shard or ``stop``, so uneven
+shards balance and the last shard cannot hang (the seed's shared-queue race). Results are yielded the moment
+a worker reports a shard written, which is when the caller records it as materialized. A worker that dies
+fails only its in-flight shards; the others carry on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from llm_infer_dagster.engines.spec import EngineSpec
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    key: str
+    prompts: str  # path of the prompts shard
+    output: str  # where the completions shard goes
+
+
+@dataclass
+class ShardResult:
+    key: str
+    worker: int
+    gpus: str
+    ok: bool
+    rows: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class _Worker:
+    index: int
+    gpus: str
+    proc: subprocess.Popen[str]
+    msgs: IO[bytes]
+    log_path: Path
+    buffer: bytes = b""
+    inflight: list[str] = field(default_factory=list)
+    fatal: str | None = None
+    stopping: bool = False
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class WorkerPool:
+    """Start ``workers`` engine processes; ``run(jobs)`` yields one ShardResult per job as shards finish."""
+
+    def __init__(
+        self,
+        spec: EngineSpec,
+        sampling: dict[str, Any],
+        *,
+        workers: int = 1,
+        gpu_slices: Sequence[Sequence[str]] | None = None,
+        log_dir: Path,
+        on_message: Callable[[int, dict[str, Any]], None] | None = None,
+    ) -> None:
+        if gpu_slices is not None and len(gpu_slices) != workers:
+            raise ValueError(f"{workers} workers need {workers} GPU slices, got {len(gpu_slices)}")
+        self.spec = spec
+        self.sampling = sampling
+        self.workers = workers
+        self.gpu_slices = gpu_slices
+        self.log_dir = log_dir
+        self.on_message = on_message or (lambda _i, _m: None)
+
+    def _start(self, index: int) -> _Worker:
+        read_fd, write_fd = os.pipe()
+        env = dict(os.environ)
+        gpus = ",".join(self.gpu_slices[index]) if self.gpu_slices is not None else ""
+        if self.gpu_slices is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpus  # before the child imports torch or vLLM
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"worker-{index}.log"
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "llm_infer_dagster.workers.worker", str(write_fd)],
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                pass_fds=(write_fd,),
+                env=env,
+                text=True,
+            )
+        os.close(write_fd)
+        assert proc.stdin is not None
+        proc.stdin.write(
+            json.dumps({"worker": index, "engine": self.spec.to_dict(), "sampling": self.sampling}) + "\n"
+        )
+        proc.stdin.flush()
+        return _Worker(index, gpus, proc, os.fdopen(read_fd, "rb", buffering=0), log_path)
+
+    @staticmethod
+    def _send(w: _Worker, msg: dict[str, Any]) -> None:
+        assert w.proc.stdin is not None
+        try:
+            w.proc.stdin.write(json.dumps(msg) + "\n")
+            w.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # it died; its EOF on the message pipe reports that
+
+    def run(self, jobs: Sequence[ShardJob]) -> Iterator[ShardResult]:
+        queue = deque(jobs)
+        if not queue:
+            return
+        started = [self._start(i) for i in range(min(self.workers, len(queue)))]
+        sel = selectors.DefaultSelector()
+        for w in started:
+            sel.register(w.msgs, selectors.EVENT_READ, w)
+        alive = len(started)
+        try:
+            while alive:
+                for key, _ in sel.select(timeout=1.0):
+                    w: _Worker = key.data
+                    chunk = w.msgs.read(65536)
+                    if not chunk:  # EOF: the worker exited
+                        sel.unregister(w.msgs)
+                        w.msgs.close()
+                        alive -= 1
+                        yield from self._reap(w)
+                        continue
+                    w.buffer += chunk
+                    *lines, w.buffer = w.buffer.split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            yield from self._handle(w, json.loads(line), queue)
+            for job in queue:  # every worker died before the queue drained
+                yield ShardResult(job.key, -1, "", ok=False, error="not run: every engine worker exited")
+        finally:
+            sel.close()
+            for w in started:
+                _stop_process(w.proc)
+
+    def _handle(self, w: _Worker, msg: dict[str, Any], queue: deque[ShardJob]) -> Iterator[ShardResult]:
+        kind = msg.get("type")
+        self.on_message(w.index, msg)
+        if kind == "ready":
+            if queue and not w.stopping:
+                job = queue.popleft()
+                w.inflight.append(job.key)
+                self._send(w, {"type": "job", "shard": job.key, "prompts": job.prompts, "output": job.output})
+            elif not w.stopping:
+                w.stopping = True
+                self._send(w, {"type": "stop"})
+        elif kind in ("done", "failed"):
+            key = msg["shard"]
+            if key in w.inflight:
+                w.inflight.remove(key)
+            yield ShardResult(
+                key=key,
+                worker=w.index,
+                gpus=w.gpus,
+                ok=kind == "done",
+                rows=msg.get("rows", 0),
+                errors=msg.get("errors", 0),
+                prompt_tokens=msg.get("prompt_tokens", 0),
+                completion_tokens=msg.get("completion_tokens", 0),
+                seconds=msg.get("seconds", 0.0),
+                error=msg.get("error"),
+            )
+        elif kind == "fatal":
+            w.fatal = msg.get("error")
+
+    def _reap(self, w: _Worker) -> Iterator[ShardResult]:
+        code = w.proc.wait()
+        why = w.fatal or f"worker {w.index} exited with code {code}"
+        for key in w.inflight:
+            yield ShardResult(
+                key, w.index, w.gpus, ok=False,
+                error=f"{why} while running this shard; log {w.log_path}:\n{_tail(w.log_path)}",
+            )
+        w.inflight.clear()
+        if w.fatal or code != 0:
+            self.on_message(w.index, {"type": "exited", "code": code, "error": why, "log": str(w.log_path)})
+
+
+def _stop_process(proc: subprocess.Popen[str], grace: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        if proc.stdin:
+            proc.stdin.close()
+    except OSError:
+        pass
+    deadline = time.monotonic() + grace
+    while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
