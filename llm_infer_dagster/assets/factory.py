@@ -46,9 +46,6 @@ from llm_infer_dagster.tasks.sampling import check_hf_supported
 from llm_infer_dagster.workers.gpus import split_gpus, visible_gpu_ids
 from llm_infer_dagster.workers.pool import ShardJob, WorkerPool
 
-# single_run backfills are what make "materialize all" load the model once; Dagster marks them beta.
-warnings.filterwarnings("ignore", category=BetaWarning)
-
 RAW_SCHEMA = {"record_id": pl.String, "file": pl.String, "index": pl.Int64, "data": pl.String}
 PROMPT_SCHEMA = {"record_id": pl.String, "prompt": pl.String, "is_chat": pl.Boolean, "error": pl.String}
 ANSWER_SCHEMA = {"record_id": pl.String, "answer": pl.String, "error": pl.String}
@@ -82,6 +79,14 @@ def engine_spec(settings: InferenceSettings) -> EngineSpec:
 
 
 def build_task_assets(task: TaskConfig) -> TaskAssets:
+    """The four assets, the task job and the shard-registration job of one task."""
+    # single_run backfills are what make "materialize all" load the model once; Dagster marks them beta.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BetaWarning)
+        return _build_task_assets(task)
+
+
+def _build_task_assets(task: TaskConfig) -> TaskAssets:
     name = task.dagster_name
     pdef = partitions_def_for(task)
     common = dict(partitions_def=pdef, group_name=name, backfill_policy=BackfillPolicy.single_run())
@@ -189,7 +194,7 @@ def build_task_assets(task: TaskConfig) -> TaskAssets:
                 context.log.error(f"worker {worker} stopped: {msg['error']} (log: {msg['log']})")
 
         pool = WorkerPool(engine_spec(settings), task.sampling_params, workers=settings.workers,
-                          gpu_slices=slices, log_dir=store.output_dir / "logs" / "workers" / context.run_id[:8],
+                          gpu_slices=slices, log_dir=store.output_dir / "logs" / "workers" / context.run.run_id[:8],
                           on_message=on_message)
         t0 = time.perf_counter()
         failed: dict[str, str] = {}
@@ -269,7 +274,6 @@ def build_task_assets(task: TaskConfig) -> TaskAssets:
     task_job = define_asset_job(
         f"{name}_job",
         selection=AssetSelection.assets(raw_key, prompts_key, comp_key, answers_key),
-        partitions_def=pdef,
         executor_def=in_process_executor,
         description=f"raw -> prompts -> completions -> answers for task {task.name}",
     )
