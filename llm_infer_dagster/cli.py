@@ -258,7 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args)
     except LLMInferError as exc:
-        log.error("%s", exc)
+        if log.handlers:  # main.log exists once the output dir is known
+            log.error("%s", exc)
         print(f"llm-infer: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

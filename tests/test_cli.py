@@ -1,0 +1,169 @@
+"""``llm-infer`` end to end, as a user runs it: real subprocesses, a real Dagster instance under
+<output>/.dagster, the real HF engine on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+from dagster import AssetKey, DagsterInstance
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "task_configs"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_INFER_", "DAGSTER_HOME"))}
+    env["CUDA_VISIBLE_DEVICES"] = ""  # this machine has no GPU; make that explicit
+    env.update(extra)
+    return env
+
+
+def llm_infer(*args: str, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llm_infer_dagster", "--no_progress", *args],
+                          capture_output=True, text=True, env=env or _env(), timeout=timeout, cwd=REPO)
+
+
+def _instance(out: Path) -> DagsterInstance:
+    os.environ["DAGSTER_HOME"] = str(out / ".dagster")
+    try:
+        return DagsterInstance.get()
+    finally:
+        del os.environ["DAGSTER_HOME"]
+
+
+def _write_qa_input(path: Path, files: int, rows: int) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    for f in range(files):
+        with (path / f"part-{f:03d}.jsonl").open("w") as fh:
+            for i in range(rows):
+                fh.write(json.dumps({"question": f"What is {f} + {i}?", "gold": f + i}) + "\n")
+
+
+@pytest.mark.slow
+def test_run_resume_rerun_extract_only_and_seed_layout(tmp_path, tiny_model_path):
+    out = tmp_path / "out"
+    base = ["--model_path", tiny_model_path, "--model_type", "hf", "--use_cpu", "--output_path", str(out),
+            "--task_name", "qa_regex", "--config_path", str(CONFIGS)]
+
+    plan = llm_infer(*base, "--tasks", "4", "--plan_only")
+    assert plan.returncode == 0, plan.stderr
+    shard_lines = [ln for ln in plan.stdout.splitlines()[1:] if ln.strip()]
+    # 20 + 12 rows cut into 8-row shards within each file: 8,8,4 and 8,4
+    assert len(shard_lines) == 5 and all("pending" in ln for ln in shard_lines)
+    assert not (out / "qa_regex" / "completions").exists()
+
+    first = llm_infer(*base, "--save_text", "--limit", "5")
+    assert first.returncode == 0, first.stderr
+    assert "5/5 shards done, 23 rows, 0 rows failed" in first.stdout  # --limit 5 keeps <= 5 rows of each shard
+    assert str(out / "results") in first.stdout.splitlines()[-1]
+    for sub in ("results/infer", "results/extract", "results/text", "logs/tasks"):
+        assert len(list((out / sub).iterdir())) == 5, sub
+    assert (out / "args.json").is_file() and json.loads((out / "args.json").read_text())["limit"] == 5
+    assert "run" in (out / "logs" / "main.log").read_text()
+    records = [r for f in sorted((out / "results" / "extract").iterdir()) for r in json.loads(f.read_text())]
+    assert len(records) == 23 and len({r["record_id"] for r in records}) == 23
+    assert {"file_name", "file_idx", "origin_data", "prompt", "model_response", "extracted_answer"} <= set(records[0])
+
+    inst = _instance(out)
+    comp = AssetKey(["qa_regex", "completions"])
+    assert len(inst.get_materialized_partitions(comp)) == 5
+    mats_before = len(inst.fetch_materializations(comp, limit=1000).records)
+
+    again = llm_infer(*base)
+    assert again.returncode == 0 and "nothing to do" in again.stderr
+    assert len(inst.fetch_materializations(comp, limit=1000).records) == mats_before
+
+    # --extract_only: loads no model (a model path that does not exist is fine), re-extracts every shard.
+    answers_key = AssetKey(["qa_regex", "answers"])
+    ans_before = len(inst.fetch_materializations(answers_key, limit=1000).records)
+    workers_dirs = set((out / "logs" / "workers").iterdir())
+    ex = llm_infer(*[a if a != tiny_model_path else "/no/such/model" for a in base], "--extract_only")
+    assert ex.returncode == 0, ex.stderr
+    assert len(inst.fetch_materializations(comp, limit=1000).records) == mats_before
+    assert len(inst.fetch_materializations(answers_key, limit=1000).records) >= ans_before + 5
+    assert set((out / "logs" / "workers").iterdir()) == workers_dirs  # no engine worker started
+
+    rerun = llm_infer(*base, "--tasks", "4", "--rerun")
+    assert rerun.returncode == 0, rerun.stderr
+    assert "5/5 shards done, 32 rows" in rerun.stdout  # no --limit now: every row
+    assert len(inst.get_materialized_partitions(comp)) == 5
+
+
+@pytest.mark.slow
+def test_sigkill_loses_only_in_flight_shards(tmp_path, tiny_model_path):
+    data, out = tmp_path / "data", tmp_path / "out"
+    _write_qa_input(data, files=3, rows=24)
+    args = ["--model_path", tiny_model_path, "--model_type", "hf", "--use_cpu", "--output_path", str(out),
+            "--task_name", "qa_regex", "--config_path", str(CONFIGS), "--input_path", str(data),
+            "--shard_size", "3", "--batch_size", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "llm_infer_dagster", "--no_progress", *args], cwd=REPO,
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    comp_dir = out / "qa_regex" / "completions"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len(list(comp_dir.glob("*.parquet"))) < 2:
+        assert proc.poll() is None, "llm-infer ended before it could be killed"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(1.0)  # worker processes die with their parent (PR_SET_PDEATHSIG)
+
+    inst = _instance(out)
+    comp = AssetKey(["qa_regex", "completions"])
+    done_before = inst.get_materialized_partitions(comp)
+    total = len(inst.get_dynamic_partitions("qa_regex_shards"))
+    assert total == 24 and 1 <= len(done_before) < total
+    stamps = {k: (comp_dir / f"{k}.parquet").stat().st_mtime_ns for k in done_before}
+
+    resumed = llm_infer(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{total}/{total} shards done, 72 rows" in resumed.stdout
+    assert inst.get_materialized_partitions(comp) == set(inst.get_dynamic_partitions("qa_regex_shards"))
+    for k, mtime in stamps.items():  # finished shards were not redone
+        assert (comp_dir / f"{k}.parquet").stat().st_mtime_ns == mtime
+    ids = pl.concat([pl.read_parquet(p) for p in (out / "qa_regex" / "answers").glob("*.parquet")])["record_id"]
+    assert ids.len() == 72 and ids.n_unique() == 72  # nothing lost, nothing duplicated
+    assert not list(comp_dir.glob(".*.tmp"))  # no half-written shard left behind
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--task_name", "no_such_task"], "no task 'no_such_task'"),
+        (["--task_name", "../task_configs"], "not a plain folder name"),
+        (["--task_name", "qa_regex", "--tensor_parallel_size", "2"], "tensor_parallel_size > 1 needs --model_type vllm"),
+        (["--task_name", "qa_regex", "--model_path", "/no/such/model"], "not a local model folder"),
+        (["--task_name", "qa_regex", "--tasks", "0"], "--tasks must be >= 1"),
+    ],
+)
+def test_configuration_mistakes_exit_nonzero_with_one_line(tmp_path, tiny_model_path, args, expected):
+    model = [] if "--model_path" in args else ["--model_path", tiny_model_path]
+    r = llm_infer("--model_type", "hf", "--use_cpu", "--output_path", str(tmp_path / "o"), *model, *args,
+                  timeout=60)
+    assert r.returncode == 2
+    assert expected in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_more_gpus_than_visible_is_refused_before_loading(tmp_path, tiny_model_path):
+    r = llm_infer("--model_path", tiny_model_path, "--model_type", "hf", "--output_path", str(tmp_path / "o"),
+                  "--task_name", "qa_regex", "--workers", "2", env=_env(CUDA_VISIBLE_DEVICES="0"), timeout=60)
+    assert r.returncode == 2 and "2 x 1 = 2 GPUs, but 1 are visible" in r.stderr
+
+
+def test_bad_sampling_key_names_the_file(tmp_path, tiny_model_path):
+    configs = tmp_path / "configs"
+    (configs / "t").mkdir(parents=True)
+    (configs / "t" / "task_config.py").write_text((CONFIGS / "basic_example" / "task_config.py").read_text())
+    (configs / "t" / "sampling_params.json").write_text('{"temprature": 0}')
+    r = llm_infer("--model_path", tiny_model_path, "--model_type", "hf", "--use_cpu", "--output_path",
+                  str(tmp_path / "o"), "--task_name", "t", "--config_path", str(configs), timeout=60)
+    assert r.returncode == 2
+    assert "sampling_params.json" in r.stderr and "temprature" in r.stderr and "temperature" in r.stderr
