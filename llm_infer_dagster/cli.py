@@ -8,12 +8,12 @@ materialized partitions, and launches one run per contiguous range of them (the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,10 +33,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_path", required=True, help="results, logs and the Dagster instance go here")
     p.add_argument("--task_name", required=True, help="folder name under --config_path")
     p.add_argument("--input_path", default=None, help="passed to the task's get_file_list")
-    p.add_argument("--config_path", default=None, help="folder of task folders (default: LLM_INFER_TASK_CONFIGS "
-                   "or this project's task_configs/)")
-    p.add_argument("--tasks", type=int, default=None, help="cut the data into about N shards (checkpoints); "
-                   "default: shards of --shard_size rows")
+    p.add_argument(
+        "--config_path",
+        default=None,
+        help="folder of task folders (default: LLM_INFER_TASK_CONFIGS or this project's task_configs/)",
+    )
+    p.add_argument(
+        "--tasks",
+        type=int,
+        default=None,
+        help="cut the data into about N shards (checkpoints); default: shards of --shard_size rows",
+    )
     p.add_argument("--shard_size", type=int, default=None, help="rows per shard (default 512)")
     p.add_argument("--workers", type=int, default=1, help="engine processes (data parallel)")
     p.add_argument("--tensor_parallel_size", type=int, default=1, help="GPUs per engine")
@@ -110,10 +117,8 @@ class _Progress:
 
     def _poll(self) -> None:
         while not self._stop.wait(0.5):
-            try:
+            with contextlib.suppress(Exception):  # progress must never break the run
                 self._update()
-            except Exception:  # progress must never break the run
-                pass
 
     def __enter__(self) -> _Progress:
         self._thread.start()
@@ -131,8 +136,9 @@ def run(args: argparse.Namespace) -> int:
     from llm_infer_dagster.tasks.loader import load_task
     from llm_infer_dagster.tasks.sampling import check_hf_supported
 
-    config_path = str(Path(args.config_path or os.environ.get("LLM_INFER_TASK_CONFIGS")
-                           or PACKAGE_ROOT / "task_configs").resolve())
+    config_path = str(
+        Path(args.config_path or os.environ.get("LLM_INFER_TASK_CONFIGS") or PACKAGE_ROOT / "task_configs").resolve()
+    )
     for flag in ("tasks", "shard_size", "workers", "tensor_parallel_size", "limit", "batch_size"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -140,9 +146,14 @@ def run(args: argparse.Namespace) -> int:
     task = load_task(config_path, args.task_name)  # config errors fail here, before any model
     runs_model = not (args.extract_only or args.plan_only)
     if runs_model:
-        check_engine_settings(model_path=args.model_path, model_type=args.model_type, use_cpu=args.use_cpu,
-                              dtype=args.dtype, workers=args.workers,
-                              tensor_parallel_size=args.tensor_parallel_size)
+        check_engine_settings(
+            model_path=args.model_path,
+            model_type=args.model_type,
+            use_cpu=args.use_cpu,
+            dtype=args.dtype,
+            workers=args.workers,
+            tensor_parallel_size=args.tensor_parallel_size,
+        )
         if args.model_type == "hf":
             check_hf_supported(task.sampling_params)
 
@@ -164,13 +175,26 @@ def run(args: argparse.Namespace) -> int:
 
     instance = DagsterInstance.get()
     store = TaskStore(output, task.name)
-    reg = register_shards(instance, task, store, args.input_path, shard_size=args.shard_size, tasks=args.tasks,
-                          reshard=args.rerun and not args.extract_only)
+    reg = register_shards(
+        instance,
+        task,
+        store,
+        args.input_path,
+        shard_size=args.shard_size,
+        tasks=args.tasks,
+        reshard=args.rerun and not args.extract_only,
+    )
     keys = registered_keys(instance, task)
-    msg = (f"task {task.name}: {len(keys)} shards of up to {reg.manifest.shard_size} rows "
-           f"({len(reg.new_keys)} new, {reg.files_read} file(s) read)")
+    msg = (
+        f"task {task.name}: {len(keys)} shards of up to {reg.manifest.shard_size} rows "
+        f"({len(reg.new_keys)} new, {reg.files_read} file(s) read)"
+    )
     log.info(msg)
     print(msg, file=sys.stderr)
+    for path in reg.shrunk_files:
+        warn = f"warning: {path} has fewer rows than when it was sharded; its shards keep their old row ranges"
+        log.warning(warn)
+        print(warn, file=sys.stderr)
     comp_key, answers_key = (AssetKey([task.dagster_name, a]) for a in ("completions", "answers"))
     done_comp = instance.get_materialized_partitions(comp_key)
     done_answers = instance.get_materialized_partitions(answers_key)
@@ -198,8 +222,15 @@ def run(args: argparse.Namespace) -> int:
     return _report(store, keys, ok, output)
 
 
-def _launch(instance: Any, name: str, keys: list[str], full: list[str], extract: list[str],
-            settings_cfg: dict[str, Any], progress: bool) -> bool:
+def _launch(
+    instance: Any,
+    name: str,
+    keys: list[str],
+    full: list[str],
+    extract: list[str],
+    settings_cfg: dict[str, Any],
+    progress: bool,
+) -> bool:
     from dagster import AssetKey, execute_job
     from dagster._core.definitions.reconstruct import ReconstructableRepository
 
@@ -211,8 +242,10 @@ def _launch(instance: Any, name: str, keys: list[str], full: list[str], extract:
     recon = ReconstructableRepository.for_module(
         "llm_infer_dagster.definitions", "defs", os.getcwd()
     ).get_reconstructable_job(f"{name}_job")
-    run_config = {"resources": {"settings": {"config": settings_cfg}},
-                  "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    run_config = {
+        "resources": {"settings": {"config": settings_cfg}},
+        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+    }
     asset_names = ("raw", "prompts", "completions", "answers")
     plans = [(r, list(asset_names)) for r in contiguous_ranges(keys, full)]
     plans += [(r, ["answers"]) for r in contiguous_ranges(keys, extract)]
@@ -220,11 +253,19 @@ def _launch(instance: Any, name: str, keys: list[str], full: list[str], extract:
     watched = AssetKey([name, "completions" if full else "answers"])
     with _Progress(instance, watched, set(full or extract), progress):
         for (first, last), assets in plans:
-            tags = {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last,
-                    "llm_infer/launched_by": "llm-infer"}
+            tags = {
+                "dagster/asset_partition_range_start": first,
+                "dagster/asset_partition_range_end": last,
+                "llm_infer/launched_by": "llm-infer",
+            }
             log.info("run %s..%s (%s)", first, last, ", ".join(assets))
-            result = execute_job(recon, instance=instance, run_config=run_config, tags=tags,
-                                 asset_selection=[AssetKey([name, a]) for a in assets])
+            result = execute_job(
+                recon,
+                instance=instance,
+                run_config=run_config,
+                tags=tags,
+                asset_selection=[AssetKey([name, a]) for a in assets],
+            )
             log.info("run %s %s", result.run_id, "succeeded" if result.success else "FAILED")
             if not result.success:
                 ok = False
@@ -246,8 +287,11 @@ def _report(store: Any, keys: list[str], ok: bool, output: Path) -> int:
     frames = [store.read_frame("answers", k) for k in done]
     df = pl.concat(frames) if frames else pl.DataFrame({"error": []}, schema={"error": pl.String})
     errors = df["error"].drop_nulls().to_list()
-    line = (f"{len(done)}/{len(keys)} shards done, {df.height} rows, {len(errors)} rows failed"
-            + (f" ({error_summary(errors)})" if errors else "") + f"; results in {output / 'results'}")
+    line = (
+        f"{len(done)}/{len(keys)} shards done, {df.height} rows, {len(errors)} rows failed"
+        + (f" ({error_summary(errors)})" if errors else "")
+        + f"; results in {output / 'results'}"
+    )
     log.info(line)
     print(line)
     return 0 if ok else 1

@@ -11,13 +11,23 @@ import os
 from dagster import Definitions
 
 from llm_infer_dagster.assets.factory import TaskAssets, build_task_assets
+from llm_infer_dagster.errors import TaskConfigError
 from llm_infer_dagster.settings import InferenceSettings
 from llm_infer_dagster.tasks.loader import discover_tasks, load_task
 
 
 def build_task_bundles(settings: InferenceSettings, only: list[str] | None = None) -> list[TaskAssets]:
     names = only if only else discover_tasks(settings.task_configs)
-    return [build_task_assets(load_task(settings.task_configs, n)) for n in names]
+    tasks = [load_task(settings.task_configs, n) for n in names]
+    seen: dict[str, str] = {}
+    for t in tasks:
+        if t.dagster_name in seen:
+            raise TaskConfigError(
+                f"tasks {seen[t.dagster_name]!r} and {t.name!r} in {settings.task_configs} both become Dagster name "
+                f"{t.dagster_name!r}; rename one folder"
+            )
+        seen[t.dagster_name] = t.name
+    return [build_task_assets(t) for t in tasks]
 
 
 def build_definitions() -> Definitions:

@@ -17,8 +17,18 @@ from llm_infer_dagster.testing.tiny_model import build_tiny_model
 def main(argv: list[str] | None = None) -> int:
     extra = list(sys.argv[1:] if argv is None else argv)
     model = build_tiny_model(Path(".models") / "tiny-llama")
-    defaults = ["--model_path", str(model), "--model_type", "hf", "--use_cpu", "--output_path", "output",
-                "--task_name", "qa_regex", "--save_text"]
+    defaults = [
+        "--model_path",
+        str(model),
+        "--model_type",
+        "hf",
+        "--use_cpu",
+        "--output_path",
+        "output",
+        "--task_name",
+        "qa_regex",
+        "--save_text",
+    ]
     return llm_infer([*defaults, *extra])  # argparse keeps the last value: extra flags override defaults
 
 

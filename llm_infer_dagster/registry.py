@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Container
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from llm_infer_dagster.tasks.sharding import (
     DEFAULT_SHARD_SIZE,
     Shard,
     file_id,
+    grow_file_shards,
     plan_file_shards,
     relative_name,
     shard_size_for_tasks,
@@ -95,6 +97,7 @@ class Registration:
     new_keys: list[str]
     files_read: int
     shrunk_files: list[str]
+    changed_keys: list[str] = field(default_factory=list)  # unfinished last shards extended by a grown file
 
 
 def _stat(path: str) -> tuple[int, int]:
@@ -110,8 +113,12 @@ def plan_registration(
     shard_size: int | None = None,
     tasks: int | None = None,
     reshard: bool = False,
+    frozen: Container[str] = (),
 ) -> Registration:
-    """Work out the task's shards, re-reading only new or changed files. Writes nothing."""
+    """Work out the task's shards, re-reading only new or changed files. Writes nothing.
+
+    ``frozen`` shards (already materialized) keep their row ranges when their file grows.
+    """
     files = task.list_files(input_path)
     if not files:
         raise TaskConfigError(f"{task.config_file}: get_file_list({input_path!r}) returned no files")
@@ -136,7 +143,9 @@ def plan_registration(
         if wanted and wanted != old.shard_size:
             log.warning(
                 "task %s keeps its %d-row shards (asked for %d); re-cut them with --rerun",
-                task.name, old.shard_size, wanted,
+                task.name,
+                old.shard_size,
+                wanted,
             )
         size_ = old.shard_size
     else:
@@ -148,16 +157,28 @@ def plan_registration(
         manifest.shards.update(old.shards)
     shrunk: list[str] = []
     new_keys: list[str] = []
+    changed: list[str] = []
     for e in entries:
         prev = manifest.files.get(e.file_id)
         if prev is not None and e.rows < prev.rows:
             shrunk.append(e.path)
         manifest.files[e.file_id] = e
-        for s in plan_file_shards(e.path, e.file_id, e.rows, size_):
-            if s.key not in manifest.shards:
+        existing = [s for s in manifest.shards.values() if s.file_id == e.file_id]
+        planned = (
+            grow_file_shards(existing, e.path, e.rows, size_, frozen)
+            if existing
+            else plan_file_shards(e.path, e.file_id, e.rows, size_)
+        )
+        for s in planned:
+            old_shard = manifest.shards.get(s.key)
+            if old_shard is None:
                 new_keys.append(s.key)
-            manifest.shards[s.key] = s  # a grown file extends its last shard in place
-    return Registration(manifest=manifest, new_keys=new_keys, files_read=files_read, shrunk_files=shrunk)
+            elif (old_shard.start, old_shard.stop) != (s.start, s.stop):
+                changed.append(s.key)
+            manifest.shards[s.key] = s
+    return Registration(
+        manifest=manifest, new_keys=new_keys, files_read=files_read, shrunk_files=shrunk, changed_keys=changed
+    )
 
 
 def register_shards(
@@ -171,8 +192,10 @@ def register_shards(
     reshard: bool = False,
 ) -> Registration:
     """Plan, save the manifest, then add the new shard keys as Dagster partitions."""
+    raw_key = AssetKey([task.dagster_name, "raw"])
+    frozen = set() if reshard else instance.get_materialized_partitions(raw_key)
     reg = plan_registration(
-        task, store, input_path, shard_size=shard_size, tasks=tasks, reshard=reshard
+        task, store, input_path, shard_size=shard_size, tasks=tasks, reshard=reshard, frozen=frozen
     )
     pdef_name = partitions_def_for(task).name
     assert pdef_name is not None

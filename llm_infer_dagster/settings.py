@@ -134,9 +134,7 @@ def check_engine_settings(
     if workers < 1 or tensor_parallel_size < 1:
         raise SettingsError("--workers and --tensor_parallel_size must be >= 1")
     if model_type == "hf" and tensor_parallel_size > 1:
-        raise SettingsError(
-            "the hf engine runs one GPU per worker; tensor_parallel_size > 1 needs --model_type vllm"
-        )
+        raise SettingsError("the hf engine runs one GPU per worker; tensor_parallel_size > 1 needs --model_type vllm")
     if use_cpu:
         if model_type == "vllm":
             try:

@@ -27,6 +27,15 @@ from llm_infer_dagster.tasks.sharding import is_shard_key
 ASSETS = ("raw", "prompts", "completions", "answers")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temp file next to ``path``, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,6 +43,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; results are shared like any written file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -55,7 +65,7 @@ class TaskStore:
         self.output_dir = Path(output_dir).resolve()
         self.task_name = task_name
         self.task_dir = self.output_dir / task_name
-        if self.task_dir.parent != self.output_dir:
+        if task_name in ("", ".", "..") or self.task_dir.resolve().parent != self.output_dir:
             raise ValueError(f"task name {task_name!r} would leave the output dir {self.output_dir}")
 
     @staticmethod

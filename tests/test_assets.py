@@ -19,7 +19,7 @@ from llm_infer_dagster.tasks.loader import load_task
 REPO = Path(__file__).resolve().parent.parent
 
 TASK = textwrap.dedent(
-    '''
+    """
     import json, os
 
     def get_file_list(input_path):
@@ -40,7 +40,7 @@ TASK = textwrap.dedent(
         if "EXPLODE" in model_response:
             raise ValueError("cannot parse")
         return {"length": len(model_response)} if model_response.startswith("A") else None
-    '''
+    """
 )
 
 
@@ -71,8 +71,16 @@ def task_setup(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _settings(configs: Path, data: Path, out: Path, model: str, **kw: object) -> InferenceSettings:
-    return InferenceSettings(task_configs=str(configs), input_path=str(data), output_dir=str(out), model_path=model,
-                             model_type="hf", use_cpu=True, max_model_len=64, **kw)
+    return InferenceSettings(
+        task_configs=str(configs),
+        input_path=str(data),
+        output_dir=str(out),
+        model_path=model,
+        model_type="hf",
+        use_cpu=True,
+        max_model_len=64,
+        **kw,
+    )
 
 
 @pytest.mark.slow
@@ -107,8 +115,15 @@ def test_four_assets_over_a_range_load_the_model_once(instance, task_setup, tmp_
     assert prompts["is_chat"].to_list() == [False, False, False, True]
     comps = pl.concat([store.read_frame("completions", k) for k in keys])
     assert comps.height == 10
-    for col in ("response", "responses", "finish_reason", "prompt_tokens", "completion_tokens", "model",
-                "sampling_params"):
+    for col in (
+        "response",
+        "responses",
+        "finish_reason",
+        "prompt_tokens",
+        "completion_tokens",
+        "model",
+        "sampling_params",
+    ):
         assert col in comps.columns
     by_id = {r["record_id"]: r for r in comps.iter_rows(named=True)}
     a_id = reg.manifest.shards[first].file_id
@@ -133,8 +148,7 @@ def test_four_assets_over_a_range_load_the_model_once(instance, task_setup, tmp_
     # The seed's layout.
     extract = json.loads(store.result_path("extract", first).read_text())
     assert [r["file_idx"] for r in extract] == [0, 1, 2, 3]
-    assert set(extract[0]) >= {"file_name", "file_idx", "origin_data", "prompt", "model_response",
-                               "extracted_answer"}
+    assert set(extract[0]) >= {"file_name", "file_idx", "origin_data", "prompt", "model_response", "extracted_answer"}
     assert extract[3]["prompt"] == [{"role": "user", "content": "hi"}]
     assert store.result_path("infer", first).is_file()
 
@@ -149,15 +163,27 @@ def test_answers_rematerialize_without_the_model(instance, task_setup, tmp_path)
     register_shards(instance, task, store, str(data), shard_size=4)
     key = registered_keys(instance, task)[0]
     raw_and_prompts = [a for a in bundle.assets if a.key.path[-1] in ("raw", "prompts")]
-    assert materialize(raw_and_prompts, partition_key=key, instance=instance,
-                       resources={"settings": settings}).success
+    assert materialize(raw_and_prompts, partition_key=key, instance=instance, resources={"settings": settings}).success
     ids = store.read_frame("prompts", key)["record_id"].to_list()
     responses = ["A fine answer", "nothing", "EXPLODE", "A"]
-    store.write_frame("completions", key, pl.DataFrame({
-        "record_id": ids, "response": responses, "responses": [[r] for r in responses],
-        "finish_reason": ["stop"] * 4, "finish_reasons": [["stop"]] * 4, "prompt_tokens": [1] * 4,
-        "completion_tokens": [1] * 4, "error": [None] * 4, "model": ["m"] * 4, "sampling_params": ["{}"] * 4,
-    }))
+    store.write_frame(
+        "completions",
+        key,
+        pl.DataFrame(
+            {
+                "record_id": ids,
+                "response": responses,
+                "responses": [[r] for r in responses],
+                "finish_reason": ["stop"] * 4,
+                "finish_reasons": [["stop"]] * 4,
+                "prompt_tokens": [1] * 4,
+                "completion_tokens": [1] * 4,
+                "error": [None] * 4,
+                "model": ["m"] * 4,
+                "sampling_params": ["{}"] * 4,
+            }
+        ),
+    )
     answers_asset = [a for a in bundle.assets if a.key.path[-1] == "answers"]
     result = materialize(answers_asset, partition_key=key, instance=instance, resources={"settings": settings})
     assert result.success
@@ -169,8 +195,9 @@ def test_answers_rematerialize_without_the_model(instance, task_setup, tmp_path)
     assert md["extracted"].value == 2 and md["errors"].value == 1
 
 
-def test_completions_fails_before_loading_a_model_when_prompts_are_missing(instance, task_setup, tmp_path,
-                                                                           tiny_model_path):
+def test_completions_fails_before_loading_a_model_when_prompts_are_missing(
+    instance, task_setup, tmp_path, tiny_model_path
+):
     configs, data = task_setup
     task = load_task(configs, "demo")
     bundle = build_task_assets(task)
@@ -178,8 +205,9 @@ def test_completions_fails_before_loading_a_model_when_prompts_are_missing(insta
     register_shards(instance, task, settings.store("demo"), str(data), shard_size=4)
     key = registered_keys(instance, task)[0]
     comp = [a for a in bundle.assets if a.key.path[-1] == "completions"]
-    result = materialize(comp, partition_key=key, instance=instance, resources={"settings": settings},
-                         raise_on_error=False)
+    result = materialize(
+        comp, partition_key=key, instance=instance, resources={"settings": settings}, raise_on_error=False
+    )
     assert not result.success
     assert not (tmp_path / "out" / "logs" / "workers").exists()  # no worker (no model) was started
 

@@ -27,8 +27,14 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def llm_infer(*args: str, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "llm_infer_dagster", "--no_progress", *args],
-                          capture_output=True, text=True, env=env or _env(), timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "llm_infer_dagster", "--no_progress", *args],
+        capture_output=True,
+        text=True,
+        env=env or _env(),
+        timeout=timeout,
+        cwd=REPO,
+    )
 
 
 def _instance(out: Path) -> DagsterInstance:
@@ -50,8 +56,19 @@ def _write_qa_input(path: Path, files: int, rows: int) -> None:
 @pytest.mark.slow
 def test_run_resume_rerun_extract_only_and_seed_layout(tmp_path, tiny_model_path):
     out = tmp_path / "out"
-    base = ["--model_path", tiny_model_path, "--model_type", "hf", "--use_cpu", "--output_path", str(out),
-            "--task_name", "qa_regex", "--config_path", str(CONFIGS)]
+    base = [
+        "--model_path",
+        tiny_model_path,
+        "--model_type",
+        "hf",
+        "--use_cpu",
+        "--output_path",
+        str(out),
+        "--task_name",
+        "qa_regex",
+        "--config_path",
+        str(CONFIGS),
+    ]
 
     plan = llm_infer(*base, "--tasks", "4", "--plan_only")
     assert plan.returncode == 0, plan.stderr
@@ -101,11 +118,32 @@ def test_run_resume_rerun_extract_only_and_seed_layout(tmp_path, tiny_model_path
 def test_sigkill_loses_only_in_flight_shards(tmp_path, tiny_model_path):
     data, out = tmp_path / "data", tmp_path / "out"
     _write_qa_input(data, files=3, rows=24)
-    args = ["--model_path", tiny_model_path, "--model_type", "hf", "--use_cpu", "--output_path", str(out),
-            "--task_name", "qa_regex", "--config_path", str(CONFIGS), "--input_path", str(data),
-            "--shard_size", "3", "--batch_size", "1"]
-    proc = subprocess.Popen([sys.executable, "-m", "llm_infer_dagster", "--no_progress", *args], cwd=REPO,
-                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [
+        "--model_path",
+        tiny_model_path,
+        "--model_type",
+        "hf",
+        "--use_cpu",
+        "--output_path",
+        str(out),
+        "--task_name",
+        "qa_regex",
+        "--config_path",
+        str(CONFIGS),
+        "--input_path",
+        str(data),
+        "--shard_size",
+        "3",
+        "--batch_size",
+        "1",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llm_infer_dagster", "--no_progress", *args],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     comp_dir = out / "qa_regex" / "completions"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and len(list(comp_dir.glob("*.parquet"))) < 2:
@@ -138,23 +176,37 @@ def test_sigkill_loses_only_in_flight_shards(tmp_path, tiny_model_path):
     [
         (["--task_name", "no_such_task"], "no task 'no_such_task'"),
         (["--task_name", "../task_configs"], "not a plain folder name"),
-        (["--task_name", "qa_regex", "--tensor_parallel_size", "2"], "tensor_parallel_size > 1 needs --model_type vllm"),
+        (
+            ["--task_name", "qa_regex", "--tensor_parallel_size", "2"],
+            "tensor_parallel_size > 1 needs --model_type vllm",
+        ),
         (["--task_name", "qa_regex", "--model_path", "/no/such/model"], "not a local model folder"),
         (["--task_name", "qa_regex", "--tasks", "0"], "--tasks must be >= 1"),
     ],
 )
 def test_configuration_mistakes_exit_nonzero_with_one_line(tmp_path, tiny_model_path, args, expected):
     model = [] if "--model_path" in args else ["--model_path", tiny_model_path]
-    r = llm_infer("--model_type", "hf", "--use_cpu", "--output_path", str(tmp_path / "o"), *model, *args,
-                  timeout=60)
+    r = llm_infer("--model_type", "hf", "--use_cpu", "--output_path", str(tmp_path / "o"), *model, *args, timeout=60)
     assert r.returncode == 2
     assert expected in r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_more_gpus_than_visible_is_refused_before_loading(tmp_path, tiny_model_path):
-    r = llm_infer("--model_path", tiny_model_path, "--model_type", "hf", "--output_path", str(tmp_path / "o"),
-                  "--task_name", "qa_regex", "--workers", "2", env=_env(CUDA_VISIBLE_DEVICES="0"), timeout=60)
+    r = llm_infer(
+        "--model_path",
+        tiny_model_path,
+        "--model_type",
+        "hf",
+        "--output_path",
+        str(tmp_path / "o"),
+        "--task_name",
+        "qa_regex",
+        "--workers",
+        "2",
+        env=_env(CUDA_VISIBLE_DEVICES="0"),
+        timeout=60,
+    )
     assert r.returncode == 2 and "2 x 1 = 2 GPUs, but 1 are visible" in r.stderr
 
 
@@ -163,7 +215,19 @@ def test_bad_sampling_key_names_the_file(tmp_path, tiny_model_path):
     (configs / "t").mkdir(parents=True)
     (configs / "t" / "task_config.py").write_text((CONFIGS / "basic_example" / "task_config.py").read_text())
     (configs / "t" / "sampling_params.json").write_text('{"temprature": 0}')
-    r = llm_infer("--model_path", tiny_model_path, "--model_type", "hf", "--use_cpu", "--output_path",
-                  str(tmp_path / "o"), "--task_name", "t", "--config_path", str(configs), timeout=60)
+    r = llm_infer(
+        "--model_path",
+        tiny_model_path,
+        "--model_type",
+        "hf",
+        "--use_cpu",
+        "--output_path",
+        str(tmp_path / "o"),
+        "--task_name",
+        "t",
+        "--config_path",
+        str(configs),
+        timeout=60,
+    )
     assert r.returncode == 2
     assert "sampling_params.json" in r.stderr and "temprature" in r.stderr and "temperature" in r.stderr

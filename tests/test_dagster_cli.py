@@ -22,12 +22,24 @@ def test_dagster_job_execute_materializes_one_shard(tmp_path, tiny_model_path):
     home, out = tmp_path / "home", tmp_path / "out"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_INFER_")}
-    env.update(DAGSTER_HOME=str(home), LLM_INFER_OUTPUT=str(out), LLM_INFER_MODEL_PATH=tiny_model_path,
-               LLM_INFER_MODEL_TYPE="hf", LLM_INFER_USE_CPU="1", LLM_INFER_TASKS="qa_regex")
+    env.update(
+        DAGSTER_HOME=str(home),
+        LLM_INFER_OUTPUT=str(out),
+        LLM_INFER_MODEL_PATH=tiny_model_path,
+        LLM_INFER_MODEL_TYPE="hf",
+        LLM_INFER_USE_CPU="1",
+        LLM_INFER_TASKS="qa_regex",
+    )
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        r = subprocess.run([*DAGSTER, "job", "execute", "-m", "llm_infer_dagster.definitions", *args],
-                           env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [*DAGSTER, "job", "execute", "-m", "llm_infer_dagster.definitions", *args],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         return r
 
@@ -48,7 +60,12 @@ def test_dagster_job_execute_materializes_one_shard(tmp_path, tiny_model_path):
 
 
 def test_workspace_loads_every_example_task():
-    r = subprocess.run([*DAGSTER, "definitions", "validate", "-w", "workspace.yaml"], cwd=REPO,
-                       capture_output=True, text=True, timeout=120,
-                       env={k: v for k, v in os.environ.items() if not k.startswith("LLM_INFER_")})
+    r = subprocess.run(
+        [*DAGSTER, "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("LLM_INFER_")},
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]

@@ -7,7 +7,6 @@ shard the moment it is done. ``completions`` logs an ``AssetMaterialization`` pe
 run keeps every shard it finished.
 """
 
-
 import json
 import time
 import warnings
@@ -21,8 +20,8 @@ from dagster import (
     AssetMaterialization,
     AssetsDefinition,
     AssetSelection,
-    BetaWarning,
     BackfillPolicy,
+    BetaWarning,
     Config,
     Failure,
     JobDefinition,
@@ -90,11 +89,16 @@ def _build_task_assets(task: TaskConfig) -> TaskAssets:
     name = task.dagster_name
     pdef = partitions_def_for(task)
     common = dict(partitions_def=pdef, group_name=name, backfill_policy=BackfillPolicy.single_run())
-    raw_key, prompts_key, comp_key, answers_key = (AssetKey([name, a]) for a in
-                                                  ("raw", "prompts", "completions", "answers"))
+    raw_key, prompts_key, comp_key, answers_key = (
+        AssetKey([name, a]) for a in ("raw", "prompts", "completions", "answers")
+    )
 
-    @asset(key=raw_key, kinds={"parquet"}, description=f"Rows of task {task.name}: read_file over its shard's "
-           "row range, with stable record ids.", **common)
+    @asset(
+        key=raw_key,
+        kinds={"parquet"},
+        description=f"Rows of task {task.name}: read_file over its shard's row range, with stable record ids.",
+        **common,
+    )
     def raw(context: AssetExecutionContext, settings: InferenceSettings) -> MaterializeResult:
         store = settings.store(task.name)
         manifest = manifest_for(store)
@@ -108,8 +112,10 @@ def _build_task_assets(task: TaskConfig) -> TaskAssets:
             for s in file_shards:
                 chunk = rows[s.start : s.stop]
                 if len(chunk) < s.rows:
-                    context.log.warning(f"{path} now has {len(rows)} rows; shard {s.key} expected "
-                                        f"rows {s.start}..{s.stop}: the file changed since registration")
+                    context.log.warning(
+                        f"{path} now has {len(rows)} rows; shard {s.key} expected "
+                        f"rows {s.start}..{s.stop}: the file changed since registration"
+                    )
                 if settings.limit is not None:
                     chunk = chunk[: settings.limit]
                 df = pl.DataFrame(
@@ -125,14 +131,23 @@ def _build_task_assets(task: TaskConfig) -> TaskAssets:
                 store.log_shard(s.key, f"raw: {df.height} rows from {path}[{s.start}:{s.stop}]")
                 total += df.height
                 context.add_asset_metadata(
-                    {"rows": df.height, "file": path, "row_range": f"{s.start}..{s.stop}",
-                     "preview": preview(df, ["record_id", "data"])},
+                    {
+                        "rows": df.height,
+                        "file": path,
+                        "row_range": f"{s.start}..{s.stop}",
+                        "preview": preview(df, ["record_id", "data"]),
+                    },
                     partition_key=s.key,
                 )
         return MaterializeResult(metadata={"shards_in_step": len(shards), "rows_in_step": total})
 
-    @asset(key=prompts_key, deps=[raw_key], kinds={"parquet"},
-           description="format_prompt per row; a row whose format_prompt raises keeps its error.", **common)
+    @asset(
+        key=prompts_key,
+        deps=[raw_key],
+        kinds={"parquet"},
+        description="format_prompt per row; a row whose format_prompt raises keeps its error.",
+        **common,
+    )
     def prompts(context: AssetExecutionContext, settings: InferenceSettings) -> MaterializeResult:
         store = settings.store(task.name)
         errors_total = 0
@@ -147,14 +162,17 @@ def _build_task_assets(task: TaskConfig) -> TaskAssets:
                 except Exception as exc:
                     texts.append(None)
                     is_chat.append(False)
-                    errors.append(f"format_prompt raised {type(exc).__name__}: {exc} "
-                                  f"(row {row['index']} of {row['file']})")
+                    errors.append(
+                        f"format_prompt raised {type(exc).__name__}: {exc} (row {row['index']} of {row['file']})"
+                    )
                 else:
                     texts.append(p if isinstance(p, str) else json.dumps(p, ensure_ascii=False))
                     is_chat.append(not isinstance(p, str))
                     errors.append(None)
-            df = pl.DataFrame({"record_id": raw_df["record_id"], "prompt": texts, "is_chat": is_chat,
-                               "error": errors}, schema=PROMPT_SCHEMA)
+            df = pl.DataFrame(
+                {"record_id": raw_df["record_id"], "prompt": texts, "is_chat": is_chat, "error": errors},
+                schema=PROMPT_SCHEMA,
+            )
             store.write_frame("prompts", key, df)
             n_err = sum(e is not None for e in errors)
             errors_total += n_err
@@ -162,30 +180,43 @@ def _build_task_assets(task: TaskConfig) -> TaskAssets:
                 context.log.warning(f"shard {key}: {n_err} prompt error(s): {error_summary(errors)}")
             store.log_shard(key, f"prompts: {df.height} rows, {n_err} errors")
             context.add_asset_metadata(
-                {"rows": df.height, "errors": n_err, "chat_prompts": sum(is_chat),
-                 "preview": preview(df, ["record_id", "prompt", "error"])},
+                {
+                    "rows": df.height,
+                    "errors": n_err,
+                    "chat_prompts": sum(is_chat),
+                    "preview": preview(df, ["record_id", "prompt", "error"]),
+                },
                 partition_key=key,
             )
-        return MaterializeResult(metadata={"shards_in_step": len(context.partition_keys),
-                                           "errors_in_step": errors_total})
+        return MaterializeResult(
+            metadata={"shards_in_step": len(context.partition_keys), "errors_in_step": errors_total}
+        )
 
-    @asset(key=comp_key, deps=[prompts_key], kinds={"parquet"}, tags={"llm_infer/gpu": "engine"},
-           description="The model's completions: every sample, finish reasons, token counts, model and "
-           "sampling parameters. One engine load per step; each shard is recorded as it lands.", **common)
+    @asset(
+        key=comp_key,
+        deps=[prompts_key],
+        kinds={"parquet"},
+        tags={"llm_infer/gpu": "engine"},
+        description="The model's completions: every sample, finish reasons, token counts, model and "
+        "sampling parameters. One engine load per step; each shard is recorded as it lands.",
+        **common,
+    )
     def completions(context: AssetExecutionContext, settings: InferenceSettings) -> MaterializeResult:
         settings.check_engine()
         if settings.model_type == "hf":
             check_hf_supported(task.sampling_params)
         store = settings.store(task.name)
         keys = list(context.partition_keys)
-        slices = None if settings.use_cpu else split_gpus(
-            visible_gpu_ids(), settings.workers, settings.tensor_parallel_size)
-        jobs = [ShardJob(k, str(store.shard_path("prompts", k)), str(store.shard_path("completions", k)))
-                for k in keys]
+        slices = (
+            None if settings.use_cpu else split_gpus(visible_gpu_ids(), settings.workers, settings.tensor_parallel_size)
+        )
+        jobs = [ShardJob(k, str(store.shard_path("prompts", k)), str(store.shard_path("completions", k))) for k in keys]
         missing = [k for k in keys if not store.has("prompts", k)]
         if missing:  # before any model is loaded
-            raise Failure(f"prompts are not materialized for shard(s) {', '.join(missing[:5])}: "
-                          f"materialize {name}/prompts for them first")
+            raise Failure(
+                f"prompts are not materialized for shard(s) {', '.join(missing[:5])}: "
+                f"materialize {name}/prompts for them first"
+            )
 
         def on_message(worker: int, msg: dict) -> None:
             if msg["type"] == "loaded":
@@ -193,9 +224,14 @@ def _build_task_assets(task: TaskConfig) -> TaskAssets:
             elif msg["type"] == "exited":
                 context.log.error(f"worker {worker} stopped: {msg['error']} (log: {msg['log']})")
 
-        pool = WorkerPool(engine_spec(settings), task.sampling_params, workers=settings.workers,
-                          gpu_slices=slices, log_dir=store.output_dir / "logs" / "workers" / context.run.run_id[:8],
-                          on_message=on_message)
+        pool = WorkerPool(
+            engine_spec(settings),
+            task.sampling_params,
+            workers=settings.workers,
+            gpu_slices=slices,
+            log_dir=store.output_dir / "logs" / "workers" / context.run.run_id[:8],
+            on_message=on_message,
+        )
         t0 = time.perf_counter()
         failed: dict[str, str] = {}
         out_tokens = 0
@@ -207,15 +243,24 @@ def _build_task_assets(task: TaskConfig) -> TaskAssets:
                 continue
             out_tokens += r.completion_tokens
             export_shard(store, r.key, with_answers=False, save_text=False)
-            md = {"rows": r.rows, "errors": r.errors, "prompt_tokens": r.prompt_tokens,
-                  "completion_tokens": r.completion_tokens, "tokens_per_s": round(r.tokens_per_s, 1),
-                  "seconds": r.seconds, "worker": r.worker, "gpus": r.gpus or "cpu",
-                  "model": settings.model_path}
+            md = {
+                "rows": r.rows,
+                "errors": r.errors,
+                "prompt_tokens": r.prompt_tokens,
+                "completion_tokens": r.completion_tokens,
+                "tokens_per_s": round(r.tokens_per_s, 1),
+                "seconds": r.seconds,
+                "worker": r.worker,
+                "gpus": r.gpus or "cpu",
+                "model": settings.model_path,
+            }
             # Recorded now, not at step end: a killed run keeps this shard.
             context.log_event(AssetMaterialization(asset_key=comp_key, partition=r.key, metadata=md))
             context.add_asset_metadata(md, partition_key=r.key)
-            msg = (f"shard {r.key}: {r.rows} rows, {r.errors} errors, {r.completion_tokens} tokens out, "
-                   f"{r.tokens_per_s:.0f} tok/s on worker {r.worker} ({r.gpus or 'cpu'})")
+            msg = (
+                f"shard {r.key}: {r.rows} rows, {r.errors} errors, {r.completion_tokens} tokens out, "
+                f"{r.tokens_per_s:.0f} tok/s on worker {r.worker} ({r.gpus or 'cpu'})"
+            )
             context.log.info(msg)
             store.log_shard(r.key, "completions: " + msg)
         elapsed = time.perf_counter() - t0
@@ -225,11 +270,21 @@ def _build_task_assets(task: TaskConfig) -> TaskAssets:
                 + "; ".join(f"{k}: {v.splitlines()[0]}" for k, v in list(failed.items())[:5]),
                 metadata={"failed_shards": ", ".join(failed)},
             )
-        return MaterializeResult(metadata={"shards_in_step": len(keys), "completion_tokens": out_tokens,
-                                           "step_tokens_per_s": round(out_tokens / elapsed, 1)})
+        return MaterializeResult(
+            metadata={
+                "shards_in_step": len(keys),
+                "completion_tokens": out_tokens,
+                "step_tokens_per_s": round(out_tokens / elapsed, 1),
+            }
+        )
 
-    @asset(key=answers_key, deps=[comp_key], kinds={"parquet"},
-           description="extract_answer on each first sample. Never runs the model.", **common)
+    @asset(
+        key=answers_key,
+        deps=[comp_key],
+        kinds={"parquet"},
+        description="extract_answer on each first sample. Never runs the model.",
+        **common,
+    )
     def answers(context: AssetExecutionContext, settings: InferenceSettings) -> MaterializeResult:
         store = settings.store(task.name)
         ok_total = rows_total = 0
@@ -250,8 +305,9 @@ def _build_task_assets(task: TaskConfig) -> TaskAssets:
                 else:
                     values.append(None if ans is None else to_json(ans))
                     errors.append(None)
-            df = pl.DataFrame({"record_id": comps["record_id"], "answer": values, "error": errors},
-                              schema=ANSWER_SCHEMA)
+            df = pl.DataFrame(
+                {"record_id": comps["record_id"], "answer": values, "error": errors}, schema=ANSWER_SCHEMA
+            )
             store.write_frame("answers", key, df)
             export_shard(store, key, with_answers=True, save_text=settings.save_text)
             extracted = sum(v is not None for v in values)
@@ -262,14 +318,21 @@ def _build_task_assets(task: TaskConfig) -> TaskAssets:
                 context.log.warning(f"shard {key}: {n_err} row(s) without an answer: {error_summary(errors)}")
             store.log_shard(key, f"answers: {extracted}/{df.height} extracted, {n_err} errors")
             context.add_asset_metadata(
-                {"rows": df.height, "extracted": extracted, "errors": n_err,
-                 "extraction_rate": round(extracted / df.height, 4) if df.height else 0.0,
-                 "preview": preview(df, ["record_id", "answer", "error"])},
+                {
+                    "rows": df.height,
+                    "extracted": extracted,
+                    "errors": n_err,
+                    "extraction_rate": round(extracted / df.height, 4) if df.height else 0.0,
+                    "preview": preview(df, ["record_id", "answer", "error"]),
+                },
                 partition_key=key,
             )
-        return MaterializeResult(metadata={
-            "shards_in_step": len(context.partition_keys),
-            "extraction_rate": round(ok_total / rows_total, 4) if rows_total else 0.0})
+        return MaterializeResult(
+            metadata={
+                "shards_in_step": len(context.partition_keys),
+                "extraction_rate": round(ok_total / rows_total, 4) if rows_total else 0.0,
+            }
+        )
 
     task_job = define_asset_job(
         f"{name}_job",
@@ -284,15 +347,25 @@ def _build_task_assets(task: TaskConfig) -> TaskAssets:
 
     @op(name=f"{name}_register_shards_op")
     def register_op(context: OpExecutionContext, config: RegisterConfig, settings: InferenceSettings) -> None:
-        reg = register_shards(context.instance, task, settings.store(task.name), settings.input_path,
-                              shard_size=config.shard_size, tasks=config.tasks)
-        context.log.info(f"{len(reg.manifest.shards)} shards ({len(reg.new_keys)} new), "
-                         f"{reg.files_read} file(s) read, shard size {reg.manifest.shard_size}")
+        reg = register_shards(
+            context.instance,
+            task,
+            settings.store(task.name),
+            settings.input_path,
+            shard_size=config.shard_size,
+            tasks=config.tasks,
+        )
+        context.log.info(
+            f"{len(reg.manifest.shards)} shards ({len(reg.new_keys)} new), "
+            f"{reg.files_read} file(s) read, shard size {reg.manifest.shard_size}"
+        )
 
-    @job(name=f"{name}_register_shards", executor_def=in_process_executor,
-         description=f"Read task {task.name}'s input files and register their shards as partitions.")
+    @job(
+        name=f"{name}_register_shards",
+        executor_def=in_process_executor,
+        description=f"Read task {task.name}'s input files and register their shards as partitions.",
+    )
     def register_job() -> None:
         register_op()
 
-    return TaskAssets(task=task, assets=[raw, prompts, completions, answers], job=task_job,
-                      register_job=register_job)
+    return TaskAssets(task=task, assets=[raw, prompts, completions, answers], job=task_job, register_job=register_job)

@@ -62,8 +62,7 @@ class TaskConfig:
             ) from exc
         if isinstance(files, str | Path) or not isinstance(files, list | tuple):
             raise TaskConfigError(
-                f"{self.config_file}: get_file_list must return a list of file paths, "
-                f"got {type(files).__name__}"
+                f"{self.config_file}: get_file_list must return a list of file paths, got {type(files).__name__}"
             )
         out: list[str] = []
         for i, f in enumerate(files):
@@ -92,8 +91,7 @@ class TaskConfig:
             ) from exc
         if not isinstance(rows, list):
             raise TaskConfigError(
-                f"{self.config_file}: read_file({file_path!r}) must return a list of dicts, "
-                f"got {type(rows).__name__}"
+                f"{self.config_file}: read_file({file_path!r}) must return a list of dicts, got {type(rows).__name__}"
             )
         for i, row in enumerate(rows):
             if not isinstance(row, dict):
@@ -109,8 +107,7 @@ class TaskConfig:
         if isinstance(prompt, str):
             return prompt
         if isinstance(prompt, list) and all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in prompt
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in prompt
         ):
             return prompt
         raise ValueError(
@@ -127,7 +124,7 @@ def resolve_task_folder(task_configs: str | Path, name: str) -> Path:
     root = Path(task_configs).resolve()
     if not root.is_dir():
         raise TaskConfigError(f"task config dir {str(task_configs)!r} does not exist (set --config_path)")
-    if not TASK_NAME_RE.match(name) or name in (".", ".."):
+    if not TASK_NAME_RE.fullmatch(name) or name in (".", ".."):
         raise TaskConfigError(
             f"task name {name!r} is not a plain folder name (letters, digits, '_', '-', '.'); "
             f"pick one of: {', '.join(discover_tasks(root)) or '(none found)'}"
@@ -148,28 +145,49 @@ def discover_tasks(task_configs: str | Path) -> list[str]:
     root = Path(task_configs)
     if not root.is_dir():
         return []
-    return sorted(
-        p.name for p in root.iterdir() if (p / CONFIG_FILE).is_file() and TASK_NAME_RE.match(p.name)
-    )
+    return sorted(p.name for p in root.iterdir() if (p / CONFIG_FILE).is_file() and TASK_NAME_RE.fullmatch(p.name))
+
+
+def _local_module_names(folder: Path) -> set[str]:
+    names = {p.stem for p in folder.glob("*.py")} | {
+        p.name for p in folder.iterdir() if p.is_dir() and (p / "__init__.py").is_file()
+    }
+    names.discard(Path(CONFIG_FILE).stem)
+    return names
 
 
 def _import_config(folder: Path, task_name: str) -> ModuleType:
+    """Import task_config.py under a per-task module name.
+
+    Seed tasks may import helper modules that sit next to task_config.py (``import utils``). Two tasks can
+    each have their own ``utils``, so those helpers are imported fresh for this task and then taken out of
+    ``sys.modules`` again (the task module keeps its references), restoring whatever was there before.
+    """
     path = folder / CONFIG_FILE
     module_name = f"llm_infer_task_{re.sub(r'[^A-Za-z0-9_]', '_', task_name)}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise TaskConfigError(f"{path}: cannot be imported as a Python module")
     module = importlib.util.module_from_spec(spec)
-    # Seed tasks may import helper modules that sit next to task_config.py.
+    local = _local_module_names(folder)
+
+    def is_local(name: str) -> bool:
+        return name.split(".")[0] in local
+
+    saved = {n: sys.modules.pop(n) for n in list(sys.modules) if is_local(n)}
+    sys.modules[module_name] = module  # before exec: dataclasses and pickling look the module up
     sys.path.insert(0, str(folder))
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
+        sys.modules.pop(module_name, None)
         raise TaskConfigError(f"{path}: importing it raised {_describe_error(exc)}") from exc
     finally:
-        if sys.path and sys.path[0] == str(folder):
-            sys.path.pop(0)
-    sys.modules[module_name] = module
+        if str(folder) in sys.path:
+            sys.path.remove(str(folder))
+        for n in [n for n in sys.modules if is_local(n)]:
+            del sys.modules[n]
+        sys.modules.update(saved)
     return module
 
 

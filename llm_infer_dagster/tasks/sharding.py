@@ -1,7 +1,8 @@
 """Pure sharding: input files and their row counts -> stable shard keys and row ranges.
 
 A shard is a fixed-size chunk of rows *within one file*, keyed ``<file id>-<chunk number>``. Adding a file
-adds shards and growing a file adds or extends its last shards; no existing key is renumbered. The file id
+adds shards; growing a file extends its last shard only if that shard was never materialized, and puts the
+other new rows in new shards. No key is renumbered and a finished shard never changes its rows. The file id
 is a readable slug of the file name plus a hash of (task, path relative to the input root), so two tasks that
 read the same file never share a key, and moving the whole input folder keeps the keys.
 """
@@ -11,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Container, Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 SHARD_KEY_RE = re.compile(r"^[a-z0-9_]{1,40}-[0-9a-f]{8}-[0-9]{5,}$")
@@ -63,7 +64,7 @@ def shard_key(fid: str, chunk: int) -> str:
 
 def is_shard_key(key: str) -> bool:
     """True for keys this module makes; anything else must not become a file name."""
-    return bool(SHARD_KEY_RE.match(key))
+    return bool(SHARD_KEY_RE.fullmatch(key))
 
 
 def shard_size_for_tasks(total_rows: int, tasks: int) -> int:
@@ -81,6 +82,31 @@ def plan_file_shards(path: str, fid: str, rows: int, shard_size: int) -> list[Sh
         Shard(shard_key(fid, c), path, fid, c, c * shard_size, min(rows, (c + 1) * shard_size))
         for c in range(math.ceil(rows / shard_size))
     ]
+
+
+def grow_file_shards(
+    existing: Sequence[Shard], path: str, rows: int, shard_size: int, frozen: Container[str] = ()
+) -> list[Shard]:
+    """The shards of a file that already has ``existing`` shards and now has ``rows`` rows.
+
+    A shard in ``frozen`` (already materialized) never changes its rows. An unfinished partial last shard
+    is extended up to ``shard_size``; further rows go to new shards numbered after the old ones.
+    """
+    out = sorted(existing, key=lambda s: s.chunk)
+    if not out:
+        raise ValueError("grow_file_shards needs the file's existing shards; use plan_file_shards")
+    out = [replace(s, file=path) for s in out]
+    fid, last = out[-1].file_id, out[-1]
+    end = last.stop
+    if last.key not in frozen and last.rows < shard_size and rows > end:
+        end = min(rows, last.start + shard_size)
+        out[-1] = replace(last, stop=end)
+    chunk = last.chunk + 1
+    while end < rows:
+        stop = min(rows, end + shard_size)
+        out.append(Shard(shard_key(fid, chunk), path, fid, chunk, end, stop))
+        chunk, end = chunk + 1, stop
+    return out
 
 
 def plan_shards(files: Iterable[tuple[str, str, int]], shard_size: int) -> list[Shard]:

@@ -24,9 +24,7 @@ COMPLETION_SCHEMA = {
 }
 
 
-def complete_shard(
-    engine: Engine, prompts: pl.DataFrame, sampling: Mapping[str, Any], model: str
-) -> pl.DataFrame:
+def complete_shard(engine: Engine, prompts: pl.DataFrame, sampling: Mapping[str, Any], model: str) -> pl.DataFrame:
     """Generate for every row without a prompt error; rows with one carry it through as their error."""
     todo: list[int] = []
     to_send: list[Prompt] = []

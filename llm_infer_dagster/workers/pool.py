@@ -58,6 +58,7 @@ class _Worker:
     buffer: bytes = b""
     inflight: list[str] = field(default_factory=list)
     fatal: str | None = None
+    exit_reason: str | None = None
     stopping: bool = False
 
 
@@ -96,6 +97,9 @@ class WorkerPool:
         gpus = ",".join(self.gpu_slices[index]) if self.gpu_slices is not None else ""
         if self.gpu_slices is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpus  # before the child imports torch or vLLM
+        if self.spec.device == "cpu" and "OMP_NUM_THREADS" not in env:
+            # N CPU workers each using every core thrash each other (measured: 100x slower shards).
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.workers))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"worker-{index}.log"
         with log_path.open("ab") as log:
@@ -110,9 +114,7 @@ class WorkerPool:
             )
         os.close(write_fd)
         assert proc.stdin is not None
-        proc.stdin.write(
-            json.dumps({"worker": index, "engine": self.spec.to_dict(), "sampling": self.sampling}) + "\n"
-        )
+        proc.stdin.write(json.dumps({"worker": index, "engine": self.spec.to_dict(), "sampling": self.sampling}) + "\n")
         proc.stdin.flush()
         return _Worker(index, gpus, proc, os.fdopen(read_fd, "rb", buffering=0), log_path)
 
@@ -150,8 +152,15 @@ class WorkerPool:
                     for line in lines:
                         if line.strip():
                             yield from self._handle(w, json.loads(line), queue)
+            reasons = "; ".join(dict.fromkeys(w.exit_reason for w in started if w.exit_reason))
             for job in queue:  # every worker died before the queue drained
-                yield ShardResult(job.key, -1, "", ok=False, error="not run: every engine worker exited")
+                yield ShardResult(
+                    job.key,
+                    -1,
+                    "",
+                    ok=False,
+                    error=f"not run: every engine worker exited ({reasons or 'no reason given'})",
+                )
         finally:
             sel.close()
             for w in started:
@@ -192,11 +201,15 @@ class WorkerPool:
         why = w.fatal or f"worker {w.index} exited with code {code}"
         for key in w.inflight:
             yield ShardResult(
-                key, w.index, w.gpus, ok=False,
+                key,
+                w.index,
+                w.gpus,
+                ok=False,
                 error=f"{why} while running this shard; log {w.log_path}:\n{_tail(w.log_path)}",
             )
         w.inflight.clear()
         if w.fatal or code != 0:
+            w.exit_reason = why
             self.on_message(w.index, {"type": "exited", "code": code, "error": why, "log": str(w.log_path)})
 
 

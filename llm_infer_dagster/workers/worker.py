@@ -35,8 +35,12 @@ def serve(spec_json: dict[str, Any], jobs: TextIO, out: TextIO) -> None:
     try:
         engine = load_engine(spec)
     except Exception as exc:
-        _send(out, type="fatal", error=f"loading {spec.model_type} model {spec.model_path}: "
-              f"{type(exc).__name__}: {exc}", trace=traceback.format_exc())
+        _send(
+            out,
+            type="fatal",
+            error=f"loading {spec.model_type} model {spec.model_path}: {type(exc).__name__}: {exc}",
+            trace=traceback.format_exc(),
+        )
         return
     _send(out, type="loaded", seconds=round(time.perf_counter() - t0, 3), pid=os.getpid())
     _send(out, type="ready")
@@ -51,8 +55,7 @@ def serve(spec_json: dict[str, Any], jobs: TextIO, out: TextIO) -> None:
             df = complete_shard(engine, prompts, sampling, spec.model_path)
             atomic_write(Path(job["output"]), lambda tmp, df=df: df.write_parquet(tmp))
         except Exception as exc:
-            _send(out, type="failed", shard=key, error=f"{type(exc).__name__}: {exc}",
-                  trace=traceback.format_exc())
+            _send(out, type="failed", shard=key, error=f"{type(exc).__name__}: {exc}", trace=traceback.format_exc())
         else:
             _send(
                 out,

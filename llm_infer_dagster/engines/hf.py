@@ -1,0 +1,362 @@
+"""The HuggingFace ``transformers`` backend: batched ``generate`` with vLLM's sampling semantics.
+
+The seed ran one prompt at a time and kept one sample. This engine left-pads prompts of similar length
+into batches, restores input order, keeps every sample, and follows vLLM where HF differs, so a task
+gives the same kind of answer on either backend:
+
+- Parameters missing from the task mean vLLM's ``SamplingParams`` defaults, not the checkpoint's
+  ``generation_config.json`` (the engine keeps only its special-token ids).
+- Stop strings are cut from the text (HF keeps them); the terminating EOS / stop token is not in the text.
+- ``finish_reason`` is "stop" (EOS, stop token, stop string) or "length"; token counts include the
+  terminating token but never padding.
+- A prompt longer than the model accepts comes back as an error ``Completion``; ``max_tokens`` is capped at
+  ``max_model_len - prompt_len`` ("length"), as vLLM does.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llm_infer_dagster.engines.base import Completion, Prompt
+from llm_infer_dagster.errors import SettingsError, TaskConfigError
+from llm_infer_dagster.tasks.sampling import check_hf_supported, normalize_stop, to_hf_generate_kwargs
+
+__all__ = ["HFEngine"]
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Config keys that hold a model's context length, in the order vLLM looks at them.
+_LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length")
+
+
+@dataclass
+class _Encoded:
+    index: int  # position in the caller's list
+    ids: list[int]
+
+
+@dataclass(frozen=True)
+class _DecodeOptions:
+    terminators: set[int]
+    stop_strings: list[str]
+    skip_special_tokens: bool
+    include_stop: bool
+
+
+class HFEngine:
+    """One model loaded with ``transformers`` from a local folder; see the module docstring."""
+
+    name = "hf"
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        device: str = "cpu",
+        dtype: str = "auto",
+        max_model_len: int | None = None,
+        trust_remote_code: bool = False,
+        batch_size: int = 32,
+    ) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+        self.model_path = str(model_path)
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise SettingsError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
+        self.dtype = self._resolve_dtype(dtype)
+        if batch_size < 1:
+            raise SettingsError(f"batch_size must be at least 1, got {batch_size}")
+        if max_model_len is not None and max_model_len < 2:
+            raise SettingsError(f"max_model_len must be at least 2 (prompt plus one token), got {max_model_len}")
+        self.batch_size = batch_size
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(
+                self.model_path, local_files_only=True, trust_remote_code=trust_remote_code
+            )
+            model = AutoModelForCausalLM.from_pretrained(
+                self.model_path, dtype=self.dtype, local_files_only=True, trust_remote_code=trust_remote_code
+            )
+        except (OSError, ValueError) as exc:
+            if not Path(self.model_path).exists():
+                reason = "no such folder (nothing is downloaded: give a local folder or an already cached hub id)"
+            else:
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SettingsError(f"cannot load model from {self.model_path}: {reason}") from exc
+
+        # Left padding: generated tokens of every row start at the same column.
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self._tokenizer = tokenizer
+
+        eos: list[int] = []
+        for source in (model.generation_config.eos_token_id, tokenizer.eos_token_id):
+            for token in source if isinstance(source, list) else [source]:
+                if token is not None and token not in eos:
+                    eos.append(int(token))
+        self._eos_ids = eos
+        pad = tokenizer.pad_token_id
+        self._pad_id = int(pad if pad is not None else (eos[0] if eos else 0))
+        # Keep only the special-token ids of the checkpoint's generation_config: HF fills every unset
+        # sampling knob from it (e.g. a checkpoint's top_k=20), which vLLM's explicit SamplingParams ignore.
+        # EOS is passed per call, so ignore_eos can turn it off.
+        model.generation_config = GenerationConfig(
+            bos_token_id=model.generation_config.bos_token_id, pad_token_id=self._pad_id
+        )
+        self._model = model.to(self.device).eval()
+
+        derived = self._derived_max_len(model.config, tokenizer)
+        if max_model_len is not None and derived is not None and max_model_len > derived:
+            log.warning(
+                "max_model_len %d exceeds the model's %d positions; quality past that is undefined",
+                max_model_len,
+                derived,
+            )
+        self.max_model_len = int(max_model_len or derived or 2048)
+
+    # ----------------------------------------------------------------------------------------- set-up
+
+    def _resolve_dtype(self, dtype: str) -> torch.dtype:
+        if dtype == "auto":
+            if self.device.type == "cuda":
+                return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.float32
+        if dtype not in _DTYPES:
+            raise SettingsError(f"dtype must be auto, {', '.join(_DTYPES)}; got {dtype!r}")
+        return _DTYPES[dtype]
+
+    @staticmethod
+    def _derived_max_len(config: Any, tokenizer: Any) -> int | None:
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        for key in _LENGTH_KEYS:
+            value = getattr(text_config, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        limit = getattr(tokenizer, "model_max_length", None)
+        return limit if isinstance(limit, int) and 0 < limit < 10**7 else None
+
+    # ------------------------------------------------------------------------------------- generation
+
+    def generate(self, prompts: Sequence[Prompt], sampling: Mapping[str, Any]) -> list[Completion]:
+        """One Completion per prompt, in input order, each with all ``n`` samples.
+
+        Raises :class:`TaskConfigError` for parameters HF cannot honour, before any work. With ``seed``,
+        the RNG is reseeded before every batch: the same prompts and settings give the same samples.
+        """
+        if self._model is None:
+            raise RuntimeError("HFEngine.generate called after close()")
+        check_hf_supported(sampling)
+        kwargs = to_hf_generate_kwargs(sampling)
+        max_tokens = int(kwargs.pop("max_new_tokens"))
+        n = int(sampling.get("n", 1))
+        kwargs.pop("num_return_sequences", None)
+        # Greedy: HF refuses num_return_sequences > 1; vLLM returns n identical samples. Repeat instead.
+        seqs_per_prompt = n if kwargs["do_sample"] else 1
+
+        results: list[Completion | None] = [None] * len(prompts)
+        encoded = self._encode_all(prompts, results)
+        # Longest first: similar lengths share a batch (little padding); a batch that runs out of memory
+        # does so at the start.
+        encoded.sort(key=lambda e: len(e.ids), reverse=True)
+        per_batch = max(1, self.batch_size // seqs_per_prompt)
+        for batch in self._batches(encoded, max_tokens, per_batch):
+            samples = self._generate_batch(batch, max_tokens, seqs_per_prompt, kwargs, sampling)
+            for item, item_samples in zip(batch, samples, strict=True):
+                if seqs_per_prompt != n:
+                    item_samples = item_samples * n
+                results[item.index] = Completion(
+                    responses=[s[0] for s in item_samples],
+                    finish_reasons=[s[1] for s in item_samples],
+                    prompt_tokens=len(item.ids),
+                    completion_tokens=sum(s[2] for s in item_samples),
+                )
+        return [r if r is not None else Completion(error="internal: prompt was not generated") for r in results]
+
+    def _encode_all(self, prompts: Sequence[Prompt], results: list[Completion | None]) -> list[_Encoded]:
+        """Tokenize every prompt; bad or too-long ones become error Completions in ``results``."""
+        tok = self._tokenizer
+        plain: list[tuple[int, str]] = []
+        chat: list[tuple[int, str]] = []
+        for i, prompt in enumerate(prompts):
+            if isinstance(prompt, str):
+                plain.append((i, prompt))
+            elif isinstance(prompt, list) and all(isinstance(m, Mapping) for m in prompt):
+                if tok.chat_template is None:
+                    raise TaskConfigError(
+                        f"format_prompt returned chat messages, but the model at {self.model_path} has no chat "
+                        "template; return a string from format_prompt or use a chat model"
+                    )
+                try:
+                    text = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+                except Exception as exc:  # a template error concerns this prompt only
+                    results[i] = Completion(error=f"cannot apply the chat template: {type(exc).__name__}: {exc}")
+                    continue
+                chat.append((i, text))
+            else:
+                results[i] = Completion(
+                    error=f"prompt must be a string or a list of chat messages, got {type(prompt).__name__}"
+                )
+
+        encoded: list[_Encoded] = []
+        # Chat templates write their own BOS; plain text gets the tokenizer's special tokens.
+        for group, add_special in ((plain, True), (chat, False)):
+            if not group:
+                continue
+            ids_list = tok([text for _, text in group], add_special_tokens=add_special)["input_ids"]
+            for (i, _), ids in zip(group, ids_list, strict=True):
+                if not ids:
+                    results[i] = Completion(error="prompt is empty (0 tokens)")
+                elif len(ids) >= self.max_model_len:
+                    results[i] = Completion(
+                        prompt_tokens=len(ids),
+                        error=(
+                            f"prompt is {len(ids)} tokens; the model accepts at most {self.max_model_len} "
+                            f"(max_model_len), prompt plus at least one new token"
+                        ),
+                    )
+                else:
+                    encoded.append(_Encoded(i, list(ids)))
+        return encoded
+
+    def _batches(self, encoded: list[_Encoded], max_tokens: int, per_batch: int) -> list[list[_Encoded]]:
+        """Cut the length-sorted prompts into batches.
+
+        A batch runs ``min(max_tokens, max_model_len - longest)`` steps. A prompt whose own room
+        (``max_model_len - len``) is below ``max_tokens`` is batched only with prompts of its length, so
+        no prompt gets fewer new tokens than vLLM would give it.
+        """
+        batches: list[list[_Encoded]] = []
+        for item in encoded:
+            if batches:
+                current = batches[-1]
+                head = len(current[0].ids)
+                constrained = head + max_tokens > self.max_model_len
+                if len(current) < per_batch and (not constrained or len(item.ids) == head):
+                    current.append(item)
+                    continue
+            batches.append([item])
+        return batches
+
+    def _generate_batch(
+        self,
+        batch: list[_Encoded],
+        max_tokens: int,
+        seqs_per_prompt: int,
+        kwargs: dict[str, Any],
+        sampling: Mapping[str, Any],
+    ) -> list[list[tuple[str, str, int]]]:
+        """Generate for one batch; per prompt, a list of (text, finish_reason, completion_tokens)."""
+        width = max(len(item.ids) for item in batch)
+        input_ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, item in enumerate(batch):
+            input_ids[row, width - len(item.ids) :] = torch.tensor(item.ids, dtype=torch.long)
+            attention_mask[row, width - len(item.ids) :] = 1
+
+        stop_ids = [int(t) for t in sampling.get("stop_token_ids") or []]
+        terminators = list(dict.fromkeys(stop_ids + ([] if sampling.get("ignore_eos") else self._eos_ids)))
+        stop_strings = normalize_stop(sampling)
+        call: dict[str, Any] = dict(kwargs)
+        call.update(
+            max_new_tokens=min(max_tokens, self.max_model_len - width),
+            eos_token_id=terminators or None,
+            pad_token_id=self._pad_id,
+        )
+        if seqs_per_prompt > 1:
+            call["num_return_sequences"] = seqs_per_prompt
+        if stop_strings:
+            call.update(stop_strings=stop_strings, tokenizer=self._tokenizer)
+        seed = sampling.get("seed")
+        if seed is not None:
+            torch.manual_seed(int(seed))
+
+        with torch.inference_mode():
+            out = self._model.generate(
+                input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device), **call
+            )
+        generated = out[:, width:].tolist()
+
+        options = _DecodeOptions(
+            terminators=set(terminators),
+            stop_strings=stop_strings,
+            skip_special_tokens=bool(sampling.get("skip_special_tokens", True)),
+            include_stop=bool(sampling.get("include_stop_str_in_output", False)),
+        )
+        per_prompt: list[list[tuple[str, str, int]]] = []
+        for p in range(len(batch)):
+            rows = generated[p * seqs_per_prompt : (p + 1) * seqs_per_prompt]
+            per_prompt.append([self._finish(tokens, options) for tokens in rows])
+        return per_prompt
+
+    def _decode(self, tokens: list[int], skip_special_tokens: bool) -> str:
+        return self._tokenizer.decode(
+            tokens, skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False
+        )
+
+    def _first_stop_end(self, tokens: list[int], stop_strings: list[str], skip: bool) -> int | None:
+        """Smallest k such that the text of ``tokens[:k]`` contains a stop string (None if none does)."""
+
+        def hit(k: int) -> bool:
+            text = self._decode(tokens[:k], skip)
+            return any(s in text for s in stop_strings)
+
+        if not tokens or not hit(len(tokens)):
+            return None
+        lo, hi = 1, len(tokens)  # hit(hi) holds; containment only grows with k
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if hit(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    def _finish(self, tokens: list[int], opt: _DecodeOptions) -> tuple[str, str, int]:
+        """Find where one generated row really ends; return (text, finish_reason, token count).
+
+        After a row finishes, HF fills it with padding (or, with no EOS criterion, keeps generating), so
+        the end is the earliest of: the first terminating token, the token that completes a stop string.
+        Stop strings are looked for both in the raw text (what HF's criterion matched, special tokens
+        included) and in the decoded text, as vLLM does.
+        """
+        end_token = next((k + 1 for k, t in enumerate(tokens) if t in opt.terminators), None)
+        end_stop: int | None = None
+        if opt.stop_strings:
+            head = tokens[:end_token] if end_token is not None else tokens
+            ends = [self._first_stop_end(head, opt.stop_strings, skip) for skip in {False, opt.skip_special_tokens}]
+            found = [e for e in ends if e is not None]
+            end_stop = min(found) if found else None
+
+        if end_stop is not None and (end_token is None or end_stop < end_token):
+            text = self._decode(tokens[:end_stop], opt.skip_special_tokens)
+            cuts = [(text.find(s), s) for s in opt.stop_strings if s in text]
+            if cuts:
+                start, stop = min(cuts, key=lambda c: (c[0], -len(c[1])))
+                text = text[: start + len(stop)] if opt.include_stop else text[:start]
+            return text, "stop", end_stop
+        if end_token is not None:
+            kept = tokens[:end_token] if opt.include_stop else tokens[: end_token - 1]
+            return self._decode(kept, opt.skip_special_tokens), "stop", end_token
+        return self._decode(tokens, opt.skip_special_tokens), "length", len(tokens)
+
+    # -------------------------------------------------------------------------------------- tear-down
+
+    def close(self) -> None:
+        """Drop the model and free its memory (best effort; exiting the process is what frees a GPU)."""
+        if getattr(self, "_model", None) is None:
+            return
+        on_cuda = self.device.type == "cuda"
+        self._model = None
+        gc.collect()
+        if on_cuda:
+            torch.cuda.empty_cache()

@@ -1,0 +1,325 @@
+"""Shard registration against a real Dagster instance: one read per new or changed file, stable keys."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import textwrap
+from pathlib import Path
+
+import polars as pl
+import pytest
+from dagster import AssetKey, AssetMaterialization, DagsterInstance
+
+from llm_infer_dagster.errors import TaskConfigError
+from llm_infer_dagster.registry import (
+    ShardManifest,
+    manifest_for,
+    partitions_def_for,
+    register_shards,
+    registered_keys,
+)
+from llm_infer_dagster.store import ASSETS, TaskStore
+from llm_infer_dagster.tasks.loader import TaskConfig, load_task
+from llm_infer_dagster.tasks.sharding import DEFAULT_SHARD_SIZE, is_shard_key
+
+TASK = "counted"
+
+# A seed-style task that appends the base name of every file it reads to reads.log next to it.
+COUNTING_TASK = """
+import json
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def get_file_list(input_path):
+    return sorted(os.path.join(input_path, f) for f in os.listdir(input_path) if f.endswith(".jsonl"))
+
+
+def read_file(file_path):
+    with open(os.path.join(HERE, "reads.log"), "a", encoding="utf-8") as log:
+        log.write(os.path.basename(file_path) + "\\n")
+    with open(file_path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def format_prompt(org_data):
+    return org_data["q"]
+
+
+def extract_answer(model_response):
+    return None
+"""
+
+
+class Env:
+    def __init__(self, root: Path) -> None:
+        self.cfg = root / "cfg"
+        self.input = root / "in"
+        self.out = root / "out"
+        folder = self.cfg / TASK
+        folder.mkdir(parents=True)
+        (folder / "task_config.py").write_text(textwrap.dedent(COUNTING_TASK))
+        self.input.mkdir()
+        self.reads_log = folder / "reads.log"
+        self.task: TaskConfig = load_task(self.cfg, TASK)
+        self.store = TaskStore(self.out, TASK)
+        self.instance = DagsterInstance.ephemeral()
+
+    def write(self, name: str, rows: int, start: int = 0, append: bool = False) -> None:
+        with (self.input / name).open("a" if append else "w") as f:
+            for i in range(start, start + rows):
+                f.write(json.dumps({"q": f"{name}-{i}"}) + "\n")
+
+    def reads(self) -> list[str]:
+        return self.reads_log.read_text().splitlines() if self.reads_log.exists() else []
+
+    def register(self, **kwargs):
+        return register_shards(self.instance, self.task, self.store, str(self.input), **kwargs)
+
+    def keys(self) -> list[str]:
+        return registered_keys(self.instance, self.task)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    return Env(tmp_path)
+
+
+def ranges(manifest: ShardManifest) -> dict[str, tuple[str, int, int]]:
+    return {k: (Path(s.file).name, s.start, s.stop) for k, s in manifest.shards.items()}
+
+
+def test_first_registration_adds_dynamic_partitions_and_manifest(env: Env) -> None:
+    env.write("a.jsonl", 10)
+    env.write("b.jsonl", 3)
+    reg = env.register(shard_size=4)
+    assert reg.files_read == 2
+    assert sorted(env.reads()) == ["a.jsonl", "b.jsonl"]
+    assert reg.manifest.shard_size == 4
+    keys = env.keys()
+    assert keys == list(reg.manifest.shards) == reg.new_keys
+    assert len(keys) == 3 + 1
+    assert all(is_shard_key(k) for k in keys)
+    assert [r for r in ranges(reg.manifest).values()] == [
+        ("a.jsonl", 0, 4),
+        ("a.jsonl", 4, 8),
+        ("a.jsonl", 8, 10),
+        ("b.jsonl", 0, 3),
+    ]
+    # The partitions definition name is what the assets use.
+    assert env.instance.get_dynamic_partitions(partitions_def_for(env.task).name) == keys
+    # The manifest on disk holds the same shards.
+    on_disk = manifest_for(env.store)
+    assert ranges(on_disk) == ranges(reg.manifest)
+    assert {e.rows for e in on_disk.files.values()} == {10, 3}
+
+
+def test_default_shard_size(env: Env) -> None:
+    env.write("a.jsonl", 3)
+    assert env.register().manifest.shard_size == DEFAULT_SHARD_SIZE
+
+
+def test_second_call_reads_nothing_and_adds_nothing(env: Env) -> None:
+    env.write("a.jsonl", 10)
+    env.write("b.jsonl", 3)
+    first = env.register(shard_size=4)
+    keys = env.keys()
+    manifest_text = env.store.manifest_path.read_text()
+    reads = env.reads()
+
+    again = env.register(shard_size=4)
+    assert again.files_read == 0
+    assert again.new_keys == []
+    assert again.shrunk_files == []
+    assert env.reads() == reads
+    assert env.keys() == keys
+    assert ranges(again.manifest) == ranges(first.manifest)
+    assert json.loads(env.store.manifest_path.read_text()) == json.loads(manifest_text)
+
+
+def test_adding_a_file_reads_only_it_and_adds_only_its_shards(env: Env) -> None:
+    env.write("b.jsonl", 10)
+    first = env.register(shard_size=4)
+    old_keys = env.keys()
+    env.reads_log.unlink()
+
+    env.write("a.jsonl", 5)  # sorts before b: must not shift b's keys
+    reg = env.register(shard_size=4)
+    assert reg.files_read == 1
+    assert env.reads() == ["a.jsonl"]
+    assert len(reg.new_keys) == 2
+    assert all(reg.manifest.shards[k].file.endswith("a.jsonl") for k in reg.new_keys)
+    assert env.keys() == old_keys + reg.new_keys  # old partitions keep their place
+    for k in old_keys:
+        assert reg.manifest.shards[k] == first.manifest.shards[k]
+
+
+def test_growing_a_file_rereads_only_it(env: Env) -> None:
+    env.write("a.jsonl", 10)
+    env.write("b.jsonl", 3)
+    first = env.register(shard_size=4)
+    old_keys = env.keys()
+    env.reads_log.unlink()
+
+    env.write("a.jsonl", 7, start=10, append=True)  # 17 rows now
+    reg = env.register(shard_size=4)
+    assert reg.files_read == 1
+    assert env.reads() == ["a.jsonl"]
+    assert reg.shrunk_files == []
+    assert len(reg.new_keys) == 2
+    assert env.keys() == old_keys + reg.new_keys
+    before, after = ranges(first.manifest), ranges(reg.manifest)
+    changed = [k for k in before if before[k] != after[k]]
+    assert changed == [old_keys[2]]
+    assert after[old_keys[2]] == ("a.jsonl", 8, 12)
+    assert [after[k] for k in reg.new_keys] == [("a.jsonl", 12, 16), ("a.jsonl", 16, 17)]
+    assert manifest_for(env.store).files[first.manifest.shards[old_keys[0]].file_id].rows == 17
+
+
+def test_same_size_rewrite_with_new_mtime_is_reread(env: Env) -> None:
+    env.write("a.jsonl", 4)
+    env.register(shard_size=4)
+    env.reads_log.unlink()
+    path = env.input / "a.jsonl"
+    st = path.stat()
+    path.write_text(path.read_text().replace("a.jsonl-0", "a.jsonl-9"))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    reg = env.register(shard_size=4)
+    assert reg.files_read == 1 and env.reads() == ["a.jsonl"]
+    assert reg.new_keys == []
+
+
+def test_shrunk_file_is_reported(env: Env) -> None:
+    env.write("a.jsonl", 10)
+    env.write("b.jsonl", 3)
+    env.register(shard_size=4)
+    env.write("a.jsonl", 2)
+    reg = env.register(shard_size=4)
+    assert [Path(p).name for p in reg.shrunk_files] == ["a.jsonl"]
+    assert reg.new_keys == []
+    # Shards are never silently re-cut: their ranges stay, and the shrink is reported for a person to decide.
+    a_ranges = sorted((s.start, s.stop) for s in reg.manifest.shards.values() if s.file.endswith("a.jsonl"))
+    assert a_ranges == [(0, 4), (4, 8), (8, 10)]
+
+
+@pytest.mark.parametrize("tasks", [1, 3, 5, 13])
+def test_tasks_picks_the_shard_size(env: Env, tasks: int) -> None:
+    env.write("a.jsonl", 13)
+    reg = env.register(tasks=tasks)
+    assert reg.manifest.shard_size == math.ceil(13 / tasks)
+    assert len(env.keys()) == math.ceil(13 / reg.manifest.shard_size) <= tasks
+
+
+def test_tasks_counts_rows_over_all_files(env: Env) -> None:
+    env.write("a.jsonl", 6)
+    env.write("b.jsonl", 6)
+    reg = env.register(tasks=4)
+    assert reg.manifest.shard_size == 3
+    assert len(env.keys()) == 4
+
+
+def test_explicit_shard_size_wins_over_tasks(env: Env) -> None:
+    env.write("a.jsonl", 12)
+    assert env.register(shard_size=5, tasks=2).manifest.shard_size == 5
+
+
+def test_later_call_with_other_size_keeps_old_size(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    env.write("a.jsonl", 10)
+    first = env.register(shard_size=4)
+    keys = env.keys()
+    with caplog.at_level(logging.WARNING, logger="llm_infer_dagster.registry"):
+        reg = env.register(shard_size=2)
+    assert reg.manifest.shard_size == 4
+    assert reg.new_keys == [] and reg.files_read == 0
+    assert env.keys() == keys
+    assert ranges(reg.manifest) == ranges(first.manifest)
+    assert "keeps its 4-row shards" in caplog.text
+    assert env.register(tasks=10).manifest.shard_size == 4
+    assert manifest_for(env.store).shard_size == 4
+
+
+def test_reshard_wipes_and_reregisters(env: Env) -> None:
+    env.write("a.jsonl", 10)
+    env.write("b.jsonl", 3)
+    env.register(shard_size=4)
+    old_keys = env.keys()
+    for asset in ASSETS:
+        env.store.write_frame(asset, old_keys[0], pl.DataFrame({"x": [1]}))
+        env.instance.report_runless_asset_event(
+            AssetMaterialization(asset_key=AssetKey([env.task.dagster_name, asset]), partition=old_keys[0])
+        )
+    comp = AssetKey([env.task.dagster_name, "completions"])
+    assert env.instance.get_materialized_partitions(comp) == {old_keys[0]}
+    env.reads_log.unlink()
+
+    reg = env.register(shard_size=3, reshard=True)
+    assert reg.manifest.shard_size == 3
+    assert reg.files_read == 2 and sorted(env.reads()) == ["a.jsonl", "b.jsonl"]
+    assert env.keys() == list(reg.manifest.shards) == reg.new_keys
+    assert len(env.keys()) == 4 + 1
+    assert [r for r in ranges(reg.manifest).values()][:4] == [
+        ("a.jsonl", 0, 3),
+        ("a.jsonl", 3, 6),
+        ("a.jsonl", 6, 9),
+        ("a.jsonl", 9, 10),
+    ]
+    assert env.instance.get_materialized_partitions(comp) == set()
+    for asset in ASSETS:
+        assert not (env.store.task_dir / asset).exists()
+    assert manifest_for(env.store).shard_size == 3
+    # A plain call afterwards keeps the new size and reads nothing.
+    again = env.register()
+    assert again.files_read == 0 and again.manifest.shard_size == 3
+
+
+def test_reshard_drops_keys_of_removed_files(env: Env) -> None:
+    env.write("a.jsonl", 4)
+    env.write("b.jsonl", 4)
+    env.register(shard_size=4)
+    (env.input / "b.jsonl").unlink()
+    reg = env.register(shard_size=4, reshard=True)
+    assert env.keys() == list(reg.manifest.shards)
+    assert len(env.keys()) == 1
+    assert all(s.file.endswith("a.jsonl") for s in reg.manifest.shards.values())
+
+
+def test_a_materialized_last_shard_keeps_its_rows_when_the_file_grows(env: Env) -> None:
+    """A finished shard never changes: the grown file's new rows go to a new shard, none is skipped."""
+    env.write("a.jsonl", 10)
+    env.register(shard_size=4)
+    last = env.keys()[-1]
+    raw = AssetKey([env.task.dagster_name, "raw"])
+    env.instance.report_runless_asset_event(AssetMaterialization(asset_key=raw, partition=last))
+    env.write("a.jsonl", 1, start=10, append=True)
+    reg = env.register(shard_size=4)
+    assert (reg.manifest.shards[last].start, reg.manifest.shards[last].stop) == (8, 10)
+    assert reg.changed_keys == []
+    assert [(reg.manifest.shards[k].start, reg.manifest.shards[k].stop) for k in reg.new_keys] == [(10, 11)]
+    assert env.keys()[-1] == reg.new_keys[0]
+
+
+def test_no_files_is_an_error(env: Env) -> None:
+    with pytest.raises(TaskConfigError, match="returned no files"):
+        env.register()
+    assert env.keys() == []
+    assert not env.store.manifest_path.exists()
+
+
+def test_bad_row_in_a_file_registers_nothing(env: Env) -> None:
+    env.write("a.jsonl", 3)
+    (env.input / "b.jsonl").write_text('{"q": 1}\n[1, 2]\n')
+    with pytest.raises(TaskConfigError, match="at row 1"):
+        env.register()
+    assert env.keys() == []
+    assert not env.store.manifest_path.exists()
+
+
+def test_manifest_for_without_registration_says_what_to_do(env: Env) -> None:
+    with pytest.raises(TaskConfigError, match="register_shards job first"):
+        manifest_for(env.store)
+    with pytest.raises(TaskConfigError, match="not in the manifest"):
+        ShardManifest(task=TASK, shard_size=4).shard("nope-00000000-00000")
