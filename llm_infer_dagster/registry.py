@@ -194,9 +194,7 @@ def register_shards(
     """Plan, save the manifest, then add the new shard keys as Dagster partitions."""
     raw_key = AssetKey([task.dagster_name, "raw"])
     frozen = set() if reshard else instance.get_materialized_partitions(raw_key)
-    reg = plan_registration(
-        task, store, input_path, shard_size=shard_size, tasks=tasks, reshard=reshard, frozen=frozen
-    )
+    reg = plan_registration(task, store, input_path, shard_size=shard_size, tasks=tasks, reshard=reshard, frozen=frozen)
     pdef_name = partitions_def_for(task).name
     assert pdef_name is not None
     if reshard:

@@ -45,3 +45,45 @@ class Engine(Protocol):
     def close(self) -> None:
         """Release the model (best effort; the owning process exiting is what frees GPU memory)."""
         ...
+
+
+class StreamingEngine(Engine, Protocol):
+    """An engine that keeps its batch fed across shards (vLLM's add-request/step loop).
+
+    ``submit`` queues a whole shard under a tag and returns at once; ``step`` advances generation and
+    returns the shards whose last request finished, so the next shard's requests are already running
+    while the current one drains.
+    """
+
+    def submit(self, tag: str, prompts: Sequence[Prompt], sampling: Mapping[str, Any]) -> None: ...
+
+    def has_pending(self) -> bool: ...
+
+    def step(self) -> list[tuple[str, list[Completion]]]: ...
+
+
+class BlockingStream:
+    """Gives a generate-only engine (HF) the streaming interface: each step runs one whole shard."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._queue: list[tuple[str, Sequence[Prompt], Mapping[str, Any]]] = []
+
+    def submit(self, tag: str, prompts: Sequence[Prompt], sampling: Mapping[str, Any]) -> None:
+        self._queue.append((tag, prompts, sampling))
+
+    def has_pending(self) -> bool:
+        return bool(self._queue)
+
+    def step(self) -> list[tuple[str, list[Completion]]]:
+        if not self._queue:
+            return []
+        tag, prompts, sampling = self._queue.pop(0)
+        return [(tag, self.engine.generate(prompts, sampling))]
+
+
+def as_streaming(engine: Engine) -> StreamingEngine:
+    """The engine itself if it streams, else a :class:`BlockingStream` around it."""
+    if all(callable(getattr(engine, m, None)) for m in ("submit", "has_pending", "step")):
+        return engine  # type: ignore[return-value]
+    return BlockingStream(engine)  # type: ignore[return-value]

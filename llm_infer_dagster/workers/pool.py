@@ -81,6 +81,7 @@ class WorkerPool:
         gpu_slices: Sequence[Sequence[str]] | None = None,
         log_dir: Path,
         on_message: Callable[[int, dict[str, Any]], None] | None = None,
+        prefetch: int = 2,
     ) -> None:
         if gpu_slices is not None and len(gpu_slices) != workers:
             raise ValueError(f"{workers} workers need {workers} GPU slices, got {len(gpu_slices)}")
@@ -90,6 +91,7 @@ class WorkerPool:
         self.gpu_slices = gpu_slices
         self.log_dir = log_dir
         self.on_message = on_message or (lambda _i, _m: None)
+        self.prefetch = prefetch  # shards a worker holds at once: the next is queued before the current drains
 
     def _start(self, index: int) -> _Worker:
         read_fd, write_fd = os.pipe()
@@ -114,7 +116,8 @@ class WorkerPool:
             )
         os.close(write_fd)
         assert proc.stdin is not None
-        proc.stdin.write(json.dumps({"worker": index, "engine": self.spec.to_dict(), "sampling": self.sampling}) + "\n")
+        spec = {"worker": index, "engine": self.spec.to_dict(), "sampling": self.sampling, "prefetch": self.prefetch}
+        proc.stdin.write(json.dumps(spec) + "\n")
         proc.stdin.flush()
         return _Worker(index, gpus, proc, os.fdopen(read_fd, "rb", buffering=0), log_path)
 

@@ -2,19 +2,24 @@
 
 Started by :mod:`llm_infer_dagster.workers.pool` with ``CUDA_VISIBLE_DEVICES`` already in its environment,
 so torch/vLLM see only this worker's GPUs. It loads the engine once, then serves shard jobs read as JSON
-lines on stdin, writing each completions shard atomically and reporting on the message pipe (JSON lines).
-stdout/stderr belong to libraries and go to the worker's log file.
+lines on stdin and reports on the message pipe (JSON lines); stdout/stderr go to the worker's log file.
+
+It keeps up to ``prefetch`` shards in the engine at once: the next shard's requests are queued before the
+current one drains, and each shard is written (atomically) the moment its last request finishes.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any, TextIO
+
+DEFAULT_PREFETCH = 2
 
 
 def _send(out: TextIO, **msg: Any) -> None:
@@ -22,15 +27,45 @@ def _send(out: TextIO, **msg: Any) -> None:
     out.flush()
 
 
-def serve(spec_json: dict[str, Any], jobs: TextIO, out: TextIO) -> None:
+class LineReader:
+    """JSON lines from a raw fd, with an optional wait, so the engine can step while no job is waiting."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = b""
+        self.eof = False
+
+    def read(self, timeout: float | None) -> list[dict[str, Any]]:
+        if self.eof:
+            return []
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        if ready:
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                self.eof = True  # the parent is gone: treat as stop
+                return [{"type": "stop"}]
+            self.buffer += chunk
+        *lines, self.buffer = self.buffer.split(b"\n")
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+def serve(reader: LineReader, out: TextIO) -> None:
     import polars as pl
 
+    from llm_infer_dagster.engines.base import as_streaming
     from llm_infer_dagster.engines.spec import EngineSpec, load_engine
     from llm_infer_dagster.store import atomic_write
-    from llm_infer_dagster.workers.completions import complete_shard
+    from llm_infer_dagster.workers.completions import ShardRequest, completions_frame, prepare_shard
 
+    spec_json: dict[str, Any] = {}
+    while not spec_json:
+        msgs = reader.read(None)
+        if reader.eof:
+            return
+        spec_json = msgs[0] if msgs else {}
     spec = EngineSpec.from_dict(spec_json["engine"])
     sampling = spec_json["sampling"]
+    prefetch = int(spec_json.get("prefetch", DEFAULT_PREFETCH))
     t0 = time.perf_counter()
     try:
         engine = load_engine(spec)
@@ -43,31 +78,55 @@ def serve(spec_json: dict[str, Any], jobs: TextIO, out: TextIO) -> None:
         )
         return
     _send(out, type="loaded", seconds=round(time.perf_counter() - t0, 3), pid=os.getpid())
-    _send(out, type="ready")
-    for line in jobs:
-        job = json.loads(line)
-        if job.get("type") == "stop":
-            break
-        key = job["shard"]
-        t1 = time.perf_counter()
+    stream = as_streaming(engine)
+    inflight: dict[str, tuple[dict[str, Any], ShardRequest, float]] = {}
+    asked = 0
+    stopping = False
+
+    def finish(key: str, completions: list) -> None:
+        job, request, started = inflight.pop(key)
         try:
-            prompts = pl.read_parquet(job["prompts"])
-            df = complete_shard(engine, prompts, sampling, spec.model_path)
-            atomic_write(Path(job["output"]), lambda tmp, df=df: df.write_parquet(tmp))
+            df = completions_frame(request, completions, sampling, spec.model_path)
+            atomic_write(Path(job["output"]), lambda tmp: df.write_parquet(tmp))
         except Exception as exc:
             _send(out, type="failed", shard=key, error=f"{type(exc).__name__}: {exc}", trace=traceback.format_exc())
-        else:
-            _send(
-                out,
-                type="done",
-                shard=key,
-                rows=df.height,
-                errors=int(df["error"].is_not_null().sum()),
-                prompt_tokens=int(df["prompt_tokens"].sum()),
-                completion_tokens=int(df["completion_tokens"].sum()),
-                seconds=round(time.perf_counter() - t1, 4),
-            )
-        _send(out, type="ready")
+            return
+        _send(
+            out,
+            type="done",
+            shard=key,
+            rows=df.height,
+            errors=int(df["error"].is_not_null().sum()),
+            prompt_tokens=int(df["prompt_tokens"].sum()),
+            completion_tokens=int(df["completion_tokens"].sum()),
+            seconds=round(time.perf_counter() - started, 4),
+        )
+
+    while True:
+        if not stopping and len(inflight) + asked < prefetch:
+            _send(out, type="ready")
+            asked += 1
+        if stopping and not inflight:
+            break
+        for job in reader.read(None if not stream.has_pending() else 0):
+            asked -= 1
+            if job.get("type") == "stop":
+                stopping = True
+                continue
+            key = job["shard"]
+            try:
+                request = prepare_shard(pl.read_parquet(job["prompts"]))
+                inflight[key] = (job, request, time.perf_counter())
+                if request.to_send:
+                    stream.submit(key, request.to_send, sampling)
+                else:
+                    finish(key, [])
+            except Exception as exc:
+                inflight.pop(key, None)
+                _send(out, type="failed", shard=key, error=f"{type(exc).__name__}: {exc}", trace=traceback.format_exc())
+        if stream.has_pending():
+            for key, completions in stream.step():
+                finish(key, completions)
     engine.close()
 
 
@@ -85,10 +144,8 @@ def _die_with_parent() -> None:
 
 def main() -> None:
     _die_with_parent()
-    msg_fd = int(sys.argv[1])
-    out = os.fdopen(msg_fd, "w", buffering=1)
-    spec_json = json.loads(sys.stdin.readline())
-    serve(spec_json, sys.stdin, out)
+    out = os.fdopen(int(sys.argv[1]), "w", buffering=1)
+    serve(LineReader(sys.stdin.fileno()), out)
 
 
 if __name__ == "__main__":
