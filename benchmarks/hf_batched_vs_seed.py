@@ -1,8 +1,9 @@
 """HF backend throughput: the seed's one-prompt-at-a-time loop vs HFEngine's batched generate.
 
 Both sides load the same tiny model from disk and decode the same prompts greedily, so the outputs must
-match (checked and reported). Each side runs ``--repeats`` times after a warm-up; the best time counts,
-since on a shared machine noise only ever slows a run down.
+match (checked and reported). After a warm-up the two sides run alternately ``--repeats`` times; the best
+time of each counts, since on a shared machine noise only ever slows a run down (the 1-minute load
+average before and after is reported).
 
     python benchmarks/hf_batched_vs_seed.py [--prompts 256] [--max-tokens 32] [--batch-size 64]
         [--hidden-size 128] [--layers 2] [--heads 2] [--repeats 3] [--model-dir DIR]
@@ -64,13 +65,10 @@ def load_seed_loop(model_path: str, max_tokens: int) -> Callable[[list[str]], tu
     return run
 
 
-def timed(fn: Any, repeats: int) -> tuple[float, Any]:
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
 
 
 def main() -> None:
@@ -96,15 +94,21 @@ def main() -> None:
     prompts = make_prompts(args.prompts)
     params = {"temperature": 0, "max_tokens": args.max_tokens}
 
-    # (a) the seed's loop
-    run_seed = load_seed_loop(model_path, args.max_tokens)
-    run_seed(prompts[:4])  # warm-up
-    seed_s, (seed_texts, seed_tokens) = timed(lambda: run_seed(prompts), args.repeats)
+    run_seed = load_seed_loop(model_path, args.max_tokens)  # (a) the seed's loop
+    engine = HFEngine(model_path, batch_size=args.batch_size)  # (b) HFEngine, all prompts in one call
+    run_seed(prompts[:4])  # warm-up both
+    engine.generate(prompts[: args.batch_size], params)
 
-    # (b) HFEngine, all prompts in one call
-    engine = HFEngine(model_path, batch_size=args.batch_size)
-    engine.generate(prompts[: args.batch_size], params)  # warm-up
-    engine_s, completions = timed(lambda: engine.generate(prompts, params), args.repeats)
+    # Interleaved, so both sides see the same background load; the best time of each side counts.
+    load_before = os.getloadavg()[0]
+    seed_times, engine_times = [], []
+    for _ in range(args.repeats):
+        seconds, (seed_texts, seed_tokens) = timed(lambda: run_seed(prompts))
+        seed_times.append(seconds)
+        seconds, completions = timed(lambda: engine.generate(prompts, params))
+        engine_times.append(seconds)
+    load_after = os.getloadavg()[0]
+    seed_s, engine_s = min(seed_times), min(engine_times)
     engine_tokens = sum(c.completion_tokens for c in completions)
     matches = sum(c.response == t for c, t in zip(completions, seed_texts, strict=True))
     engine.close()
@@ -125,9 +129,11 @@ def main() -> None:
         "engine_prompts_per_s": round(len(prompts) / engine_s, 1),
         "engine_new_tokens_per_s": round(engine_tokens / engine_s, 1),
         "speedup": round(seed_s / engine_s, 2),
+        "speedup_per_repeat": [round(a / b, 1) for a, b in zip(seed_times, engine_times, strict=True)],
         "new_tokens": {"seed": seed_tokens, "engine": engine_tokens},
         "outputs_identical": f"{matches}/{len(prompts)}",
         "torch_threads": torch.get_num_threads(),
+        "loadavg_1m": [round(load_before, 2), round(load_after, 2)],
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,

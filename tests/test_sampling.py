@@ -42,9 +42,9 @@ def test_builtin_defaults_when_no_files(tmp_path: Path) -> None:
 
 def test_task_overrides_defaults_key_by_key(tmp_path: Path, task_dir: Path) -> None:
     defaults = write(tmp_path / "default_sampling_params.json", {"temperature": 1.0, "max_tokens": 32, "top_k": 5})
-    write(task_dir / "sampling_params.json", {"temperature": 0, "n": 2, "stop": ["\n"]})
+    write(task_dir / "sampling_params.json", {"temperature": 0.5, "n": 2, "stop": ["\n"]})
     params = load_sampling_params(defaults, task_dir)
-    assert params == {"temperature": 0.0, "max_tokens": 32, "top_k": 5, "n": 2, "stop": ["\n"]}
+    assert params == {"temperature": 0.5, "max_tokens": 32, "top_k": 5, "n": 2, "stop": ["\n"]}
     # The task file may also be given directly.
     assert load_sampling_params(defaults, task_dir / "sampling_params.json") == params
 
@@ -225,3 +225,11 @@ def test_hf_mapping_of_lengths_and_penalties() -> None:
         "max_new_tokens": 32,
         "repetition_penalty": 1.0,
     }
+
+
+def test_greedy_with_several_samples_is_refused_for_every_engine(tmp_path: Path) -> None:
+    task = tmp_path / "sampling_params.json"
+    task.write_text('{"temperature": 0, "n": 3}')
+    with pytest.raises(TaskConfigError, match='"n" = 3 with "temperature" 0') as err:
+        load_sampling_params(None, task)
+    assert str(task) in str(err.value) and 'set "temperature" above 0 or "n" to 1' in str(err.value)

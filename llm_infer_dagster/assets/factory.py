@@ -37,6 +37,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 
 from llm_infer_dagster.assets.metadata import error_summary, preview
 from llm_infer_dagster.engines.spec import EngineSpec
+from llm_infer_dagster.executor.gpu_executor import GPU_TAG, gpu_executor
 from llm_infer_dagster.exports import export_shard
 from llm_infer_dagster.registry import manifest_for, partitions_def_for, register_shards
 from llm_infer_dagster.settings import InferenceSettings
@@ -196,7 +197,7 @@ def _build_task_assets(task: TaskConfig) -> TaskAssets:
         key=comp_key,
         deps=[prompts_key],
         kinds={"parquet"},
-        tags={"llm_infer/gpu": "engine"},
+        op_tags={GPU_TAG: "settings"},  # the executor leases workers x tensor_parallel_size GPUs
         description="The model's completions: every sample, finish reasons, token counts, model and "
         "sampling parameters. One engine load per step; each shard is recorded as it lands.",
         **common,
@@ -337,7 +338,7 @@ def _build_task_assets(task: TaskConfig) -> TaskAssets:
     task_job = define_asset_job(
         f"{name}_job",
         selection=AssetSelection.assets(raw_key, prompts_key, comp_key, answers_key),
-        executor_def=in_process_executor,
+        executor_def=gpu_executor,
         description=f"raw -> prompts -> completions -> answers for task {task.name}",
     )
 

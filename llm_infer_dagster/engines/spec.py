@@ -42,5 +42,15 @@ def load_engine(spec: EngineSpec) -> Engine:
             batch_size=spec.batch_size,
         )
     if spec.model_type == "vllm":
-        raise NotImplementedError("the vLLM engine is not built yet (issue 3)")
+        from llm_infer_dagster.engines.vllm import VLLMEngine
+
+        return VLLMEngine(
+            spec.model_path,
+            device=spec.device,
+            dtype=spec.dtype,
+            max_model_len=spec.max_model_len,
+            trust_remote_code=spec.trust_remote_code,
+            tensor_parallel_size=spec.tensor_parallel_size,
+            engine_args=dict(spec.engine_args),
+        )
     raise ValueError(f"unknown model type {spec.model_type!r}")

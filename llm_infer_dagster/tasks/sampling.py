@@ -219,6 +219,12 @@ def _check_combination(params: Mapping[str, Any], source: str) -> None:
     min_tokens = params.get("min_tokens", 0)
     if max_tokens is not None and min_tokens > max_tokens:
         raise TaskConfigError(f'{source}: "min_tokens" ({min_tokens}) must not exceed "max_tokens" ({max_tokens})')
+    if params.get("n", 1) > 1 and params.get("temperature", 1.0) == 0:
+        # Greedy decoding gives n identical samples; vLLM refuses it outright, so refuse it for every engine.
+        raise TaskConfigError(
+            f'{source}: "n" = {params["n"]} with "temperature" 0 would give {params["n"]} identical greedy samples; '
+            'set "temperature" above 0 or "n" to 1'
+        )
 
 
 def _read_json_object(path: Path) -> dict[str, Any]:

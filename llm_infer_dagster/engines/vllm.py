@@ -1,0 +1,320 @@
+"""The vLLM backend: one ``vllm.LLM`` kept fed across shards through its engine's add-request/step loop.
+
+``submit`` renders and queues every prompt of a shard at once; ``step`` runs one engine step and hands
+back the shards whose last request finished, so the next shard's requests already run while the current
+one drains (one ``LLM.generate`` call per shard would drain the batch at every shard boundary).
+``generate`` is ``submit`` plus stepping until that shard is back: one code path for both.
+
+Conventions shared with the HF backend (see :mod:`llm_infer_dagster.engines.hf`):
+
+- Plain text is tokenized by vLLM as usual (with the tokenizer's special tokens, e.g. BOS). Chat messages
+  are rendered with the model's chat template (``add_generation_prompt=True``) and tokenized without
+  special tokens, since the template writes its own BOS.
+- A prompt that leaves no room for one new token (``len >= max_model_len``), an empty prompt, a chat
+  template failure, or any request vLLM refuses comes back as an error :class:`Completion`; the rest of
+  the shard runs.
+- Sampling keys are vLLM ``SamplingParams`` names already; a combination vLLM refuses raises
+  :class:`TaskConfigError` before anything is queued.
+- ``completion_tokens`` counts the generated token ids (the terminating EOS / stop token included),
+  summed over the ``n`` samples; ``finish_reasons`` are vLLM's ("stop", "length", "abort").
+
+Importing this module imports neither vLLM nor torch: the engine (and its CPU/GPU setup) lives in the
+worker process that builds it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llm_infer_dagster.engines.base import Completion, Prompt
+from llm_infer_dagster.errors import SettingsError, TaskConfigError
+
+__all__ = ["DEFAULT_CPU_KV_CACHE_BYTES", "VLLMEngine"]
+
+log = logging.getLogger(__name__)
+
+#: KV cache reserved on CPU when the caller sets no size. vLLM's default (92% of RAM) fails at start-up.
+DEFAULT_CPU_KV_CACHE_BYTES = 512 * 1024 * 1024
+_KV_SIZE_ARGS = ("gpu_memory_utilization", "kv_cache_memory_bytes")
+_KV_SIZE_ENV = "VLLM_CPU_KVCACHE_SPACE"
+
+# Request ids are f"{tag}{_SEP}{row}"; the row is split off from the right, so a tag may contain anything.
+_SEP = "\x1f"
+_GENERATE_TAG = "\x00generate"
+
+
+@dataclass
+class _Shard:
+    """One submitted shard: its completions so far and how many requests are still running."""
+
+    results: list[Completion | None]
+    prompt_tokens: dict[int, int] = field(default_factory=dict)
+    running: int = 0
+
+
+class VLLMEngine:
+    """One model served by ``vllm.LLM``; implements both ``Engine`` and ``StreamingEngine``."""
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        device: str = "cuda",
+        dtype: str = "auto",
+        max_model_len: int | None = None,
+        trust_remote_code: bool = False,
+        tensor_parallel_size: int = 1,
+        engine_args: dict[str, Any] | None = None,
+    ) -> None:
+        self.model_path = str(model_path)
+        self.device = str(device)
+        if max_model_len is not None and max_model_len < 2:
+            raise SettingsError(f"max_model_len must be at least 2 (prompt plus one token), got {max_model_len}")
+        if tensor_parallel_size < 1:
+            raise SettingsError(f"tensor_parallel_size must be at least 1, got {tensor_parallel_size}")
+        on_cpu = self.device.split(":")[0] == "cpu"
+        args: dict[str, Any] = dict(engine_args or {})
+        if on_cpu:
+            # "auto" turns an fp32 checkpoint into bf16 on CPU; keep what HF would load.
+            if dtype == "auto":
+                dtype = "float32"
+            if not any(k in args for k in _KV_SIZE_ARGS) and not os.environ.get(_KV_SIZE_ENV):
+                args["kv_cache_memory_bytes"] = DEFAULT_CPU_KV_CACHE_BYTES
+        self.dtype = dtype
+
+        from vllm import LLM
+
+        try:
+            self._llm: Any = LLM(
+                model=self.model_path,
+                tensor_parallel_size=tensor_parallel_size,
+                dtype=dtype,
+                max_model_len=max_model_len,
+                trust_remote_code=trust_remote_code,
+                **args,
+            )
+        except Exception as exc:
+            if not Path(self.model_path).exists() and os.sep in self.model_path:
+                reason = "no such folder"
+            else:
+                text = str(exc).strip()
+                reason = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+            raise SettingsError(f"cannot start vLLM for {self.model_path}: {reason}") from exc
+
+        self._engine: Any = self._llm.llm_engine
+        self.max_model_len = int(self._engine.model_config.max_model_len)
+        self._tokenizer: Any = self._llm.get_tokenizer()
+        self._renderer: Any = getattr(self._llm, "renderer", None)
+        self._tok_params: dict[bool, Any] = {}
+        if self._renderer is not None:
+            # vLLM's own completion tokenization, minus its length cap: the engine counts and refuses
+            # too-long prompts itself, with the real token count in the message.
+            base = self._renderer.default_cmpl_tok_params
+            for add_special in (True, False):
+                self._tok_params[add_special] = dataclasses.replace(
+                    base, max_total_tokens=None, add_special_tokens=add_special
+                )
+        self._shards: dict[str, _Shard] = {}
+        self._ready: list[tuple[str, list[Completion]]] = []
+
+    # ------------------------------------------------------------------------------------- sampling
+
+    def sampling_params(self, sampling: Mapping[str, Any]) -> Any:
+        """``SamplingParams`` for the merged task parameters; :class:`TaskConfigError` if vLLM refuses them."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        params = dict(sampling)
+        n = params.get("n", 1)
+        if params.get("temperature", 1.0) == 0 and isinstance(n, int) and n > 1:
+            raise TaskConfigError(
+                f'sampling parameters: "n" is {n} but "temperature" is 0 (greedy), and vLLM requires n = 1 '
+                'for greedy sampling; set "n" to 1, or "temperature" above 0, in sampling_params.json'
+            )
+        try:
+            return SamplingParams(**params, output_kind=RequestOutputKind.FINAL_ONLY)
+        except Exception as exc:  # VLLMValidationError is no ValueError; msgspec raises TypeError
+            key = getattr(exc, "parameter", None)
+            where = f' (change "{key}")' if key else ""
+            raise TaskConfigError(
+                f"sampling parameters rejected by vLLM{where}: {exc}; fix the named key in sampling_params.json"
+            ) from exc
+
+    # ------------------------------------------------------------------------------------ streaming
+
+    def submit(self, tag: str, prompts: Sequence[Prompt], sampling: Mapping[str, Any]) -> None:
+        """Queue a whole shard under ``tag``; bad prompts become error Completions at once."""
+        if self._llm is None:
+            raise RuntimeError("VLLMEngine.submit called after close()")
+        if tag in self._shards or any(t == tag for t, _ in self._ready):
+            raise ValueError(f"shard {tag!r} is already in the engine")
+        params = self.sampling_params(sampling)
+        shard = _Shard(results=[None] * len(prompts))
+        self._shards[tag] = shard
+        added: list[str] = []
+        try:
+            for i, prompt in enumerate(prompts):
+                engine_input, error, n_tokens = self._render(prompt)
+                if engine_input is None:
+                    shard.results[i] = Completion(prompt_tokens=n_tokens, error=error)
+                    continue
+                request_id = f"{tag}{_SEP}{i}"
+                try:
+                    self._engine.add_request(request_id, engine_input, params)
+                except Exception as exc:
+                    if _is_engine_failure(exc):
+                        raise
+                    shard.results[i] = Completion(
+                        prompt_tokens=n_tokens, error=f"vLLM refused the prompt: {type(exc).__name__}: {exc}"
+                    )
+                    continue
+                added.append(request_id)
+                shard.prompt_tokens[i] = n_tokens
+                shard.running += 1
+        except BaseException:
+            self._shards.pop(tag, None)
+            if added:
+                self._abort(added)
+            raise
+
+    def has_pending(self) -> bool:
+        return bool(self._shards) or bool(self._ready)
+
+    def step(self) -> list[tuple[str, list[Completion]]]:
+        """One engine step; the shards whose last request finished, each in input order."""
+        done, self._ready = self._ready, []
+        if self._llm is None:
+            return done
+        if any(s.running for s in self._shards.values()):
+            if self._engine.has_unfinished_requests():
+                for output in self._engine.step():
+                    if output.finished:
+                        self._record(output)
+            else:  # should not happen: vLLM has nothing left, yet requests never came back
+                for shard in self._shards.values():
+                    for i, result in enumerate(shard.results):
+                        if result is None:
+                            shard.results[i] = Completion(error="internal: vLLM returned no output for this prompt")
+                    shard.running = 0
+        for tag in [t for t, s in self._shards.items() if s.running == 0]:
+            shard = self._shards.pop(tag)
+            done.append((tag, [r if r is not None else Completion(error="internal: no output") for r in shard.results]))
+        return done
+
+    def generate(self, prompts: Sequence[Prompt], sampling: Mapping[str, Any]) -> list[Completion]:
+        """One Completion per prompt, in input order, each with all ``n`` samples (the streaming path)."""
+        self.submit(_GENERATE_TAG, prompts, sampling)
+        while True:
+            for tag, completions in self.step():
+                if tag == _GENERATE_TAG:
+                    return completions
+                self._ready.append((tag, completions))  # another caller's shard: keep it for their step()
+
+    # -------------------------------------------------------------------------------------- helpers
+
+    def _render(self, prompt: Prompt) -> tuple[Any, str | None, int]:
+        """(engine input, None, token count) or (None, error, token count) for one prompt."""
+        if isinstance(prompt, str):
+            text, add_special = prompt, True
+        elif isinstance(prompt, list) and all(isinstance(m, Mapping) for m in prompt):
+            if getattr(self._tokenizer, "chat_template", None) is None:
+                raise TaskConfigError(
+                    f"format_prompt returned chat messages, but the model at {self.model_path} has no chat "
+                    "template; return a string from format_prompt or use a chat model"
+                )
+            try:
+                text = self._tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+            except Exception as exc:  # a template error concerns this prompt only
+                return None, f"cannot apply the chat template: {type(exc).__name__}: {exc}", 0
+            add_special = False  # the template writes its own BOS
+        else:
+            return None, f"prompt must be a string or a list of chat messages, got {type(prompt).__name__}", 0
+
+        try:
+            if self._renderer is not None:
+                (engine_input,) = self._renderer.render_cmpl([{"prompt": text}], self._tok_params[add_special])
+                ids = engine_input["prompt_token_ids"]
+            else:  # older vLLM without a renderer: hand over token ids
+                ids = list(self._tokenizer(text, add_special_tokens=add_special)["input_ids"])
+                engine_input = {"prompt_token_ids": ids, "prompt": text}
+        except Exception as exc:
+            return None, f"cannot tokenize the prompt: {type(exc).__name__}: {exc}", 0
+        n_tokens = len(ids)
+        if n_tokens == 0:
+            return None, "prompt is empty (0 tokens)", 0
+        if n_tokens >= self.max_model_len:
+            return (
+                None,
+                f"prompt is {n_tokens} tokens; the model accepts at most {self.max_model_len} "
+                f"(max_model_len), prompt plus at least one new token",
+                n_tokens,
+            )
+        return engine_input, None, n_tokens
+
+    def _record(self, output: Any) -> None:
+        tag, _, row = str(output.request_id).rpartition(_SEP)
+        shard = self._shards.get(tag)
+        if shard is None or not row.isdigit() or not 0 <= int(row) < len(shard.results):
+            return  # not one of ours
+        i = int(row)
+        if shard.results[i] is not None:
+            return
+        samples = sorted(output.outputs, key=lambda o: o.index)
+        prompt_ids = output.prompt_token_ids
+        prompt_tokens = len(prompt_ids) if prompt_ids is not None else shard.prompt_tokens.get(i, 0)
+        reasons = [str(o.finish_reason) if o.finish_reason is not None else "abort" for o in samples]
+        completion = Completion(
+            responses=[o.text for o in samples],
+            finish_reasons=reasons,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=sum(len(o.token_ids) for o in samples),
+        )
+        if "error" in reasons:
+            completion.error = "vLLM failed this request (finish_reason 'error'); retrying the shard may help"
+        shard.results[i] = completion
+        shard.running -= 1
+
+    def _abort(self, request_ids: list[str]) -> None:
+        try:
+            self._engine.abort_request(request_ids)
+        except Exception:  # best effort
+            log.debug("aborting %d vLLM requests failed", len(request_ids), exc_info=True)
+
+    # ------------------------------------------------------------------------------------ tear-down
+
+    def close(self) -> None:
+        """Abort what is running and shut the engine core down (best effort; exiting frees the memory)."""
+        llm = getattr(self, "_llm", None)
+        if llm is None:
+            return
+        running = [f"{tag}{_SEP}{i}" for tag, s in self._shards.items() for i in s.prompt_tokens]
+        if running:
+            self._abort(running)
+        self._shards.clear()
+        self._ready.clear()
+        try:
+            self._engine.engine_core.shutdown()
+        except Exception:
+            log.debug("vLLM engine core shutdown failed", exc_info=True)
+        self._llm = None
+        self._engine = None
+        self._renderer = None
+        gc.collect()
+
+
+def _is_engine_failure(exc: BaseException) -> bool:
+    """True for errors that mean the engine itself is gone (those must sink the shard, not one row)."""
+    try:
+        from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
+    except ImportError:  # pragma: no cover - other vLLM layouts
+        return type(exc).__name__ in ("EngineDeadError", "EngineGenerateError")
+    return isinstance(exc, EngineDeadError | EngineGenerateError)

@@ -1,0 +1,144 @@
+"""The Dagster executor every task job uses: each step in its own process, GPU steps on leased GPUs.
+
+Built on Dagster's ``StepDelegatingExecutor`` + ``StepHandler`` (the path dagster-docker and dagster-k8s
+take; these are ``dagster._core`` imports, so the project pins Dagster's minor version and
+``tests/test_gpu_executor.py`` runs the real executor). A step's GPU need comes from its ``llm_infer/gpus``
+tag: a number, or ``settings`` for workers x tensor_parallel_size of the run's settings (0 with use_cpu).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from dagster import Field, Noneable, executor
+from dagster._core.definitions.executor_definition import multiple_process_executor_requirements
+from dagster._core.events import DagsterEvent
+from dagster._core.execution.retries import RetryMode, get_retries_config
+from dagster._core.executor.step_delegating import (
+    CheckStepHealthResult,
+    StepDelegatingExecutor,
+    StepHandler,
+    StepHandlerContext,
+)
+
+from llm_infer_dagster.executor.leases import DEFAULT_LOCK_DIR, GpuLeaser
+from llm_infer_dagster.settings import env_defaults
+from llm_infer_dagster.workers.gpus import visible_gpu_ids
+
+GPU_TAG = "llm_infer/gpus"
+
+
+def gpus_needed(step_tags: Mapping[str, str], run_config: Mapping[str, Any]) -> int:
+    """How many GPUs a step needs, from its tag and the run's settings resource config."""
+    tag = step_tags.get(GPU_TAG)
+    if tag is None:
+        return 0
+    if tag.strip().isdigit():
+        return int(tag)
+    if tag != "settings":
+        raise ValueError(f"tag {GPU_TAG}={tag!r} must be a number or 'settings'")
+    configured = ((run_config.get("resources") or {}).get("settings") or {}).get("config") or {}
+    cfg = {**env_defaults(), **configured}
+    return 0 if cfg["use_cpu"] else int(cfg["workers"]) * int(cfg["tensor_parallel_size"])
+
+
+def step_command(args: Sequence[str]) -> list[str]:
+    """Dagster's step command, with a bare ``dagster`` made into this interpreter's ``-m dagster``."""
+    args = list(args)
+    if args and os.path.basename(args[0]) == "dagster":
+        return [sys.executable, "-m", "dagster", *args[1:]]
+    return args
+
+
+class GpuStepHandler(StepHandler):
+    """Starts each step as ``lease_exec ... -- dagster api execute_step``; tracks and kills those processes."""
+
+    def __init__(self, gpu_ids: Sequence[str], lock_dir: str, lease_timeout: float | None = None) -> None:
+        self.leaser = GpuLeaser(gpu_ids, lock_dir)
+        self.lease_timeout = lease_timeout
+        self._procs: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
+
+    @property
+    def name(self) -> str:
+        return "llm_infer_gpu"
+
+    @staticmethod
+    def _key(ctx: StepHandlerContext) -> tuple[str, str]:
+        keys = ctx.execute_step_args.step_keys_to_execute
+        assert keys is not None and len(keys) == 1, "one step per process"
+        return ctx.execute_step_args.run_id, keys[0]
+
+    def launch_step(self, step_handler_context: StepHandlerContext) -> Iterator[DagsterEvent]:
+        ctx = step_handler_context
+        run_id, step_key = self._key(ctx)
+        need = gpus_needed(ctx.step_tags[step_key], ctx.dagster_run.run_config)
+        self.leaser.check_need(need)  # more than the host has: fail now, not after waiting forever
+        command = [
+            sys.executable, "-m", "llm_infer_dagster.executor.lease_exec",
+            "--need", str(need), "--gpus", ",".join(self.leaser.gpu_ids), "--lock-dir", str(self.leaser.lock_dir),
+            "--label", step_key,
+            *(["--timeout", str(self.lease_timeout)] if self.lease_timeout else []),
+            "--", *step_command(ctx.execute_step_args.get_command_args()),
+        ]  # fmt: skip
+        proc = subprocess.Popen(command, env=dict(os.environ))
+        self._procs[(run_id, step_key)] = proc
+        yield DagsterEvent.step_worker_starting(
+            ctx.get_step_context(step_key),
+            message=f"step {step_key} starting in pid {proc.pid} with {need} GPU(s) to lease",
+            metadata={"pid": str(proc.pid), "gpus_needed": need},
+        )
+
+    def check_step_health(self, step_handler_context: StepHandlerContext) -> CheckStepHealthResult:
+        proc = self._procs.get(self._key(step_handler_context))
+        code = None if proc is None else proc.poll()
+        if code is None or code == 0:
+            return CheckStepHealthResult.healthy()
+        return CheckStepHealthResult.unhealthy(f"step process {proc.pid} exited with code {code}")  # type: ignore[union-attr]
+
+    def terminate_step(self, step_handler_context: StepHandlerContext) -> Iterator[DagsterEvent]:
+        proc = self._procs.pop(self._key(step_handler_context), None)
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        yield from ()
+
+
+@executor(
+    name="llm_infer_gpu_executor",
+    config_schema={
+        "gpus": Field(
+            Noneable([str]),
+            default_value=None,
+            description="GPU ids to lease; default CUDA_VISIBLE_DEVICES, else what nvidia-smi lists",
+        ),
+        "lock_dir": Field(
+            str,
+            default_value=os.environ.get("LLM_INFER_GPU_LOCK_DIR", DEFAULT_LOCK_DIR),
+            description="host-wide lock files, one per GPU (LLM_INFER_GPU_LOCK_DIR)",
+        ),
+        "lease_timeout_s": Field(
+            Noneable(float), default_value=None, description="give up waiting for GPUs after this long (default: wait)"
+        ),
+        "max_concurrent": Field(Noneable(int), default_value=None, description="steps at once in this run"),
+        "retries": get_retries_config(),
+    },
+    requirements=multiple_process_executor_requirements(),
+)
+def gpu_executor(init_context: Any) -> StepDelegatingExecutor:
+    """Each step in its own process; steps tagged ``llm_infer/gpus`` hold host-wide GPU leases."""
+    cfg = init_context.executor_config
+    gpu_ids = cfg["gpus"] if cfg["gpus"] is not None else visible_gpu_ids()
+    return StepDelegatingExecutor(
+        GpuStepHandler(gpu_ids, cfg["lock_dir"], cfg["lease_timeout_s"]),
+        retries=RetryMode.from_config(cfg["retries"]),  # type: ignore[arg-type]
+        max_concurrent=cfg["max_concurrent"],
+        sleep_seconds=0.1,
+        check_step_health_interval_seconds=1,
+    )

@@ -1,0 +1,70 @@
+"""A code location for tests/test_gpu_executor.py: assets that record which GPUs their step process saw.
+
+GPU ids are labels ("g0", "g1"): the executor's leases are host-level locks, testable without a GPU.
+"""
+
+import json
+import os
+import signal
+import time
+
+from dagster import Definitions, asset, define_asset_job
+
+from llm_infer_dagster.executor.gpu_executor import gpu_executor
+
+
+def _record(name: str) -> None:
+    start = time.time()
+    if os.environ.get("LEASE_TEST_CRASH") == name:
+        os.kill(os.getpid(), signal.SIGKILL)  # die holding the lease
+    time.sleep(float(os.environ.get("LEASE_TEST_SLEEP", "2")))
+    with open(os.environ["LEASE_TEST_LOG"], "a") as f:
+        f.write(
+            json.dumps(
+                {
+                    "asset": name,
+                    "pid": os.getpid(),
+                    "start": start,
+                    "end": time.time(),
+                    "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                }
+            )
+            + "\n"
+        )
+
+
+@asset(op_tags={"llm_infer/gpus": "2"})
+def needs_two() -> None:
+    _record("needs_two")
+
+
+@asset(op_tags={"llm_infer/gpus": "1"})
+def needs_one() -> None:
+    _record("needs_one")
+
+
+@asset(op_tags={"llm_infer/gpus": "3"})
+def needs_three() -> None:
+    _record("needs_three")
+
+
+@asset
+def cpu_a() -> None:
+    _record("cpu_a")
+
+
+@asset
+def cpu_b() -> None:
+    _record("cpu_b")
+
+
+defs = Definitions(
+    assets=[needs_two, needs_one, needs_three, cpu_a, cpu_b],
+    jobs=[
+        define_asset_job("two", ["needs_two"]),
+        define_asset_job("one", ["needs_one"]),
+        define_asset_job("three", ["needs_three"]),
+        define_asset_job("cpu", ["cpu_a", "cpu_b"]),
+    ],
+    executor=gpu_executor,
+)
