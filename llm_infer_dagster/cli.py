@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_model_len", type=int, default=None, help="context length (default: the model's)")
     p.add_argument("--batch_size", type=int, default=32, help="hf engine batch size")
     p.add_argument("--trust_remote_code", action="store_true", help="allow code shipped in the model folder")
+    p.add_argument(
+        "--model_args",
+        default="{}",
+        help='JSON of extra engine arguments, e.g. \'{"enforce_eager": true, "gpu_memory_utilization": 0.8}\'',
+    )
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     return p
 
@@ -77,6 +82,7 @@ def _settings_config(args: argparse.Namespace, config_path: str, output: Path) -
         "limit": args.limit,
         "trust_remote_code": args.trust_remote_code,
         "save_text": args.save_text,
+        "model_args": args.model_args,
     }
 
 
@@ -132,7 +138,7 @@ class _Progress:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llm_infer_dagster.settings import PACKAGE_ROOT, check_engine_settings
+    from llm_infer_dagster.settings import PACKAGE_ROOT, check_engine_settings, parse_model_args
     from llm_infer_dagster.tasks.loader import load_task
     from llm_infer_dagster.tasks.sampling import check_hf_supported
 
@@ -143,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise SettingsError(f"--{flag} must be >= 1, got {value}")
+    parse_model_args(args.model_args)
     task = load_task(config_path, args.task_name)  # config errors fail here, before any model
     runs_model = not (args.extract_only or args.plan_only)
     if runs_model:

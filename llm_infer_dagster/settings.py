@@ -7,6 +7,7 @@ variables from its flags before it launches runs), so each setting has exactly o
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ ENV_DEFAULTS: dict[str, tuple[str, Any]] = {
     "limit": ("LLM_INFER_LIMIT", None),
     "trust_remote_code": ("LLM_INFER_TRUST_REMOTE_CODE", False),
     "save_text": ("LLM_INFER_SAVE_TEXT", False),
+    "model_args": ("LLM_INFER_MODEL_ARGS", "{}"),
 }
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -86,6 +88,11 @@ class InferenceSettings(ConfigurableResource):
     limit: int | None = Field(default=None, description="Keep the first N rows of each shard; LLM_INFER_LIMIT")
     trust_remote_code: bool = Field(default=False, description="Run model code from the model folder")
     save_text: bool = Field(default=False, description="Also write results/text/<shard>.txt")
+    model_args: str = Field(
+        default="{}",
+        description="JSON object of extra engine arguments, e.g. vLLM's gpu_memory_utilization, enforce_eager, "
+        "enable_prefix_caching; LLM_INFER_MODEL_ARGS",
+    )
 
     @classmethod
     def from_env(cls, **overrides: Any) -> InferenceSettings:
@@ -98,8 +105,13 @@ class InferenceSettings(ConfigurableResource):
     def gpus_needed(self) -> int:
         return 0 if self.use_cpu else self.workers * self.tensor_parallel_size
 
+    @property
+    def engine_args(self) -> dict[str, Any]:
+        return parse_model_args(self.model_args)
+
     def check_engine(self) -> None:
         """The seed's rules, checked before any model is loaded."""
+        parse_model_args(self.model_args)
         check_engine_settings(
             model_path=self.model_path,
             model_type=self.model_type,
@@ -108,6 +120,19 @@ class InferenceSettings(ConfigurableResource):
             workers=self.workers,
             tensor_parallel_size=self.tensor_parallel_size,
         )
+
+
+def parse_model_args(text: str | None) -> dict[str, Any]:
+    """The seed's ``--model_args``: a JSON object of extra engine arguments."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"--model_args / LLM_INFER_MODEL_ARGS is not valid JSON ({exc}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise SettingsError(f"--model_args / LLM_INFER_MODEL_ARGS must be a JSON object, got {text!r}")
+    return value
 
 
 def check_engine_settings(

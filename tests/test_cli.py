@@ -4,53 +4,15 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import polars as pl
 import pytest
-from dagster import AssetKey, DagsterInstance
-
-REPO = Path(__file__).resolve().parent.parent
-CONFIGS = REPO / "task_configs"
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_INFER_", "DAGSTER_HOME"))}
-    env["CUDA_VISIBLE_DEVICES"] = ""  # this machine has no GPU; make that explicit
-    env.update(extra)
-    return env
-
-
-def llm_infer(*args: str, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "llm_infer_dagster", "--no_progress", *args],
-        capture_output=True,
-        text=True,
-        env=env or _env(),
-        timeout=timeout,
-        cwd=REPO,
-    )
-
-
-def _instance(out: Path) -> DagsterInstance:
-    os.environ["DAGSTER_HOME"] = str(out / ".dagster")
-    try:
-        return DagsterInstance.get()
-    finally:
-        del os.environ["DAGSTER_HOME"]
-
-
-def _write_qa_input(path: Path, files: int, rows: int) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    for f in range(files):
-        with (path / f"part-{f:03d}.jsonl").open("w") as fh:
-            for i in range(rows):
-                fh.write(json.dumps({"question": f"What is {f} + {i}?", "gold": f + i}) + "\n")
+from dagster import AssetKey
+from tests_support import CONFIGS, REPO, cli_env, instance_at, llm_infer, write_qa_input
 
 
 @pytest.mark.slow
@@ -89,7 +51,7 @@ def test_run_resume_rerun_extract_only_and_seed_layout(tmp_path, tiny_model_path
     assert len(records) == 23 and len({r["record_id"] for r in records}) == 23
     assert {"file_name", "file_idx", "origin_data", "prompt", "model_response", "extracted_answer"} <= set(records[0])
 
-    inst = _instance(out)
+    inst = instance_at(out)
     comp = AssetKey(["qa_regex", "completions"])
     assert len(inst.get_materialized_partitions(comp)) == 5
     mats_before = len(inst.fetch_materializations(comp, limit=1000).records)
@@ -117,7 +79,7 @@ def test_run_resume_rerun_extract_only_and_seed_layout(tmp_path, tiny_model_path
 @pytest.mark.slow
 def test_sigkill_loses_only_in_flight_shards(tmp_path, tiny_model_path):
     data, out = tmp_path / "data", tmp_path / "out"
-    _write_qa_input(data, files=3, rows=24)
+    write_qa_input(data, files=3, rows=24)
     args = [
         "--model_path",
         tiny_model_path,
@@ -140,7 +102,7 @@ def test_sigkill_loses_only_in_flight_shards(tmp_path, tiny_model_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "llm_infer_dagster", "--no_progress", *args],
         cwd=REPO,
-        env=_env(),
+        env=cli_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -153,7 +115,7 @@ def test_sigkill_loses_only_in_flight_shards(tmp_path, tiny_model_path):
     proc.wait()
     time.sleep(1.0)  # worker processes die with their parent (PR_SET_PDEATHSIG)
 
-    inst = _instance(out)
+    inst = instance_at(out)
     comp = AssetKey(["qa_regex", "completions"])
     done_before = inst.get_materialized_partitions(comp)
     total = len(inst.get_dynamic_partitions("qa_regex_shards"))
@@ -204,7 +166,7 @@ def test_more_gpus_than_visible_is_refused_before_loading(tmp_path, tiny_model_p
         "qa_regex",
         "--workers",
         "2",
-        env=_env(CUDA_VISIBLE_DEVICES="0"),
+        env=cli_env(CUDA_VISIBLE_DEVICES="0"),
         timeout=60,
     )
     assert r.returncode == 2 and "2 x 1 = 2 GPUs, but 1 are visible" in r.stderr

@@ -75,6 +75,7 @@ def engine_spec(settings: InferenceSettings) -> EngineSpec:
         trust_remote_code=settings.trust_remote_code,
         batch_size=settings.batch_size,
         tensor_parallel_size=settings.tensor_parallel_size,
+        engine_args=settings.engine_args,
     )
 
 

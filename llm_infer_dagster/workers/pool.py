@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import socket
 import subprocess
 import sys
 import time
@@ -99,6 +100,8 @@ class WorkerPool:
         gpus = ",".join(self.gpu_slices[index]) if self.gpu_slices is not None else ""
         if self.gpu_slices is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpus  # before the child imports torch or vLLM
+        # Engines started side by side collide on vLLM's default ports: give each its own base.
+        env["VLLM_PORT"] = str(_free_port())
         if self.spec.device == "cpu" and "OMP_NUM_THREADS" not in env:
             # N CPU workers each using every core thrash each other (measured: 100x slower shards).
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.workers))
@@ -214,6 +217,12 @@ class WorkerPool:
         if w.fatal or code != 0:
             w.exit_reason = why
             self.on_message(w.index, {"type": "exited", "code": code, "error": why, "log": str(w.log_path)})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _stop_process(proc: subprocess.Popen[str], grace: float = 10.0) -> None:

