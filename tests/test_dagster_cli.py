@@ -58,6 +58,33 @@ def test_dagster_job_execute_materializes_one_shard(tmp_path, tiny_model_path):
     assert (out / "qa_regex" / "answers" / f"{keys[1]}.parquet").is_file()
     assert not (out / "qa_regex" / "answers" / f"{keys[0]}.parquet").exists()
 
+    # `dagster asset materialize` over a partition range: one run, one step per asset, one model load.
+    r = subprocess.run(
+        [
+            *DAGSTER,
+            "asset",
+            "materialize",
+            "-m",
+            "llm_infer_dagster.definitions",
+            "--select",
+            "qa_regex/raw,qa_regex/prompts,qa_regex/completions,qa_regex/answers",
+            "--partition-range",
+            f"{keys[0]}...{keys[1]}",
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run = instance.get_runs(limit=1)[0]
+    assert run.tags["dagster/asset_partition_range_start"] == keys[0]
+    for name in ("raw", "prompts", "completions", "answers"):
+        assert instance.get_materialized_partitions(AssetKey(["qa_regex", name])) == set(keys)
+    messages = [e.user_message for e in instance.all_logs(run.run_id)]
+    assert sum("model loaded" in m for m in messages) == 1
+
 
 def test_workspace_loads_every_example_task():
     r = subprocess.run(

