@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_infer_dagster.errors import LLMInferError, SettingsError
+from llm_infer_dagster.tasks.planning import RunPlan, plan_runs
 
 log = logging.getLogger("llm_infer")
 
@@ -182,12 +183,14 @@ def run(args: argparse.Namespace) -> int:
 
     instance = DagsterInstance.get()
     store = TaskStore(output, task.name)
+    input_path = task.input_path(args.input_path)
+    settings_cfg["input_path"] = input_path
     reg = register_shards(
         instance,
         task,
         store,
-        args.input_path,
-        shard_size=args.shard_size,
+        input_path,
+        shard_size=args.shard_size or (None if args.tasks else task.settings.shard_size),
         tasks=args.tasks,
         reshard=args.rerun and not args.extract_only,
     )
@@ -214,36 +217,21 @@ def run(args: argparse.Namespace) -> int:
             print(f"{k:<40} {s.rows:>6}  {status:<11} {s.file}[{s.start}:{s.stop}]")
         return 0
 
-    if args.extract_only:
-        full: list[str] = []
-        extract = [k for k in keys if k in done_comp]
-        if not extract:
-            raise SettingsError("--extract_only: no shard has completions yet; run without --extract_only first")
-    elif args.rerun:
-        full, extract = list(keys), []
-    else:
-        full = [k for k in keys if k not in done_comp]
-        extract = [k for k in keys if k in done_comp and k not in done_answers]
-
-    ok = _launch(instance, task.dagster_name, keys, full, extract, settings_cfg, not args.no_progress)
+    plans = plan_runs(keys, done_comp, done_answers, rerun=args.rerun, extract_only=args.extract_only)
+    if args.extract_only and not plans:
+        raise SettingsError("--extract_only: no shard has completions yet; run without --extract_only first")
+    ok = _launch(instance, task.dagster_name, keys, plans, settings_cfg, not args.no_progress)
     return _report(store, keys, ok, output)
 
 
 def _launch(
-    instance: Any,
-    name: str,
-    keys: list[str],
-    full: list[str],
-    extract: list[str],
-    settings_cfg: dict[str, Any],
-    progress: bool,
+    instance: Any, name: str, keys: list[str], plans: list[RunPlan], settings_cfg: dict[str, Any], progress: bool
 ) -> bool:
+    """Run each plan as a Dagster run through the task job (and its GPU-aware executor), in order."""
     from dagster import AssetKey, execute_job
     from dagster._core.definitions.reconstruct import ReconstructableRepository
 
-    from llm_infer_dagster.tasks.sharding import contiguous_ranges
-
-    if not full and not extract:
+    if not plans:
         print("nothing to do: every shard is done (pass --rerun to redo them)", file=sys.stderr)
         return True
     recon = ReconstructableRepository.for_module(
@@ -253,25 +241,19 @@ def _launch(
         "resources": {"settings": {"config": settings_cfg}},
         "loggers": {"console": {"config": {"log_level": "WARNING"}}},
     }
-    asset_names = ("raw", "prompts", "completions", "answers")
-    plans = [(r, list(asset_names)) for r in contiguous_ranges(keys, full)]
-    plans += [(r, ["answers"]) for r in contiguous_ranges(keys, extract)]
+    model_runs = [p for p in plans if "completions" in p.assets]
+    watched = AssetKey([name, "completions" if model_runs else "answers"])
+    shards = {k for p in (model_runs or plans) for k in keys[keys.index(p.first) : keys.index(p.last) + 1]}
     ok = True
-    watched = AssetKey([name, "completions" if full else "answers"])
-    with _Progress(instance, watched, set(full or extract), progress):
-        for (first, last), assets in plans:
-            tags = {
-                "dagster/asset_partition_range_start": first,
-                "dagster/asset_partition_range_end": last,
-                "llm_infer/launched_by": "llm-infer",
-            }
-            log.info("run %s..%s (%s)", first, last, ", ".join(assets))
+    with _Progress(instance, watched, shards, progress):
+        for plan in plans:
+            log.info("run %s..%s (%s)", plan.first, plan.last, ", ".join(plan.assets))
             result = execute_job(
                 recon,
                 instance=instance,
                 run_config=run_config,
-                tags=tags,
-                asset_selection=[AssetKey([name, a]) for a in assets],
+                tags={**plan.tags, "llm_infer/launched_by": "llm-infer"},
+                asset_selection=[AssetKey([name, a]) for a in plan.assets],
             )
             log.info("run %s %s", result.run_id, "succeeded" if result.success else "FAILED")
             if not result.success:

@@ -13,6 +13,7 @@ from dagster import Definitions
 from llm_infer_dagster.assets.factory import TaskAssets, build_task_assets
 from llm_infer_dagster.errors import TaskConfigError
 from llm_infer_dagster.executor.gpu_executor import gpu_executor
+from llm_infer_dagster.sensors import build_missing_shards_schedule, build_shard_sensor
 from llm_infer_dagster.settings import InferenceSettings
 from llm_infer_dagster.tasks.loader import discover_tasks, load_task
 
@@ -38,6 +39,8 @@ def build_definitions() -> Definitions:
     return Definitions(
         assets=[a for b in bundles for a in b.assets],
         jobs=[j for b in bundles for j in (b.job, b.register_job)],
+        sensors=[build_shard_sensor(b) for b in bundles],
+        schedules=[build_missing_shards_schedule(b) for b in bundles],
         resources={"settings": settings},
         executor=gpu_executor,  # also for `dagster asset materialize` and the UI's materialize buttons
     )

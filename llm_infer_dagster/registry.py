@@ -6,6 +6,7 @@ reads it to know which rows a partition holds. Unchanged files (same size and mt
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -44,6 +45,7 @@ class FileEntry:
     rows: int
     size: int
     mtime_ns: int
+    sha256: str = ""  # of the whole file when it was last read
 
 
 @dataclass
@@ -97,12 +99,27 @@ class Registration:
     new_keys: list[str]
     files_read: int
     shrunk_files: list[str]
+    modified_files: list[str] = field(default_factory=list)  # same file, rows edited (not just appended)
+    vanished_files: list[str] = field(default_factory=list)  # in the manifest, no longer in get_file_list
     changed_keys: list[str] = field(default_factory=list)  # unfinished last shards extended by a grown file
 
 
 def _stat(path: str) -> tuple[int, int]:
     st = os.stat(path)
     return st.st_size, st.st_mtime_ns
+
+
+def _digests(path: str, prefix_size: int) -> tuple[str, str]:
+    """sha256 of the whole file and of its first ``prefix_size`` bytes (to tell an append from an edit)."""
+    whole, prefix = hashlib.sha256(), hashlib.sha256()
+    seen = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            whole.update(chunk)
+            if seen < prefix_size:
+                prefix.update(chunk[: prefix_size - seen])
+            seen += len(chunk)
+    return whole.hexdigest(), prefix.hexdigest()
 
 
 def plan_registration(
@@ -126,16 +143,25 @@ def plan_registration(
     roots = [r for r in (input_path, task.folder) if r]
     entries: list[FileEntry] = []
     files_read = 0
+    modified: list[str] = []
     for path in files:
         fid = file_id(task.name, relative_name(path, roots))
         size, mtime = _stat(path)
         prev = old.files.get(fid) if old else None
         if prev is not None and (prev.size, prev.mtime_ns) == (size, mtime):
-            rows = prev.rows
+            rows, digest = prev.rows, prev.sha256
         else:
-            rows = len(task.read_rows(path))
-            files_read += 1
-        entries.append(FileEntry(path=path, file_id=fid, rows=rows, size=size, mtime_ns=mtime))
+            digest, prefix_digest = _digests(path, prev.size if prev else 0)
+            if prev is not None and digest == prev.sha256:
+                rows = prev.rows  # touched, not changed: no read_file
+            else:
+                rows = len(task.read_rows(path))
+                files_read += 1
+                if prev is not None and prev.sha256 and (size < prev.size or prefix_digest != prev.sha256):
+                    modified.append(path)  # rows already sharded may differ: report, never silently keep
+        entries.append(FileEntry(path=path, file_id=fid, rows=rows, size=size, mtime_ns=mtime, sha256=digest))
+    current = {e.file_id for e in entries}
+    vanished = [f.path for fid, f in (old.files.items() if old else []) if fid not in current]
 
     total = sum(e.rows for e in entries)
     wanted = shard_size or (shard_size_for_tasks(total, tasks) if tasks else None)
@@ -177,7 +203,13 @@ def plan_registration(
                 changed.append(s.key)
             manifest.shards[s.key] = s
     return Registration(
-        manifest=manifest, new_keys=new_keys, files_read=files_read, shrunk_files=shrunk, changed_keys=changed
+        manifest=manifest,
+        new_keys=new_keys,
+        files_read=files_read,
+        shrunk_files=shrunk,
+        modified_files=[m for m in modified if m not in shrunk],
+        vanished_files=vanished,
+        changed_keys=changed,
     )
 
 
@@ -192,11 +224,33 @@ def register_shards(
     reshard: bool = False,
 ) -> Registration:
     """Plan, save the manifest, then add the new shard keys as Dagster partitions."""
+    reg, to_add = sync_manifest(instance, task, store, input_path, shard_size=shard_size, tasks=tasks, reshard=reshard)
+    if to_add:
+        instance.add_dynamic_partitions(_pdef_name(task), to_add)
+    return reg
+
+
+def _pdef_name(task: TaskConfig) -> str:
+    name = partitions_def_for(task).name
+    assert name is not None
+    return name
+
+
+def sync_manifest(
+    instance: DagsterInstance,
+    task: TaskConfig,
+    store: TaskStore,
+    input_path: str | None,
+    *,
+    shard_size: int | None = None,
+    tasks: int | None = None,
+    reshard: bool = False,
+) -> tuple[Registration, list[str]]:
+    """Plan and save the manifest; return it with the shard keys Dagster does not know yet (not added)."""
     raw_key = AssetKey([task.dagster_name, "raw"])
     frozen = set() if reshard else instance.get_materialized_partitions(raw_key)
     reg = plan_registration(task, store, input_path, shard_size=shard_size, tasks=tasks, reshard=reshard, frozen=frozen)
-    pdef_name = partitions_def_for(task).name
-    assert pdef_name is not None
+    pdef_name = _pdef_name(task)
     if reshard:
         # Re-cut shards reuse keys with other row ranges: forget every old partition and materialization.
         for key in instance.get_dynamic_partitions(pdef_name):
@@ -207,10 +261,7 @@ def register_shards(
         reg.new_keys = list(reg.manifest.shards)
     reg.manifest.save(store)
     known = set(instance.get_dynamic_partitions(pdef_name))
-    to_add = [k for k in reg.manifest.shards if k not in known]
-    if to_add:
-        instance.add_dynamic_partitions(pdef_name, to_add)
-    return reg
+    return reg, [k for k in reg.manifest.shards if k not in known]
 
 
 def registered_keys(instance: DagsterInstance, task: TaskConfig) -> list[str]:

@@ -20,6 +20,7 @@ from typing import Any
 
 from llm_infer_dagster.errors import TaskConfigError
 from llm_infer_dagster.tasks.sampling import load_sampling_params
+from llm_infer_dagster.tasks.task_settings import TaskSettings, load_task_settings
 
 REQUIRED_FUNCTIONS = ("get_file_list", "read_file", "format_prompt", "extract_answer")
 TASK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -39,6 +40,11 @@ class TaskConfig:
     folder: Path
     module: ModuleType = field(repr=False)
     sampling_params: dict[str, Any]
+    settings: TaskSettings = field(default_factory=TaskSettings)
+
+    def input_path(self, configured: str | None) -> str | None:
+        """The input path for get_file_list: the run's setting if given, else the task's own."""
+        return configured or self.settings.input_path
 
     @property
     def config_file(self) -> Path:
@@ -213,7 +219,9 @@ def load_task(task_configs: str | Path, name: str) -> TaskConfig:
     module = _import_config(folder, name)
     _check_functions(module, folder / CONFIG_FILE)
     sampling = load_sampling_params(Path(task_configs) / DEFAULTS_FILE, folder / "sampling_params.json")
-    return TaskConfig(name=name, folder=folder, module=module, sampling_params=sampling)
+    return TaskConfig(
+        name=name, folder=folder, module=module, sampling_params=sampling, settings=load_task_settings(folder)
+    )
 
 
 def to_json(value: Any) -> str:

@@ -1,0 +1,49 @@
+"""Pure run planning: which shards still need which assets, as few Dagster runs as partition ranges allow.
+
+Shared by ``llm-infer`` and the per-task schedule so both resume the same way: shards without completions
+run all four assets; shards with completions but no answers only re-extract (no model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+from llm_infer_dagster.tasks.sharding import contiguous_ranges
+
+ALL_ASSETS = ("raw", "prompts", "completions", "answers")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One Dagster run: the assets to materialize over the shard range ``first..last``."""
+
+    first: str
+    last: str
+    assets: tuple[str, ...]
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {"dagster/asset_partition_range_start": self.first, "dagster/asset_partition_range_end": self.last}
+
+
+def plan_runs(
+    keys: Sequence[str],
+    done_completions: Collection[str],
+    done_answers: Collection[str],
+    *,
+    rerun: bool = False,
+    extract_only: bool = False,
+) -> list[RunPlan]:
+    """Runs that bring every shard in ``keys`` (Dagster's partition order) to answered."""
+    if extract_only:
+        full: list[str] = []
+        extract = [k for k in keys if k in done_completions]
+    elif rerun:
+        full, extract = list(keys), []
+    else:
+        full = [k for k in keys if k not in done_completions]
+        extract = [k for k in keys if k in done_completions and k not in done_answers]
+    plans = [RunPlan(a, b, ALL_ASSETS) for a, b in contiguous_ranges(keys, full)]
+    plans += [RunPlan(a, b, ("answers",)) for a, b in contiguous_ranges(keys, extract)]
+    return plans

@@ -1,0 +1,167 @@
+"""New data becomes new partitions (sensor) and gets materialized (schedule), on a real instance; and the
+whole loop driven by a real `dagster-daemon` on a real DAGSTER_HOME."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from dagster import (
+    AssetKey,
+    AssetMaterialization,
+    DagsterInstance,
+    SensorResult,
+    SkipReason,
+    build_schedule_context,
+    build_sensor_context,
+)
+from tests_support import CONFIGS, REPO, cli_env, instance_at, llm_infer, write_qa_input
+
+from llm_infer_dagster.assets.factory import build_task_assets
+from llm_infer_dagster.sensors import build_missing_shards_schedule, build_shard_sensor
+from llm_infer_dagster.settings import InferenceSettings
+from llm_infer_dagster.tasks.loader import load_task
+
+
+def _task_copy(tmp: Path, settings: dict) -> Path:
+    configs = tmp / "configs"
+    shutil.copytree(CONFIGS / "qa_regex", configs / "qa_regex", ignore=shutil.ignore_patterns("data"))
+    shutil.copy(CONFIGS / "default_sampling_params.json", configs)
+    (configs / "qa_regex" / "task_settings.json").write_text(json.dumps(settings))
+    return configs
+
+
+@pytest.fixture()
+def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    data = tmp_path / "data"
+    write_qa_input(data, files=1, rows=5)
+    configs = _task_copy(tmp_path, {"input_path": str(data), "shard_size": 2})
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    task = load_task(configs, "qa_regex")
+    bundle = build_task_assets(task)
+    settings = InferenceSettings(task_configs=str(configs), output_dir=str(tmp_path / "out"))
+    with DagsterInstance.get() as instance:
+        yield instance, bundle, settings, data
+
+
+def _tick(sensor, instance, settings):
+    result = sensor(build_sensor_context(instance=instance, resources={"settings": settings}))
+    if isinstance(result, SensorResult):
+        for req in result.dynamic_partitions_requests:  # what the daemon does with the result
+            instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
+    return result
+
+
+def test_sensor_adds_exactly_the_new_shards_and_nothing_on_a_second_tick(setup) -> None:
+    instance, bundle, settings, data = setup
+    sensor = build_shard_sensor(bundle)
+    first = _tick(sensor, instance, settings)
+    assert isinstance(first, SensorResult)
+    keys = instance.get_dynamic_partitions("qa_regex_shards")
+    assert len(keys) == 3  # 5 rows in 2-row shards (task_settings.json sets the shard size)
+    assert isinstance(_tick(sensor, instance, settings), SkipReason)
+
+    write_qa_input(data, files=2, rows=5)  # rewrites part-000 identically (new mtime), adds part-001
+    third = _tick(sensor, instance, settings)
+    assert isinstance(third, SensorResult)
+    after = instance.get_dynamic_partitions("qa_regex_shards")
+    assert after[:3] == keys and len(after) == 6  # old keys untouched, three new
+    skip = _tick(sensor, instance, settings)
+    assert isinstance(skip, SkipReason) and "0 file(s) re-read" in str(skip.skip_message)
+
+    # An edited file is reported (not silently kept); a vanished one too.
+    part0 = data / "part-000.jsonl"
+    part0.write_text(part0.read_text().replace("What is", "What's"))
+    (data / "part-001.jsonl").unlink()
+    edited = _tick(sensor, instance, settings)
+    assert isinstance(edited, SensorResult)
+    changes = {e.metadata["input_change"].value: e.metadata["file"].value for e in edited.asset_events}
+    assert changes == {"modified": str(part0), "vanished": str(data / "part-001.jsonl")}
+
+
+def test_schedule_requests_exactly_the_missing_shards(setup) -> None:
+    instance, bundle, settings, data = setup
+    write_qa_input(data, files=1, rows=9)  # 5 shards
+    _tick(build_shard_sensor(bundle), instance, settings)
+    keys = instance.get_dynamic_partitions("qa_regex_shards")
+    assert len(keys) == 5
+    for k in (keys[0], keys[1], keys[3]):  # shards 0, 1, 3 answered; 4 has completions only; 2 nothing
+        for a in ("completions", "answers"):
+            instance.report_runless_asset_event(AssetMaterialization(bundle.key(a), partition=k))
+    instance.report_runless_asset_event(AssetMaterialization(bundle.key("completions"), partition=keys[4]))
+    schedule = build_missing_shards_schedule(bundle)
+    requests = schedule(build_schedule_context(instance=instance, scheduled_execution_time=datetime.now(UTC)))
+    got = sorted(
+        (r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"],
+         tuple(sorted(k.path[-1] for k in r.asset_selection)))
+        for r in requests
+    )  # fmt: skip
+    assert got == sorted([
+        (keys[2], keys[2], ("answers", "completions", "prompts", "raw")),
+        (keys[4], keys[4], ("answers",)),
+    ])  # fmt: skip
+    for a in ("completions", "answers"):
+        for k in keys:
+            instance.report_runless_asset_event(AssetMaterialization(bundle.key(a), partition=k))
+    done = schedule(build_schedule_context(instance=instance, scheduled_execution_time=datetime.now(UTC)))
+    assert isinstance(done, SkipReason)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_daemon_registers_and_materializes_a_new_file_without_rerunning_old_shards(tmp_path, tiny_model_path):
+    data, out = tmp_path / "data", tmp_path / "out"
+    write_qa_input(data, files=1, rows=4)
+    configs = _task_copy(tmp_path, {"input_path": str(data), "shard_size": 2,
+                                    "sensor": {"enabled": True, "interval_seconds": 2},
+                                    "schedule": {"enabled": True, "cron": "* * * * *"}})  # fmt: skip
+    base = ["--model_path", tiny_model_path, "--model_type", "hf", "--use_cpu", "--output_path", str(out),
+            "--task_name", "qa_regex", "--config_path", str(configs)]  # fmt: skip
+    first = llm_infer(*base)
+    assert first.returncode == 0, first.stderr
+    instance = instance_at(out)
+    comp = AssetKey(["qa_regex", "completions"])
+    old_keys = instance.get_dynamic_partitions("qa_regex_shards")
+    assert len(old_keys) == 2
+    old_count = len(instance.fetch_materializations(comp, limit=10000).records)
+
+    env = cli_env(DAGSTER_HOME=str(out / ".dagster"), LLM_INFER_TASK_CONFIGS=str(configs), LLM_INFER_TASKS="qa_regex",
+                  LLM_INFER_OUTPUT=str(out), LLM_INFER_MODEL_PATH=tiny_model_path, LLM_INFER_MODEL_TYPE="hf",
+                  LLM_INFER_USE_CPU="1")  # fmt: skip
+    daemon = subprocess.Popen([sys.executable, "-m", "dagster._daemon", "run", "-w", str(REPO / "workspace.yaml")],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)  # fmt: skip
+    try:
+        write_qa_input(data, files=2, rows=4)  # a new file lands: part-001.jsonl
+        answers = AssetKey(["qa_regex", "answers"])
+        deadline = time.monotonic() + 420
+        while time.monotonic() < deadline:
+            keys = instance.get_dynamic_partitions("qa_regex_shards")
+            if len(keys) == 4 and instance.get_materialized_partitions(answers) == set(keys):
+                break
+            assert daemon.poll() is None, "dagster-daemon exited"
+            time.sleep(2)
+        keys = instance.get_dynamic_partitions("qa_regex_shards")
+        assert keys[:2] == old_keys and len(keys) == 4
+        assert instance.get_materialized_partitions(answers) == set(keys), "new shards were not materialized"
+        new_records = instance.fetch_materializations(comp, limit=10000).records
+        rerun = {r.partition_key for r in new_records[: len(new_records) - old_count]}
+        assert rerun == set(keys[2:])  # only the new file's shards ran
+        runs = [r for r in instance.get_runs() if r.tags.get("llm_infer/launched_by") == "schedule"]
+        assert runs and all(r.tags["dagster/asset_partition_range_start"] in keys[2:] for r in runs)
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        try:
+            daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)
+            daemon.wait()
