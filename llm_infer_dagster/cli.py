@@ -139,7 +139,7 @@ class _Progress:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llm_infer_dagster.settings import PACKAGE_ROOT, check_engine_settings, parse_model_args
+    from llm_infer_dagster.settings import PACKAGE_ROOT, check_engine_settings, export_settings_env, parse_model_args
     from llm_infer_dagster.tasks.loader import load_task
     from llm_infer_dagster.tasks.sampling import check_hf_supported
 
@@ -171,9 +171,7 @@ def run(args: argparse.Namespace) -> int:
     _prepare_instance(output)
     (output / "args.json").write_text(json.dumps(vars(args), indent=2), encoding="utf-8")
     settings_cfg = _settings_config(args, config_path, output)
-    # Steps re-import the code location: it must load this task from this config dir.
-    os.environ["LLM_INFER_TASK_CONFIGS"] = config_path
-    os.environ["LLM_INFER_TASKS"] = task.name
+    os.environ["LLM_INFER_TASKS"] = task.name  # the code location loads only this task
     log.info("llm-infer %s", " ".join(sys.argv[1:]))
 
     from dagster import AssetKey, DagsterInstance
@@ -185,6 +183,9 @@ def run(args: argparse.Namespace) -> int:
     store = TaskStore(output, task.name)
     input_path = task.input_path(args.input_path)
     settings_cfg["input_path"] = input_path
+    # Step processes re-import the code location: it must load this task with these settings (they are part
+    # of the assets' code versions), so they become the LLM_INFER_* defaults of every process started here.
+    export_settings_env(settings_cfg)
     reg = register_shards(
         instance,
         task,

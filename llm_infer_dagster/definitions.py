@@ -29,7 +29,7 @@ def build_task_bundles(settings: InferenceSettings, only: list[str] | None = Non
                 f"{t.dagster_name!r}; rename one folder"
             )
         seen[t.dagster_name] = t.name
-    return [build_task_assets(t) for t in tasks]
+    return [build_task_assets(t, settings) for t in tasks]
 
 
 def build_definitions() -> Definitions:

@@ -71,6 +71,16 @@ def env_defaults(environ: dict[str, str] | None = None) -> dict[str, Any]:
     return out
 
 
+def export_settings_env(values: dict[str, Any]) -> None:
+    """Make ``values`` the LLM_INFER_* defaults of this process and of every process it starts."""
+    for name, value in values.items():
+        var = ENV_DEFAULTS[name][0]
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+
+
 class InferenceSettings(ConfigurableResource):
     """Everything a run needs besides the task folder: where data lives and which model runs how."""
 

@@ -43,6 +43,7 @@ from llm_infer_dagster.registry import manifest_for, partitions_def_for, registe
 from llm_infer_dagster.settings import InferenceSettings
 from llm_infer_dagster.tasks.loader import TaskConfig, to_json
 from llm_infer_dagster.tasks.sampling import check_hf_supported
+from llm_infer_dagster.tasks.versions import task_code_versions
 from llm_infer_dagster.workers.gpus import split_gpus, visible_gpu_ids
 from llm_infer_dagster.workers.pool import ShardJob, WorkerPool
 
@@ -79,15 +80,24 @@ def engine_spec(settings: InferenceSettings) -> EngineSpec:
     )
 
 
-def build_task_assets(task: TaskConfig) -> TaskAssets:
-    """The four assets, the task job and the shard-registration job of one task."""
+def build_task_assets(task: TaskConfig, settings: InferenceSettings | None = None) -> TaskAssets:
+    """The four assets, the task job and the shard-registration job of one task.
+
+    ``settings`` (default: from the environment) name the model whose identity goes into the completions
+    asset's code version.
+    """
+    settings = settings or InferenceSettings.from_env()
+    versions = task_code_versions(
+        task.module, task.folder, task.sampling_params, model_type=settings.model_type,
+        model_path=settings.model_path, dtype=settings.dtype, max_model_len=settings.max_model_len,
+    )  # fmt: skip
     # single_run backfills are what make "materialize all" load the model once; Dagster marks them beta.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BetaWarning)
-        return _build_task_assets(task)
+        return _build_task_assets(task, versions)
 
 
-def _build_task_assets(task: TaskConfig) -> TaskAssets:
+def _build_task_assets(task: TaskConfig, versions: dict[str, str]) -> TaskAssets:
     name = task.dagster_name
     pdef = partitions_def_for(task)
     common = dict(partitions_def=pdef, group_name=name, backfill_policy=BackfillPolicy.single_run())
@@ -97,6 +107,7 @@ def _build_task_assets(task: TaskConfig) -> TaskAssets:
 
     @asset(
         key=raw_key,
+        code_version=versions["raw"],
         kinds={"parquet"},
         description=f"Rows of task {task.name}: read_file over its shard's row range, with stable record ids.",
         **common,
@@ -145,6 +156,7 @@ def _build_task_assets(task: TaskConfig) -> TaskAssets:
 
     @asset(
         key=prompts_key,
+        code_version=versions["prompts"],
         deps=[raw_key],
         kinds={"parquet"},
         description="format_prompt per row; a row whose format_prompt raises keeps its error.",
@@ -196,6 +208,7 @@ def _build_task_assets(task: TaskConfig) -> TaskAssets:
 
     @asset(
         key=comp_key,
+        code_version=versions["completions"],
         deps=[prompts_key],
         kinds={"parquet"},
         op_tags={GPU_TAG: "settings"},  # the executor leases workers x tensor_parallel_size GPUs
@@ -282,6 +295,7 @@ def _build_task_assets(task: TaskConfig) -> TaskAssets:
 
     @asset(
         key=answers_key,
+        code_version=versions["answers"],
         deps=[comp_key],
         kinds={"parquet"},
         description="extract_answer on each first sample. Never runs the model.",

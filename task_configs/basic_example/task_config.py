@@ -8,7 +8,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def get_file_list(input_path):
     if input_path and os.path.isdir(input_path):
         return sorted(os.path.join(input_path, f) for f in os.listdir(input_path) if f.endswith(".txt"))
-    return [os.path.join(HERE, "questions.txt")]
+    return [os.path.join(HERE, "data", "questions.txt")]
 
 
 def read_file(file_path):

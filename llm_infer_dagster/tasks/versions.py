@@ -1,0 +1,126 @@
+"""Code versions: a fingerprint of exactly what determines each asset's output, so Dagster marks the
+right shards stale when a task's code, prompt files, sampling parameters or model change.
+
+- raw:          ``get_file_list`` and ``read_file``
+- prompts:      raw's, plus ``format_prompt`` and the task folder's prompt files (templates it reads)
+- completions:  prompts', plus the merged sampling parameters and the model identity (path + weights)
+- answers:      completions', plus ``extract_answer``
+
+A function's fingerprint covers its own source and, transitively, the module-level helpers of the same
+task file it calls by name, so editing a helper of ``format_prompt`` still counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import FunctionType, ModuleType
+from typing import Any
+
+PROMPT_FILE_SUFFIXES = {".txt", ".md", ".jinja", ".j2", ".tmpl", ".template", ".prompt", ".yaml", ".yml"}
+WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".gguf"}
+
+
+def _digest(parts: Iterable[str | bytes]) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else p.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def _source(obj: Any) -> str:
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError):
+        return repr(obj)
+
+
+def function_fingerprint(module: ModuleType, names: Iterable[str]) -> str:
+    """Source of the named functions plus the same-module functions/classes they reach by name."""
+    seen: dict[str, str] = {}
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        obj = getattr(module, name, None)
+        if obj is None:
+            continue
+        seen[name] = _source(obj)
+        code = getattr(obj, "__code__", None)
+        if isinstance(obj, FunctionType) and code is not None:
+            referenced = set(code.co_names)
+            for const in code.co_consts:  # names used inside nested functions and comprehensions
+                if hasattr(const, "co_names"):
+                    referenced |= set(const.co_names)
+            for ref in referenced:
+                target = getattr(module, ref, None)
+                if getattr(target, "__module__", None) == module.__name__:
+                    todo.append(ref)
+            # module-level constants the function reads (e.g. a regex or a template string)
+            for ref in referenced:
+                target = getattr(module, ref, None)
+                if isinstance(target, str | int | float | tuple | frozenset) or type(target).__name__ == "Pattern":
+                    seen.setdefault(f"const:{ref}", repr(target))
+    return _digest(f"{k}\n{v}" for k, v in sorted(seen.items()))
+
+
+def prompt_files_fingerprint(folder: Path) -> str:
+    """Top-level template-like files of the task folder. Data belongs in a subfolder or the input path."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PROMPT_FILE_SUFFIXES)
+    return _digest(part for p in files for part in (p.name, p.read_bytes()))
+
+
+def model_fingerprint(model_path: str | None) -> str:
+    """Model identity: its path, config and tokenizer files, and the names and sizes of its weight files.
+
+    Sizes rather than full hashes: hashing tens of GB on every code-location load would cost minutes.
+    """
+    if not model_path:
+        return "no-model"
+    root = Path(model_path)
+    parts: list[str | bytes] = [str(root.resolve())]
+    if root.is_dir():
+        for p in sorted(root.iterdir()):
+            if p.name in ("config.json", "generation_config.json", "tokenizer_config.json"):
+                parts += [p.name, p.read_bytes()]
+            elif p.suffix in WEIGHT_SUFFIXES:
+                parts += [p.name, str(p.stat().st_size)]
+    return _digest(parts)
+
+
+def sampling_fingerprint(sampling: Mapping[str, Any]) -> str:
+    return _digest([json.dumps(dict(sampling), sort_keys=True)])
+
+
+def combine(*parts: str) -> str:
+    return _digest(parts)
+
+
+def task_code_versions(
+    module: ModuleType,
+    folder: Path,
+    sampling: Mapping[str, Any],
+    *,
+    model_type: str,
+    model_path: str | None,
+    dtype: str = "auto",
+    max_model_len: int | None = None,
+) -> dict[str, str]:
+    """The code version of each of a task's four assets.
+
+    Versions are cumulative down the chain (prompts include raw's, completions include prompts', ...): Dagster
+    marks a partition stale only for its *own* code version or a *re-materialized* input, so this is what
+    makes a new prompt template show prompts, completions and answers stale at once, and lets "materialize
+    stale" redo exactly those.
+    """
+    raw = function_fingerprint(module, ["get_file_list", "read_file"])
+    prompts = combine(raw, function_fingerprint(module, ["format_prompt"]), prompt_files_fingerprint(folder))
+    engine = combine(model_type, model_fingerprint(model_path), dtype, str(max_model_len))
+    completions = combine(prompts, sampling_fingerprint(sampling), engine)
+    answers = combine(completions, function_fingerprint(module, ["extract_answer"]))
+    return {"raw": raw, "prompts": prompts, "completions": completions, "answers": answers}

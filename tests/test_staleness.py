@@ -1,0 +1,136 @@
+"""Staleness is visible: each asset's code version covers exactly what determines it, so Dagster's own
+stale-status resolver marks exactly the right shards stale after each kind of change."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, DagsterInstance, Definitions
+from dagster._core.definitions.data_version import StaleStatus
+from dagster._utils.test.data_versions import get_stale_status_resolver
+from tests_support import CONFIGS, write_qa_input
+
+from llm_infer_dagster.assets.factory import build_task_assets
+from llm_infer_dagster.registry import register_shards, registered_keys
+from llm_infer_dagster.settings import InferenceSettings
+from llm_infer_dagster.tasks.loader import load_task
+
+ASSETS = ("raw", "prompts", "completions", "answers")
+
+
+@pytest.mark.slow
+def test_each_change_marks_exactly_the_right_assets_stale(tmp_path: Path, tiny_model_path: str, monkeypatch) -> None:
+    configs, data, out = tmp_path / "configs", tmp_path / "data", tmp_path / "out"
+    shutil.copytree(CONFIGS / "qa_regex", configs / "qa_regex", ignore=shutil.ignore_patterns("data"))
+    write_qa_input(data, files=1, rows=5)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    model_copy = tmp_path / "other-model"
+    shutil.copytree(tiny_model_path, model_copy)
+
+    def settings(model: str = tiny_model_path) -> InferenceSettings:
+        return InferenceSettings(task_configs=str(configs), input_path=str(data), output_dir=str(out),
+                                 model_path=model, model_type="hf", use_cpu=True)  # fmt: skip
+
+    def defs(model: str = tiny_model_path) -> Definitions:
+        s = settings(model)
+        bundle = build_task_assets(load_task(configs, "qa_regex"), s)
+        return Definitions(assets=bundle.assets, jobs=[bundle.job], resources={"settings": s})
+
+    def status(d: Definitions, instance: DagsterInstance, key: str) -> dict[str, StaleStatus]:
+        resolver = get_stale_status_resolver(instance, d.assets)  # what the UI's "stale" badge uses
+        return {a: resolver.get_status(AssetKey(["qa_regex", a]), key) for a in ASSETS}
+
+    def stale(d: Definitions, instance: DagsterInstance, keys: list[str]) -> dict[str, set[str]]:
+        per_asset: dict[str, set[str]] = {a: set() for a in ASSETS}
+        for k in keys:
+            for a, st in status(d, instance, k).items():
+                if st != StaleStatus.FRESH:
+                    per_asset[a].add(k)
+        return per_asset
+
+    with DagsterInstance.get() as instance:
+        task = load_task(configs, "qa_regex")
+        register_shards(instance, task, settings().store("qa_regex"), str(data), shard_size=2)
+        keys = registered_keys(instance, task)
+        d = defs()
+        result = d.resolve_job_def("qa_regex_job").execute_in_process(
+            instance=instance,
+            tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},
+        )
+        assert result.success
+        none = {a: set() for a in ASSETS}
+        assert stale(defs(), instance, keys) == none  # a range run leaves nothing stale
+
+        template = configs / "qa_regex" / "prompt_template.txt"
+        original = template.read_text()
+        template.write_text(original.replace("Solve the problem", "Solve this problem"))
+        assert stale(defs(), instance, keys) == {"raw": set(), "prompts": set(keys), "completions": set(keys),
+                                                 "answers": set(keys)}  # fmt: skip
+        template.write_text(original)
+        assert stale(defs(), instance, keys) == none
+
+        cfg = configs / "qa_regex" / "task_config.py"
+        code = cfg.read_text()
+        cfg.write_text(code.replace("return int(match.group(1)) if match else None",
+                                    "return int(match.group(1)) if match else -1"))  # fmt: skip
+        assert stale(defs(), instance, keys) == {"raw": set(), "prompts": set(), "completions": set(),
+                                                 "answers": set(keys)}  # fmt: skip
+        cfg.write_text(code)
+
+        other_model = stale(defs(str(model_copy)), instance, keys)
+        assert other_model == {"raw": set(), "prompts": set(), "completions": set(keys), "answers": set(keys)}
+
+        sp = configs / "qa_regex" / "sampling_params.json"
+        sp.write_text(json.dumps({**json.loads(sp.read_text()), "max_tokens": 9}))
+        assert stale(defs(), instance, keys)["completions"] == set(keys)
+
+
+def test_a_new_row_adds_a_missing_shard_and_leaves_finished_shards_fresh(tmp_path: Path, monkeypatch) -> None:
+    """Finished shards never change their rows: a grown file's new rows land in a new (missing) shard."""
+    from dagster import AssetMaterialization
+
+    configs, data = tmp_path / "configs", tmp_path / "data"
+    shutil.copytree(CONFIGS / "qa_regex", configs / "qa_regex", ignore=shutil.ignore_patterns("data"))
+    write_qa_input(data, files=2, rows=3)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    s = InferenceSettings(task_configs=str(configs), input_path=str(data), output_dir=str(tmp_path / "out"))
+    task = load_task(configs, "qa_regex")
+    bundle = build_task_assets(task, s)
+    with DagsterInstance.get() as instance:
+        register_shards(instance, task, s.store("qa_regex"), str(data), shard_size=2)
+        keys = registered_keys(instance, task)
+        for k in keys:
+            instance.report_runless_asset_event(AssetMaterialization(bundle.key("raw"), partition=k))
+        with (data / "part-001.jsonl").open("a") as f:
+            f.write(json.dumps({"question": "What is 9 + 9?", "gold": 18}) + "\n")
+        reg = register_shards(instance, task, s.store("qa_regex"), str(data), shard_size=2)
+        assert len(reg.new_keys) == 1 and reg.new_keys[0].startswith("part_001")
+        resolver = get_stale_status_resolver(instance, bundle.assets)
+        assert {resolver.get_status(bundle.key("raw"), k) for k in keys} == {StaleStatus.FRESH}
+        assert resolver.get_status(bundle.key("raw"), reg.new_keys[0]) == StaleStatus.MISSING
+
+
+def test_function_fingerprint_follows_helpers_and_constants(tmp_path: Path) -> None:
+    from llm_infer_dagster.tasks.versions import function_fingerprint
+
+    def load(src: str):
+        import importlib.util
+
+        path = tmp_path / f"m{abs(hash(src))}.py"
+        path.write_text(src)
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    base = "PREFIX = 'Q: '\ndef helper(x):\n    return PREFIX + x\ndef format_prompt(d):\n    return helper(d['q'])\n"
+    fp = function_fingerprint(load(base), ["format_prompt"])
+    assert function_fingerprint(load(base.replace("'Q: '", "'Question: '")), ["format_prompt"]) != fp
+    assert function_fingerprint(load(base.replace("PREFIX + x", "PREFIX + x.strip()")), ["format_prompt"]) != fp
+    other = base + "def extract_answer(r):\n    return r\n"
+    assert function_fingerprint(load(other), ["format_prompt"]) == fp  # an unrelated function does not count
