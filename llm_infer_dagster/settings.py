@@ -119,18 +119,6 @@ class InferenceSettings(ConfigurableResource):
     def engine_args(self) -> dict[str, Any]:
         return parse_model_args(self.model_args)
 
-    def check_engine(self) -> None:
-        """The seed's rules, checked before any model is loaded."""
-        parse_model_args(self.model_args)
-        check_engine_settings(
-            model_path=self.model_path,
-            model_type=self.model_type,
-            use_cpu=self.use_cpu,
-            dtype=self.dtype,
-            workers=self.workers,
-            tensor_parallel_size=self.tensor_parallel_size,
-        )
-
 
 def parse_model_args(text: str | None) -> dict[str, Any]:
     """The seed's ``--model_args``: a JSON object of extra engine arguments."""

@@ -23,6 +23,7 @@ from typing import Any
 import polars as pl
 
 from llm_infer_dagster.tasks.sharding import is_shard_key
+from llm_infer_dagster.tasks.task_settings import MODEL_NAME_RE
 
 ASSETS = ("raw", "prompts", "completions", "answers")
 
@@ -78,18 +79,23 @@ class TaskStore:
     def manifest_path(self) -> Path:
         return self.task_dir / "shards.json"
 
-    def shard_path(self, asset: str, key: str) -> Path:
+    def shard_path(self, asset: str, key: str, model: str | None = None) -> Path:
+        """``<task>/<asset>/<key>.parquet``; a named model's shards: ``<task>/models/<model>/<asset>/...``."""
         if asset not in ASSETS:
             raise ValueError(f"unknown asset {asset!r}; one of {ASSETS}")
-        return self.task_dir / asset / f"{self._check_key(key)}.parquet"
+        if model is None:
+            return self.task_dir / asset / f"{self._check_key(key)}.parquet"
+        if not MODEL_NAME_RE.fullmatch(model):
+            raise ValueError(f"{model!r} is not a model name; refusing to build a path")
+        return self.task_dir / "models" / model / asset / f"{self._check_key(key)}.parquet"
 
-    def write_frame(self, asset: str, key: str, df: pl.DataFrame) -> Path:
-        path = self.shard_path(asset, key)
+    def write_frame(self, asset: str, key: str, df: pl.DataFrame, model: str | None = None) -> Path:
+        path = self.shard_path(asset, key, model)
         atomic_write(path, lambda tmp: df.write_parquet(tmp))
         return path
 
-    def read_frame(self, asset: str, key: str) -> pl.DataFrame:
-        path = self.shard_path(asset, key)
+    def read_frame(self, asset: str, key: str, model: str | None = None) -> pl.DataFrame:
+        path = self.shard_path(asset, key, model)
         if not path.is_file():
             raise FileNotFoundError(
                 f"{asset} of shard {key} is not on disk at {path}; materialize {self.task_name}/{asset} "
@@ -97,8 +103,8 @@ class TaskStore:
             )
         return pl.read_parquet(path)
 
-    def has(self, asset: str, key: str) -> bool:
-        return self.shard_path(asset, key).is_file()
+    def has(self, asset: str, key: str, model: str | None = None) -> bool:
+        return self.shard_path(asset, key, model).is_file()
 
     # The seed's output layout.
     def result_path(self, kind: str, key: str) -> Path:

@@ -40,9 +40,10 @@ from llm_infer_dagster.engines.spec import EngineSpec
 from llm_infer_dagster.executor.gpu_executor import GPU_TAG, gpu_executor
 from llm_infer_dagster.exports import export_shard
 from llm_infer_dagster.registry import manifest_for, partitions_def_for, register_shards
-from llm_infer_dagster.settings import InferenceSettings
+from llm_infer_dagster.settings import InferenceSettings, check_engine_settings
 from llm_infer_dagster.tasks.loader import TaskConfig, to_json
 from llm_infer_dagster.tasks.sampling import check_hf_supported
+from llm_infer_dagster.tasks.task_settings import ModelChoice
 from llm_infer_dagster.tasks.versions import task_code_versions
 from llm_infer_dagster.workers.gpus import split_gpus, visible_gpu_ids
 from llm_infer_dagster.workers.pool import ShardJob, WorkerPool
@@ -65,19 +66,25 @@ class TaskAssets:
         return AssetKey([self.task.dagster_name, asset_name])
 
 
-def engine_spec(settings: InferenceSettings) -> EngineSpec:
-    assert settings.model_path is not None
-    return EngineSpec(
-        model_type=settings.model_type,
-        model_path=settings.model_path,
+def engine_spec(settings: InferenceSettings, choice: ModelChoice | None = None) -> EngineSpec:
+    """The run's engine, or a task's named model with the run's settings filling what it leaves unset."""
+    c = choice or ModelChoice(model_path=settings.model_path or "")
+    spec = EngineSpec(
+        model_type=c.model_type or settings.model_type,
+        model_path=c.model_path,
         device="cpu" if settings.use_cpu else "cuda",
-        dtype=settings.dtype,
-        max_model_len=settings.max_model_len,
+        dtype=c.dtype or settings.dtype,
+        max_model_len=c.max_model_len or settings.max_model_len,
         trust_remote_code=settings.trust_remote_code,
         batch_size=settings.batch_size,
         tensor_parallel_size=settings.tensor_parallel_size,
-        engine_args=settings.engine_args,
+        engine_args=c.model_args if c.model_args is not None else settings.engine_args,
     )
+    check_engine_settings(
+        model_path=spec.model_path or None, model_type=spec.model_type, use_cpu=settings.use_cpu, dtype=spec.dtype,
+        workers=settings.workers, tensor_parallel_size=spec.tensor_parallel_size,
+    )  # fmt: skip
+    return spec
 
 
 def build_task_assets(task: TaskConfig, settings: InferenceSettings | None = None) -> TaskAssets:
@@ -87,23 +94,32 @@ def build_task_assets(task: TaskConfig, settings: InferenceSettings | None = Non
     asset's code version.
     """
     settings = settings or InferenceSettings.from_env()
-    versions = task_code_versions(
-        task.module, task.folder, task.sampling_params, model_type=settings.model_type,
-        model_path=settings.model_path, dtype=settings.dtype, max_model_len=settings.max_model_len,
-    )  # fmt: skip
+    models: dict[str | None, ModelChoice] = {None: ModelChoice(model_path=settings.model_path or "")}
+    models.update(task.settings.models)
+    versions = {
+        model: task_code_versions(
+            task.module,
+            task.folder,
+            task.sampling_params,
+            model_type=c.model_type or settings.model_type,
+            model_path=c.model_path,
+            dtype=c.dtype or settings.dtype,
+            max_model_len=c.max_model_len or settings.max_model_len,
+        )  # fmt: skip
+        for model, c in models.items()
+    }
     # single_run backfills are what make "materialize all" load the model once; Dagster marks them beta.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BetaWarning)
         return _build_task_assets(task, versions)
 
 
-def _build_task_assets(task: TaskConfig, versions: dict[str, str]) -> TaskAssets:
+def _build_task_assets(task: TaskConfig, all_versions: dict[str | None, dict[str, str]]) -> TaskAssets:
+    versions = all_versions[None]
     name = task.dagster_name
     pdef = partitions_def_for(task)
     common = dict(partitions_def=pdef, group_name=name, backfill_policy=BackfillPolicy.single_run())
-    raw_key, prompts_key, comp_key, answers_key = (
-        AssetKey([name, a]) for a in ("raw", "prompts", "completions", "answers")
-    )
+    raw_key, prompts_key = AssetKey([name, "raw"]), AssetKey([name, "prompts"])
 
     @asset(
         key=raw_key,
@@ -206,155 +222,175 @@ def _build_task_assets(task: TaskConfig, versions: dict[str, str]) -> TaskAssets
             metadata={"shards_in_step": len(context.partition_keys), "errors_in_step": errors_total}
         )
 
-    @asset(
-        key=comp_key,
-        code_version=versions["completions"],
-        deps=[prompts_key],
-        kinds={"parquet"},
-        op_tags={GPU_TAG: "settings"},  # the executor leases workers x tensor_parallel_size GPUs
-        description="The model's completions: every sample, finish reasons, token counts, model and "
-        "sampling parameters. One engine load per step; each shard is recorded as it lands.",
-        **common,
-    )
-    def completions(context: AssetExecutionContext, settings: InferenceSettings) -> MaterializeResult:
-        settings.check_engine()
-        if settings.model_type == "hf":
-            check_hf_supported(task.sampling_params)
-        store = settings.store(task.name)
-        keys = list(context.partition_keys)
-        slices = (
-            None if settings.use_cpu else split_gpus(visible_gpu_ids(), settings.workers, settings.tensor_parallel_size)
-        )
-        jobs = [ShardJob(k, str(store.shard_path("prompts", k)), str(store.shard_path("completions", k))) for k in keys]
-        missing = [k for k in keys if not store.has("prompts", k)]
-        if missing:  # before any model is loaded
-            raise Failure(
-                f"prompts are not materialized for shard(s) {', '.join(missing[:5])}: "
-                f"materialize {name}/prompts for them first"
-            )
+    def model_assets(model: str | None) -> list[AssetsDefinition]:
+        """completions and answers of the run's model (``model=None``) or of a named model of the task."""
+        comp_key = AssetKey([name, "completions"] if model is None else [name, model, "completions"])
+        answers_key = AssetKey([name, "answers"] if model is None else [name, model, "answers"])
+        model_versions = all_versions[model]
 
-        def on_message(worker: int, msg: dict) -> None:
-            if msg["type"] == "loaded":
-                context.log.info(f"worker {worker}: model loaded in {msg['seconds']} s (pid {msg['pid']})")
-            elif msg["type"] == "exited":
-                context.log.error(f"worker {worker} stopped: {msg['error']} (log: {msg['log']})")
-
-        pool = WorkerPool(
-            engine_spec(settings),
-            task.sampling_params,
-            workers=settings.workers,
-            gpu_slices=slices,
-            log_dir=store.output_dir / "logs" / "workers" / context.run.run_id[:8],
-            on_message=on_message,
+        @asset(
+            key=comp_key,
+            code_version=model_versions["completions"],
+            deps=[prompts_key],
+            kinds={"parquet"},
+            op_tags={GPU_TAG: "settings"},  # the executor leases workers x tensor_parallel_size GPUs
+            description=(f"Completions of model {model!r} (from the task's task_settings.json). " if model else "")
+            + "The model's completions: every sample, finish reasons, token counts, model and "
+            "sampling parameters. One engine load per step; each shard is recorded as it lands.",
+            **common,
         )
-        t0 = time.perf_counter()
-        failed: dict[str, str] = {}
-        out_tokens = 0
-        for r in pool.run(jobs):
-            if not r.ok:
-                failed[r.key] = r.error or "unknown error"
-                context.log.error(f"shard {r.key} failed on worker {r.worker}: {r.error}")
-                store.log_shard(r.key, f"completions FAILED on worker {r.worker}: {r.error}")
-                continue
-            out_tokens += r.completion_tokens
-            export_shard(store, r.key, with_answers=False, save_text=False)
-            md = {
-                "rows": r.rows,
-                "errors": r.errors,
-                "prompt_tokens": r.prompt_tokens,
-                "completion_tokens": r.completion_tokens,
-                "tokens_per_s": round(r.tokens_per_s, 1),
-                "seconds": r.seconds,
-                "worker": r.worker,
-                "gpus": r.gpus or "cpu",
-                "model": settings.model_path,
-            }
-            # Recorded now, not at step end: a killed run keeps this shard.
-            context.log_event(AssetMaterialization(asset_key=comp_key, partition=r.key, metadata=md))
-            context.add_asset_metadata(md, partition_key=r.key)
-            msg = (
-                f"shard {r.key}: {r.rows} rows, {r.errors} errors, {r.completion_tokens} tokens out, "
-                f"{r.tokens_per_s:.0f} tok/s on worker {r.worker} ({r.gpus or 'cpu'})"
+        def completions(context: AssetExecutionContext, settings: InferenceSettings) -> MaterializeResult:
+            spec = engine_spec(settings, task.settings.models.get(model) if model else None)
+            if spec.model_type == "hf":
+                check_hf_supported(task.sampling_params)
+            store = settings.store(task.name)
+            keys = list(context.partition_keys)
+            slices = (
+                None
+                if settings.use_cpu
+                else split_gpus(visible_gpu_ids(), settings.workers, settings.tensor_parallel_size)
             )
-            context.log.info(msg)
-            store.log_shard(r.key, "completions: " + msg)
-        elapsed = time.perf_counter() - t0
-        if failed:
-            raise Failure(
-                description=f"{len(failed)} of {len(keys)} shard(s) failed: "
-                + "; ".join(f"{k}: {v.splitlines()[0]}" for k, v in list(failed.items())[:5]),
-                metadata={"failed_shards": ", ".join(failed)},
-            )
-        return MaterializeResult(
-            metadata={
-                "shards_in_step": len(keys),
-                "completion_tokens": out_tokens,
-                "step_tokens_per_s": round(out_tokens / elapsed, 1),
-            }
-        )
+            jobs = [
+                ShardJob(k, str(store.shard_path("prompts", k)), str(store.shard_path("completions", k, model)))
+                for k in keys
+            ]
+            missing = [k for k in keys if not store.has("prompts", k)]
+            if missing:  # before any model is loaded
+                raise Failure(
+                    f"prompts are not materialized for shard(s) {', '.join(missing[:5])}: "
+                    f"materialize {name}/prompts for them first"
+                )
 
-    @asset(
-        key=answers_key,
-        code_version=versions["answers"],
-        deps=[comp_key],
-        kinds={"parquet"},
-        description="extract_answer on each first sample. Never runs the model.",
-        **common,
-    )
-    def answers(context: AssetExecutionContext, settings: InferenceSettings) -> MaterializeResult:
-        store = settings.store(task.name)
-        ok_total = rows_total = 0
-        for key in context.partition_keys:
-            comps = store.read_frame("completions", key)
-            values: list[str | None] = []
-            errors: list[str | None] = []
-            for row in comps.iter_rows(named=True):
-                if row["error"] is not None:
-                    values.append(None)
-                    errors.append(f"no completion: {row['error']}")
+            def on_message(worker: int, msg: dict) -> None:
+                if msg["type"] == "loaded":
+                    context.log.info(f"worker {worker}: model loaded in {msg['seconds']} s (pid {msg['pid']})")
+                elif msg["type"] == "exited":
+                    context.log.error(f"worker {worker} stopped: {msg['error']} (log: {msg['log']})")
+
+            pool = WorkerPool(
+                spec,
+                task.sampling_params,
+                workers=settings.workers,
+                gpu_slices=slices,
+                log_dir=store.output_dir / "logs" / "workers" / context.run.run_id[:8],
+                on_message=on_message,
+            )
+            t0 = time.perf_counter()
+            failed: dict[str, str] = {}
+            out_tokens = 0
+            for r in pool.run(jobs):
+                if not r.ok:
+                    failed[r.key] = r.error or "unknown error"
+                    context.log.error(f"shard {r.key} failed on worker {r.worker}: {r.error}")
+                    store.log_shard(r.key, f"completions FAILED on worker {r.worker}: {r.error}")
                     continue
-                try:
-                    ans = task.extract_answer(row["response"])
-                except Exception as exc:
-                    values.append(None)
-                    errors.append(f"extract_answer raised {type(exc).__name__}: {exc}")
-                else:
-                    values.append(None if ans is None else to_json(ans))
-                    errors.append(None)
-            df = pl.DataFrame(
-                {"record_id": comps["record_id"], "answer": values, "error": errors}, schema=ANSWER_SCHEMA
+                out_tokens += r.completion_tokens
+                if model is None:  # the seed's layout holds the run's model
+                    export_shard(store, r.key, with_answers=False, save_text=False)
+                md = {
+                    "rows": r.rows,
+                    "errors": r.errors,
+                    "prompt_tokens": r.prompt_tokens,
+                    "completion_tokens": r.completion_tokens,
+                    "tokens_per_s": round(r.tokens_per_s, 1),
+                    "seconds": r.seconds,
+                    "worker": r.worker,
+                    "gpus": r.gpus or "cpu",
+                    "model": spec.model_path,
+                    "model_name": model or "default",
+                }
+                # Recorded now, not at step end: a killed run keeps this shard.
+                context.log_event(AssetMaterialization(asset_key=comp_key, partition=r.key, metadata=md))
+                context.add_asset_metadata(md, partition_key=r.key)
+                msg = (
+                    f"shard {r.key}: {r.rows} rows, {r.errors} errors, {r.completion_tokens} tokens out, "
+                    f"{r.tokens_per_s:.0f} tok/s on worker {r.worker} ({r.gpus or 'cpu'})"
+                )
+                context.log.info(msg)
+                store.log_shard(r.key, f"completions[{model or 'default'}]: " + msg)
+            elapsed = time.perf_counter() - t0
+            if failed:
+                raise Failure(
+                    description=f"{len(failed)} of {len(keys)} shard(s) failed: "
+                    + "; ".join(f"{k}: {v.splitlines()[0]}" for k, v in list(failed.items())[:5]),
+                    metadata={"failed_shards": ", ".join(failed)},
+                )
+            return MaterializeResult(
+                metadata={
+                    "shards_in_step": len(keys),
+                    "completion_tokens": out_tokens,
+                    "step_tokens_per_s": round(out_tokens / elapsed, 1),
+                }
             )
-            store.write_frame("answers", key, df)
-            export_shard(store, key, with_answers=True, save_text=settings.save_text)
-            extracted = sum(v is not None for v in values)
-            n_err = sum(e is not None for e in errors)
-            ok_total += extracted
-            rows_total += df.height
-            if n_err:
-                context.log.warning(f"shard {key}: {n_err} row(s) without an answer: {error_summary(errors)}")
-            store.log_shard(key, f"answers: {extracted}/{df.height} extracted, {n_err} errors")
-            context.add_asset_metadata(
-                {
-                    "rows": df.height,
-                    "extracted": extracted,
-                    "errors": n_err,
-                    "extraction_rate": round(extracted / df.height, 4) if df.height else 0.0,
-                    "preview": preview(df, ["record_id", "answer", "error"]),
-                },
-                partition_key=key,
-            )
-        return MaterializeResult(
-            metadata={
-                "shards_in_step": len(context.partition_keys),
-                "extraction_rate": round(ok_total / rows_total, 4) if rows_total else 0.0,
-            }
+
+        @asset(
+            key=answers_key,
+            code_version=model_versions["answers"],
+            deps=[comp_key],
+            kinds={"parquet"},
+            description="extract_answer on each first sample. Never runs the model.",
+            **common,
         )
+        def answers(context: AssetExecutionContext, settings: InferenceSettings) -> MaterializeResult:
+            store = settings.store(task.name)
+            ok_total = rows_total = 0
+            for key in context.partition_keys:
+                comps = store.read_frame("completions", key, model)
+                values: list[str | None] = []
+                errors: list[str | None] = []
+                for row in comps.iter_rows(named=True):
+                    if row["error"] is not None:
+                        values.append(None)
+                        errors.append(f"no completion: {row['error']}")
+                        continue
+                    try:
+                        ans = task.extract_answer(row["response"])
+                    except Exception as exc:
+                        values.append(None)
+                        errors.append(f"extract_answer raised {type(exc).__name__}: {exc}")
+                    else:
+                        values.append(None if ans is None else to_json(ans))
+                        errors.append(None)
+                df = pl.DataFrame(
+                    {"record_id": comps["record_id"], "answer": values, "error": errors}, schema=ANSWER_SCHEMA
+                )
+                store.write_frame("answers", key, df, model)
+                if model is None:
+                    export_shard(store, key, with_answers=True, save_text=settings.save_text)
+                extracted = sum(v is not None for v in values)
+                n_err = sum(e is not None for e in errors)
+                ok_total += extracted
+                rows_total += df.height
+                if n_err:
+                    context.log.warning(f"shard {key}: {n_err} row(s) without an answer: {error_summary(errors)}")
+                store.log_shard(key, f"answers: {extracted}/{df.height} extracted, {n_err} errors")
+                context.add_asset_metadata(
+                    {
+                        "rows": df.height,
+                        "extracted": extracted,
+                        "errors": n_err,
+                        "extraction_rate": round(extracted / df.height, 4) if df.height else 0.0,
+                        "model_name": model or "default",
+                        "preview": preview(df, ["record_id", "answer", "error"]),
+                    },
+                    partition_key=key,
+                )
+            return MaterializeResult(
+                metadata={
+                    "shards_in_step": len(context.partition_keys),
+                    "extraction_rate": round(ok_total / rows_total, 4) if rows_total else 0.0,
+                }
+            )
+
+        return [completions, answers]
+
+    model_chain = [a for m in all_versions for a in model_assets(m)]
 
     task_job = define_asset_job(
         f"{name}_job",
-        selection=AssetSelection.assets(raw_key, prompts_key, comp_key, answers_key),
+        selection=AssetSelection.assets(raw, prompts, *model_chain),
         executor_def=gpu_executor,
-        description=f"raw -> prompts -> completions -> answers for task {task.name}",
+        description=f"raw -> prompts -> completions -> answers for task {task.name} (and its named models)",
     )
 
     class RegisterConfig(Config):
@@ -384,4 +420,4 @@ def _build_task_assets(task: TaskConfig, versions: dict[str, str]) -> TaskAssets
     def register_job() -> None:
         register_op()
 
-    return TaskAssets(task=task, assets=[raw, prompts, completions, answers], job=task_job, register_job=register_job)
+    return TaskAssets(task=task, assets=[raw, prompts, *model_chain], job=task_job, register_job=register_job)
