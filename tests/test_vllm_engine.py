@@ -228,3 +228,16 @@ def test_greedy_agrees_with_hf_engine(engine: VLLMEngine, tiny_model_path: str) 
         assert v.completion_tokens == h.completion_tokens
     same_text = sum(v.responses == h.responses for v, h in zip(ours, theirs, strict=True))
     print(f"vLLM vs HF greedy: {same_text}/{len(prompts)} identical texts")
+
+
+def test_wants_more_until_the_batch_is_covered_twice(engine: VLLMEngine) -> None:
+    """Workers ask for shards by requests, not by shard count, so small shards still fill the batch."""
+    slots = engine._max_num_seqs
+    assert engine.wants_more()
+    sampling = {"temperature": 0, "max_tokens": 2}
+    engine.submit("fill-a", [f"fill {i}" for i in range(slots)], sampling)
+    assert engine.wants_more()  # one batch's worth queued: still wants the next
+    engine.submit("fill-b", [f"more {i}" for i in range(slots)], sampling)
+    assert not engine.wants_more()  # two batches' worth: enough
+    assert sorted(tag for tag, _ in drain(engine)) == ["fill-a", "fill-b"]
+    assert engine.wants_more()

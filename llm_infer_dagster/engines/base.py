@@ -61,6 +61,10 @@ class StreamingEngine(Engine, Protocol):
 
     def step(self) -> list[tuple[str, list[Completion]]]: ...
 
+    def wants_more(self) -> bool:
+        """True while the engine would run a fuller batch if given another shard now."""
+        ...
+
 
 class BlockingStream:
     """Gives a generate-only engine (HF) the streaming interface: each step runs one whole shard."""
@@ -75,6 +79,9 @@ class BlockingStream:
     def has_pending(self) -> bool:
         return bool(self._queue)
 
+    def wants_more(self) -> bool:
+        return False  # each step runs one whole shard; the worker's prefetch keeps the next one ready
+
     def step(self) -> list[tuple[str, list[Completion]]]:
         if not self._queue:
             return []
@@ -84,6 +91,6 @@ class BlockingStream:
 
 def as_streaming(engine: Engine) -> StreamingEngine:
     """The engine itself if it streams, else a :class:`BlockingStream` around it."""
-    if all(callable(getattr(engine, m, None)) for m in ("submit", "has_pending", "step")):
+    if all(callable(getattr(engine, m, None)) for m in ("submit", "has_pending", "step", "wants_more")):
         return engine  # type: ignore[return-value]
     return BlockingStream(engine)  # type: ignore[return-value]

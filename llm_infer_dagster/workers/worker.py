@@ -4,7 +4,8 @@ Started by :mod:`llm_infer_dagster.workers.pool` with ``CUDA_VISIBLE_DEVICES`` a
 so torch/vLLM see only this worker's GPUs. It loads the engine once, then serves shard jobs read as JSON
 lines on stdin and reports on the message pipe (JSON lines); stdout/stderr go to the worker's log file.
 
-It keeps up to ``prefetch`` shards in the engine at once: the next shard's requests are queued before the
+It keeps at least ``prefetch`` shards in the engine, and more while the engine reports its batch would be
+fuller (vLLM: fewer than 2 x max_num_seqs requests queued): the next shard's requests are queued before the
 current one drains, and each shard is written (atomically) the moment its last request finishes.
 """
 
@@ -103,7 +104,9 @@ def serve(reader: LineReader, out: TextIO) -> None:
         )
 
     while True:
-        if not stopping and len(inflight) + asked < prefetch:
+        # Ask for a shard while fewer than `prefetch` are held, or (one ask at a time) while the engine says
+        # its batch would be fuller with more requests.
+        if not stopping and (len(inflight) + asked < prefetch or (asked == 0 and stream.wants_more())):
             _send(out, type="ready")
             asked += 1
         if stopping and not inflight:
