@@ -1,7 +1,7 @@
 """vLLM throughput through the platform (WorkerPool + streaming worker) vs bare ``vllm.LLM.generate``.
 
-The same random-weight Qwen2-style model, prompts, sampling and engine arguments go through four variants,
-each in its own fresh process (engines share no memory; start-up is not timed):
+The same random-weight Qwen2-style model, prompts, sampling and engine arguments go through each variant
+in its own fresh process (engines share no memory; start-up is not timed):
 
   bare        one ``LLM.generate`` over all prompts (the ceiling)
   bare-seq    ``--shards`` sequential ``LLM.generate`` calls over equal slices (the seed's per-shard pattern:
@@ -9,6 +9,9 @@ each in its own fresh process (engines share no memory; start-up is not timed):
   platform    ``WorkerPool(...).run(jobs)`` over ``--shards`` prompts Parquet shards, timed from the worker's
               ``loaded`` message to the last ShardResult (one variant per ``--prefetch`` value)
   platform-1  the same with all prompts in one shard
+  platform-shardcap (opt-in) ``platform`` with a patched copy of the worker that holds only ``--prefetch``
+              shards in the engine, as before commit 4bce975 (it no longer asks ``wants_more()``); the
+              package itself is not edited
 
 Output lengths must vary for shard boundaries to matter, but sampling is one config per task, so the model
 does it: at build time one residual channel is made a constant and wired to the EOS logit only, and the
@@ -20,6 +23,7 @@ the distribution is printed. Requests are unseeded by default (lengths differ a 
     python benchmarks/vllm_platform_vs_bare.py [--prompts 1024] [--shards 16] [--max-tokens 128]
         [--min-tokens 8] [--eos-prob 0.02] [--repeats 2] [--hidden-size 512] [--layers 4]
         [--max-num-seqs 256] [--kv-cache-gib 1] [--prefetch 2[,4,...]] [--variants ...] [--seed-requests]
+        [--trace]
         [--model-dir .models/bench-qwen2] [--work-dir DIR]
 
 Variants run in a rotated order each repeat, so background load spreads over all of them. Prints one JSON
@@ -30,11 +34,11 @@ line, then a markdown table. vLLM starts its engine core with spawn, hence every
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import platform
-import resource
 import shutil
 import socket
 import statistics
@@ -189,12 +193,17 @@ def _child_bare(cfg: dict[str, Any]) -> dict[str, Any]:
     llm = LLM(model=cfg["model"], dtype="float32", **cfg["engine_args"])
     load_s = time.perf_counter() - t0
     params = SamplingParams(**cfg["sampling"])
+    records = install_step_trace(llm.llm_engine) if cfg.get("trace") else []
     parts = _slices(len(prompts), cfg["shards"]) if cfg["variant"] == "bare-seq" else [(0, len(prompts))]
     outputs = []
+    t_start = time.time()
     start = time.perf_counter()
     for a, b in parts:
         outputs += llm.generate(prompts[a:b], params, use_tqdm=False)
     seconds = time.perf_counter() - start
+    t_end = time.time()
+    with contextlib.suppress(Exception):
+        llm.llm_engine.engine_core.shutdown()  # leave no engine core behind
     lengths = [sum(len(o.token_ids) for o in out.outputs) for out in outputs]
     reasons = [out.outputs[0].finish_reason for out in outputs]
     return {
@@ -204,7 +213,118 @@ def _child_bare(cfg: dict[str, Any]) -> dict[str, Any]:
         "lengths": lengths,
         "finish": {r: reasons.count(r) for r in set(reasons)},
         "calls": len(parts),
+        "t_start": t_start,
+        "t_end": t_end,
+        "trace": trace_summary(records, cfg["engine_args"]["max_num_seqs"]) if records else {},
     }
+
+
+def install_step_trace(llm_engine: Any) -> list[tuple[float, float, int]]:
+    """Record (start, seconds, unfinished requests before) for every ``llm_engine.step()`` call."""
+    records: list[tuple[float, float, int]] = []
+    step = llm_engine.step
+
+    def traced() -> Any:
+        n = llm_engine.get_num_unfinished_requests()
+        t = time.perf_counter()
+        out = step()
+        records.append((t, time.perf_counter() - t, n))
+        return out
+
+    llm_engine.step = traced
+    return records
+
+
+def trace_summary(records: list[tuple[float, float, int]], max_num_seqs: int) -> dict[str, Any]:
+    """Steps, time-weighted mean batch (unfinished requests, capped at max_num_seqs), and the time spent
+    outside ``step()`` (the caller's own loop: reading jobs, rendering prompts, writing shards)."""
+    if not records:
+        return {}
+    span = records[-1][0] + records[-1][1] - records[0][0]
+    in_step = sum(d for _, d, _ in records)
+    batch = [min(n, max_num_seqs) for _, _, n in records]
+    weighted = sum(b * d for b, (_, d, _) in zip(batch, records, strict=True)) / in_step
+    full = sum(d for b, (_, d, _) in zip(batch, records, strict=True) if b >= max_num_seqs) / in_step
+    # step time ~ fixed + per_seq * batch (least squares): the fixed part is what a thin batch wastes
+    xs, ys = batch, [1000 * d for _, d, _ in records]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
+    return {
+        "steps": len(records),
+        "mean_batch": round(weighted, 1),
+        "step_ms_fixed_per_seq": [round(my - slope * mx, 2), round(slope, 3)],
+        "time_at_full_batch": round(full, 3),
+        "mean_step_ms": round(1000 * in_step / len(records), 2),
+        "outside_step_s": round(span - in_step, 3),
+    }
+
+
+# The worker patches, as text replacements on a copy of llm_infer_dagster/workers/worker.py.
+_ASK_OLD = "(asked == 0 and stream.wants_more())"
+_ASK_SHARDCAP = "False"  # only `prefetch` shards in flight: the worker's behaviour before 4bce975
+_STREAM_OLD = "    stream = as_streaming(engine)\n"
+_STREAM_TRACE = _STREAM_OLD + "    _trace = _start_trace(engine)\n"
+_CLOSE_OLD = "    engine.close()\n"
+_CLOSE_TRACE = "    _dump_trace(engine, _trace)\n" + _CLOSE_OLD
+_MAIN_GUARD = '\n\nif __name__ == "__main__":'
+_HELPERS = """
+
+# --- benchmark patch (benchmarks/vllm_platform_vs_bare.py) ---------------------------------------------
+def _start_trace(engine):
+    sys.path.insert(0, {bench_dir!r})
+    from vllm_platform_vs_bare import install_step_trace
+
+    return install_step_trace(engine._engine)
+
+
+def _dump_trace(engine, records):
+    Path(os.environ["BENCH_TRACE"]).write_text(json.dumps(records))
+"""
+
+
+def _patched_worker(work: Path, *, shardcap: bool, trace: bool) -> Path:
+    """A copy of workers/worker.py, patched without editing the package: with ``shardcap`` the worker asks
+    for a shard only while it holds fewer than ``prefetch`` shards (it no longer asks the engine whether a
+    fuller batch needs more); with ``trace`` it records every engine step to $BENCH_TRACE."""
+    import inspect
+
+    import llm_infer_dagster.workers.worker as worker
+
+    src = inspect.getsource(worker)
+    for old in (_ASK_OLD, _STREAM_OLD, _CLOSE_OLD, _MAIN_GUARD):
+        if src.count(old) != 1:
+            raise RuntimeError(f"llm_infer_dagster/workers/worker.py changed ({old.strip()!r}): update the patch")
+    if shardcap:
+        src = src.replace(_ASK_OLD, _ASK_SHARDCAP)
+    if trace:
+        src = src.replace(_STREAM_OLD, _STREAM_TRACE).replace(_CLOSE_OLD, _CLOSE_TRACE)
+    src = src.replace(_MAIN_GUARD, _HELPERS.format(bench_dir=str(Path(__file__).resolve().parent)) + _MAIN_GUARD)
+    path = work / "patched_worker.py"
+    path.write_text(src)
+    return path
+
+
+def _use_worker_script(script: Path) -> None:
+    """Make WorkerPool start ``script`` instead of ``-m llm_infer_dagster.workers.worker``."""
+    import subprocess as real
+
+    import llm_infer_dagster.workers.pool as pool_module
+
+    class _Subprocess:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        @staticmethod
+        def Popen(args: list[str], **kwargs: Any) -> Any:
+            args = list(args)
+            i = args.index("-m")
+            if args[i + 1] != "llm_infer_dagster.workers.worker":
+                raise RuntimeError(f"unexpected worker command {args}")
+            args[i : i + 2] = [str(script)]
+            return real.Popen(args, **kwargs)
+
+    pool_module.subprocess = _Subprocess()  # type: ignore[assignment]
 
 
 def _child_platform(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -237,8 +357,12 @@ def _child_platform(cfg: dict[str, Any]) -> dict[str, Any]:
     def on_message(_worker: int, msg: dict[str, Any]) -> None:
         if msg.get("type") == "loaded":
             marks["loaded"] = time.perf_counter()
+            marks["t_start"] = time.time()
             marks["load_s"] = float(msg.get("seconds", 0.0))
 
+    if cfg.get("shardcap") or cfg.get("trace"):
+        _use_worker_script(_patched_worker(work, shardcap=cfg.get("shardcap", False), trace=cfg.get("trace", False)))
+        os.environ["BENCH_TRACE"] = str(work / "trace.json")
     spec = EngineSpec(
         model_type="vllm", model_path=cfg["model"], device="cpu", dtype="float32", engine_args=cfg["engine_args"]
     )
@@ -251,9 +375,14 @@ def _child_platform(cfg: dict[str, Any]) -> dict[str, Any]:
     for result in pool.run(jobs):
         results.append(result)
         last = time.perf_counter()
+        t_end = time.time()
     bad = [r for r in results if not r.ok or r.errors]
     if bad or len(results) != len(jobs) or "loaded" not in marks:
         raise RuntimeError(f"platform run failed: {bad[:2]} ({len(results)}/{len(jobs)} results)")
+    trace = {}
+    if cfg.get("trace"):
+        records = json.loads((work / "trace.json").read_text())
+        trace = trace_summary([tuple(r) for r in records], cfg["engine_args"]["max_num_seqs"])
     frame = pl.concat([pl.read_parquet(j.output) for j in jobs]).sort(pl.col("record_id").cast(pl.Int64))
     lengths = frame["completion_tokens"].to_list()
     reasons = frame["finish_reason"].to_list()
@@ -265,6 +394,9 @@ def _child_platform(cfg: dict[str, Any]) -> dict[str, Any]:
         "lengths": lengths,
         "finish": {r: reasons.count(r) for r in set(reasons)},
         "shard_seconds": [round(r.seconds, 3) for r in results],
+        "t_start": marks["t_start"],
+        "t_end": t_end,
+        "trace": trace,
     }
 
 
@@ -280,14 +412,83 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _busy_jiffies() -> tuple[int, int]:
-    """(busy, total) CPU jiffies of the whole machine, from /proc/stat."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except OSError:
-        return 0, 0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return sum(fields[:8]) - idle, sum(fields[:8])
+class CPUSampler:
+    """Samples /proc every ``interval`` s and keeps two cumulative CPU-second series over wall time: the
+    processes of ``root`` and its descendants (ours), and every other process (foreign: other people's work
+    on a shared machine). Lower bounds: time since the last sample of a process that exits is missed."""
+
+    def __init__(self, root: int, interval: float = 0.5) -> None:
+        import threading
+
+        self.ours: set[int] = {root}
+        self.last: dict[int, float] = {}
+        self.series: list[tuple[float, float, float]] = []  # (time.time(), foreign, ours)
+        self.foreign = self.mine = 0.0
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.me = os.getpid()
+        self.interval = interval
+        self._stop = threading.Event()
+        self._sample(first=True)
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> dict[int, tuple[int, float]]:
+        procs = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = Path(entry.path, "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            procs[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / self.tick)
+        return procs
+
+    def _sample(self, first: bool = False) -> None:
+        procs = self._read()
+        grew = True
+        while grew:  # descendants of ours are ours, and stay ours when re-parented
+            grew = False
+            for pid, (ppid, _) in procs.items():
+                if ppid in self.ours and pid not in self.ours:
+                    self.ours.add(pid)
+                    grew = True
+        for pid, (_, cpu) in procs.items():
+            if pid == self.me:
+                continue
+            if not first:
+                delta = cpu - self.last.get(pid, 0.0)  # a process new since the last sample: all its time
+                if pid in self.ours:
+                    self.mine += delta
+                else:
+                    self.foreign += delta
+            self.last[pid] = cpu
+        self.series.append((time.time(), self.foreign, self.mine))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def window(self, start: float, end: float) -> tuple[float, float]:
+        """(foreign CPU per core-second, our CPU seconds) between two ``time.time()`` stamps."""
+        import bisect
+
+        times = [t for t, _, _ in self.series]
+
+        def at(t: float, k: int) -> float:
+            i = min(max(bisect.bisect_left(times, t), 1), len(times) - 1)
+            t0, c0, t1, c1 = self.series[i - 1][0], self.series[i - 1][k], self.series[i][0], self.series[i][k]
+            return c0 + (c1 - c0) * min(max((t - t0) / (t1 - t0), 0.0), 1.0) if t1 > t0 else c1
+
+        span = max(end - start, 1e-9)
+        foreign = max(0.0, at(end, 1) - at(start, 1)) / ((os.cpu_count() or 1) * span)
+        return foreign, max(0.0, at(end, 2) - at(start, 2))
 
 
 def run_variant(name: str, cfg: dict[str, Any], work: Path) -> dict[str, Any]:
@@ -298,31 +499,28 @@ def run_variant(name: str, cfg: dict[str, Any], work: Path) -> dict[str, Any]:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # what WorkerPool gives a single CPU worker
     env["VLLM_PORT"] = str(_free_port())
-    ticks = os.sysconf("SC_CLK_TCK")
-    before_ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    busy0, _ = _busy_jiffies()
     load0 = os.getloadavg()[0]
-    t0 = time.perf_counter()
     with (work / "child.log").open("w") as log:
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--child", str(work / "cfg.json")],
             cwd=REPO,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    wall = time.perf_counter() - t0
-    busy1, _ = _busy_jiffies()
-    after_ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = CPUSampler(proc.pid)
+        proc.wait()
+        cpu.stop()
     if proc.returncode != 0 or not (work / "result.json").exists():
         tail = "\n".join((work / "child.log").read_text(errors="replace").splitlines()[-30:])
         raise SystemExit(f"variant {name} failed (exit {proc.returncode}); log {work / 'child.log'}:\n{tail}")
     result = json.loads((work / "result.json").read_text())
-    ours = (after_ru.ru_utime + after_ru.ru_stime) - (before_ru.ru_utime + before_ru.ru_stime)
-    machine = (busy1 - busy0) / ticks
     result["loadavg_1m"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
-    # CPU seconds used by processes outside this benchmark, as a share of all cores over the child's life.
-    result["foreign_cpu_share"] = round(max(0.0, machine - ours) / ((os.cpu_count() or 1) * wall), 3)
+    # During the timed part: CPU used by processes outside this benchmark, as a share of all cores, and the
+    # CPU seconds of this variant's own processes.
+    foreign, ours = cpu.window(result["t_start"], result["t_end"])
+    result["foreign_cpu_share"] = round(foreign, 3)
+    result["cpu_s"] = round(ours, 1)
     result["tok_s"] = result["tokens"] / result["seconds"]
     return result
 
@@ -364,7 +562,16 @@ def main() -> None:
     parser.add_argument("--max-num-seqs", type=int, default=256, help="vLLM max_num_seqs (the CPU default)")
     parser.add_argument("--kv-cache-gib", type=float, default=1.0)
     parser.add_argument("--prefetch", default="2", help="WorkerPool prefetch (shards in the engine); comma list")
-    parser.add_argument("--variants", default="bare,bare-seq,platform,platform-1")
+    parser.add_argument(
+        "--variants",
+        default="bare,bare-seq,platform,platform-1",
+        help="comma list of bare, bare-seq, platform, platform-1, platform-shardcap",
+    )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="record every engine step (mean batch, time outside step()); patches a copy of the worker",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds the prompts (and --seed-requests)")
     parser.add_argument(
         "--seed-requests",
@@ -405,6 +612,7 @@ def main() -> None:
         "prompts": args.prompts,
         "shards": args.shards,
         "seed": args.seed,
+        "trace": args.trace,
         "engine_args": engine_args,
         "sampling": sampling,
     }
@@ -417,6 +625,8 @@ def main() -> None:
             for p in prefetches:
                 name = "platform" if len(prefetches) == 1 else f"platform-pf{p}"
                 variants[name] = dict(base, variant=v, prefetch=p)
+        elif v == "platform-shardcap":
+            variants[v] = dict(base, variant=v, prefetch=prefetches[0], shardcap=True)
         elif v == "platform-1":
             variants[v] = dict(base, variant=v, shards=1, prefetch=prefetches[0])
         else:
@@ -433,7 +643,7 @@ def main() -> None:
             print(
                 f"repeat {r} {n:12} {res['seconds']:8.2f} s {res['tokens']:7d} tok {res['tok_s']:8.1f} tok/s"
                 f"  (load {res['load_s']:.1f} s, loadavg {res['loadavg_1m']}, "
-                f"foreign cpu {res['foreign_cpu_share']:.0%})",
+                f"foreign cpu {res['foreign_cpu_share']:.0%})" + (f" trace {res['trace']}" if res.get("trace") else ""),
                 flush=True,
             )
 
@@ -445,14 +655,18 @@ def main() -> None:
             if n != "bare":
                 ratios[f"{n}/bare"] = {
                     "median": round(med[n] / med["bare"], 3),
-                    "per_repeat": [round(a["tok_s"] / b["tok_s"], 3) for a, b in zip(runs[n], runs["bare"])],
+                    "per_repeat": [
+                        round(a["tok_s"] / b["tok_s"], 3) for a, b in zip(runs[n], runs["bare"], strict=True)
+                    ],
                 }
     platform_names = [n for n in names if n.startswith("platform") and n != "platform-1"]
     if "platform-1" in med:
         for n in platform_names:
-            ratios[f"wall {n}-1/{n}"] = {
+            ratios[f"wall platform-1/{n}"] = {
                 "median": round(med_s["platform-1"] / med_s[n], 3),
-                "per_repeat": [round(a["seconds"] / b["seconds"], 3) for a, b in zip(runs["platform-1"], runs[n])],
+                "per_repeat": [
+                    round(a["seconds"] / b["seconds"], 3) for a, b in zip(runs["platform-1"], runs[n], strict=True)
+                ],
             }
     lengths = runs[names[0]][0]["lengths"]
     summary = {
@@ -480,6 +694,8 @@ def main() -> None:
                     "load_s": round(x["load_s"], 1),
                     "loadavg_1m": x["loadavg_1m"],
                     "foreign_cpu_share": x["foreign_cpu_share"],
+                    "cpu_s": x["cpu_s"],
+                    **({"trace": x["trace"]} if x.get("trace") else {}),
                 }
                 for x in runs[n]
             ]
@@ -502,12 +718,13 @@ def main() -> None:
     )
     print()
     reps = " | ".join(f"repeat {r} tok/s" for r in range(args.repeats))
-    print(f"| variant | {reps} | median tok/s | median s | vs bare |")
-    print("|---|" + "---:|" * (args.repeats + 3))
+    print(f"| variant | {reps} | median tok/s | median s | vs bare | foreign CPU per repeat |")
+    print("|---|" + "---:|" * (args.repeats + 4))
     for n in names:
         cells = " | ".join(f"{x['tok_s']:.0f}" for x in runs[n])
         vs = f"{med[n] / med['bare']:.3f}" if "bare" in med else "-"
-        print(f"| {n} | {cells} | {med[n]:.0f} | {med_s[n]:.2f} | {vs} |")
+        foreign = ", ".join(f"{x['foreign_cpu_share']:.0%}" for x in runs[n])
+        print(f"| {n} | {cells} | {med[n]:.0f} | {med_s[n]:.2f} | {vs} | {foreign} |")
     for k, v in ratios.items():
         if k.startswith("wall"):
             print(f"\n{k}: {v['median']} (per repeat {v['per_repeat']})")
