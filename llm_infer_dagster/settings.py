@@ -112,10 +112,6 @@ class InferenceSettings(ConfigurableResource):
         return TaskStore(self.output_dir, task_name)
 
     @property
-    def gpus_needed(self) -> int:
-        return 0 if self.use_cpu else self.workers * self.tensor_parallel_size
-
-    @property
     def engine_args(self) -> dict[str, Any]:
         return parse_model_args(self.model_args)
 

@@ -33,8 +33,7 @@ def test_from_env_builds_the_resource(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLM_INFER_TENSOR_PARALLEL_SIZE", "2")
     s = InferenceSettings.from_env(workers=2)
     assert s.engine_args == {"enforce_eager": True}
-    assert s.gpus_needed == 4
-    assert InferenceSettings.from_env(use_cpu=True).gpus_needed == 0
+    assert (s.workers, s.tensor_parallel_size, s.use_cpu) == (2, 2, False)
 
 
 def test_model_args_must_be_a_json_object() -> None:
