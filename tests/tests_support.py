@@ -57,7 +57,8 @@ def llm_infer(*args: str, env: dict[str, str] | None = None, timeout: int = 300)
 def sigkill_llm_infer_after(args: list[str], shards_dir: Path, shards: int, timeout: float = 600) -> None:
     """Start `llm-infer args`, wait until `shards` shard files exist in `shards_dir`, then SIGKILL it.
 
-    Its engine workers die with it (PR_SET_PDEATHSIG); the short sleep lets the kernel finish that.
+    Its engine workers, and their engines' own processes, die with it (process_tree.py); the short sleep
+    lets that finish.
     """
     proc = subprocess.Popen(
         [sys.executable, "-m", "llm_infer_dagster", "--no_progress", *args],
@@ -70,3 +71,19 @@ def sigkill_llm_infer_after(args: list[str], shards_dir: Path, shards: int, time
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     time.sleep(2.0)
+
+
+def orphaned_engine_processes() -> set[int]:
+    """pids of vLLM engine processes whose parent is gone (reparented to init)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if comm.startswith("VLLM::") and ppid == 1:
+            found.add(int(entry.name))
+    return found

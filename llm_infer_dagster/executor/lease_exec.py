@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from llm_infer_dagster.executor.leases import GpuLeaser
+from llm_infer_dagster.process_tree import set_parent_death_signal
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,9 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv[:split])
     command = argv[split + 1 :]
 
-    from llm_infer_dagster.workers.worker import _die_with_parent
-
-    _die_with_parent()
+    set_parent_death_signal(signal.SIGKILL)  # kept across the exec below
     env = dict(os.environ)
     if args.need > 0:
         leaser = GpuLeaser([g for g in args.gpus.split(",") if g], args.lock_dir)

@@ -8,9 +8,11 @@ fails only its in-flight shards; the others carry on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
+import signal
 import socket
 import subprocess
 import sys
@@ -116,6 +118,7 @@ class WorkerPool:
                 pass_fds=(write_fd,),
                 env=env,
                 text=True,
+                start_new_session=True,  # its own process group: the worker takes its engine's processes down
             )
         os.close(write_fd)
         assert proc.stdin is not None
@@ -237,5 +240,6 @@ def _stop_process(proc: subprocess.Popen[str], grace: float = 10.0) -> None:
     while proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     if proc.poll() is None:
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the worker and any engine processes it started
         proc.wait()

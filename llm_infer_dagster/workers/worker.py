@@ -20,6 +20,8 @@ import traceback
 from pathlib import Path
 from typing import Any, TextIO
 
+from llm_infer_dagster.process_tree import take_group_down_with_parent
+
 DEFAULT_PREFETCH = 2
 
 
@@ -133,20 +135,8 @@ def serve(reader: LineReader, out: TextIO) -> None:
     engine.close()
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this worker when its parent dies, so no orphan holds a GPU."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:
-            os._exit(1)
-
-
 def main() -> None:
-    _die_with_parent()
+    take_group_down_with_parent()  # the pool starts each worker as its own process group
     out = os.fdopen(int(sys.argv[1]), "w", buffering=1)
     serve(LineReader(sys.stdin.fileno()), out)
 
