@@ -191,21 +191,26 @@ def run(args: argparse.Namespace) -> int:
         task,
         store,
         input_path,
-        shard_size=args.shard_size or (None if args.tasks else task.settings.shard_size),
+        shard_size=args.shard_size,
         tasks=args.tasks,
-        reshard=args.rerun and not args.extract_only,
+        recut=args.rerun and not (args.extract_only or args.plan_only),
     )
-    keys = registered_keys(instance, task)
+    keys = reg.manifest.runnable(registered_keys(instance, task))
     msg = (
         f"task {task.name}: {len(keys)} shards of up to {reg.manifest.shard_size} rows "
         f"({len(reg.new_keys)} new, {reg.files_read} file(s) read)"
     )
     log.info(msg)
     print(msg, file=sys.stderr)
-    for path in reg.shrunk_files:
-        warn = f"warning: {path} has fewer rows than when it was sharded; its shards keep their old row ranges"
-        log.warning(warn)
-        print(warn, file=sys.stderr)
+    for what, paths in (
+        ("has fewer rows than when it was sharded", reg.shrunk_files),
+        ("was edited", reg.modified_files),
+        ("is gone; its shards are skipped", reg.vanished_files),
+    ):
+        for path in paths:
+            warn = f"warning: input file {path} {what}"
+            log.warning(warn)
+            print(warn, file=sys.stderr)
     comp_key, answers_key = (AssetKey([task.dagster_name, a]) for a in ("completions", "answers"))
     done_comp = instance.get_materialized_partitions(comp_key)
     done_answers = instance.get_materialized_partitions(answers_key)
@@ -218,11 +223,40 @@ def run(args: argparse.Namespace) -> int:
             print(f"{k:<40} {s.rows:>6}  {status:<11} {s.file}[{s.start}:{s.stop}]")
         return 0
 
-    plans = plan_runs(keys, done_comp, done_answers, rerun=args.rerun, extract_only=args.extract_only)
+    stale_comp, stale_answers = set(), set()
+    if not (args.rerun or args.extract_only):
+        stale_comp, stale_answers = _stale_shards(instance, task.dagster_name, keys, done_comp, done_answers)
+        if stale_comp or stale_answers:
+            note = (
+                f"{len(stale_comp)} shard(s) to redo and {len(stale_answers)} to re-extract: they were made with "
+                "other input rows, prompt, model, sampling, --limit or extract_answer (stale in Dagster)"
+            )
+            log.info(note)
+            print(note, file=sys.stderr)
+    plans = plan_runs(
+        keys, done_comp, done_answers, stale_completions=stale_comp, stale_answers=stale_answers,
+        rerun=args.rerun, extract_only=args.extract_only,
+    )  # fmt: skip
     if args.extract_only and not plans:
         raise SettingsError("--extract_only: no shard has completions yet; run without --extract_only first")
     ok = _launch(instance, task.dagster_name, keys, plans, settings_cfg, not args.no_progress)
     return _report(store, keys, ok, output)
+
+
+def _stale_shards(
+    instance: Any, name: str, keys: list[str], done_comp: set[str], done_answers: set[str]
+) -> tuple[set[str], set[str]]:
+    """(shards whose raw/prompts/completions are stale, shards whose answers alone are stale)."""
+    from dagster import AssetKey
+
+    from llm_infer_dagster.definitions import defs  # built for this task with this command's settings
+    from llm_infer_dagster.staleness import stale_keys, stale_resolver
+
+    resolver = stale_resolver(instance, defs.resolve_asset_graph())
+    model_chain = [AssetKey([name, a]) for a in ("raw", "prompts", "completions")]
+    stale_comp = stale_keys(resolver, model_chain, [k for k in keys if k in done_comp])
+    stale_answers = stale_keys(resolver, [AssetKey([name, "answers"])], [k for k in done_answers - stale_comp])
+    return stale_comp, stale_answers
 
 
 def _launch(

@@ -37,7 +37,7 @@ def build_definitions() -> Definitions:
     only = [t.strip() for t in os.environ.get("LLM_INFER_TASKS", "").split(",") if t.strip()]
     bundles = build_task_bundles(settings, only or None)
     return Definitions(
-        assets=[a for b in bundles for a in b.assets],
+        assets=[a for b in bundles for a in b.all_assets],
         jobs=[j for b in bundles for j in (b.job, b.register_job)],
         sensors=[build_shard_sensor(b) for b in bundles],
         schedules=[build_missing_shards_schedule(b) for b in bundles],

@@ -11,15 +11,16 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Container
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from dagster import AssetKey, DagsterInstance, DynamicPartitionsDefinition
+from dagster import AssetKey, AssetObservation, DagsterInstance, DynamicPartitionsDefinition
+from dagster._core.definitions.data_version import DATA_VERSION_IS_USER_PROVIDED_TAG, DATA_VERSION_TAG
 
 from llm_infer_dagster.errors import TaskConfigError
 from llm_infer_dagster.store import ASSETS, TaskStore, atomic_write_json
-from llm_infer_dagster.tasks.loader import TaskConfig
+from llm_infer_dagster.tasks.loader import TaskConfig, to_json
 from llm_infer_dagster.tasks.sharding import (
     DEFAULT_SHARD_SIZE,
     Shard,
@@ -27,7 +28,9 @@ from llm_infer_dagster.tasks.sharding import (
     grow_file_shards,
     plan_file_shards,
     relative_name,
+    row_digest,
     shard_size_for_tasks,
+    with_digests,
 )
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,10 @@ class ShardManifest:
     shard_size: int
     files: dict[str, FileEntry] = field(default_factory=dict)
     shards: dict[str, Shard] = field(default_factory=dict)
+
+    def runnable(self, keys: Iterable[str]) -> list[str]:
+        """``keys`` whose input file is still listed: a vanished file's shards cannot be (re)made."""
+        return [k for k in keys if k in self.shards and self.shards[k].file_id in self.files]
 
     def shard(self, key: str) -> Shard:
         try:
@@ -101,7 +108,9 @@ class Registration:
     shrunk_files: list[str]
     modified_files: list[str] = field(default_factory=list)  # same file, rows edited (not just appended)
     vanished_files: list[str] = field(default_factory=list)  # in the manifest, no longer in get_file_list
-    changed_keys: list[str] = field(default_factory=list)  # unfinished last shards extended by a grown file
+    changed_keys: list[str] = field(default_factory=list)  # partial last shards extended by a grown file
+    observed: dict[str, str] = field(default_factory=dict)  # shard key -> digest, for new or changed rows
+    resharded: bool = False  # shards were re-cut at another size: old keys and results are gone
 
 
 def _stat(path: str) -> tuple[int, int]:
@@ -129,20 +138,27 @@ def plan_registration(
     *,
     shard_size: int | None = None,
     tasks: int | None = None,
-    reshard: bool = False,
-    frozen: Container[str] = (),
+    default_size: int | None = None,
+    recut: bool = False,
 ) -> Registration:
     """Work out the task's shards, re-reading only new or changed files. Writes nothing.
 
-    ``frozen`` shards (already materialized) keep their row ranges when their file grows.
+    ``shard_size`` / ``tasks`` are an explicit request; ``default_size`` (the task's settings) only applies
+    when shards are first cut. Existing shards keep their size unless ``recut`` and the request differs.
     """
     files = task.list_files(input_path)
     if not files:
         raise TaskConfigError(f"{task.config_file}: get_file_list({input_path!r}) returned no files")
-    old = None if reshard else ShardManifest.load(store)
+    old = ShardManifest.load(store)
     roots = [r for r in (input_path, task.folder) if r]
     entries: list[FileEntry] = []
-    files_read = 0
+    row_digests: dict[str, list[bytes]] = {}  # per file id, for the files read now
+
+    def read(path: str, fid: str) -> int:
+        rows = task.read_rows(path)
+        row_digests[fid] = [row_digest(to_json(r)) for r in rows]
+        return len(rows)
+
     modified: list[str] = []
     for path in files:
         fid = file_id(task.name, relative_name(path, roots))
@@ -155,61 +171,72 @@ def plan_registration(
             if prev is not None and digest == prev.sha256:
                 rows = prev.rows  # touched, not changed: no read_file
             else:
-                rows = len(task.read_rows(path))
-                files_read += 1
+                rows = read(path, fid)
                 if prev is not None and prev.sha256 and (size < prev.size or prefix_digest != prev.sha256):
-                    modified.append(path)  # rows already sharded may differ: report, never silently keep
+                    modified.append(path)  # rows already sharded may differ: their digests say which
         entries.append(FileEntry(path=path, file_id=fid, rows=rows, size=size, mtime_ns=mtime, sha256=digest))
     current = {e.file_id for e in entries}
-    vanished = [f.path for fid, f in (old.files.items() if old else []) if fid not in current]
+    gone = [fid for fid in (old.files if old else {}) if fid not in current]
+    vanished = [old.files[fid].path for fid in gone] if old else []
 
     total = sum(e.rows for e in entries)
-    wanted = shard_size or (shard_size_for_tasks(total, tasks) if tasks else None)
-    if old is not None:
-        if wanted and wanted != old.shard_size:
+    requested = shard_size or (shard_size_for_tasks(total, tasks) if tasks else None)
+    resharded = bool(old is not None and recut and requested and requested != old.shard_size)
+    if old is not None and not resharded:
+        if requested and requested != old.shard_size:
             log.warning(
                 "task %s keeps its %d-row shards (asked for %d); re-cut them with --rerun",
                 task.name,
                 old.shard_size,
-                wanted,
+                requested,
             )
         size_ = old.shard_size
     else:
-        size_ = wanted or DEFAULT_SHARD_SIZE
+        size_ = requested or default_size or DEFAULT_SHARD_SIZE
 
     manifest = ShardManifest(task=task.name, shard_size=size_)
-    if old is not None:
-        manifest.files.update(old.files)
-        manifest.shards.update(old.shards)
+    if old is not None and not resharded:
+        manifest.files.update({fid: f for fid, f in old.files.items() if fid not in gone})  # reported once
+        manifest.shards.update(old.shards)  # a vanished file's shards keep their results
     shrunk: list[str] = []
     new_keys: list[str] = []
     changed: list[str] = []
+    observed: dict[str, str] = {}
     for e in entries:
         prev = manifest.files.get(e.file_id)
         if prev is not None and e.rows < prev.rows:
             shrunk.append(e.path)
         manifest.files[e.file_id] = e
         existing = [s for s in manifest.shards.values() if s.file_id == e.file_id]
-        planned = (
-            grow_file_shards(existing, e.path, e.rows, size_, frozen)
-            if existing
-            else plan_file_shards(e.path, e.file_id, e.rows, size_)
-        )
+        if existing and e.rows < existing[-1].stop and e.file_id in row_digests:
+            planned = [replace(s, file=e.path) for s in existing]  # shrunk: keep ranges, digests tell what changed
+        elif existing:
+            planned = grow_file_shards(existing, e.path, e.rows, size_)
+        else:
+            planned = plan_file_shards(e.path, e.file_id, e.rows, size_)
+        if e.file_id not in row_digests and any(not s.digest for s in planned):
+            read(e.path, e.file_id)  # a re-cut, or a manifest from before digests: one read to fill them in
+        if e.file_id in row_digests:
+            planned = with_digests(planned, row_digests[e.file_id])
         for s in planned:
             old_shard = manifest.shards.get(s.key)
             if old_shard is None:
                 new_keys.append(s.key)
             elif (old_shard.start, old_shard.stop) != (s.start, s.stop):
                 changed.append(s.key)
+            if old_shard is None or old_shard.digest != s.digest:
+                observed[s.key] = s.digest
             manifest.shards[s.key] = s
     return Registration(
         manifest=manifest,
         new_keys=new_keys,
-        files_read=files_read,
+        files_read=len(row_digests),
         shrunk_files=shrunk,
         modified_files=[m for m in modified if m not in shrunk],
         vanished_files=vanished,
         changed_keys=changed,
+        observed=observed,
+        resharded=resharded,
     )
 
 
@@ -221,13 +248,33 @@ def register_shards(
     *,
     shard_size: int | None = None,
     tasks: int | None = None,
-    reshard: bool = False,
+    recut: bool = False,
 ) -> Registration:
-    """Plan, save the manifest, then add the new shard keys as Dagster partitions."""
-    reg, to_add = sync_manifest(instance, task, store, input_path, shard_size=shard_size, tasks=tasks, reshard=reshard)
+    """Plan, save the manifest, add the new shard keys as Dagster partitions, observe changed input rows."""
+    reg, to_add = sync_manifest(instance, task, store, input_path, shard_size=shard_size, tasks=tasks, recut=recut)
     if to_add:
         instance.add_dynamic_partitions(_pdef_name(task), to_add)
+    for event in input_observations(task, reg):
+        instance.report_runless_asset_event(event)
     return reg
+
+
+def input_key(task: TaskConfig) -> AssetKey:
+    """The task's input rows, an external asset observed per shard; ``raw`` depends on it."""
+    return AssetKey([task.dagster_name, "input"])
+
+
+def input_observations(task: TaskConfig, reg: Registration) -> list[AssetObservation]:
+    """One observation per shard whose rows are new or changed, its data version the rows' digest."""
+    return [
+        AssetObservation(
+            asset_key=input_key(task),
+            partition=key,
+            tags={DATA_VERSION_TAG: digest, DATA_VERSION_IS_USER_PROVIDED_TAG: "true"},
+            metadata={"rows": reg.manifest.shards[key].rows, "file": reg.manifest.shards[key].file},
+        )
+        for key, digest in reg.observed.items()
+    ]
 
 
 def _pdef_name(task: TaskConfig) -> str:
@@ -244,21 +291,30 @@ def sync_manifest(
     *,
     shard_size: int | None = None,
     tasks: int | None = None,
-    reshard: bool = False,
+    recut: bool = False,
 ) -> tuple[Registration, list[str]]:
-    """Plan and save the manifest; return it with the shard keys Dagster does not know yet (not added)."""
-    raw_key = AssetKey([task.dagster_name, "raw"])
-    frozen = set() if reshard else instance.get_materialized_partitions(raw_key)
-    reg = plan_registration(task, store, input_path, shard_size=shard_size, tasks=tasks, reshard=reshard, frozen=frozen)
+    """Plan and save the manifest; return it with the shard keys Dagster does not know yet (not added).
+
+    Only a re-cut at another shard size forgets old partitions and results (their keys would name other rows);
+    anything else keeps every finished shard.
+    """
+    reg = plan_registration(
+        task, store, input_path, shard_size=shard_size, tasks=tasks, default_size=task.settings.shard_size, recut=recut
+    )
     pdef_name = _pdef_name(task)
-    if reshard:
-        # Re-cut shards reuse keys with other row ranges: forget every old partition and materialization.
+    if reg.resharded:
         for key in instance.get_dynamic_partitions(pdef_name):
             instance.delete_dynamic_partition(pdef_name, key)
-        instance.wipe_assets([AssetKey([task.dagster_name, a]) for a in ASSETS])
+            for kind in ("infer", "extract", "text"):
+                store.result_path(kind, key).unlink(missing_ok=True)
+            store.shard_log_path(key).unlink(missing_ok=True)
+        named = [AssetKey([task.dagster_name, m, a]) for m in task.settings.models for a in ("completions", "answers")]
+        instance.wipe_assets([AssetKey([task.dagster_name, a]) for a in ASSETS] + named + [input_key(task)])
         for asset in ASSETS:
             shutil.rmtree(store.task_dir / asset, ignore_errors=True)
+        shutil.rmtree(store.task_dir / "models", ignore_errors=True)
         reg.new_keys = list(reg.manifest.shards)
+        reg.observed = {k: s.digest for k, s in reg.manifest.shards.items()}
     reg.manifest.save(store)
     known = set(instance.get_dynamic_partitions(pdef_name))
     return reg, [k for k in reg.manifest.shards if k not in known]

@@ -3,8 +3,9 @@
 - ``<task>_new_shards`` (sensor): scans ``get_file_list`` on the task's input, re-reads only new or changed
   files (the manifest keeps size, mtime and content hash), registers the new shards as partitions, and
   reports input files that shrank, were edited in place, or vanished. It never renumbers a shard.
-- ``<task>_missing_shards`` (schedule): requests runs for every shard not yet answered, as few runs as
-  partition ranges allow (the model starts once per run), and skips a tick while a run of the task is going.
+- ``<task>_missing_shards`` (schedule): requests runs for every shard not yet answered or stale (grown input
+  rows, another prompt, model or sampling), as few runs as partition ranges allow (the model starts once per
+  run), and skips a tick while a run of the task is going.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dagster import (
     DagsterRunStatus,
     DefaultScheduleStatus,
     DefaultSensorStatus,
+    Definitions,
     RunRequest,
     RunsFilter,
     ScheduleDefinition,
@@ -28,8 +30,9 @@ from dagster import (
 )
 
 from llm_infer_dagster.assets.factory import TaskAssets
-from llm_infer_dagster.registry import partitions_def_for, sync_manifest
+from llm_infer_dagster.registry import ShardManifest, input_observations, partitions_def_for, sync_manifest
 from llm_infer_dagster.settings import InferenceSettings
+from llm_infer_dagster.staleness import stale_keys, stale_resolver
 from llm_infer_dagster.tasks.planning import plan_runs
 
 ACTIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
@@ -46,26 +49,29 @@ def build_shard_sensor(bundle: TaskAssets) -> SensorDefinition:
         description=f"Register shards of new or grown input files of task {task.name} as partitions.",
     )
     def new_shards(context: SensorEvaluationContext, settings: InferenceSettings) -> SensorResult | SkipReason:
-        reg, to_add = sync_manifest(
-            context.instance, task, settings.store(task.name), task.input_path(settings.input_path),
-            shard_size=task.settings.shard_size,
-        )  # fmt: skip
-        events = []
+        reg, to_add = sync_manifest(context.instance, task, settings.store(task.name),
+                                    task.input_path(settings.input_path))  # fmt: skip
+        events: list[AssetObservation] = []
         for kind, paths in (("shrunk", reg.shrunk_files), ("modified", reg.modified_files),
                             ("vanished", reg.vanished_files)):  # fmt: skip
             for path in paths:
                 keys = [s.key for s in reg.manifest.shards.values() if s.file == path]
-                context.log.warning(f"input file {path} {kind}; its shards {', '.join(keys)} keep their old results")
+                what = "are skipped from now on" if kind == "vanished" else "whose rows changed are now stale"
+                context.log.warning(f"input file {path} {kind}; of its shards {', '.join(keys)}, those {what}")
                 events.append(AssetObservation(
                     asset_key=bundle.key("raw"),
                     metadata={"input_change": kind, "file": path, "shards": ", ".join(keys)},
                 ))  # fmt: skip
-        if not to_add and not events:
+        observations = input_observations(task, reg)
+        if not to_add and not events and not observations:
             return SkipReason(f"no new input ({reg.files_read} file(s) re-read)")
-        context.log.info(f"registering {len(to_add)} new shard(s) of task {task.name}")
+        context.log.info(
+            f"registering {len(to_add)} new shard(s) of task {task.name}; "
+            f"{len(observations) - len(reg.new_keys)} existing shard(s) have new rows (now stale)"
+        )
         return SensorResult(
             dynamic_partitions_requests=[pdef.build_add_request(to_add)] if to_add else [],
-            asset_events=events,
+            asset_events=[*events, *observations],
         )
 
     return new_shards
@@ -82,18 +88,29 @@ def build_missing_shards_schedule(bundle: TaskAssets) -> ScheduleDefinition:
         default_status=(
             DefaultScheduleStatus.RUNNING if task.settings.schedule_enabled else DefaultScheduleStatus.STOPPED
         ),
-        description=f"Materialize every shard of task {task.name} that has no answers yet.",
+        description=f"Materialize every shard of task {task.name} that has no answers yet or is stale.",
     )
-    def missing_shards(context: ScheduleEvaluationContext) -> list[RunRequest] | SkipReason:
+    def missing_shards(
+        context: ScheduleEvaluationContext, settings: InferenceSettings
+    ) -> list[RunRequest] | SkipReason:
         instance = context.instance
         active = instance.get_runs(RunsFilter(job_name=bundle.job.name, statuses=ACTIVE), limit=1)
         if active:
             return SkipReason(f"run {active[0].run_id} of {bundle.job.name} is still going")
-        keys = list(instance.get_dynamic_partitions(partitions_def_for(task).name or ""))
-        plans = plan_runs(keys, instance.get_materialized_partitions(completions),
-                          instance.get_materialized_partitions(answers))  # fmt: skip
+        manifest = ShardManifest.load(settings.store(task.name))
+        if manifest is None:
+            return SkipReason("no shards registered yet (the new-shards sensor or llm-infer registers them)")
+        keys = manifest.runnable(instance.get_dynamic_partitions(partitions_def_for(task).name or ""))
+        done_comp = instance.get_materialized_partitions(completions)
+        done_answers = instance.get_materialized_partitions(answers)
+        graph = Definitions(assets=bundle.all_assets, resources={"settings": settings}).resolve_asset_graph()
+        resolver = stale_resolver(instance, graph)
+        chain = [bundle.key("raw"), bundle.key("prompts"), completions]
+        stale_comp = stale_keys(resolver, chain, [k for k in keys if k in done_comp])
+        stale_answers = stale_keys(resolver, [answers], [k for k in keys if k in done_answers and k not in stale_comp])
+        plans = plan_runs(keys, done_comp, done_answers, stale_completions=stale_comp, stale_answers=stale_answers)
         if not plans:
-            return SkipReason("every shard is answered")
+            return SkipReason("every shard is answered and up to date")
         return [
             RunRequest(
                 run_key=f"{context.scheduled_execution_time}:{p.first}..{p.last}:{len(p.assets)}",

@@ -94,7 +94,7 @@ def test_four_assets_over_a_range_load_the_model_once(instance, task_setup, tmp_
     keys = registered_keys(instance, task)
     assert keys == list(reg.manifest.shards) and len(keys) == 3  # a: 4+3 rows, b: 3 rows
 
-    defs = Definitions(assets=bundle.assets, jobs=[bundle.job], resources={"settings": settings})
+    defs = Definitions(assets=bundle.all_assets, jobs=[bundle.job], resources={"settings": settings})
     result = defs.resolve_job_def("demo_job").execute_in_process(
         instance=instance,
         tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},

@@ -84,8 +84,13 @@ def test_sensor_adds_exactly_the_new_shards_and_nothing_on_a_second_tick(setup) 
     (data / "part-001.jsonl").unlink()
     edited = _tick(sensor, instance, settings)
     assert isinstance(edited, SensorResult)
-    changes = {e.metadata["input_change"].value: e.metadata["file"].value for e in edited.asset_events}
+    reports = [e for e in edited.asset_events if "input_change" in e.metadata]
+    changes = {e.metadata["input_change"].value: e.metadata["file"].value for e in reports}
     assert changes == {"modified": str(part0), "vanished": str(data / "part-001.jsonl")}
+    # Every edited shard gets a new input data version (so it shows stale); the vanished file is reported once.
+    observed = {e.partition for e in edited.asset_events if e.asset_key == bundle.key("input")}
+    assert observed == set(keys)
+    assert isinstance(_tick(sensor, instance, settings), SkipReason)
 
 
 def test_schedule_requests_exactly_the_missing_shards(setup) -> None:
@@ -95,11 +100,15 @@ def test_schedule_requests_exactly_the_missing_shards(setup) -> None:
     keys = instance.get_dynamic_partitions("qa_regex_shards")
     assert len(keys) == 5
     for k in (keys[0], keys[1], keys[3]):  # shards 0, 1, 3 answered; 4 has completions only; 2 nothing
-        for a in ("completions", "answers"):
+        for a in ("raw", "prompts", "completions", "answers"):
             instance.report_runless_asset_event(AssetMaterialization(bundle.key(a), partition=k))
-    instance.report_runless_asset_event(AssetMaterialization(bundle.key("completions"), partition=keys[4]))
+    for a in ("raw", "prompts", "completions"):
+        instance.report_runless_asset_event(AssetMaterialization(bundle.key(a), partition=keys[4]))
     schedule = build_missing_shards_schedule(bundle)
-    requests = schedule(build_schedule_context(instance=instance, scheduled_execution_time=datetime.now(UTC)))
+    context = build_schedule_context(
+        instance=instance, scheduled_execution_time=datetime.now(UTC), resources={"settings": settings}
+    )
+    requests = schedule(context)
     got = sorted(
         (r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"],
          tuple(sorted(k.path[-1] for k in r.asset_selection)))
@@ -109,10 +118,14 @@ def test_schedule_requests_exactly_the_missing_shards(setup) -> None:
         (keys[2], keys[2], ("answers", "completions", "prompts", "raw")),
         (keys[4], keys[4], ("answers",)),
     ])  # fmt: skip
-    for a in ("completions", "answers"):
+    for a in ("raw", "prompts", "completions", "answers"):
         for k in keys:
             instance.report_runless_asset_event(AssetMaterialization(bundle.key(a), partition=k))
-    done = schedule(build_schedule_context(instance=instance, scheduled_execution_time=datetime.now(UTC)))
+    done = schedule(
+        build_schedule_context(
+            instance=instance, scheduled_execution_time=datetime.now(UTC), resources={"settings": settings}
+        )
+    )
     assert isinstance(done, SkipReason)
 
 

@@ -52,6 +52,12 @@ def test_run_resume_rerun_extract_only_and_seed_layout(tmp_path, tiny_model_path
     assert len(inst.get_materialized_partitions(comp)) == 5
     mats_before = len(inst.fetch_materializations(comp, limit=1000).records)
 
+    # Without --limit, the limited shards are stale (raw's code version holds the limit): they are redone.
+    full = llm_infer(*base)
+    assert full.returncode == 0, full.stderr
+    assert "5 shard(s) to redo" in full.stderr
+    assert "5/5 shards done, 32 rows" in full.stdout
+    mats_before = len(inst.fetch_materializations(comp, limit=1000).records)
     again = llm_infer(*base)
     assert again.returncode == 0 and "nothing to do" in again.stderr
     assert len(inst.fetch_materializations(comp, limit=1000).records) == mats_before
@@ -66,10 +72,21 @@ def test_run_resume_rerun_extract_only_and_seed_layout(tmp_path, tiny_model_path
     assert len(inst.fetch_materializations(answers_key, limit=1000).records) >= ans_before + 5
     assert set((out / "logs" / "workers").iterdir()) == workers_dirs  # no engine worker started
 
-    rerun = llm_infer(*base, "--tasks", "4", "--rerun")
+    # --rerun at the same size redoes every shard in place: no key changes, nothing is wiped first.
+    mats_before = len(inst.fetch_materializations(comp, limit=1000).records)
+    keys_before = sorted(p.name for p in (out / "results" / "extract").iterdir())
+    rerun = llm_infer(*base, "--rerun")
     assert rerun.returncode == 0, rerun.stderr
-    assert "5/5 shards done, 32 rows" in rerun.stdout  # no --limit now: every row
+    assert "5/5 shards done, 32 rows" in rerun.stdout
     assert len(inst.get_materialized_partitions(comp)) == 5
+    assert len(inst.fetch_materializations(comp, limit=1000).records) > mats_before
+    assert sorted(p.name for p in (out / "results" / "extract").iterdir()) == keys_before
+
+    # --rerun with another size re-cuts: the seed layout then holds exactly the new shards.
+    recut = llm_infer(*base, "--tasks", "2", "--rerun")
+    assert recut.returncode == 0, recut.stderr
+    assert "3/3 shards done, 32 rows" in recut.stdout  # 16-row shards within each file: 16, 4 and 12
+    assert len(list((out / "results" / "extract").iterdir())) == 3
 
 
 @pytest.mark.slow

@@ -45,7 +45,7 @@ def test_two_models_run_side_by_side_without_overwriting(tmp_path: Path, tiny_mo
     with DagsterInstance.get() as instance:
         register_shards(instance, task, s.store("qa_regex"), str(data), shard_size=2)
         keys = registered_keys(instance, task)
-        defs = Definitions(assets=bundle.assets, jobs=[bundle.job], resources={"settings": s})
+        defs = Definitions(assets=bundle.all_assets, jobs=[bundle.job], resources={"settings": s})
         result = defs.resolve_job_def("qa_regex_job").execute_in_process(
             instance=instance,
             tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},

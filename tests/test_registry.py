@@ -242,7 +242,7 @@ def test_later_call_with_other_size_keeps_old_size(env: Env, caplog: pytest.LogC
     assert manifest_for(env.store).shard_size == 4
 
 
-def test_reshard_wipes_and_reregisters(env: Env) -> None:
+def test_recut_at_another_size_wipes_and_reregisters(env: Env) -> None:
     env.write("a.jsonl", 10)
     env.write("b.jsonl", 3)
     env.register(shard_size=4)
@@ -252,12 +252,15 @@ def test_reshard_wipes_and_reregisters(env: Env) -> None:
         env.instance.report_runless_asset_event(
             AssetMaterialization(asset_key=AssetKey([env.task.dagster_name, asset]), partition=old_keys[0])
         )
+    seed_result = env.store.result_path("extract", old_keys[0])
+    seed_result.parent.mkdir(parents=True)
+    seed_result.write_text("[]")
     comp = AssetKey([env.task.dagster_name, "completions"])
     assert env.instance.get_materialized_partitions(comp) == {old_keys[0]}
     env.reads_log.unlink()
 
-    reg = env.register(shard_size=3, reshard=True)
-    assert reg.manifest.shard_size == 3
+    reg = env.register(shard_size=3, recut=True)
+    assert reg.resharded and reg.manifest.shard_size == 3
     assert reg.files_read == 2 and sorted(env.reads()) == ["a.jsonl", "b.jsonl"]
     assert env.keys() == list(reg.manifest.shards) == reg.new_keys
     assert len(env.keys()) == 4 + 1
@@ -270,36 +273,73 @@ def test_reshard_wipes_and_reregisters(env: Env) -> None:
     assert env.instance.get_materialized_partitions(comp) == set()
     for asset in ASSETS:
         assert not (env.store.task_dir / asset).exists()
+    assert not seed_result.exists()  # the seed layout holds no result of a key that now names other rows
     assert manifest_for(env.store).shard_size == 3
     # A plain call afterwards keeps the new size and reads nothing.
     again = env.register()
-    assert again.files_read == 0 and again.manifest.shard_size == 3
+    assert again.files_read == 0 and again.manifest.shard_size == 3 and not again.resharded
 
 
-def test_reshard_drops_keys_of_removed_files(env: Env) -> None:
+def test_recut_at_the_same_size_keeps_every_finished_shard(env: Env) -> None:
+    """--rerun without a new size redoes shards one by one; nothing is wiped up front (a crash loses nothing)."""
+    env.write("a.jsonl", 10)
+    env.register(shard_size=4)
+    keys = env.keys()
+    comp = AssetKey([env.task.dagster_name, "completions"])
+    env.store.write_frame("completions", keys[0], pl.DataFrame({"x": [1]}))
+    env.instance.report_runless_asset_event(AssetMaterialization(asset_key=comp, partition=keys[0]))
+    reg = env.register(recut=True)
+    assert not reg.resharded and reg.new_keys == [] and reg.observed == {}
+    assert env.keys() == keys
+    assert env.instance.get_materialized_partitions(comp) == {keys[0]}
+    assert env.store.has("completions", keys[0])
+
+
+def test_a_vanished_file_is_reported_once_and_its_shards_are_not_runnable(env: Env) -> None:
     env.write("a.jsonl", 4)
     env.write("b.jsonl", 4)
     env.register(shard_size=4)
+    a_key, b_key = env.keys()
     (env.input / "b.jsonl").unlink()
-    reg = env.register(shard_size=4, reshard=True)
-    assert env.keys() == list(reg.manifest.shards)
-    assert len(env.keys()) == 1
-    assert all(s.file.endswith("a.jsonl") for s in reg.manifest.shards.values())
+    reg = env.register()
+    assert [Path(p).name for p in reg.vanished_files] == ["b.jsonl"]
+    assert reg.manifest.runnable(env.keys()) == [a_key]
+    assert b_key in reg.manifest.shards  # its shard and results are kept, not silently deleted
+    assert env.register().vanished_files == []  # reported once, not on every sensor tick
 
 
-def test_a_materialized_last_shard_keeps_its_rows_when_the_file_grows(env: Env) -> None:
-    """A finished shard never changes: the grown file's new rows go to a new shard, none is skipped."""
+def test_a_grown_file_fills_its_last_shard_and_only_that_shard_gets_a_new_input_version(env: Env) -> None:
+    """Appended rows fill the partial last shard (same key, new digest) before new shards start."""
     env.write("a.jsonl", 10)
-    env.register(shard_size=4)
-    last = env.keys()[-1]
-    raw = AssetKey([env.task.dagster_name, "raw"])
-    env.instance.report_runless_asset_event(AssetMaterialization(asset_key=raw, partition=last))
-    env.write("a.jsonl", 1, start=10, append=True)
-    reg = env.register(shard_size=4)
-    assert (reg.manifest.shards[last].start, reg.manifest.shards[last].stop) == (8, 10)
-    assert reg.changed_keys == []
-    assert [(reg.manifest.shards[k].start, reg.manifest.shards[k].stop) for k in reg.new_keys] == [(10, 11)]
-    assert env.keys()[-1] == reg.new_keys[0]
+    env.write("b.jsonl", 3)
+    first = env.register(shard_size=4)
+    assert set(first.observed) == set(env.keys())  # every new shard is observed with its rows' digest
+    keys = env.keys()
+    last_a = keys[2]
+    env.write("a.jsonl", 3, start=10, append=True)
+    reg = env.register()
+    assert (reg.manifest.shards[last_a].start, reg.manifest.shards[last_a].stop) == (8, 12)
+    assert reg.changed_keys == [last_a]
+    assert [(reg.manifest.shards[k].start, reg.manifest.shards[k].stop) for k in reg.new_keys] == [(12, 13)]
+    assert set(reg.observed) == {last_a, *reg.new_keys}
+    assert reg.observed[last_a] != first.observed[last_a]
+    observed = env.instance.fetch_observations(AssetKey([env.task.dagster_name, "input"]), limit=100).records
+    latest = {}
+    for rec in sorted(observed, key=lambda r: r.storage_id):
+        obs = rec.asset_observation
+        latest[obs.partition] = obs.tags["dagster/data_version"]
+    assert latest[last_a] == reg.observed[last_a] and latest[keys[0]] == first.observed[keys[0]]
+
+
+def test_an_edited_row_changes_only_its_shards_digest(env: Env) -> None:
+    env.write("a.jsonl", 10)
+    first = env.register(shard_size=4)
+    path = env.input / "a.jsonl"
+    path.write_text(path.read_text().replace("a.jsonl-5", "a.jsonl-five"))  # row 5: the second shard
+    reg = env.register()
+    assert [Path(p).name for p in reg.modified_files] == ["a.jsonl"]
+    assert list(reg.observed) == [env.keys()[1]]
+    assert reg.observed[env.keys()[1]] != first.observed[env.keys()[1]]
 
 
 def test_no_files_is_an_error(env: Env) -> None:

@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, DagsterInstance, Definitions
+from dagster import AssetKey, DagsterInstance, Definitions, build_schedule_context
 from dagster._core.definitions.data_version import StaleStatus
-from dagster._utils.test.data_versions import get_stale_status_resolver
 from tests_support import CONFIGS, write_qa_input
 
 from llm_infer_dagster.assets.factory import build_task_assets
 from llm_infer_dagster.registry import register_shards, registered_keys
+from llm_infer_dagster.sensors import build_missing_shards_schedule
 from llm_infer_dagster.settings import InferenceSettings
+from llm_infer_dagster.staleness import stale_keys, stale_resolver
 from llm_infer_dagster.tasks.loader import load_task
+from llm_infer_dagster.tasks.planning import ALL_ASSETS, plan_runs
 
 ASSETS = ("raw", "prompts", "completions", "answers")
 
@@ -38,10 +41,10 @@ def test_each_change_marks_exactly_the_right_assets_stale(tmp_path: Path, tiny_m
     def defs(model: str = tiny_model_path) -> Definitions:
         s = settings(model)
         bundle = build_task_assets(load_task(configs, "qa_regex"), s)
-        return Definitions(assets=bundle.assets, jobs=[bundle.job], resources={"settings": s})
+        return Definitions(assets=bundle.all_assets, jobs=[bundle.job], resources={"settings": s})
 
     def status(d: Definitions, instance: DagsterInstance, key: str) -> dict[str, StaleStatus]:
-        resolver = get_stale_status_resolver(instance, d.assets)  # what the UI's "stale" badge uses
+        resolver = stale_resolver(instance, d.resolve_asset_graph())  # what the UI's "stale" badge uses
         return {a: resolver.get_status(AssetKey(["qa_regex", a]), key) for a in ASSETS}
 
     def stale(d: Definitions, instance: DagsterInstance, keys: list[str]) -> dict[str, set[str]]:
@@ -89,30 +92,60 @@ def test_each_change_marks_exactly_the_right_assets_stale(tmp_path: Path, tiny_m
         assert stale(defs(), instance, keys)["completions"] == set(keys)
 
 
-def test_a_new_row_adds_a_missing_shard_and_leaves_finished_shards_fresh(tmp_path: Path, monkeypatch) -> None:
-    """Finished shards never change their rows: a grown file's new rows land in a new (missing) shard."""
-    from dagster import AssetMaterialization
-
-    configs, data = tmp_path / "configs", tmp_path / "data"
+@pytest.mark.slow
+def test_a_new_row_makes_only_that_files_last_shard_stale_and_planning_redoes_it(
+    tmp_path: Path, tiny_model_path: str, monkeypatch
+) -> None:
+    """Input rows are observed per shard: a row appended to one file changes only its last shard's data version."""
+    configs, data, out = tmp_path / "configs", tmp_path / "data", tmp_path / "out"
     shutil.copytree(CONFIGS / "qa_regex", configs / "qa_regex", ignore=shutil.ignore_patterns("data"))
     write_qa_input(data, files=2, rows=3)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     (tmp_path / "home").mkdir()
-    s = InferenceSettings(task_configs=str(configs), input_path=str(data), output_dir=str(tmp_path / "out"))
+    s = InferenceSettings(task_configs=str(configs), input_path=str(data), output_dir=str(out),
+                          model_path=tiny_model_path, model_type="hf", use_cpu=True)  # fmt: skip
     task = load_task(configs, "qa_regex")
     bundle = build_task_assets(task, s)
+    d = Definitions(assets=bundle.all_assets, jobs=[bundle.job], resources={"settings": s})
     with DagsterInstance.get() as instance:
         register_shards(instance, task, s.store("qa_regex"), str(data), shard_size=2)
-        keys = registered_keys(instance, task)
-        for k in keys:
-            instance.report_runless_asset_event(AssetMaterialization(bundle.key("raw"), partition=k))
+        keys = registered_keys(instance, task)  # part_000: rows 0-1, 2; part_001: rows 0-1, 2
+        assert len(keys) == 4
+        result = d.resolve_job_def("qa_regex_job").execute_in_process(
+            instance=instance,
+            tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},
+        )
+        assert result.success
+
+        def stale_now() -> dict[str, set[str]]:
+            resolver = stale_resolver(instance, d.resolve_asset_graph())
+            return {a: stale_keys(resolver, [bundle.key(a)], keys) for a in ASSETS}
+
+        assert stale_now() == {a: set() for a in ASSETS}
         with (data / "part-001.jsonl").open("a") as f:
             f.write(json.dumps({"question": "What is 9 + 9?", "gold": 18}) + "\n")
         reg = register_shards(instance, task, s.store("qa_regex"), str(data), shard_size=2)
-        assert len(reg.new_keys) == 1 and reg.new_keys[0].startswith("part_001")
-        resolver = get_stale_status_resolver(instance, bundle.assets)
-        assert {resolver.get_status(bundle.key("raw"), k) for k in keys} == {StaleStatus.FRESH}
-        assert resolver.get_status(bundle.key("raw"), reg.new_keys[0]) == StaleStatus.MISSING
+        assert reg.new_keys == [] and reg.changed_keys == [keys[3]]  # the partial last shard took the row
+        assert stale_now()["raw"] == {keys[3]}  # only that file's last shard; the others stay fresh
+
+        done = instance.get_materialized_partitions(bundle.key("completions"))
+        stale = stale_keys(stale_resolver(instance, d.resolve_asset_graph()),
+                           [bundle.key(a) for a in ("raw", "prompts", "completions")], keys)  # fmt: skip
+        plans = plan_runs(keys, done, instance.get_materialized_partitions(bundle.key("answers")),
+                          stale_completions=stale)  # fmt: skip
+        assert [(p.first, p.last, p.assets) for p in plans] == [(keys[3], keys[3], ALL_ASSETS)]
+        schedule = build_missing_shards_schedule(bundle)  # the schedule plans the same way
+        requests = schedule(
+            build_schedule_context(
+                instance=instance, resources={"settings": s}, scheduled_execution_time=datetime.now(UTC)
+            )
+        )
+        assert [(r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"],
+                 len(r.asset_selection)) for r in requests] == [(keys[3], keys[3], 4)]  # fmt: skip
+        again = d.resolve_job_def("qa_regex_job").execute_in_process(instance=instance, partition_key=keys[3])
+        assert again.success
+        assert s.store("qa_regex").read_frame("answers", keys[3]).height == 2  # the grown shard has both rows
+        assert stale_now() == {a: set() for a in ASSETS}
 
 
 def test_function_fingerprint_follows_helpers_and_constants(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from dagster import (
     AssetMaterialization,
     AssetsDefinition,
     AssetSelection,
+    AssetSpec,
     BackfillPolicy,
     BetaWarning,
     Config,
@@ -39,7 +40,7 @@ from llm_infer_dagster.assets.metadata import error_summary, preview
 from llm_infer_dagster.engines.spec import EngineSpec
 from llm_infer_dagster.executor.gpu_executor import GPU_TAG, gpu_executor
 from llm_infer_dagster.exports import export_shard
-from llm_infer_dagster.registry import manifest_for, partitions_def_for, register_shards
+from llm_infer_dagster.registry import input_key, manifest_for, partitions_def_for, register_shards
 from llm_infer_dagster.settings import InferenceSettings, check_engine_settings
 from llm_infer_dagster.tasks.loader import TaskConfig, to_json
 from llm_infer_dagster.tasks.sampling import check_hf_supported
@@ -58,12 +59,18 @@ class TaskAssets:
     """What :func:`build_task_assets` gives ``definitions.py`` to wire."""
 
     task: TaskConfig
+    input: AssetSpec
     assets: list[AssetsDefinition]
     job: UnresolvedAssetJobDefinition
     register_job: JobDefinition
 
     def key(self, asset_name: str) -> AssetKey:
         return AssetKey([self.task.dagster_name, asset_name])
+
+    @property
+    def all_assets(self) -> list[AssetsDefinition | AssetSpec]:
+        """What a ``Definitions`` needs: the observed input, then the materializable assets."""
+        return [self.input, *self.assets]
 
 
 def engine_spec(settings: InferenceSettings, choice: ModelChoice | None = None) -> EngineSpec:
@@ -105,6 +112,7 @@ def build_task_assets(task: TaskConfig, settings: InferenceSettings | None = Non
             model_path=c.model_path,
             dtype=c.dtype or settings.dtype,
             max_model_len=c.max_model_len or settings.max_model_len,
+            limit=settings.limit,
         )  # fmt: skip
         for model, c in models.items()
     }
@@ -120,10 +128,22 @@ def _build_task_assets(task: TaskConfig, all_versions: dict[str | None, dict[str
     pdef = partitions_def_for(task)
     common = dict(partitions_def=pdef, group_name=name, backfill_policy=BackfillPolicy.single_run())
     raw_key, prompts_key = AssetKey([name, "raw"]), AssetKey([name, "prompts"])
+    input_spec = AssetSpec(
+        key=input_key(task),
+        partitions_def=pdef,
+        group_name=name,
+        kinds={"file"},
+        description=(
+            f"The input rows of task {task.name}, observed per shard when shards are registered (sensor, "
+            "llm-infer, register job). Its data version is a digest of the shard's rows: a shard whose rows "
+            "grew or changed shows raw (and so the shard) stale."
+        ),
+    )
 
     @asset(
         key=raw_key,
         code_version=versions["raw"],
+        deps=[input_spec],
         kinds={"parquet"},
         description=f"Rows of task {task.name}: read_file over its shard's row range, with stable record ids.",
         **common,
@@ -403,7 +423,7 @@ def _build_task_assets(task: TaskConfig, all_versions: dict[str | None, dict[str
             context.instance,
             task,
             settings.store(task.name),
-            settings.input_path,
+            task.input_path(settings.input_path),
             shard_size=config.shard_size,
             tasks=config.tasks,
         )
@@ -420,4 +440,6 @@ def _build_task_assets(task: TaskConfig, all_versions: dict[str | None, dict[str
     def register_job() -> None:
         register_op()
 
-    return TaskAssets(task=task, assets=[raw, prompts, *model_chain], job=task_job, register_job=register_job)
+    return TaskAssets(
+        task=task, input=input_spec, assets=[raw, prompts, *model_chain], job=task_job, register_job=register_job
+    )

@@ -1,7 +1,7 @@
 """Pure run planning: which shards still need which assets, as few Dagster runs as partition ranges allow.
 
-Shared by ``llm-infer`` and the per-task schedule so both resume the same way: shards without completions
-run all four assets; shards with completions but no answers only re-extract (no model).
+Shared by ``llm-infer`` and the per-task schedule so both resume the same way: shards without completions, or
+with stale ones, run all four assets; shards whose answers are missing or stale only re-extract (no model).
 """
 
 from __future__ import annotations
@@ -32,18 +32,25 @@ def plan_runs(
     done_completions: Collection[str],
     done_answers: Collection[str],
     *,
+    stale_completions: Collection[str] = (),
+    stale_answers: Collection[str] = (),
     rerun: bool = False,
     extract_only: bool = False,
 ) -> list[RunPlan]:
-    """Runs that bring every shard in ``keys`` (Dagster's partition order) to answered."""
+    """Runs that bring every shard in ``keys`` (Dagster's partition order) to answered and up to date.
+
+    ``stale_completions``: shards whose raw, prompts or completions are stale (other input rows, prompt,
+    model, sampling): redone in full. ``stale_answers``: shards whose answers are stale: re-extracted.
+    """
     if extract_only:
         full: list[str] = []
         extract = [k for k in keys if k in done_completions]
     elif rerun:
         full, extract = list(keys), []
     else:
-        full = [k for k in keys if k not in done_completions]
-        extract = [k for k in keys if k in done_completions and k not in done_answers]
+        full = [k for k in keys if k not in done_completions or k in stale_completions]
+        redo = set(full)
+        extract = [k for k in keys if k not in redo and (k not in done_answers or k in stale_answers)]
     plans = [RunPlan(a, b, ALL_ASSETS) for a, b in contiguous_ranges(keys, full)]
     plans += [RunPlan(a, b, ("answers",)) for a, b in contiguous_ranges(keys, extract)]
     return plans

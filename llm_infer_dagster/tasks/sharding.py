@@ -1,8 +1,9 @@
 """Pure sharding: input files and their row counts -> stable shard keys and row ranges.
 
 A shard is a fixed-size chunk of rows *within one file*, keyed ``<file id>-<chunk number>``. Adding a file
-adds shards; growing a file extends its last shard only if that shard was never materialized, and puts the
-other new rows in new shards. No key is renumbered and a finished shard never changes its rows. The file id
+adds shards; growing a file fills its partial last shard up to the shard size and puts the other new rows in
+new shards. No key is ever renumbered. Each shard carries a digest of its rows: the data version of its input,
+so a shard whose rows changed (grown, edited) shows as stale in Dagster and nothing else does. The file id
 is a readable slug of the file name plus a hash of (task, path relative to the input root), so two tasks that
 read the same file never share a key, and moving the whole input folder keeps the keys.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -30,6 +31,7 @@ class Shard:
     chunk: int
     start: int
     stop: int
+    digest: str = ""  # of the rows it holds (see rows_digest); "" in manifests written before digests
 
     @property
     def rows(self) -> int:
@@ -84,13 +86,11 @@ def plan_file_shards(path: str, fid: str, rows: int, shard_size: int) -> list[Sh
     ]
 
 
-def grow_file_shards(
-    existing: Sequence[Shard], path: str, rows: int, shard_size: int, frozen: Container[str] = ()
-) -> list[Shard]:
+def grow_file_shards(existing: Sequence[Shard], path: str, rows: int, shard_size: int) -> list[Shard]:
     """The shards of a file that already has ``existing`` shards and now has ``rows`` rows.
 
-    A shard in ``frozen`` (already materialized) never changes its rows. An unfinished partial last shard
-    is extended up to ``shard_size``; further rows go to new shards numbered after the old ones.
+    A partial last shard is extended up to ``shard_size`` (its digest then changes, so Dagster shows it stale);
+    further rows go to new shards numbered after the old ones. Earlier shards keep their ranges.
     """
     out = sorted(existing, key=lambda s: s.chunk)
     if not out:
@@ -98,7 +98,7 @@ def grow_file_shards(
     out = [replace(s, file=path) for s in out]
     fid, last = out[-1].file_id, out[-1]
     end = last.stop
-    if last.key not in frozen and last.rows < shard_size and rows > end:
+    if last.rows < shard_size and rows > end:
         end = min(rows, last.start + shard_size)
         out[-1] = replace(last, stop=end)
     chunk = last.chunk + 1
@@ -107,6 +107,24 @@ def grow_file_shards(
         out.append(Shard(shard_key(fid, chunk), path, fid, chunk, end, stop))
         chunk, end = chunk + 1, stop
     return out
+
+
+def row_digest(row_json: str) -> bytes:
+    """Digest of one row (its JSON), kept per row so shard digests need no second read of the file."""
+    return hashlib.sha256(row_json.encode()).digest()
+
+
+def rows_digest(row_digests: Sequence[bytes], start: int, stop: int) -> str:
+    """The data version of rows ``[start, stop)``: their count and content. Rows past the end count as absent."""
+    h = hashlib.sha256(f"{start}:{stop}:".encode())
+    for d in row_digests[start:stop]:
+        h.update(d)
+    return h.hexdigest()[:24]
+
+
+def with_digests(shards: Iterable[Shard], row_digests: Sequence[bytes]) -> list[Shard]:
+    """``shards`` of one file with their digests computed from that file's per-row digests."""
+    return [replace(s, digest=rows_digest(row_digests, s.start, s.stop)) for s in shards]
 
 
 def plan_shards(files: Iterable[tuple[str, str, int]], shard_size: int) -> list[Shard]:

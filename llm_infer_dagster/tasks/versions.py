@@ -110,6 +110,7 @@ def task_code_versions(
     model_path: str | None,
     dtype: str = "auto",
     max_model_len: int | None = None,
+    limit: int | None = None,
 ) -> dict[str, str]:
     """The code version of each of a task's four assets.
 
@@ -119,6 +120,8 @@ def task_code_versions(
     stale" redo exactly those.
     """
     raw = function_fingerprint(module, ["get_file_list", "read_file"])
+    if limit is not None:  # --limit keeps only the first rows of each shard: a full run must redo those shards
+        raw = combine(raw, f"limit={limit}")
     prompts = combine(raw, function_fingerprint(module, ["format_prompt"]), prompt_files_fingerprint(folder))
     engine = combine(model_type, model_fingerprint(model_path), dtype, str(max_model_len))
     completions = combine(prompts, sampling_fingerprint(sampling), engine)
