@@ -20,17 +20,20 @@ def set_parent_death_signal(sig: int) -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
 
 
-def take_group_down_with_parent() -> None:
+def take_group_down_with_parent(parent: int | None = None) -> None:
     """When the parent dies, SIGKILL this process *and its whole process group*.
 
     For an engine worker started as its own process group (``start_new_session=True``): vLLM starts engine
     core processes of its own, which a plain parent-death SIGKILL of the worker would orphan, still holding
     memory (seen: ``VLLM::EngineCore`` left running after ``kill -9`` of llm-infer). The parent-death signal
     is SIGTERM, handled by killing the group; a watchdog thread covers a main thread stuck in C code.
+
+    ``parent`` is the pid the parent passed down: a parent that died before this ran (so the death signal,
+    set only now, never comes) shows as ``getppid() != parent``, and the group goes down at once. Without
+    it, the parent is whatever ``getppid()`` says now, which misses that race.
     """
     if not sys.platform.startswith("linux"):
         return
-    parent = os.getppid()
     own_group = os.getpgrp() == os.getpid()
 
     def kill_group(*_: object) -> None:
@@ -39,7 +42,11 @@ def take_group_down_with_parent() -> None:
         os._exit(1)
 
     signal.signal(signal.SIGTERM, kill_group)
-    set_parent_death_signal(signal.SIGTERM)
+    set_parent_death_signal(signal.SIGTERM)  # first, then check: a death after this check is signalled
+    if parent is None:
+        parent = os.getppid()
+    elif os.getppid() != parent:
+        kill_group()  # reparented already: the parent died before the signal was armed
 
     def watch() -> None:
         while True:

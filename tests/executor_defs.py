@@ -43,7 +43,12 @@ def needs_one() -> None:
     _record("needs_one")
 
 
-@asset(op_tags={"llm_infer/gpus": "3"})
+@asset
+def before_three() -> None:
+    _record("before_three")
+
+
+@asset(op_tags={"llm_infer/gpus": "3"}, deps=[before_three])
 def needs_three() -> None:
     _record("needs_three")
 
@@ -59,11 +64,12 @@ def cpu_b() -> None:
 
 
 defs = Definitions(
-    assets=[needs_two, needs_one, needs_three, cpu_a, cpu_b],
+    assets=[needs_two, needs_one, before_three, needs_three, cpu_a, cpu_b],
     jobs=[
         define_asset_job("two", ["needs_two"]),
         define_asset_job("one", ["needs_one"]),
-        define_asset_job("three", ["needs_three"]),
+        # A CPU step first, as raw/prompts come before completions: a GPU need too big must stop it running.
+        define_asset_job("three", ["before_three", "needs_three"]),
         define_asset_job("cpu", ["cpu_a", "cpu_b"]),
     ],
     executor=gpu_executor,

@@ -100,10 +100,12 @@ def test_more_gpus_than_exist_fails_at_once_and_cpu_steps_run_in_parallel_withou
     out = too_many.communicate(timeout=240)[0]
     assert too_many.returncode != 0
     assert "needs 3 GPUs" in out and "has 2 (g0,g1)" in out
+    # Checked before any step: the CPU step ahead of the GPU step never started either.
+    assert "STEP_START" not in out and "STEP_WORKER_STARTING" not in out, out[-3000:]
     cpu_out = cpu.communicate(timeout=240)[0]
     assert cpu.returncode == 0, cpu_out[-3000:]
     recs = {r["asset"]: r for r in _records(tmp)}
-    assert "needs_three" not in recs
+    assert "needs_three" not in recs and "before_three" not in recs
     assert recs["cpu_a"]["gpus"] == "" and recs["cpu_b"]["gpus"] == ""
     assert recs["cpu_a"]["pid"] != recs["cpu_b"]["pid"]  # each step in its own process
     assert _overlap(recs["cpu_a"], recs["cpu_b"])  # independent CPU steps ran at the same time
@@ -143,3 +145,18 @@ def test_leases_in_process(tmp_path: Path) -> None:
     with evil.acquire(1) as lease:
         assert lease.gpu_ids == ["../../etc/x"]
     assert all(p.parent == tmp_path for p in tmp_path.iterdir())
+
+
+def test_lock_files_and_dir_are_usable_by_other_users(tmp_path: Path) -> None:
+    old = os.umask(0o022)  # a usual umask: files 0o644, dirs 0o755, which another user could not lock in
+    try:
+        with GpuLeaser(["0"], tmp_path / "locks").acquire(1):
+            pass
+    finally:
+        os.umask(old)
+    assert (tmp_path / "locks").stat().st_mode & 0o777 == 0o777
+    assert (tmp_path / "locks" / "gpu-0.lock").stat().st_mode & 0o777 == 0o666
+    # An existing lock file left read-only (by another user, say) still locks: flock needs no write access.
+    (tmp_path / "locks" / "gpu-0.lock").chmod(0o444)
+    with GpuLeaser(["0"], tmp_path / "locks").acquire(1) as lease:
+        assert lease.gpu_ids == ["0"]

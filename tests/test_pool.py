@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any
 import polars as pl
 import pytest
 
+from llm_infer_dagster.engines.base import Completion
 from llm_infer_dagster.engines.spec import EngineSpec
 from llm_infer_dagster.errors import SettingsError
 from llm_infer_dagster.workers.completions import COMPLETION_SCHEMA
@@ -305,6 +308,137 @@ def test_abandoning_the_results_stops_the_workers(tmp_path: Path, tiny_model_pat
     assert not any(pid_alive(p) for p in pids)
 
 
+# ------------------------------------------------------------------------------------- fake engines
+# This file run as a script is a worker serving FakeEngine (see the end of the file): real worker and pool
+# processes, with an engine that misbehaves on cue.
+
+FAKE_WORKER = [sys.executable, str(Path(__file__).resolve())]
+
+
+class EngineDeadError(RuntimeError):
+    """Named as vLLM's: the worker takes it to mean the engine is gone."""
+
+
+class FakeEngine:
+    """Answers each prompt with the worker's VLLM_WORKER_MULTIPROC_METHOD; ``model_path`` says how it fails:
+    ``raise:<text>`` raises for a shard with a prompt containing text, ``dead`` raises EngineDeadError,
+    ``fork-and-die:<pid file>`` forks a child that keeps the worker's pipes open, then the worker dies."""
+
+    name = "fake"
+
+    def __init__(self, model_path: str) -> None:
+        self.model_path = model_path
+
+    def generate(self, prompts: list[Any], sampling: dict[str, Any]) -> list[Completion]:
+        mode, _, arg = self.model_path.partition(":")
+        if mode == "raise" and any(arg in str(p) for p in prompts):
+            raise RuntimeError(f"boom on {arg}")
+        if mode == "dead":
+            raise EngineDeadError("engine core died")
+        if mode == "fork-and-die":
+            child = os.fork()
+            if child == 0:  # as a forked vLLM EngineCore would: holds the message pipe, outlives the worker
+                time.sleep(120)
+                os._exit(0)
+            Path(arg).write_text(str(child))
+            os._exit(3)
+        answer = os.environ.get("VLLM_WORKER_MULTIPROC_METHOD", "")
+        return [Completion([answer], ["stop"], prompt_tokens=1, completion_tokens=1) for _ in prompts]
+
+    def close(self) -> None:
+        pass
+
+
+def fake_pool(tmp_path: Path, mode: str, msgs: list[tuple[int, dict]] | None = None) -> WorkerPool:
+    return WorkerPool(
+        EngineSpec(model_type="fake", model_path=mode),
+        SAMPLING,
+        workers=1,
+        log_dir=tmp_path / "logs",
+        on_message=(lambda i, m: msgs.append((i, m))) if msgs is not None else None,
+        worker_command=FAKE_WORKER,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_engine_error_on_one_shard_fails_it_alone_and_the_worker_carries_on(tmp_path: Path) -> None:
+    jobs = make_jobs(tmp_path, 4)
+    msgs: list[tuple[int, dict]] = []
+    by_key = one_result_per_job(jobs, list(fake_pool(tmp_path, f"raise:{jobs[1].key}", msgs).run(jobs)))
+    bad = by_key[jobs[1].key]
+    assert not bad.ok and bad.worker == 0
+    assert f"engine step failed: RuntimeError: boom on {jobs[1].key}" == bad.error
+    assert not Path(jobs[1].output).exists()
+    for job in (jobs[0], jobs[2], jobs[3]):  # before and after the error, on the same worker
+        assert by_key[job.key].ok, by_key[job.key].error
+        # Engine processes are spawned, never forked (a forked one would hold the worker's pipes).
+        assert pl.read_parquet(job.output)["response"].to_list() == ["spawn"] * 3
+    assert not any(m["type"] in ("exited", "fatal") for _, m in msgs)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_a_multiproc_method_already_set_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "fork")
+    jobs = make_jobs(tmp_path, 1)
+    assert [r.ok for r in fake_pool(tmp_path, "echo").run(jobs)] == [True]
+    assert pl.read_parquet(jobs[0].output)["response"].to_list() == ["fork"] * 3
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_a_dead_engine_fails_what_it_holds_and_the_worker_exits(tmp_path: Path) -> None:
+    jobs = make_jobs(tmp_path, 3)
+    msgs: list[tuple[int, dict]] = []
+    results = list(fake_pool(tmp_path, "dead", msgs).run(jobs))
+    one_result_per_job(jobs, results)
+    assert not any(r.ok for r in results)
+    assert any(r.worker == 0 for r in results)
+    for r in results:
+        assert "engine unusable: EngineDeadError: engine core died" in (r.error or ""), r.error
+    assert [m["type"] for _, m in msgs].count("fatal") == 1
+    exited = [m for _, m in msgs if m["type"] == "exited"]
+    assert len(exited) == 1 and exited[0]["code"] == 0  # it left cleanly
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_a_worker_that_dies_while_its_child_holds_the_pipe_is_still_reaped(tmp_path: Path) -> None:
+    jobs = make_jobs(tmp_path, 3)
+    pid_file = tmp_path / "grandchild.pid"
+    t0 = time.monotonic()
+    results = list(fake_pool(tmp_path, f"fork-and-die:{pid_file}").run(jobs))
+    assert time.monotonic() - t0 < 30  # not waiting for the pipe's EOF (the child sleeps 120 s)
+    by_key = one_result_per_job(jobs, results)
+    in_flight = [r for r in results if r.worker == 0]
+    assert in_flight, by_key
+    assert not any(r.ok for r in results)
+    for r in in_flight:
+        assert "worker 0 exited with code 3 while running this shard" in (r.error or "")
+    for r in results:
+        if r.worker != 0:
+            assert "not run: every engine worker exited (worker 0 exited with code 3)" in (r.error or "")
+    # The worker's process group went down with it: its child is gone too.
+    grandchild = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while pid_alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not pid_alive(grandchild)
+
+
+def test_a_worker_whose_parent_is_already_gone_goes_down_at_once() -> None:
+    """The parent's pid comes on the command line: a parent that died before the worker armed its
+    parent-death signal (the worker is then another process's child) still takes the worker down."""
+    code = "import sys; from llm_infer_dagster.process_tree import take_group_down_with_parent as t; "
+    code += "t(int(sys.argv[1])); print('alive', flush=True)"
+    not_the_parent = str(2**22 + 1)  # above any pid_max: never a pid
+    gone = subprocess.run([sys.executable, "-c", code, not_the_parent], start_new_session=True, capture_output=True)
+    assert gone.returncode == -signal.SIGKILL and b"alive" not in gone.stdout  # killed its own group at once
+    ok = subprocess.run([sys.executable, "-c", code, str(os.getpid())], start_new_session=True, capture_output=True)
+    assert ok.returncode == 0 and ok.stdout == b"alive\n", ok.stderr
+
+
 def test_gpu_slices_must_match_workers(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="2 workers need 2 GPU slices, got 1"):
         WorkerPool(spec("/m"), SAMPLING, workers=2, gpu_slices=[["0"]], log_dir=tmp_path)
@@ -347,3 +481,11 @@ def test_visible_gpu_ids_reads_cuda_visible_devices(
 ) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", env)
     assert visible_gpu_ids() == expected
+
+
+if __name__ == "__main__":  # a worker serving FakeEngine: WorkerPool(..., worker_command=FAKE_WORKER)
+    from llm_infer_dagster.engines import spec as engine_spec
+    from llm_infer_dagster.workers import worker
+
+    engine_spec.load_engine = lambda s: FakeEngine(s.model_path)  # type: ignore[assignment]
+    worker.main()

@@ -17,6 +17,8 @@ from typing import Any
 from dagster import Field, Noneable, executor
 from dagster._core.definitions.executor_definition import multiple_process_executor_requirements
 from dagster._core.events import DagsterEvent
+from dagster._core.execution.context.system import PlanOrchestrationContext
+from dagster._core.execution.plan.plan import ExecutionPlan
 from dagster._core.execution.retries import RetryMode, get_retries_config
 from dagster._core.executor.step_delegating import (
     CheckStepHealthResult,
@@ -110,6 +112,24 @@ class GpuStepHandler(StepHandler):
         yield from ()
 
 
+class GpuExecutor(StepDelegatingExecutor):
+    """Checks every step's GPU need before any step starts.
+
+    Checked only at launch, a completions step needing more GPUs than the host has would fail after the raw
+    and prompts steps had run (and spent their time) for nothing.
+    """
+
+    def __init__(self, step_handler: GpuStepHandler, **kwargs: Any) -> None:
+        super().__init__(step_handler, **kwargs)
+        self.gpu_step_handler = step_handler
+
+    def execute(self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan) -> Iterator[DagsterEvent]:
+        run_config = plan_context.dagster_run.run_config
+        for step in execution_plan.get_steps_to_execute_in_topo_order():  # a SettingsError here: no step ran
+            self.gpu_step_handler.leaser.check_need(gpus_needed(step.tags, run_config))
+        yield from super().execute(plan_context, execution_plan)
+
+
 @executor(
     name="llm_infer_gpu_executor",
     config_schema={
@@ -131,11 +151,11 @@ class GpuStepHandler(StepHandler):
     },
     requirements=multiple_process_executor_requirements(),
 )
-def gpu_executor(init_context: Any) -> StepDelegatingExecutor:
+def gpu_executor(init_context: Any) -> GpuExecutor:
     """Each step in its own process; steps tagged ``llm_infer/gpus`` hold host-wide GPU leases."""
     cfg = init_context.executor_config
     gpu_ids = cfg["gpus"] if cfg["gpus"] is not None else visible_gpu_ids()
-    return StepDelegatingExecutor(
+    return GpuExecutor(
         GpuStepHandler(gpu_ids, cfg["lock_dir"], cfg["lease_timeout_s"]),
         retries=RetryMode.from_config(cfg["retries"]),  # type: ignore[arg-type]
         max_concurrent=cfg["max_concurrent"],

@@ -6,6 +6,7 @@ cleanup and no daemon. GPU ids are opaque labels here ("0", "1", or "g0" in test
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -49,6 +50,15 @@ class GpuLeaser:
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", gpu)  # ids are labels; never let one name a path elsewhere
         return self.lock_dir / f"gpu-{safe}.lock"
 
+    def _make_lock_dir(self) -> None:
+        """Create the lock dir open to every user (the umask would not): another user's steps lock here too."""
+        try:
+            self.lock_dir.mkdir(parents=True)
+        except FileExistsError:
+            return
+        with contextlib.suppress(OSError):
+            self.lock_dir.chmod(0o777)
+
     def check_need(self, n: int) -> None:
         if n > len(self.gpu_ids):
             raise SettingsError(
@@ -60,12 +70,12 @@ class GpuLeaser:
     def try_acquire(self, n: int) -> GpuLease | None:
         """``n`` GPUs now, or None (holding nothing) if fewer are free."""
         self.check_need(n)
-        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        self._make_lock_dir()
         lease = GpuLease([])
         for gpu in self.gpu_ids:
             if len(lease.gpu_ids) == n:
                 break
-            fd = os.open(self._lock_path(gpu), os.O_RDWR | os.O_CREAT, 0o666)
+            fd = _open_lock(self._lock_path(gpu))
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -100,3 +110,21 @@ class GpuLeaser:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"no {n} free GPUs among {','.join(self.gpu_ids)} after {timeout} s")
             time.sleep(poll_seconds)
+
+
+def _open_lock(path: Path) -> int:
+    """A descriptor to ``flock`` ``path``; a file this creates is made writable by every user on the host.
+
+    The umask would leave it 0o644 and another user's step could not open it for writing. A lock file another
+    user left read-only is opened read-only: ``flock`` needs no write access.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError:
+            return os.open(path, os.O_RDONLY)
+    with contextlib.suppress(PermissionError):
+        os.fchmod(fd, 0o666)
+    return fd

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -85,6 +85,7 @@ class WorkerPool:
         log_dir: Path,
         on_message: Callable[[int, dict[str, Any]], None] | None = None,
         prefetch: int = 2,
+        worker_command: Sequence[str] | None = None,
     ) -> None:
         if gpu_slices is not None and len(gpu_slices) != workers:
             raise ValueError(f"{workers} workers need {workers} GPU slices, got {len(gpu_slices)}")
@@ -95,6 +96,8 @@ class WorkerPool:
         self.log_dir = log_dir
         self.on_message = on_message or (lambda _i, _m: None)
         self.prefetch = prefetch  # shards a worker holds at once: the next is queued before the current drains
+        # What starts a worker; it gets `<msg fd> <parent pid>` appended. Tests pass one serving fake engines.
+        self.worker_command = list(worker_command or [sys.executable, "-m", "llm_infer_dagster.workers.worker"])
 
     def _start(self, index: int) -> _Worker:
         read_fd, write_fd = os.pipe()
@@ -104,6 +107,9 @@ class WorkerPool:
             env["CUDA_VISIBLE_DEVICES"] = gpus  # before the child imports torch or vLLM
         # Engines started side by side collide on vLLM's default ports: give each its own base.
         env["VLLM_PORT"] = str(_free_port())
+        # On CUDA vLLM otherwise forks its EngineCore, and a forked child inherits the message pipe's write end:
+        # it would keep the pipe open after the worker died. A spawned one inherits only what it is given.
+        env.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         if self.spec.device == "cpu" and "OMP_NUM_THREADS" not in env:
             # N CPU workers each using every core thrash each other (measured: 100x slower shards).
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.workers))
@@ -111,7 +117,8 @@ class WorkerPool:
         log_path = self.log_dir / f"worker-{index}.log"
         with log_path.open("ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "llm_infer_dagster.workers.worker", str(write_fd)],
+                # Our pid, so a worker whose parent died before it looked still notices (process_tree.py).
+                [*self.worker_command, str(write_fd), str(os.getpid())],
                 stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -125,6 +132,7 @@ class WorkerPool:
         spec = {"worker": index, "engine": self.spec.to_dict(), "sampling": self.sampling, "prefetch": self.prefetch}
         proc.stdin.write(json.dumps(spec) + "\n")
         proc.stdin.flush()
+        os.set_blocking(read_fd, False)  # drained after the worker exits, while a child of it may hold the pipe
         return _Worker(index, gpus, proc, os.fdopen(read_fd, "rb", buffering=0), log_path)
 
     @staticmethod
@@ -134,7 +142,7 @@ class WorkerPool:
             w.proc.stdin.write(json.dumps(msg) + "\n")
             w.proc.stdin.flush()
         except (BrokenPipeError, OSError):
-            pass  # it died; its EOF on the message pipe reports that
+            pass  # it died; run() notices (EOF on its message pipe, or its exit)
 
     def run(self, jobs: Sequence[ShardJob]) -> Iterator[ShardResult]:
         queue = deque(jobs)
@@ -144,23 +152,22 @@ class WorkerPool:
         sel = selectors.DefaultSelector()
         for w in started:
             sel.register(w.msgs, selectors.EVENT_READ, w)
-        alive = len(started)
+        live = {w.index: w for w in started}
+        next_poll = time.monotonic() + POLL_SECONDS
         try:
-            while alive:
-                for key, _ in sel.select(timeout=1.0):
+            while live:
+                events = sel.select(timeout=POLL_SECONDS)
+                for key, _ in events:
                     w: _Worker = key.data
-                    chunk = w.msgs.read(65536)
-                    if not chunk:  # EOF: the worker exited
-                        sel.unregister(w.msgs)
-                        w.msgs.close()
-                        alive -= 1
-                        yield from self._reap(w)
-                        continue
-                    w.buffer += chunk
-                    *lines, w.buffer = w.buffer.split(b"\n")
-                    for line in lines:
-                        if line.strip():
-                            yield from self._handle(w, json.loads(line), queue)
+                    if (yield from self._pump(w, queue)):  # EOF: the worker exited
+                        yield from self._retire(w, sel, live)
+                if not events or time.monotonic() >= next_poll:
+                    # EOF alone misses a worker whose child (a forked engine process) still holds its pipe open.
+                    next_poll = time.monotonic() + POLL_SECONDS
+                    for w in [w for w in live.values() if w.proc.poll() is not None]:
+                        w.stopping = True  # it is gone: a last 'ready' it wrote gets no shard
+                        yield from self._pump(w, queue)  # what it wrote before exiting
+                        yield from self._retire(w, sel, live)
             reasons = "; ".join(dict.fromkeys(w.exit_reason for w in started if w.exit_reason))
             for job in queue:  # every worker died before the queue drained
                 yield ShardResult(
@@ -174,6 +181,31 @@ class WorkerPool:
             sel.close()
             for w in started:
                 _stop_process(w.proc)
+                with contextlib.suppress(OSError):
+                    w.msgs.close()
+
+    def _pump(self, w: _Worker, queue: deque[ShardJob]) -> Generator[ShardResult, None, bool]:
+        """Handle every message the worker has written so far, without blocking; True at EOF."""
+        eof = False
+        while True:
+            chunk = w.msgs.read(65536)
+            if chunk is None:  # nothing more for now
+                break
+            if not chunk:
+                eof = w.stopping = True  # a worker that is going gets no more shards
+                break
+            w.buffer += chunk
+        *lines, w.buffer = w.buffer.split(b"\n")
+        for line in lines:
+            if line.strip():
+                yield from self._handle(w, json.loads(line), queue)
+        return eof
+
+    def _retire(self, w: _Worker, sel: selectors.BaseSelector, live: dict[int, _Worker]) -> Iterator[ShardResult]:
+        sel.unregister(w.msgs)
+        w.msgs.close()
+        del live[w.index]
+        yield from self._reap(w)
 
     def _handle(self, w: _Worker, msg: dict[str, Any], queue: deque[ShardJob]) -> Iterator[ShardResult]:
         kind = msg.get("type")
@@ -222,6 +254,9 @@ class WorkerPool:
             self.on_message(w.index, {"type": "exited", "code": code, "error": why, "log": str(w.log_path)})
 
 
+POLL_SECONDS = 1.0  # how often the pool checks for workers that exited without closing their pipe
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -229,17 +264,16 @@ def _free_port() -> int:
 
 
 def _stop_process(proc: subprocess.Popen[str], grace: float = 10.0) -> None:
-    if proc.poll() is not None:
-        return
+    """Let the worker finish, then SIGKILL its process group: its engine's processes never outlive it."""
     try:
         if proc.stdin:
-            proc.stdin.close()
+            proc.stdin.close()  # EOF on its stdin: a live worker stops
     except OSError:
         pass
     deadline = time.monotonic() + grace
     while proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # the worker and any engine processes it started
-        proc.wait()
+    # Even when the worker has exited: its group (it leads one) may still hold engine processes.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

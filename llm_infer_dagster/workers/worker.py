@@ -1,4 +1,4 @@
-"""The engine worker process: ``python -m llm_infer_dagster.workers.worker <msg fd>``.
+"""The engine worker process: ``python -m llm_infer_dagster.workers.worker <msg fd> <parent pid>``.
 
 Started by :mod:`llm_infer_dagster.workers.pool` with ``CUDA_VISIBLE_DEVICES`` already in its environment,
 so torch/vLLM see only this worker's GPUs. It loads the engine once, then serves shard jobs read as JSON
@@ -7,6 +7,10 @@ lines on stdin and reports on the message pipe (JSON lines); stdout/stderr go to
 It keeps at least ``prefetch`` shards in the engine, and more while the engine reports its batch would be
 fuller (vLLM: fewer than 2 x max_num_seqs requests queued): the next shard's requests are queued before the
 current one drains, and each shard is written (atomically) the moment its last request finishes.
+
+An engine that raises while stepping fails the shards the error concerns (all it holds when it cannot say
+which), and the worker carries on; an engine that is gone (vLLM's ``EngineDeadError``, or failing
+``MAX_STEP_FAILURES`` steps in a row) fails what it holds, reports ``fatal`` and the worker exits.
 """
 
 from __future__ import annotations
@@ -23,6 +27,16 @@ from typing import Any, TextIO
 from llm_infer_dagster.process_tree import take_group_down_with_parent
 
 DEFAULT_PREFETCH = 2
+MAX_STEP_FAILURES = 3  # consecutive failed engine steps after which the engine counts as unusable
+
+
+def _engine_is_dead(exc: BaseException) -> bool:
+    """vLLM's engine core is gone: nothing more can run in this engine (matched by name: no vLLM import)."""
+    return type(exc).__name__ == "EngineDeadError"
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _send(out: TextIO, **msg: Any) -> None:
@@ -55,7 +69,7 @@ class LineReader:
 def serve(reader: LineReader, out: TextIO) -> None:
     import polars as pl
 
-    from llm_infer_dagster.engines.base import as_streaming
+    from llm_infer_dagster.engines.base import BlockingStream, as_streaming
     from llm_infer_dagster.engines.spec import EngineSpec, load_engine
     from llm_infer_dagster.store import atomic_write
     from llm_infer_dagster.workers.completions import ShardRequest, completions_frame, prepare_shard
@@ -83,16 +97,28 @@ def serve(reader: LineReader, out: TextIO) -> None:
     _send(out, type="loaded", seconds=round(time.perf_counter() - t0, 3), pid=os.getpid())
     stream = as_streaming(engine)
     inflight: dict[str, tuple[dict[str, Any], ShardRequest, float]] = {}
+    in_engine: list[str] = []  # shards submitted to the engine and not back yet, in submit order
     asked = 0
     stopping = False
+    step_failures = 0
+
+    def fail(key: str, error: str, trace: str) -> None:
+        inflight.pop(key, None)
+        if key in in_engine:
+            in_engine.remove(key)
+        _send(out, type="failed", shard=key, error=error, trace=trace)
 
     def finish(key: str, completions: list) -> None:
+        if key in in_engine:
+            in_engine.remove(key)
+        if key not in inflight:
+            return  # already failed (an engine error that could not be pinned on one shard)
         job, request, started = inflight.pop(key)
         try:
             df = completions_frame(request, completions, sampling, spec.model_path)
             atomic_write(Path(job["output"]), lambda tmp: df.write_parquet(tmp))
         except Exception as exc:
-            _send(out, type="failed", shard=key, error=f"{type(exc).__name__}: {exc}", trace=traceback.format_exc())
+            _send(out, type="failed", shard=key, error=_describe(exc), trace=traceback.format_exc())
             return
         _send(
             out,
@@ -104,6 +130,13 @@ def serve(reader: LineReader, out: TextIO) -> None:
             completion_tokens=int(df["completion_tokens"].sum()),
             seconds=round(time.perf_counter() - started, 4),
         )
+
+    def give_up(exc: BaseException) -> None:
+        """The engine is unusable: fail what it holds and say why; the pool fails what it sends meanwhile."""
+        error, trace = f"engine unusable: {_describe(exc)}", traceback.format_exc()
+        for key in list(inflight):
+            fail(key, error, trace)
+        _send(out, type="fatal", error=f"{spec.model_type} engine for {spec.model_path}: {error}", trace=trace)
 
     while True:
         # Ask for a shard while fewer than `prefetch` are held, or (one ask at a time) while the engine says
@@ -124,19 +157,49 @@ def serve(reader: LineReader, out: TextIO) -> None:
                 inflight[key] = (job, request, time.perf_counter())
                 if request.to_send:
                     stream.submit(key, request.to_send, sampling)
+                    in_engine.append(key)
                 else:
                     finish(key, [])
             except Exception as exc:
-                inflight.pop(key, None)
-                _send(out, type="failed", shard=key, error=f"{type(exc).__name__}: {exc}", trace=traceback.format_exc())
+                fail(key, _describe(exc), traceback.format_exc())
+                if _engine_is_dead(exc):
+                    give_up(exc)
+                    _close_engine(engine)
+                    return
         if stream.has_pending():
-            for key, completions in stream.step():
+            # The shards this step works on, should it raise: a blocking stream runs the oldest one; a
+            # streaming engine runs them all at once and cannot say whose request broke it.
+            concerned = in_engine[:1] if isinstance(stream, BlockingStream) else list(in_engine)
+            try:
+                done = stream.step()
+            except Exception as exc:
+                step_failures += 1
+                if _engine_is_dead(exc) or step_failures >= MAX_STEP_FAILURES:
+                    give_up(exc)
+                    _close_engine(engine)
+                    return
+                error = f"engine step failed: {_describe(exc)}"
+                trace = traceback.format_exc()
+                for key in concerned:
+                    fail(key, error, trace)
+                continue
+            step_failures = 0
+            for key, completions in done:
                 finish(key, completions)
-    engine.close()
+    _close_engine(engine)
+
+
+def _close_engine(engine: Any) -> None:
+    """Close the engine, best effort: the worker is leaving either way, and its exit frees the memory."""
+    try:
+        engine.close()
+    except Exception:
+        traceback.print_exc()
 
 
 def main() -> None:
-    take_group_down_with_parent()  # the pool starts each worker as its own process group
+    # The pool starts each worker as its own process group, passing its message fd and its own pid.
+    take_group_down_with_parent(int(sys.argv[2]) if len(sys.argv) > 2 else None)
     out = os.fdopen(int(sys.argv[1]), "w", buffering=1)
     serve(LineReader(sys.stdin.fileno()), out)
 
