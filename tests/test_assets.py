@@ -140,8 +140,22 @@ def test_four_assets_over_a_range_load_the_model_once(instance, task_setup, tmp_
     # Dagster metadata a person would look for, per shard.
     mat = instance.get_latest_materialization_event(AssetKey(["demo", "completions"]))
     md = mat.asset_materialization.metadata
-    for k in ("rows", "errors", "prompt_tokens", "completion_tokens", "tokens_per_s", "worker", "gpus"):
+    for k in ("rows", "errors", "prompt_tokens", "completion_tokens", "tokens_per_s", "worker", "gpus", "preview"):
         assert k in md
+    # Each shard is recorded as it lands and again at step end; both carry the provenance Dagster's stale status
+    # reads, so a shard kept from a killed run still goes stale when the model or prompt changes.
+    comp_events = instance.fetch_materializations(AssetKey(["demo", "completions"]), limit=100).records
+    assert len(comp_events) == 2 * len(keys)
+    code_version = bundle.assets[2].code_versions_by_key[AssetKey(["demo", "completions"])]
+    by_partition: dict[str, set[tuple[str, str]]] = {}
+    for rec in comp_events:
+        tags = rec.asset_materialization.tags or {}
+        assert tags.get("dagster/code_version") == code_version
+        assert tags.get("dagster/input_data_version/demo/prompts")
+        by_partition.setdefault(rec.partition_key, set()).add(
+            (tags["dagster/data_version"], tags["dagster/code_version"])
+        )
+    assert all(len(v) == 1 for v in by_partition.values()), by_partition  # live and final events agree
     ans_md = instance.get_latest_materialization_event(AssetKey(["demo", "answers"])).asset_materialization.metadata
     assert {"rows", "extracted", "errors", "extraction_rate", "preview"} <= set(ans_md)
 

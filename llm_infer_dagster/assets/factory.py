@@ -37,6 +37,7 @@ from dagster import (
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from llm_infer_dagster.assets.metadata import error_summary, preview
+from llm_infer_dagster.assets.provenance import provenance_tags
 from llm_infer_dagster.engines.spec import EngineSpec
 from llm_infer_dagster.executor.gpu_executor import GPU_TAG, gpu_executor
 from llm_infer_dagster.exports import export_shard
@@ -318,9 +319,17 @@ def _build_task_assets(task: TaskConfig, all_versions: dict[str | None, dict[str
                     "gpus": r.gpus or "cpu",
                     "model": spec.model_path,
                     "model_name": model or "default",
+                    "preview": preview(
+                        store.read_frame("completions", r.key, model),
+                        ["record_id", "response", "finish_reason", "error"],
+                    ),
                 }
                 # Recorded now, not at step end: a killed run keeps this shard.
-                context.log_event(AssetMaterialization(asset_key=comp_key, partition=r.key, metadata=md))
+                context.log_event(
+                    AssetMaterialization(
+                        asset_key=comp_key, partition=r.key, metadata=md, tags=provenance_tags(context, comp_key)
+                    )
+                )
                 context.add_asset_metadata(md, partition_key=r.key)
                 msg = (
                     f"shard {r.key}: {r.rows} rows, {r.errors} errors, {r.completion_tokens} tokens out, "
