@@ -107,20 +107,22 @@ def _prepare_instance(output: Path) -> None:
 
 
 class _Progress:
-    """A terminal bar of shards done, fed by polling Dagster for the shards materialized since start."""
+    """A terminal bar of rows and shards done, fed by polling Dagster for the shards materialized since start."""
 
-    def __init__(self, instance: Any, asset_key: Any, keys: set[str], enabled: bool) -> None:
+    def __init__(self, instance: Any, asset_key: Any, rows: dict[str, int], enabled: bool) -> None:
         from tqdm import tqdm
 
-        self.instance, self.asset_key, self.keys = instance, asset_key, keys
+        self.instance, self.asset_key, self.rows = instance, asset_key, rows
         self.cursor = instance.event_log_storage.get_maximum_record_id() or 0
-        self.bar = tqdm(total=len(keys), unit="shard", desc="shards", disable=not enabled, file=sys.stderr)
+        self.bar = tqdm(total=sum(rows.values()), unit="row", desc="rows", disable=not enabled, file=sys.stderr)
+        self.bar.set_postfix_str(f"shards 0/{len(rows)}")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
     def _update(self) -> None:
-        done = self.instance.get_materialized_partitions(self.asset_key, after_cursor=self.cursor) & self.keys
-        self.bar.update(len(done) - self.bar.n)
+        done = self.instance.get_materialized_partitions(self.asset_key, after_cursor=self.cursor) & set(self.rows)
+        self.bar.update(sum(self.rows[k] for k in done) - self.bar.n)
+        self.bar.set_postfix_str(f"shards {len(done)}/{len(self.rows)}")
 
     def _poll(self) -> None:
         while not self._stop.wait(0.5):
@@ -239,7 +241,10 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if args.extract_only and not plans:
         raise SettingsError("--extract_only: no shard has completions yet; run without --extract_only first")
-    ok = _launch(instance, task.dagster_name, keys, plans, settings_cfg, not args.no_progress)
+    rows = {k: reg.manifest.shards[k].rows for k in keys}
+    if args.limit is not None:
+        rows = {k: min(n, args.limit) for k, n in rows.items()}
+    ok = _launch(instance, task.dagster_name, keys, rows, plans, settings_cfg, not args.no_progress)
     return _report(store, keys, ok, output)
 
 
@@ -260,7 +265,13 @@ def _stale_shards(
 
 
 def _launch(
-    instance: Any, name: str, keys: list[str], plans: list[RunPlan], settings_cfg: dict[str, Any], progress: bool
+    instance: Any,
+    name: str,
+    keys: list[str],
+    rows: dict[str, int],
+    plans: list[RunPlan],
+    settings_cfg: dict[str, Any],
+    progress: bool,
 ) -> bool:
     """Run each plan as a Dagster run through the task job (and its GPU-aware executor), in order."""
     from dagster import AssetKey, execute_job
@@ -280,7 +291,7 @@ def _launch(
     watched = AssetKey([name, "completions" if model_runs else "answers"])
     shards = {k for p in (model_runs or plans) for k in keys[keys.index(p.first) : keys.index(p.last) + 1]}
     ok = True
-    with _Progress(instance, watched, shards, progress):
+    with _Progress(instance, watched, {k: rows[k] for k in shards}, progress):
         for plan in plans:
             log.info("run %s..%s (%s)", plan.first, plan.last, ", ".join(plan.assets))
             result = execute_job(

@@ -29,7 +29,15 @@ def main(argv: list[str] | None = None) -> int:
         "qa_regex",
         "--save_text",
     ]
-    return llm_infer([*defaults, *extra])  # argparse keeps the last value: extra flags override defaults
+    code = llm_infer([*defaults, *extra])  # argparse keeps the last value: extra flags override defaults
+    here = Path.cwd()
+    print(
+        "\nSee it in the Dagster UI:\n"
+        f"  DAGSTER_HOME={here / 'output' / '.dagster'} LLM_INFER_OUTPUT={here / 'output'} "
+        f"LLM_INFER_MODEL_PATH={model.resolve()} LLM_INFER_MODEL_TYPE=hf LLM_INFER_USE_CPU=1 "
+        "dagster dev -w workspace.yaml"
+    )
+    return code
 
 
 if __name__ == "__main__":
