@@ -121,8 +121,9 @@ class _Progress:
 
     def _update(self) -> None:
         done = self.instance.get_materialized_partitions(self.asset_key, after_cursor=self.cursor) & set(self.rows)
-        self.bar.update(sum(self.rows[k] for k in done) - self.bar.n)
-        self.bar.set_postfix_str(f"shards {len(done)}/{len(self.rows)}")
+        if sum(self.rows[k] for k in done) != self.bar.n:
+            self.bar.set_postfix_str(f"shards {len(done)}/{len(self.rows)}", refresh=False)
+            self.bar.update(sum(self.rows[k] for k in done) - self.bar.n)
 
     def _poll(self) -> None:
         while not self._stop.wait(0.5):
@@ -174,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
     (output / "args.json").write_text(json.dumps(vars(args), indent=2), encoding="utf-8")
     settings_cfg = _settings_config(args, config_path, output)
     os.environ["LLM_INFER_TASKS"] = task.name  # the code location loads only this task
+    os.environ.setdefault("LLM_INFER_STEP_LOG", str(output / "logs" / "steps.log"))  # step processes' output
     log.info("llm-infer %s", " ".join(sys.argv[1:]))
 
     from dagster import AssetKey, DagsterInstance

@@ -43,6 +43,9 @@ def test_run_resume_rerun_extract_only_and_seed_layout(tmp_path, tiny_model_path
         assert len(list((out / sub).iterdir())) == 5, sub
     assert (out / "args.json").is_file() and json.loads((out / "args.json").read_text())["limit"] == 5
     assert "run" in (out / "logs" / "main.log").read_text()
+    # Step processes' Dagster output goes to a log file, not over the progress bar.
+    assert "STEP_WORKER_STARTED" not in first.stderr
+    assert "STEP_WORKER_STARTED" in (out / "logs" / "steps.log").read_text()
     records = [r for f in sorted((out / "results" / "extract").iterdir()) for r in json.loads(f.read_text())]
     assert len(records) == 23 and len({r["record_id"] for r in records}) == 23
     assert {"file_name", "file_idx", "origin_data", "prompt", "model_response", "extracted_answer"} <= set(records[0])

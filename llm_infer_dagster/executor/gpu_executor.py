@@ -86,7 +86,7 @@ class GpuStepHandler(StepHandler):
             *(["--timeout", str(self.lease_timeout)] if self.lease_timeout else []),
             "--", *step_command(ctx.execute_step_args.get_command_args()),
         ]  # fmt: skip
-        proc = subprocess.Popen(command, env=dict(os.environ))
+        proc = _start_step_process(command)
         self._procs[(run_id, step_key)] = proc
         yield DagsterEvent.step_worker_starting(
             ctx.get_step_context(step_key),
@@ -110,6 +110,22 @@ class GpuStepHandler(StepHandler):
             except subprocess.TimeoutExpired:
                 proc.kill()
         yield from ()
+
+
+STEP_LOG_ENV = "LLM_INFER_STEP_LOG"
+
+
+def _start_step_process(command: list[str]) -> subprocess.Popen[bytes]:
+    """Start a step process; with ``LLM_INFER_STEP_LOG`` set (``llm-infer`` sets it), its output goes there.
+
+    A terminal user of ``llm-infer`` watches a progress bar, not every step process's Dagster debug lines; the
+    Dagster UI and that file keep them all.
+    """
+    log_path = os.environ.get(STEP_LOG_ENV)
+    if not log_path:
+        return subprocess.Popen(command, env=dict(os.environ))
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(command, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
 
 
 class GpuExecutor(StepDelegatingExecutor):
