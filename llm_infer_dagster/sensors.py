@@ -94,9 +94,14 @@ def build_missing_shards_schedule(bundle: TaskAssets) -> ScheduleDefinition:
         context: ScheduleEvaluationContext, settings: InferenceSettings
     ) -> list[RunRequest] | SkipReason:
         instance = context.instance
-        active = instance.get_runs(RunsFilter(job_name=bundle.job.name, statuses=ACTIVE), limit=1)
+        # The task's job, or a UI materialization / backfill run (``__ASSET_JOB``) of any of its assets.
+        active = [
+            r
+            for r in instance.get_runs(RunsFilter(statuses=ACTIVE))
+            if r.job_name == bundle.job.name or any(k.path[0] == task.dagster_name for k in r.asset_selection or ())
+        ]
         if active:
-            return SkipReason(f"run {active[0].run_id} of {bundle.job.name} is still going")
+            return SkipReason(f"run {active[0].run_id} of task {task.name} is still going")
         manifest = ShardManifest.load(settings.store(task.name))
         if manifest is None:
             return SkipReason("no shards registered yet (the new-shards sensor or llm-infer registers them)")

@@ -87,8 +87,8 @@ def _settings(configs: Path, data: Path, out: Path, model: str, **kw: object) ->
 def test_four_assets_over_a_range_load_the_model_once(instance, task_setup, tmp_path, tiny_model_path):
     configs, data = task_setup
     task = load_task(configs, "demo")
-    bundle = build_task_assets(task)
     settings = _settings(configs, data, tmp_path / "out", tiny_model_path)
+    bundle = build_task_assets(task, settings)
     store = settings.store("demo")
     reg = register_shards(instance, task, store, str(data), shard_size=4)
     keys = registered_keys(instance, task)
@@ -171,8 +171,8 @@ def test_answers_rematerialize_without_the_model(instance, task_setup, tmp_path)
     """answers reads completions from disk and calls extract_answer; it never needs a model."""
     configs, data = task_setup
     task = load_task(configs, "demo")
-    bundle = build_task_assets(task)
     settings = _settings(configs, data, tmp_path / "out", "/nonexistent/model")
+    bundle = build_task_assets(task, settings)
     store = settings.store("demo")
     register_shards(instance, task, store, str(data), shard_size=4)
     key = registered_keys(instance, task)[0]
@@ -214,8 +214,8 @@ def test_completions_fails_before_loading_a_model_when_prompts_are_missing(
 ):
     configs, data = task_setup
     task = load_task(configs, "demo")
-    bundle = build_task_assets(task)
     settings = _settings(configs, data, tmp_path / "out", tiny_model_path)
+    bundle = build_task_assets(task, settings)
     register_shards(instance, task, settings.store("demo"), str(data), shard_size=4)
     key = registered_keys(instance, task)[0]
     comp = [a for a in bundle.assets if a.key.path[-1] == "completions"]
@@ -223,7 +223,36 @@ def test_completions_fails_before_loading_a_model_when_prompts_are_missing(
         comp, partition_key=key, instance=instance, resources={"settings": settings}, raise_on_error=False
     )
     assert not result.success
+    assert "prompts are not materialized" in _failure_messages(result)
     assert not (tmp_path / "out" / "logs" / "workers").exists()  # no worker (no model) was started
+
+
+def test_a_run_with_another_model_than_the_code_location_is_refused(instance, task_setup, tmp_path, tiny_model_path):
+    """Code versions are fixed at load: a run naming another model would be recorded under the wrong one."""
+    configs, data = task_setup
+    task = load_task(configs, "demo")
+    loaded = _settings(configs, data, tmp_path / "out", tiny_model_path)
+    bundle = build_task_assets(task, loaded)
+    register_shards(instance, task, loaded.store("demo"), str(data), shard_size=4)
+    key = registered_keys(instance, task)[0]
+    other = _settings(configs, data, tmp_path / "out", str(tmp_path / "another-model"))
+    for name, run_settings in (("completions", other), ("raw", _settings(configs, data, tmp_path / "out",
+                                                                          tiny_model_path, limit=2))):  # fmt: skip
+        asset = [a for a in bundle.assets if a.key.path[-1] == name]
+        result = materialize(
+            asset, partition_key=key, instance=instance, resources={"settings": run_settings}, raise_on_error=False
+        )
+        assert not result.success
+        assert "differ from those the code location was loaded with" in _failure_messages(result), name
+    assert not (tmp_path / "out" / "logs" / "workers").exists()  # refused before any model was loaded
+
+
+def _failure_messages(result) -> str:
+    failures = [e.step_failure_data for e in result.all_events if e.is_step_failure and e.step_failure_data]
+    return "\n".join(
+        ((f.user_failure_data.description or "") if f.user_failure_data else "") + (f.error.message if f.error else "")
+        for f in failures
+    )
 
 
 def test_every_example_task_builds_assets_and_jobs():

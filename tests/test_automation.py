@@ -18,11 +18,14 @@ from dagster import (
     AssetKey,
     AssetMaterialization,
     DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
     SensorResult,
     SkipReason,
     build_schedule_context,
     build_sensor_context,
 )
+from dagster._core.utils import make_new_run_id
 from tests_support import CONFIGS, REPO, cli_env, instance_at, llm_infer, write_qa_input
 
 from llm_infer_dagster.assets.factory import build_task_assets
@@ -127,6 +130,17 @@ def test_schedule_requests_exactly_the_missing_shards(setup) -> None:
         )
     )
     assert isinstance(done, SkipReason)
+
+    # A UI materialization of the task's assets runs as __ASSET_JOB: the schedule must wait for it too.
+    ui_run = DagsterRun(job_name="__ASSET_JOB", run_id=make_new_run_id(), status=DagsterRunStatus.STARTED,
+                        asset_selection=frozenset({bundle.key("completions")}))  # fmt: skip
+    instance.add_run(ui_run)
+    busy = schedule(
+        build_schedule_context(
+            instance=instance, scheduled_execution_time=datetime.now(UTC), resources={"settings": settings}
+        )
+    )
+    assert isinstance(busy, SkipReason) and ui_run.run_id in str(busy.skip_message)
 
 
 @pytest.mark.slow

@@ -95,16 +95,11 @@ def engine_spec(settings: InferenceSettings, choice: ModelChoice | None = None) 
     return spec
 
 
-def build_task_assets(task: TaskConfig, settings: InferenceSettings | None = None) -> TaskAssets:
-    """The four assets, the task job and the shard-registration job of one task.
-
-    ``settings`` (default: from the environment) name the model whose identity goes into the completions
-    asset's code version.
-    """
-    settings = settings or InferenceSettings.from_env()
+def code_versions(task: TaskConfig, settings: InferenceSettings) -> dict[str | None, dict[str, str]]:
+    """Each asset's code version, for the run's model (``None``) and each named model of the task."""
     models: dict[str | None, ModelChoice] = {None: ModelChoice(model_path=settings.model_path or "")}
     models.update(task.settings.models)
-    versions = {
+    return {
         model: task_code_versions(
             task.module,
             task.folder,
@@ -117,6 +112,38 @@ def build_task_assets(task: TaskConfig, settings: InferenceSettings | None = Non
         )  # fmt: skip
         for model, c in models.items()
     }
+
+
+def check_run_matches_code_version(
+    task: TaskConfig,
+    settings: InferenceSettings,
+    loaded: dict[str | None, dict[str, str]],
+    model: str | None,
+    asset: str,
+) -> None:
+    """Refuse a run whose settings would make results under another code version than the asset carries.
+
+    Code versions are fixed when the code location loads (from the ``LLM_INFER_*`` defaults). A run that
+    changed the model, dtype, context length or limit in its run config (the Launchpad) would otherwise be
+    recorded as made by the loaded settings, and Dagster would call those shards fresh.
+    """
+    if code_versions(task, settings)[model][asset] != loaded[model][asset]:
+        raise Failure(
+            f"this run's settings (model_path={settings.model_path!r}, model_type={settings.model_type!r}, "
+            f"dtype={settings.dtype!r}, max_model_len={settings.max_model_len}, limit={settings.limit}) differ "
+            f"from those the code location was loaded with, and they change what {task.name}/{asset} holds. "
+            "Set them as LLM_INFER_* variables and reload the code location (or use llm-infer), or list another "
+            "model under `models` in the task's task_settings.json"
+        )
+
+
+def build_task_assets(task: TaskConfig, settings: InferenceSettings | None = None) -> TaskAssets:
+    """The four assets, the task job and the shard-registration job of one task.
+
+    ``settings`` (default: from the environment) name the model whose identity goes into the completions
+    asset's code version.
+    """
+    versions = code_versions(task, settings or InferenceSettings.from_env())
     # single_run backfills are what make "materialize all" load the model once; Dagster marks them beta.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BetaWarning)
@@ -150,6 +177,7 @@ def _build_task_assets(task: TaskConfig, all_versions: dict[str | None, dict[str
         **common,
     )
     def raw(context: AssetExecutionContext, settings: InferenceSettings) -> MaterializeResult:
+        check_run_matches_code_version(task, settings, all_versions, None, "raw")  # --limit is in raw's version
         store = settings.store(task.name)
         manifest = manifest_for(store)
         shards = [manifest.shard(k) for k in context.partition_keys]
@@ -261,6 +289,7 @@ def _build_task_assets(task: TaskConfig, all_versions: dict[str | None, dict[str
             **common,
         )
         def completions(context: AssetExecutionContext, settings: InferenceSettings) -> MaterializeResult:
+            check_run_matches_code_version(task, settings, all_versions, model, "completions")
             spec = engine_spec(settings, task.settings.models.get(model) if model else None)
             if spec.model_type == "hf":
                 check_hf_supported(task.sampling_params)
