@@ -164,9 +164,11 @@ def test_daemon_registers_and_materializes_a_new_file_without_rerunning_old_shar
     env = cli_env(DAGSTER_HOME=str(out / ".dagster"), LLM_INFER_TASK_CONFIGS=str(configs), LLM_INFER_TASKS="qa_regex",
                   LLM_INFER_OUTPUT=str(out), LLM_INFER_MODEL_PATH=tiny_model_path, LLM_INFER_MODEL_TYPE="hf",
                   LLM_INFER_USE_CPU="1")  # fmt: skip
-    daemon = subprocess.Popen([sys.executable, "-m", "dagster._daemon", "run", "-w", str(REPO / "workspace.yaml")],
-                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True)  # fmt: skip
+    daemon_log = tmp_path / "daemon.log"  # a file, not a pipe nobody reads: a full pipe would stall the daemon
+    with daemon_log.open("wb") as log:
+        daemon = subprocess.Popen([sys.executable, "-m", "dagster._daemon", "run", "-w", str(REPO / "workspace.yaml")],
+                                  cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)  # fmt: skip
     try:
         write_qa_input(data, files=2, rows=4)  # a new file lands: part-001.jsonl
         answers = AssetKey(["qa_regex", "answers"])
@@ -175,11 +177,13 @@ def test_daemon_registers_and_materializes_a_new_file_without_rerunning_old_shar
             keys = instance.get_dynamic_partitions("qa_regex_shards")
             if len(keys) == 4 and instance.get_materialized_partitions(answers) == set(keys):
                 break
-            assert daemon.poll() is None, "dagster-daemon exited"
+            assert daemon.poll() is None, f"dagster-daemon exited:\n{daemon_log.read_text()[-3000:]}"
             time.sleep(2)
         keys = instance.get_dynamic_partitions("qa_regex_shards")
         assert keys[:2] == old_keys and len(keys) == 4
-        assert instance.get_materialized_partitions(answers) == set(keys), "new shards were not materialized"
+        assert instance.get_materialized_partitions(answers) == set(keys), (
+            f"new shards were not materialized; daemon log tail:\n{daemon_log.read_text()[-3000:]}"
+        )
         new_records = instance.fetch_materializations(comp, limit=10000).records
         rerun = {r.partition_key for r in new_records[: len(new_records) - old_count]}
         assert rerun == set(keys[2:])  # only the new file's shards ran
