@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 from llm_infer_dagster.engines.base import Completion
 from llm_infer_dagster.engines.spec import EngineSpec
 from llm_infer_dagster.errors import SettingsError
+from llm_infer_dagster.executor.leases import GpuLeaser
 from llm_infer_dagster.workers.completions import COMPLETION_SCHEMA
 from llm_infer_dagster.workers.gpus import split_gpus, visible_gpu_ids
 from llm_infer_dagster.workers.pool import ShardJob, ShardResult, WorkerPool
@@ -335,6 +337,8 @@ class FakeEngine:
             raise RuntimeError(f"boom on {arg}")
         if mode == "dead":
             raise EngineDeadError("engine core died")
+        if mode == "sleep":
+            time.sleep(float(arg))
         if mode == "fork-and-die":
             child = os.fork()
             if child == 0:  # as a forked vLLM EngineCore would: holds the message pipe, outlives the worker
@@ -425,6 +429,31 @@ def test_a_worker_that_dies_while_its_child_holds_the_pipe_is_still_reaped(tmp_p
     while pid_alive(grandchild) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not pid_alive(grandchild)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_workers_hold_the_steps_gpu_lease_until_they_exit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step killed with kill -9 drops its own lock descriptors at once; its workers (which hold the GPU
+    memory) inherit the lease, so the GPU is not handed out again before they are gone."""
+    lock_dir = tmp_path / "locks"
+    lease = GpuLeaser(["g0"], lock_dir).acquire(1)
+    monkeypatch.setenv("LLM_INFER_GPU_LEASE_FDS", ",".join(map(str, lease.fds)))
+    jobs = make_jobs(tmp_path, 1)
+    loaded = threading.Event()
+    pool = fake_pool(tmp_path, "sleep:3", [])
+    pool.on_message = lambda _i, m: loaded.set() if m["type"] == "loaded" else None
+    results: list = []
+    runner = threading.Thread(target=lambda: results.extend(pool.run(jobs)))
+    runner.start()
+    assert loaded.wait(30)
+    lease.release()  # as if the step process were gone: only the worker still holds the lock
+    assert GpuLeaser(["g0"], lock_dir).try_acquire(1) is None
+    runner.join(30)
+    assert [r.ok for r in results] == [True]
+    again = GpuLeaser(["g0"], lock_dir).try_acquire(1)  # the worker has exited: the GPU is free
+    assert again is not None
+    again.release()
 
 
 def test_a_worker_whose_parent_is_already_gone_goes_down_at_once() -> None:

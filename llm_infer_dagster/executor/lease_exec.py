@@ -2,7 +2,9 @@
 
 Takes a GPU lease, puts the leased ids in ``CUDA_VISIBLE_DEVICES`` (empty for a CPU step), then ``exec``s the
 step command. The lease's lock descriptors survive the exec, so the step process itself holds its GPUs until
-it exits, however it exits. It also asks to be killed when its parent (the run) dies.
+it exits, however it exits; their numbers go in ``LLM_INFER_GPU_LEASE_FDS`` so its engine workers inherit them
+and the GPUs stay leased until the last process using them is gone. It also asks to be killed when its
+parent (the run) dies.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import os
 import signal
 import sys
 
-from llm_infer_dagster.executor.leases import GpuLeaser
+from llm_infer_dagster.executor.leases import LEASE_FDS_ENV, GpuLeaser
 from llm_infer_dagster.process_tree import set_parent_death_signal
 
 
@@ -42,9 +44,11 @@ def main(argv: list[str] | None = None) -> None:
             ),
         )
         env["CUDA_VISIBLE_DEVICES"] = ",".join(lease.gpu_ids)
+        env[LEASE_FDS_ENV] = ",".join(str(fd) for fd in lease.fds)  # the step's workers inherit these
         print(f"{args.label}: leased GPU(s) {env['CUDA_VISIBLE_DEVICES']}", file=sys.stderr, flush=True)
     else:
         env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU step sees no GPU
+        env.pop(LEASE_FDS_ENV, None)
     os.execvpe(command[0], command, env)
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 from llm_infer_dagster.errors import SettingsError
 
 DEFAULT_LOCK_DIR = "/tmp/llm-infer-gpu-locks"
+# The step process's lease descriptors, so the engine workers it starts hold the lease too (lease_exec sets it).
+LEASE_FDS_ENV = "LLM_INFER_GPU_LEASE_FDS"
 
 
 @dataclass
@@ -110,6 +112,23 @@ class GpuLeaser:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"no {n} free GPUs among {','.join(self.gpu_ids)} after {timeout} s")
             time.sleep(poll_seconds)
+
+
+def inherited_lease_fds() -> list[int]:
+    """The lease descriptors this process was given (``LLM_INFER_GPU_LEASE_FDS``) that are open here.
+
+    A worker process keeps them open until it exits: a step killed with ``kill -9`` frees its GPUs only once
+    its workers, which hold the GPU memory, are gone too.
+    """
+    fds = []
+    for part in os.environ.get(LEASE_FDS_ENV, "").split(","):
+        if part.strip().isdigit():
+            try:
+                os.fstat(int(part))
+            except OSError:
+                continue
+            fds.append(int(part))
+    return fds
 
 
 def _open_lock(path: Path) -> int:

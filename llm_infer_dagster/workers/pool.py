@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from llm_infer_dagster.engines.spec import EngineSpec
+from llm_infer_dagster.executor.leases import inherited_lease_fds
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ class WorkerPool:
                 stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                pass_fds=(write_fd,),
+                pass_fds=(write_fd, *inherited_lease_fds()),  # the GPU lease lives as long as the worker
                 env=env,
                 text=True,
                 start_new_session=True,  # its own process group: the worker takes its engine's processes down
