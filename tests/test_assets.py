@@ -4,6 +4,7 @@ the real HF engine on the tiny model."""
 from __future__ import annotations
 
 import json
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance, Definitions, materialize
 
 from llm_infer_dagster.assets.factory import build_task_assets
+from llm_infer_dagster.engines.spec import has_chat_template
 from llm_infer_dagster.registry import register_shards, registered_keys
 from llm_infer_dagster.settings import InferenceSettings
 from llm_infer_dagster.tasks.loader import load_task
@@ -245,6 +247,29 @@ def test_a_run_with_another_model_than_the_code_location_is_refused(instance, ta
         assert not result.success
         assert "differ from those the code location was loaded with" in _failure_messages(result), name
     assert not (tmp_path / "out" / "logs" / "workers").exists()  # refused before any model was loaded
+
+
+def test_chat_prompts_for_a_model_without_a_chat_template_fail_before_loading_it(
+    instance, task_setup, tmp_path, tiny_model_path
+):
+    configs, data = task_setup
+    plain_model = tmp_path / "no-template"
+    shutil.copytree(tiny_model_path, plain_model)
+    (plain_model / "chat_template.jinja").unlink(missing_ok=True)
+    cfg = plain_model / "tokenizer_config.json"
+    cfg.write_text(json.dumps({k: v for k, v in json.loads(cfg.read_text()).items() if k != "chat_template"}))
+    assert has_chat_template(str(plain_model)) is False and has_chat_template(tiny_model_path) is True
+
+    task = load_task(configs, "demo")
+    settings = _settings(configs, data, tmp_path / "out", str(plain_model))
+    bundle = build_task_assets(task, settings)
+    register_shards(instance, task, settings.store("demo"), str(data), shard_size=4)
+    key = registered_keys(instance, task)[0]  # its row 3 is a chat prompt
+    result = materialize(bundle.assets[:3], partition_key=key, instance=instance, resources={"settings": settings},
+                         raise_on_error=False)  # fmt: skip
+    assert not result.success
+    assert "has no chat template" in _failure_messages(result)
+    assert not (tmp_path / "out" / "logs" / "workers").exists()  # no worker (no model) was started
 
 
 def _failure_messages(result) -> str:

@@ -38,7 +38,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 
 from llm_infer_dagster.assets.metadata import error_summary, preview
 from llm_infer_dagster.assets.provenance import provenance_tags
-from llm_infer_dagster.engines.spec import EngineSpec
+from llm_infer_dagster.engines.spec import EngineSpec, has_chat_template
 from llm_infer_dagster.executor.gpu_executor import GPU_TAG, gpu_executor
 from llm_infer_dagster.exports import export_shard
 from llm_infer_dagster.registry import input_key, manifest_for, partitions_def_for, register_shards
@@ -309,6 +309,12 @@ def _build_task_assets(task: TaskConfig, all_versions: dict[str | None, dict[str
                 raise Failure(
                     f"prompts are not materialized for shard(s) {', '.join(missing[:5])}: "
                     f"materialize {name}/prompts for them first"
+                )
+            chat = [k for k in keys if store.read_frame("prompts", k)["is_chat"].any()]
+            if chat and has_chat_template(spec.model_path) is False:  # before any model is loaded
+                raise Failure(
+                    f"format_prompt of task {task.name} returned chat messages (shard {chat[0]}), but the model at "
+                    f"{spec.model_path} has no chat template; return a string from format_prompt or use a chat model"
                 )
 
             def on_message(worker: int, msg: dict) -> None:

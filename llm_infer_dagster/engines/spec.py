@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from llm_infer_dagster.engines.base import Engine
@@ -26,6 +28,23 @@ class EngineSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EngineSpec:
         return cls(**data)
+
+
+def has_chat_template(model_path: str) -> bool | None:
+    """Whether a local model folder ships a chat template (None: cannot tell), read from its files alone.
+
+    Lets a chat-message task fail before a model is loaded, instead of once per shard after.
+    """
+    folder = Path(model_path)
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    config = folder / "tokenizer_config.json"
+    if not config.is_file():
+        return None
+    try:
+        return bool(json.loads(config.read_text(encoding="utf-8")).get("chat_template"))
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def load_engine(spec: EngineSpec) -> Engine:
