@@ -257,13 +257,11 @@ def _stale_shards(
     from dagster import AssetKey
 
     from llm_infer_dagster.definitions import defs  # built for this task with this command's settings
-    from llm_infer_dagster.staleness import stale_keys, stale_resolver
+    from llm_infer_dagster.staleness import stale_resolver, stale_shards
 
     resolver = stale_resolver(instance, defs.resolve_asset_graph())
-    model_chain = [AssetKey([name, a]) for a in ("raw", "prompts", "completions")]
-    stale_comp = stale_keys(resolver, model_chain, [k for k in keys if k in done_comp])
-    stale_answers = stale_keys(resolver, [AssetKey([name, "answers"])], [k for k in done_answers - stale_comp])
-    return stale_comp, stale_answers
+    chain = [AssetKey([name, a]) for a in ("raw", "prompts", "completions")]
+    return stale_shards(resolver, chain, AssetKey([name, "answers"]), keys, done_comp, done_answers)
 
 
 def _launch(

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dagster import (
     AssetKey,
     AssetObservation,
+    DagsterInstance,
     DagsterRunStatus,
     DefaultScheduleStatus,
     DefaultSensorStatus,
@@ -28,12 +29,13 @@ from dagster import (
     schedule,
     sensor,
 )
+from dagster._core.definitions.data_version import CachingStaleStatusResolver
 
 from llm_infer_dagster.assets.factory import TaskAssets
 from llm_infer_dagster.registry import ShardManifest, input_observations, partitions_def_for, sync_manifest
 from llm_infer_dagster.settings import InferenceSettings
-from llm_infer_dagster.staleness import stale_keys, stale_resolver
-from llm_infer_dagster.tasks.planning import plan_runs
+from llm_infer_dagster.staleness import stale_resolver, stale_shards
+from llm_infer_dagster.tasks.planning import RunPlan, plan_runs
 
 ACTIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
 
@@ -79,7 +81,6 @@ def build_shard_sensor(bundle: TaskAssets) -> SensorDefinition:
 
 def build_missing_shards_schedule(bundle: TaskAssets) -> ScheduleDefinition:
     task = bundle.task
-    answers, completions = bundle.key("answers"), bundle.key("completions")
 
     @schedule(
         name=f"{task.dagster_name}_missing_shards",
@@ -106,23 +107,34 @@ def build_missing_shards_schedule(bundle: TaskAssets) -> ScheduleDefinition:
         if manifest is None:
             return SkipReason("no shards registered yet (the new-shards sensor or llm-infer registers them)")
         keys = manifest.runnable(instance.get_dynamic_partitions(partitions_def_for(task).name or ""))
-        done_comp = instance.get_materialized_partitions(completions)
-        done_answers = instance.get_materialized_partitions(answers)
         graph = Definitions(assets=bundle.all_assets, resources={"settings": settings}).resolve_asset_graph()
         resolver = stale_resolver(instance, graph)
-        chain = [bundle.key("raw"), bundle.key("prompts"), completions]
-        stale_comp = stale_keys(resolver, chain, [k for k in keys if k in done_comp])
-        stale_answers = stale_keys(resolver, [answers], [k for k in keys if k in done_answers and k not in stale_comp])
-        plans = plan_runs(keys, done_comp, done_answers, stale_completions=stale_comp, stale_answers=stale_answers)
-        if not plans:
-            return SkipReason("every shard is answered and up to date")
-        return [
+        requests = [
             RunRequest(
-                run_key=f"{context.scheduled_execution_time}:{p.first}..{p.last}:{len(p.assets)}",
-                tags={**p.tags, "llm_infer/launched_by": "schedule"},
-                asset_selection=[AssetKey([task.dagster_name, a]) for a in p.assets],
+                run_key=f"{context.scheduled_execution_time}:{model or ''}:{p.first}..{p.last}:{len(selection)}",
+                tags={**p.tags, "llm_infer/launched_by": "schedule", "llm_infer/model": model or "default"},
+                asset_selection=selection,
             )
-            for p in plans
+            for model in (None, *task.settings.models)  # the run's model, then each named model of the task
+            for p, selection in _model_plans(bundle, model, instance, resolver, keys)
         ]
+        return requests or SkipReason("every shard is answered and up to date, for every model")
 
     return missing_shards
+
+
+def _model_plans(
+    bundle: TaskAssets,
+    model: str | None,
+    instance: DagsterInstance,
+    resolver: CachingStaleStatusResolver,
+    keys: list[str],
+) -> list[tuple[RunPlan, list[AssetKey]]]:
+    """The runs that bring one model's completions and answers up to date, with their asset selections."""
+    comp, ans = bundle.model_key("completions", model), bundle.model_key("answers", model)
+    done_comp, done_answers = instance.get_materialized_partitions(comp), instance.get_materialized_partitions(ans)
+    chain = [bundle.key("raw"), bundle.key("prompts"), comp]
+    stale_comp, stale_answers = stale_shards(resolver, chain, ans, keys, done_comp, done_answers)
+    plans = plan_runs(keys, done_comp, done_answers, stale_completions=stale_comp, stale_answers=stale_answers)
+    full = [bundle.key("raw"), bundle.key("prompts"), comp, ans]
+    return [(p, full if "completions" in p.assets else [ans]) for p in plans]

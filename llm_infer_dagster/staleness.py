@@ -7,7 +7,7 @@ with other settings is never silently kept. The UI's "Materialize stale" uses th
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from dagster import AssetKey, DagsterInstance
 from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
@@ -24,6 +24,24 @@ def stale_resolver(instance: DagsterInstance, asset_graph: BaseAssetGraph) -> Ca
         asset_graph=asset_graph,
     )
     return CachingStaleStatusResolver(instance=instance, asset_graph=asset_graph, loading_context=view)
+
+
+def stale_shards(
+    resolver: CachingStaleStatusResolver,
+    chain: Iterable[AssetKey],
+    answers: AssetKey,
+    keys: Iterable[str],
+    done_completions: Collection[str],
+    done_answers: Collection[str],
+) -> tuple[set[str], set[str]]:
+    """(shards to redo in full: any of ``chain`` (raw, prompts, completions) stale; shards to re-extract only).
+
+    Only materialized shards are asked about: a missing one is planned as missing anyway.
+    """
+    keys = list(keys)
+    full = stale_keys(resolver, chain, [k for k in keys if k in done_completions])
+    extract = stale_keys(resolver, [answers], [k for k in keys if k in done_answers and k not in full])
+    return full, extract
 
 
 def stale_keys(resolver: CachingStaleStatusResolver, assets: Iterable[AssetKey], keys: Iterable[str]) -> set[str]:

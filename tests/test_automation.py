@@ -143,6 +143,32 @@ def test_schedule_requests_exactly_the_missing_shards(setup) -> None:
     assert isinstance(busy, SkipReason) and ui_run.run_id in str(busy.skip_message)
 
 
+def test_schedule_also_backfills_the_tasks_named_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "data"
+    write_qa_input(data, files=1, rows=3)
+    qwen = {"model_path": str(tmp_path / "qwen"), "model_type": "hf"}
+    configs = _task_copy(tmp_path, {"input_path": str(data), "shard_size": 2, "models": {"qwen": qwen}})
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    bundle = build_task_assets(load_task(configs, "qa_regex"))
+    settings = InferenceSettings(task_configs=str(configs), output_dir=str(tmp_path / "out"))
+    with DagsterInstance.get() as instance:
+        _tick(build_shard_sensor(bundle), instance, settings)
+        keys = instance.get_dynamic_partitions("qa_regex_shards")
+        for k in keys:  # the run's model is done; the named model never ran
+            for a in ("raw", "prompts", "completions", "answers"):
+                instance.report_runless_asset_event(AssetMaterialization(bundle.key(a), partition=k))
+        context = build_schedule_context(
+            instance=instance, scheduled_execution_time=datetime.now(UTC), resources={"settings": settings}
+        )
+        requests = build_missing_shards_schedule(bundle)(context)
+        assert [(r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"],
+                 r.tags["llm_infer/model"], sorted("/".join(k.path) for k in r.asset_selection)) for r in requests] == [
+            (keys[0], keys[-1], "qwen", ["qa_regex/prompts", "qa_regex/qwen/answers", "qa_regex/qwen/completions",
+                                         "qa_regex/raw"])
+        ]  # fmt: skip
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_daemon_registers_and_materializes_a_new_file_without_rerunning_old_shards(tmp_path, tiny_model_path):

@@ -68,6 +68,10 @@ class TaskAssets:
     def key(self, asset_name: str) -> AssetKey:
         return AssetKey([self.task.dagster_name, asset_name])
 
+    def model_key(self, asset_name: str, model: str | None) -> AssetKey:
+        """completions/answers of the run's model (``None``) or of a named model of the task."""
+        return self.key(asset_name) if model is None else AssetKey([self.task.dagster_name, model, asset_name])
+
     @property
     def all_assets(self) -> list[AssetsDefinition | AssetSpec]:
         """What a ``Definitions`` needs: the observed input, then the materializable assets."""
