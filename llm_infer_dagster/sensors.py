@@ -34,7 +34,7 @@ from dagster._core.definitions.data_version import CachingStaleStatusResolver
 from llm_infer_dagster.assets.factory import TaskAssets
 from llm_infer_dagster.registry import ShardManifest, input_observations, partitions_def_for, sync_manifest
 from llm_infer_dagster.settings import InferenceSettings
-from llm_infer_dagster.staleness import stale_resolver, stale_shards
+from llm_infer_dagster.staleness import stale_keys, stale_resolver, stale_shards
 from llm_infer_dagster.tasks.planning import RunPlan, plan_runs
 
 ACTIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
@@ -136,5 +136,15 @@ def _model_plans(
     chain = [bundle.key("raw"), bundle.key("prompts"), comp]
     stale_comp, stale_answers = stale_shards(resolver, chain, ans, keys, done_comp, done_answers)
     plans = plan_runs(keys, done_comp, done_answers, stale_completions=stale_comp, stale_answers=stale_answers)
-    full = [bundle.key("raw"), bundle.key("prompts"), comp, ans]
-    return [(p, full if "completions" in p.assets else [ans]) for p in plans]
+    # Prompts that are there and up to date (made for another model) are not made again.
+    prep = [bundle.key("raw"), bundle.key("prompts")]
+    done_prompts = instance.get_materialized_partitions(bundle.key("prompts"))
+    ready = set(done_prompts) - stale_keys(resolver, prep, [k for k in keys if k in done_prompts])
+
+    def selection(p: RunPlan) -> list[AssetKey]:
+        if "completions" not in p.assets:
+            return [ans]
+        shards = keys[keys.index(p.first) : keys.index(p.last) + 1]
+        return [comp, ans] if ready.issuperset(shards) else [*prep, comp, ans]
+
+    return [(p, selection(p)) for p in plans]
