@@ -121,9 +121,10 @@ class _Progress:
 
     def _update(self) -> None:
         done = self.instance.get_materialized_partitions(self.asset_key, after_cursor=self.cursor) & set(self.rows)
-        if sum(self.rows[k] for k in done) != self.bar.n:
+        rows_done = sum(self.rows[k] for k in done)
+        if rows_done != self.bar.n:
             self.bar.set_postfix_str(f"shards {len(done)}/{len(self.rows)}", refresh=False)
-            self.bar.update(sum(self.rows[k] for k in done) - self.bar.n)
+            self.bar.update(rows_done - self.bar.n)
 
     def _poll(self) -> None:
         while not self._stop.wait(0.5):
