@@ -6,6 +6,7 @@ engine vs plain ``model.generate``) and check structure and token counts, never 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -302,3 +303,26 @@ def test_checkpoint_sampling_defaults_are_ignored(tiny_model_path: str, tmp_path
     finally:
         eng.close()
         plain.close()
+
+
+def test_code_in_the_model_folder_runs_only_when_trusted(tmp_path: Path, tiny_model_path: str) -> None:
+    """trust_remote_code is off by default: a model folder's own Python (auto_map) is never imported."""
+    folder = tmp_path / "model-with-code"
+    shutil.copytree(tiny_model_path, folder)
+    marker = tmp_path / "REMOTE_CODE_RAN"
+    (folder / "custom_config.py").write_text(
+        "import pathlib\n"
+        f"pathlib.Path({str(marker)!r}).write_text('ran')\n"
+        "from transformers import LlamaConfig\n\n\n"
+        "class CustomConfig(LlamaConfig):\n"
+        "    pass\n"
+    )
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "custom_config.CustomConfig"}
+    (folder / "config.json").write_text(json.dumps(config))
+
+    HFEngine(str(folder)).close()  # the default: loads as the plain Llama it says it is
+    assert not marker.exists()
+    with contextlib.suppress(SettingsError):  # whether the custom class then loads does not matter here
+        HFEngine(str(folder), trust_remote_code=True).close()
+    assert marker.read_text() == "ran"  # asked for: the folder's code did run (so the check above means something)
