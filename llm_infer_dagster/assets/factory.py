@@ -314,7 +314,9 @@ def _build_task_assets(task: TaskConfig, all_versions: dict[str | None, dict[str
                     f"prompts are not materialized for shard(s) {', '.join(missing[:5])}: "
                     f"materialize {name}/prompts for them first"
                 )
-            chat = [k for k in keys if store.read_frame("prompts", k)["is_chat"].any()]
+            chat = [
+                k for k in keys if pl.read_parquet(store.shard_path("prompts", k), columns=["is_chat"])["is_chat"].any()
+            ]
             if chat and has_chat_template(spec.model_path) is False:  # before any model is loaded
                 raise Failure(
                     f"format_prompt of task {task.name} returned chat messages (shard {chat[0]}), but the model at "
