@@ -109,6 +109,10 @@ def build_missing_shards_schedule(bundle: TaskAssets) -> ScheduleDefinition:
         keys = manifest.runnable(instance.get_dynamic_partitions(partitions_def_for(task).name or ""))
         graph = Definitions(assets=bundle.all_assets, resources={"settings": settings}).resolve_asset_graph()
         resolver = stale_resolver(instance, graph)
+        # Prompts that are there and up to date (made for another model, or earlier) are not made again.
+        done_prompts = instance.get_materialized_partitions(bundle.key("prompts"))
+        prep = [bundle.key("raw"), bundle.key("prompts")]
+        ready = done_prompts - stale_keys(resolver, prep, [k for k in keys if k in done_prompts])
         requests = [
             RunRequest(
                 run_key=f"{context.scheduled_execution_time}:{model or ''}:{p.first}..{p.last}:{len(selection)}",
@@ -116,7 +120,7 @@ def build_missing_shards_schedule(bundle: TaskAssets) -> ScheduleDefinition:
                 asset_selection=selection,
             )
             for model in (None, *task.settings.models)  # the run's model, then each named model of the task
-            for p, selection in _model_plans(bundle, model, instance, resolver, keys)
+            for p, selection in _model_plans(bundle, model, instance, resolver, keys, ready)
         ]
         return requests or SkipReason("every shard is answered and up to date, for every model")
 
@@ -129,17 +133,18 @@ def _model_plans(
     instance: DagsterInstance,
     resolver: CachingStaleStatusResolver,
     keys: list[str],
+    ready: set[str],
 ) -> list[tuple[RunPlan, list[AssetKey]]]:
-    """The runs that bring one model's completions and answers up to date, with their asset selections."""
+    """The runs that bring one model's completions and answers up to date, with their asset selections.
+
+    ``ready``: shards whose raw and prompts are materialized and fresh; a run over only those skips them.
+    """
     comp, ans = bundle.model_key("completions", model), bundle.model_key("answers", model)
     done_comp, done_answers = instance.get_materialized_partitions(comp), instance.get_materialized_partitions(ans)
     chain = [bundle.key("raw"), bundle.key("prompts"), comp]
     stale_comp, stale_answers = stale_shards(resolver, chain, ans, keys, done_comp, done_answers)
     plans = plan_runs(keys, done_comp, done_answers, stale_completions=stale_comp, stale_answers=stale_answers)
-    # Prompts that are there and up to date (made for another model) are not made again.
     prep = [bundle.key("raw"), bundle.key("prompts")]
-    done_prompts = instance.get_materialized_partitions(bundle.key("prompts"))
-    ready = set(done_prompts) - stale_keys(resolver, prep, [k for k in keys if k in done_prompts])
 
     def selection(p: RunPlan) -> list[AssetKey]:
         if "completions" not in p.assets:
