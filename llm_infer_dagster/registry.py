@@ -19,6 +19,7 @@ from dagster import AssetKey, AssetObservation, DagsterInstance, DynamicPartitio
 from dagster._core.definitions.data_version import DATA_VERSION_IS_USER_PROVIDED_TAG, DATA_VERSION_TAG
 
 from llm_infer_dagster.errors import TaskConfigError
+from llm_infer_dagster.event_batches import report_runless_asset_events
 from llm_infer_dagster.store import ASSETS, TaskStore, atomic_write_json
 from llm_infer_dagster.tasks.loader import TaskConfig, to_json
 from llm_infer_dagster.tasks.sharding import (
@@ -254,8 +255,7 @@ def register_shards(
     reg, to_add = sync_manifest(instance, task, store, input_path, shard_size=shard_size, tasks=tasks, recut=recut)
     if to_add:
         instance.add_dynamic_partitions(_pdef_name(task), to_add)
-    for event in input_observations(task, reg):
-        instance.report_runless_asset_event(event)
+    report_runless_asset_events(instance, input_observations(task, reg))  # one transaction per 500 shards
     return reg
 
 
