@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         "\nSee it in the Dagster UI:\n"
         f"  DAGSTER_HOME={here / 'output' / '.dagster'} LLM_INFER_OUTPUT={here / 'output'} "
         f"LLM_INFER_MODEL_PATH={model.resolve()} LLM_INFER_MODEL_TYPE=hf LLM_INFER_USE_CPU=1 "
-        "dagster dev -w workspace.yaml"
+        "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS=1 dagster dev -w workspace.yaml"
     )
     return code
 

@@ -36,10 +36,10 @@ def test_two_models_run_side_by_side_without_overwriting(tmp_path: Path, tiny_mo
                           model_path=tiny_model_path, model_type="hf", use_cpu=True)  # fmt: skip
     task = load_task(configs, "qa_regex")
     bundle = build_task_assets(task, s)
-    keys_by_name = {"/".join(a.key.path) for a in bundle.assets}
+    keys_by_name = {"/".join(k.path) for a in bundle.assets for k in a.keys}
     assert keys_by_name == {"qa_regex/raw", "qa_regex/prompts", "qa_regex/completions", "qa_regex/answers",
                             "qa_regex/qwen/completions", "qa_regex/qwen/answers"}  # fmt: skip
-    versions = {"/".join(a.key.path): a.code_versions_by_key[a.key] for a in bundle.assets}
+    versions = {"/".join(k.path): v for a in bundle.assets for k, v in a.code_versions_by_key.items()}
     assert versions["qa_regex/completions"] != versions["qa_regex/qwen/completions"]
 
     with DagsterInstance.get() as instance:

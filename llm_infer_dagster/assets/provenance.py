@@ -1,19 +1,22 @@
-"""Data-provenance tags for the per-shard materializations a step logs while it is still running.
+"""Data-provenance tags for the per-shard materializations the streaming step logs as each shard lands.
 
-Dagster tags the materializations it emits at the end of a step with the asset's code version and the data
-versions of its inputs; that is what its stale status compares. ``completions`` also logs each shard the moment
-it lands (so a killed run keeps it). Without the same tags such a shard would have no provenance and would
-look fresh forever, even after the model or the prompt changed. This computes them exactly as Dagster does
-(``dagster._core.execution.plan.execute_step``: internals, hence the pinned Dagster minor version).
+Dagster's stale status compares a materialization's tags with what is current: its code version, and per
+parent the data version it was made from plus an event pointer (the storage id up to which the parent's
+records were seen). Dagster writes these itself only for outputs returned at the end of a step, and for a
+step over a range of partitions it records one combined input version for the whole range. The step logs
+each shard itself instead, the moment it is written, so it computes the same tags per shard, exactly as
+Dagster computes them (``compute_logical_data_version``; the tag names are Dagster's), with the pointer taken
+after the parent's own record was written. These are ``dagster._core`` names: the project pins the minor.
 """
 
 from __future__ import annotations
 
-from dagster import AssetExecutionContext, AssetKey
+from collections.abc import Mapping
+
+from dagster import AssetKey, DataVersion
 from dagster._core.definitions.data_version import (
     CODE_VERSION_TAG,
     DATA_VERSION_TAG,
-    DEFAULT_DATA_VERSION,
     NULL_EVENT_POINTER,
     compute_logical_data_version,
     get_input_data_version_tag,
@@ -21,20 +24,21 @@ from dagster._core.definitions.data_version import (
 )
 
 
-def provenance_tags(context: AssetExecutionContext, asset_key: AssetKey) -> dict[str, str]:
-    """The tags Dagster would put on a materialization of ``asset_key`` made by this step now."""
-    step = context.op_execution_context._step_execution_context  # noqa: SLF001 - Dagster gives no public hook
-    asset = step.job_def.asset_layer.get(asset_key)
-    code_version = asset.code_version or step.dagster_run.run_id
-    tags: dict[str, str] = {CODE_VERSION_TAG: code_version}
-    inputs = {}
-    for dep in asset.parent_keys:
-        info = step.maybe_fetch_and_get_input_asset_version_info(dep)
-        version = (info.data_version if info else None) or DEFAULT_DATA_VERSION
-        inputs[dep] = version
-        tags[get_input_data_version_tag(dep)] = version.value
-        tags[get_input_event_pointer_tag(dep)] = (
-            str(info.storage_id) if info and info.storage_id else NULL_EVENT_POINTER
-        )
-    tags[DATA_VERSION_TAG] = compute_logical_data_version(code_version, inputs).value
-    return tags
+def shard_version(code_version: str, inputs: Mapping[AssetKey, DataVersion]) -> DataVersion:
+    """The data version Dagster gives a materialization made by ``code_version`` from ``inputs``."""
+    return compute_logical_data_version(code_version, dict(inputs))
+
+
+def shard_tags(
+    code_version: str, inputs: Mapping[AssetKey, DataVersion], pointer: int | None
+) -> tuple[DataVersion, dict[str, str]]:
+    """(data version, tags) of one shard's materialization made by ``code_version`` from ``inputs``.
+
+    ``pointer``: a storage id at or after every parent record the shard was made from (``None`` if none).
+    """
+    version = shard_version(code_version, inputs)
+    tags = {CODE_VERSION_TAG: code_version, DATA_VERSION_TAG: version.value}
+    for dep, dep_version in inputs.items():
+        tags[get_input_data_version_tag(dep)] = dep_version.value
+        tags[get_input_event_pointer_tag(dep)] = str(pointer) if pointer else NULL_EVENT_POINTER
+    return version, tags

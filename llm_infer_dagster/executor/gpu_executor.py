@@ -12,9 +12,10 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
-from dagster import Field, Noneable, executor
+from dagster import AssetKey, Field, Noneable, executor
 from dagster._core.definitions.executor_definition import multiple_process_executor_requirements
 from dagster._core.events import DagsterEvent
 from dagster._core.execution.context.system import PlanOrchestrationContext
@@ -34,8 +35,14 @@ from llm_infer_dagster.workers.gpus import visible_gpu_ids
 GPU_TAG = "llm_infer/gpus"
 
 
-def gpus_needed(step_tags: Mapping[str, str], run_config: Mapping[str, Any]) -> int:
-    """How many GPUs a step needs, from its tag and the run's settings resource config."""
+def gpus_needed(
+    step_tags: Mapping[str, str], run_config: Mapping[str, Any], asset_selection: AbstractSet[AssetKey] | None = None
+) -> int:
+    """How many GPUs a step needs, from its tag and the run's settings resource config.
+
+    ``settings`` steps need none when the run selects no ``completions`` asset (re-extraction, or making
+    prompts only): they run no model.
+    """
     tag = step_tags.get(GPU_TAG)
     if tag is None:
         return 0
@@ -43,6 +50,8 @@ def gpus_needed(step_tags: Mapping[str, str], run_config: Mapping[str, Any]) -> 
         return int(tag)
     if tag != "settings":
         raise ValueError(f"tag {GPU_TAG}={tag!r} must be a number or 'settings'")
+    if asset_selection is not None and not any(k.path[-1] == "completions" for k in asset_selection):
+        return 0
     configured = ((run_config.get("resources") or {}).get("settings") or {}).get("config") or {}
     cfg = {**env_defaults(), **configured}
     return 0 if cfg["use_cpu"] else int(cfg["workers"]) * int(cfg["tensor_parallel_size"])
@@ -77,7 +86,7 @@ class GpuStepHandler(StepHandler):
     def launch_step(self, step_handler_context: StepHandlerContext) -> Iterator[DagsterEvent]:
         ctx = step_handler_context
         run_id, step_key = self._key(ctx)
-        need = gpus_needed(ctx.step_tags[step_key], ctx.dagster_run.run_config)
+        need = gpus_needed(ctx.step_tags[step_key], ctx.dagster_run.run_config, ctx.dagster_run.asset_selection)
         self.leaser.check_need(need)  # more than the host has: fail now, not after waiting forever
         command = [
             sys.executable, "-m", "llm_infer_dagster.executor.lease_exec",
@@ -140,9 +149,9 @@ class GpuExecutor(StepDelegatingExecutor):
         self.gpu_step_handler = step_handler
 
     def execute(self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan) -> Iterator[DagsterEvent]:
-        run_config = plan_context.dagster_run.run_config
+        run = plan_context.dagster_run
         for step in execution_plan.get_steps_to_execute_in_topo_order():  # a SettingsError here: no step ran
-            self.gpu_step_handler.leaser.check_need(gpus_needed(step.tags, run_config))
+            self.gpu_step_handler.leaser.check_need(gpus_needed(step.tags, run.run_config, run.asset_selection))
         yield from super().execute(plan_context, execution_plan)
 
 

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -145,11 +145,19 @@ class WorkerPool:
         except (BrokenPipeError, OSError):
             pass  # it died; run() notices (EOF on its message pipe, or its exit)
 
-    def run(self, jobs: Sequence[ShardJob]) -> Iterator[ShardResult]:
-        queue = deque(jobs)
-        if not queue:
+    def run(self, jobs: Iterable[ShardJob], count: int | None = None) -> Iterator[ShardResult]:
+        """Yield one ShardResult per job as shards finish.
+
+        ``jobs`` may be lazy (a generator that makes each shard's prompts): a job is taken when a worker asks
+        for one, and made ahead whenever no worker has anything to say (while the engines load, and while they
+        generate), so the engines never wait for prompts that could have been made already. ``count`` (or
+        ``len(jobs)``) caps how many workers start.
+        """
+        feed = _Feed(jobs)
+        total = count if count is not None else (len(jobs) if isinstance(jobs, Sized) else None)
+        if total == 0 or not feed.peek():
             return
-        started = [self._start(i) for i in range(min(self.workers, len(queue)))]
+        started = [self._start(i) for i in range(min(self.workers, total or self.workers))]
         sel = selectors.DefaultSelector()
         for w in started:
             sel.register(w.msgs, selectors.EVENT_READ, w)
@@ -157,20 +165,23 @@ class WorkerPool:
         next_poll = time.monotonic() + POLL_SECONDS
         try:
             while live:
-                events = sel.select(timeout=POLL_SECONDS)
+                events = sel.select(timeout=0 if feed.can_make else POLL_SECONDS)
                 for key, _ in events:
                     w: _Worker = key.data
-                    if (yield from self._pump(w, queue)):  # EOF: the worker exited
+                    if (yield from self._pump(w, feed)):  # EOF: the worker exited
                         yield from self._retire(w, sel, live)
-                if not events or time.monotonic() >= next_poll:
+                made = not events and feed.can_make
+                if made:
+                    feed.make_one()  # nobody is waiting on us: make the next shard's prompts now
+                if (not events and not made) or time.monotonic() >= next_poll:
                     # EOF alone misses a worker whose child (a forked engine process) still holds its pipe open.
                     next_poll = time.monotonic() + POLL_SECONDS
                     for w in [w for w in live.values() if w.proc.poll() is not None]:
                         w.stopping = True  # it is gone: a last 'ready' it wrote gets no shard
-                        yield from self._pump(w, queue)  # what it wrote before exiting
+                        yield from self._pump(w, feed)  # what it wrote before exiting
                         yield from self._retire(w, sel, live)
             reasons = "; ".join(dict.fromkeys(w.exit_reason for w in started if w.exit_reason))
-            for job in queue:  # every worker died before the queue drained
+            while (job := feed.pop()) is not None:  # every worker died before the queue drained
                 yield ShardResult(
                     job.key,
                     -1,
@@ -185,7 +196,7 @@ class WorkerPool:
                 with contextlib.suppress(OSError):
                     w.msgs.close()
 
-    def _pump(self, w: _Worker, queue: deque[ShardJob]) -> Generator[ShardResult, None, bool]:
+    def _pump(self, w: _Worker, queue: _Feed) -> Generator[ShardResult, None, bool]:
         """Handle every message the worker has written so far, without blocking; True at EOF."""
         eof = False
         while True:
@@ -208,12 +219,12 @@ class WorkerPool:
         del live[w.index]
         yield from self._reap(w)
 
-    def _handle(self, w: _Worker, msg: dict[str, Any], queue: deque[ShardJob]) -> Iterator[ShardResult]:
+    def _handle(self, w: _Worker, msg: dict[str, Any], queue: _Feed) -> Iterator[ShardResult]:
         kind = msg.get("type")
         self.on_message(w.index, msg)
         if kind == "ready":
-            if queue and not w.stopping:
-                job = queue.popleft()
+            job = None if w.stopping else queue.pop()
+            if job is not None:
                 w.inflight.append(job.key)
                 self._send(w, {"type": "job", "shard": job.key, "prompts": job.prompts, "output": job.output})
             elif not w.stopping:
@@ -253,6 +264,36 @@ class WorkerPool:
         if w.fatal or code != 0:
             w.exit_reason = why
             self.on_message(w.index, {"type": "exited", "code": code, "error": why, "log": str(w.log_path)})
+
+
+class _Feed:
+    """Jobs taken in order from a (possibly lazy) iterable, some made ahead of need."""
+
+    def __init__(self, jobs: Iterable[ShardJob]) -> None:
+        self._jobs = iter(jobs)
+        self._made: deque[ShardJob] = deque()
+        self._exhausted = False
+
+    @property
+    def can_make(self) -> bool:
+        return not self._exhausted
+
+    def make_one(self) -> None:
+        if self._exhausted:
+            return
+        try:
+            self._made.append(next(self._jobs))
+        except StopIteration:
+            self._exhausted = True
+
+    def peek(self) -> bool:
+        """True if there is at least one job (making it if need be)."""
+        if not self._made:
+            self.make_one()
+        return bool(self._made)
+
+    def pop(self) -> ShardJob | None:
+        return self._made.popleft() if self.peek() else None
 
 
 POLL_SECONDS = 1.0  # how often the pool checks for workers that exited without closing their pipe

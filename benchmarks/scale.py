@@ -1,0 +1,243 @@
+"""How `llm-infer` behaves as a job grows: registration, time to the first completions shard, per-shard
+bookkeeping, the whole run, a no-op resume, and peak RSS per process.
+
+    python benchmarks/scale.py --rows 1000000 --files 100 [--shard-size 512] [--full-run] \
+        [--model-type hf] [--work-dir /tmp/scale-bench] [--overhead-rows 400]
+
+Everything runs through the real command (`python -m llm_infer_dagster`) on a task folder written into the
+work dir (JSON Lines of questions, a string prompt, a regex answer) with a tiny random-weight model built
+locally, on the embedded sqlite instance under the output dir. The steps, each on its own output dir:
+
+- registration: `--plan_only` on a fresh output dir (reads every file, cuts shards, records partitions and
+  input observations);
+- first shard: then the real run on that registered output, timed from start until the first completions
+  Parquet file is in place; without `--full-run` the run is then killed (SIGKILL of its process group: the
+  platform's crash guarantees make that safe) and the other steps are skipped;
+- run: with `--full-run`, until the command exits; then resume: the same command again (nothing to do);
+- overhead: `--overhead-rows` rows as one-row shards vs the same rows as one shard, both with one new token per
+  row; (wall one-row - wall one-shard) / (rows - 1) is the bookkeeping cost of one shard.
+
+Peak RSS is sampled (psutil, every 0.2 s) for every process of the command's tree, grouped by role (the CLI,
+step processes, engine workers). Prints one JSON line, then a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+
+TASK_CONFIG = '''"""Benchmark task: JSON Lines of questions; extract_answer parses 'answer is N'."""
+import json
+import os
+import re
+
+ANSWER_RE = re.compile(r"answer is\\s*(-?\\d+)")
+
+
+def get_file_list(input_path):
+    return sorted(os.path.join(input_path, f) for f in os.listdir(input_path) if f.endswith(".jsonl"))
+
+
+def read_file(file_path):
+    with open(file_path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def format_prompt(org_data):
+    return "Question: " + org_data["question"] + "\\nAnswer:"
+
+
+def extract_answer(model_response):
+    m = ANSWER_RE.search(model_response)
+    return int(m.group(1)) if m else None
+'''
+
+
+def write_task(configs: Path, max_tokens: int) -> None:
+    folder = configs / "bench"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "task_config.py").write_text(TASK_CONFIG)
+    (folder / "sampling_params.json").write_text(json.dumps({"temperature": 0, "max_tokens": max_tokens}))
+
+
+def write_input(path: Path, rows: int, files: int) -> Path:
+    """``rows`` rows over ``files`` JSONL files (reused when already there)."""
+    marker = path / ".done"
+    if marker.is_file():
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    per_file = -(-rows // files)
+    written = 0
+    for f in range(files):
+        n = min(per_file, rows - written)
+        with (path / f"part-{f:04d}.jsonl").open("w") as fh:
+            for i in range(n):
+                fh.write(json.dumps({"question": f"What is {f} + {i}?", "gold": f + i}) + "\n")
+        written += n
+    marker.write_text(str(rows))
+    return path
+
+
+def role(cmdline: list[str]) -> str:
+    line = " ".join(cmdline)
+    if "workers.worker" in line:
+        return "worker"
+    if "execute_step" in line:
+        return "step"
+    if "lease_exec" in line:
+        return "lease wrapper"
+    if "llm_infer_dagster" in line:
+        return "cli"
+    return "engine/other"
+
+
+class RssSampler:
+    """Peak RSS per process of a process tree, by role."""
+
+    def __init__(self, pid: int) -> None:
+        self.root = psutil.Process(pid)
+        self.peak: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                procs = [self.root, *self.root.children(recursive=True)]
+            except psutil.Error:
+                continue
+            for p in procs:
+                try:
+                    r, rss = role(p.cmdline()), p.memory_info().rss
+                except psutil.Error:
+                    continue
+                self.peak[r] = max(self.peak.get(r, 0), rss)
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        return {k: round(v / 2**20, 1) for k, v in sorted(self.peak.items())}
+
+
+def llm_infer_cmd(args: argparse.Namespace, configs: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    cmd = [
+        sys.executable, "-m", "llm_infer_dagster", "--no_progress", "--task_name", "bench",
+        "--config_path", str(configs), "--input_path", str(data), "--output_path", str(out),
+        "--model_path", str(args.model), "--model_type", args.model_type, "--use_cpu", "--dtype", "float32",
+    ]  # fmt: skip
+    if args.model_type == "vllm":
+        cmd += ["--model_args", json.dumps({"enforce_eager": True, "kv_cache_memory_bytes": 1 << 30})]
+    return [*cmd, *extra]
+
+
+def env() -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_INFER_", "DAGSTER_HOME"))}
+    e["CUDA_VISIBLE_DEVICES"] = ""
+    return e
+
+
+def timed(cmd: list[str], *, until: Path | None = None, kill_at_until: bool = False) -> dict[str, Any]:
+    """Run ``cmd``; wall time, time until a file appears under ``until`` (if given), peak RSS by role."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+    sampler = RssSampler(proc.pid)
+    output: list[bytes] = []
+    reader = threading.Thread(target=lambda: output.extend(proc.stdout or []), daemon=True)
+    reader.start()
+    first: float | None = None
+    while proc.poll() is None:
+        if until is not None and first is None and until.is_dir() and any(until.glob("*.parquet")):
+            first = time.perf_counter() - t0
+            if kill_at_until:
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+        time.sleep(0.05)
+    proc.wait()
+    wall = time.perf_counter() - t0
+    reader.join(timeout=5)
+    rss = sampler.stop()
+    text = b"".join(output).decode(errors="replace")
+    if proc.returncode not in (0, -signal.SIGKILL):
+        raise SystemExit(f"command failed (rc {proc.returncode}): {' '.join(cmd)}\n{text[-3000:]}")
+    return {"wall_s": round(wall, 2), "first_shard_s": round(first, 2) if first else None, "rss_mb": rss,
+            "last_line": text.strip().splitlines()[-1] if text.strip() else ""}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--files", type=int, default=100)
+    ap.add_argument("--shard-size", type=int, default=512)
+    ap.add_argument("--max-tokens", type=int, default=4)
+    ap.add_argument("--model-type", choices=["hf", "vllm"], default="hf")
+    ap.add_argument("--work-dir", type=Path, default=Path("/tmp/scale-bench"))
+    ap.add_argument("--full-run", action="store_true", help="run to the end, then time a no-op resume")
+    ap.add_argument("--overhead-rows", type=int, default=0, help="also measure per-shard cost with this many rows")
+    args = ap.parse_args()
+
+    from llm_infer_dagster.testing.tiny_model import build_tiny_model
+
+    work = args.work_dir.resolve()
+    args.model = build_tiny_model(work / "model")
+    configs = work / "configs"
+    write_task(configs, args.max_tokens)
+    data = write_input(work / f"input-{args.rows}-{args.files}", args.rows, args.files)
+    tag = f"{args.rows}-{args.files}-{args.shard_size}-{args.model_type}"
+    out = work / f"out-{tag}-{int(time.time())}"
+    size = ["--shard_size", str(args.shard_size)]
+    result: dict[str, Any] = {
+        "rows": args.rows, "files": args.files, "shard_size": args.shard_size, "model_type": args.model_type,
+        "shards": -(-args.rows // args.files // args.shard_size) * args.files if args.rows >= args.files else 1,
+        "machine": f"{platform.machine()} {os.cpu_count()} vCPU, {psutil.virtual_memory().total / 2**30:.0f} GiB",
+        "load_before": os.getloadavg()[0],
+    }  # fmt: skip
+    result["registration"] = timed(llm_infer_cmd(args, configs, data, out, "--plan_only", *size))
+    comp_dir = out / "bench" / "completions"
+    result["first_shard"] = timed(llm_infer_cmd(args, configs, data, out, *size), until=comp_dir,
+                                  kill_at_until=not args.full_run)  # fmt: skip
+    if args.full_run:
+        result["resume"] = timed(llm_infer_cmd(args, configs, data, out, *size))
+    if args.overhead_rows:
+        small = write_input(work / f"input-{args.overhead_rows}-1", args.overhead_rows, 1)
+        write_task(configs, 1)
+        one_row = timed(llm_infer_cmd(args, configs, small, work / f"out-1row-{int(time.time())}", "--shard_size", "1"))
+        one_shard = timed(
+            llm_infer_cmd(args, configs, small, work / f"out-1shard-{int(time.time())}", "--shard_size",
+                          str(args.overhead_rows))
+        )  # fmt: skip
+        write_task(configs, args.max_tokens)
+        result["overhead"] = {
+            "one_row_shards": one_row, "one_shard": one_shard,
+            "per_shard_ms": round((one_row["wall_s"] - one_shard["wall_s"]) / (args.overhead_rows - 1) * 1000, 1),
+        }  # fmt: skip
+    result["load_after"] = os.getloadavg()[0]
+    print(json.dumps(result))
+    print(f"\n{args.rows} rows in {args.files} files, shards of {args.shard_size} ({result['shards']} shards), "
+          f"{args.model_type}; load {result['load_before']:.2f} -> {result['load_after']:.2f}")  # fmt: skip
+    for name in ("registration", "first_shard", "resume"):
+        r = result.get(name)
+        if r:
+            print(f"  {name:<13} wall {r['wall_s']:>8.2f} s  first shard {r['first_shard_s']}  rss {r['rss_mb']}")
+    if "overhead" in result:
+        o = result["overhead"]
+        print(f"  per-shard bookkeeping: {o['per_shard_ms']} ms ({args.overhead_rows} one-row shards "
+              f"{o['one_row_shards']['wall_s']} s vs one shard {o['one_shard']['wall_s']} s)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,353 @@
+"""The streaming step behind a task's assets: each shard flows raw -> prompts -> completions -> answers.
+
+One Dagster step covers the run's shards and the selected assets. The engine workers start first; while
+they load and while they generate, the next shards' raw rows and prompts are made (``WorkerPool`` takes them
+lazily), so the engine never waits for a prompt that could exist already. A shard's answers are extracted
+the moment its completions land. Each shard of each asset is recorded in Dagster as soon as its Parquet
+file is in place (with the provenance tags Dagster's stale status reads), so a killed run keeps every shard it
+finished and nothing is recorded twice. Pure row transforms live in ``transforms.py``; this module reads,
+writes and reports.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+from dagster import AssetExecutionContext, AssetKey, AssetMaterialization, DataVersion, Failure
+from dagster._core.definitions.data_version import DATA_VERSION_TAG, DEFAULT_DATA_VERSION
+from dagster._core.events import DagsterEventType
+
+from llm_infer_dagster.assets.metadata import error_summary, preview
+from llm_infer_dagster.assets.provenance import shard_tags
+from llm_infer_dagster.engines.spec import EngineSpec, has_chat_template
+from llm_infer_dagster.exports import export_shard
+from llm_infer_dagster.registry import ShardManifest, manifest_for
+from llm_infer_dagster.settings import InferenceSettings
+from llm_infer_dagster.store import TaskStore
+from llm_infer_dagster.tasks.loader import TaskConfig
+from llm_infer_dagster.transforms import answers_frame, prompts_frame, raw_frame
+from llm_infer_dagster.workers.gpus import split_gpus, visible_gpu_ids
+from llm_infer_dagster.workers.pool import ShardJob, ShardResult, WorkerPool
+
+
+@dataclass
+class ModelTarget:
+    """The completions/answers pair of one model of the task, and whether this step makes each."""
+
+    name: str | None  # None: the run's model
+    completions: AssetKey
+    answers: AssetKey
+    versions: Mapping[str, str]  # asset name -> code version
+    spec: EngineSpec | None  # None when this step runs no model for it
+    make_completions: bool
+    make_answers: bool
+
+
+@dataclass
+class _Versions:
+    """Per asset, per shard: the data version Dagster has (or is about to have) for it."""
+
+    by_asset: dict[AssetKey, dict[str, DataVersion]] = field(default_factory=dict)
+
+    def get(self, asset: AssetKey, key: str) -> DataVersion:
+        return self.by_asset.get(asset, {}).get(key, DEFAULT_DATA_VERSION)
+
+    def set(self, asset: AssetKey, key: str, version: DataVersion) -> None:
+        self.by_asset.setdefault(asset, {})[key] = version
+
+
+class ShardPipeline:
+    """Runs the selected assets of one task over the step's shards. ``run()`` does it all, in one step."""
+
+    def __init__(
+        self,
+        context: AssetExecutionContext,
+        task: TaskConfig,
+        settings: InferenceSettings,
+        *,
+        keys: Mapping[str, AssetKey],  # "input", "raw", "prompts"
+        versions: Mapping[str, str],  # code versions of raw and prompts
+        targets: list[ModelTarget],
+        make_raw: bool,
+        make_prompts: bool,
+    ) -> None:
+        self.context, self.task, self.settings = context, task, settings
+        self.keys, self.versions, self.targets = keys, versions, targets
+        self.make_raw, self.make_prompts = make_raw, make_prompts
+        self.store: TaskStore = settings.store(task.name)
+        self.shard_keys = list(context.partition_keys)
+        self.data_versions = _Versions()
+        self.failed: dict[str, str] = {}
+        self.instance = context.instance
+
+    # -- reporting -------------------------------------------------------------------------------------------
+
+    def _pointer(self) -> int | None:
+        """A storage id at or after every record written so far: what a shard made now was made from."""
+        return self.instance.event_log_storage.get_maximum_record_id()
+
+    def _record(
+        self, asset: AssetKey, shard: str, code_version: str, parent: AssetKey, pointer: int | None, md: dict
+    ) -> None:
+        """Log one shard of ``asset`` as materialized now, made from ``parent``'s shard by ``code_version``."""
+        version, tags = shard_tags(code_version, {parent: self.data_versions.get(parent, shard)}, pointer)
+        self.data_versions.set(asset, shard, version)
+        self.context.log_event(AssetMaterialization(asset_key=asset, partition=shard, metadata=md, tags=tags))
+
+    def _load_versions(self, asset: AssetKey, observed: bool = False) -> None:
+        """What Dagster recorded for ``asset``'s shards before this step (one query for all of them)."""
+        kind = DagsterEventType.ASSET_OBSERVATION if observed else DagsterEventType.ASSET_MATERIALIZATION
+        tags = self.instance.event_log_storage.get_latest_tags_by_partition(
+            asset, kind, [DATA_VERSION_TAG], asset_partitions=self.shard_keys
+        )
+        for shard, t in tags.items():
+            if DATA_VERSION_TAG in t:
+                self.data_versions.set(asset, shard, DataVersion(t[DATA_VERSION_TAG]))
+
+    # -- the step --------------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        log = self.context.log
+        manifest = manifest_for(self.store)
+        for shard in self.shard_keys:
+            manifest.shard(shard)  # every shard is registered: fail before any work otherwise
+        self._load_versions(self.keys["input"], observed=True)
+        for asset, made_here in ((self.keys["raw"], self.make_raw), (self.keys["prompts"], self.make_prompts)):
+            if not made_here:
+                self._load_versions(asset)
+        for t in self.targets:
+            if t.make_answers and not t.make_completions:
+                self._load_versions(t.completions)
+        self._preflight()
+
+        t0 = time.perf_counter()
+        prep = self._prepare(manifest) if (self.make_raw or self.make_prompts) else None
+        ran_model = False
+        for target in self.targets:
+            if target.make_completions:
+                jobs = prep if (prep is not None and not ran_model) else self._existing_prompts(target)
+                self._complete(target, jobs)
+                ran_model = True
+        if prep is not None and not ran_model:
+            for _ in prep:  # no model in this step: just make raw and prompts
+                pass
+        for target in self.targets:
+            if target.make_answers and not target.make_completions:
+                for shard in self.shard_keys:
+                    self._answer(target, shard, self.store.read_frame("completions", shard, target.name))
+        log.info(
+            f"step done: {len(self.shard_keys)} shard(s) in {time.perf_counter() - t0:.1f} s, {len(self.failed)} failed"
+        )
+        if self.failed:
+            raise Failure(
+                description=f"{len(self.failed)} of {len(self.shard_keys)} shard(s) failed: "
+                + "; ".join(f"{k}: {v.splitlines()[0]}" for k, v in list(self.failed.items())[:5]),
+                metadata={"failed_shards": ", ".join(self.failed)},
+            )
+
+    def _preflight(self) -> None:
+        """Checks that need no model, before any worker starts."""
+        name = self.task.dagster_name
+        if not self.make_prompts and any(t.make_completions for t in self.targets):
+            missing = [k for k in self.shard_keys if not self.store.has("prompts", k)]
+            if missing:
+                raise Failure(
+                    f"prompts are not materialized for shard(s) {', '.join(missing[:5])}: "
+                    f"materialize {name}/prompts for them first"
+                )
+        for t in self.targets:
+            if t.make_answers and not t.make_completions:
+                missing = [k for k in self.shard_keys if not self.store.has("completions", k, t.name)]
+                if missing:
+                    raise Failure(
+                        f"completions are not materialized for shard(s) {', '.join(missing[:5])}: "
+                        f"materialize {t.completions.to_user_string()} for them first"
+                    )
+        if not self.make_prompts:
+            for t in self.targets:
+                if t.make_completions and t.spec is not None:
+                    chat = next((k for k in self.shard_keys if self._is_chat(self._chat_column(k))), None)
+                    if chat is not None:
+                        self._check_chat_template(t.spec, chat)
+
+    def _chat_column(self, shard: str) -> pl.DataFrame:
+        return pl.read_parquet(self.store.shard_path("prompts", shard), columns=["is_chat"])
+
+    @staticmethod
+    def _is_chat(prompts: pl.DataFrame) -> bool:
+        return bool(prompts["is_chat"].any())
+
+    def _check_chat_template(self, spec: EngineSpec, shard: str) -> None:
+        if has_chat_template(spec.model_path) is False:
+            raise Failure(
+                f"format_prompt of task {self.task.name} returned chat messages (shard {shard}), but the model at "
+                f"{spec.model_path} has no chat template; return a string from format_prompt or use a chat model"
+            )
+
+    def _prepare(self, manifest: ShardManifest) -> Iterator[ShardJob]:
+        """Make raw and prompts shard by shard (one read per input file), recording each; yield its job."""
+        log, store = self.context.log, self.store
+        raw_key, prompts_key = self.keys["raw"], self.keys["prompts"]
+        cached: tuple[str, list[dict[str, Any]]] | None = None
+        checked_chat = False
+        first_model = next((t for t in self.targets if t.make_completions), None)
+        for shard_key in self.shard_keys:
+            s = manifest.shard(shard_key)
+            if self.make_raw:
+                pointer = self._pointer()
+                if cached is None or cached[0] != s.file:
+                    cached = (s.file, self.task.read_rows(s.file))
+                rows = cached[1]
+                if len(rows) < s.stop:
+                    log.warning(
+                        f"{s.file} now has {len(rows)} rows; shard {s.key} expected rows {s.start}..{s.stop}: "
+                        "the file changed since registration"
+                    )
+                raw = raw_frame(s, s.file, rows[s.start : s.stop], self.settings.limit)
+                store.write_frame("raw", s.key, raw)
+                store.log_shard(s.key, f"raw: {raw.height} rows from {s.file}[{s.start}:{s.stop}]")
+                self._record(raw_key, s.key, self.versions["raw"], self.keys["input"], pointer, {
+                    "rows": raw.height,
+                    "file": s.file,
+                    "row_range": f"{s.start}..{s.stop}",
+                    "preview": preview(raw, ["record_id", "data"]),
+                })  # fmt: skip
+            else:
+                raw = store.read_frame("raw", s.key)
+            if self.make_prompts:
+                pointer = self._pointer()
+                prompts = prompts_frame(raw, self.task.format_prompt)
+                store.write_frame("prompts", s.key, prompts)
+                n_err = int(prompts["error"].is_not_null().sum())
+                if n_err:
+                    log.warning(f"shard {s.key}: {n_err} prompt error(s): {error_summary(prompts['error'].to_list())}")
+                store.log_shard(s.key, f"prompts: {prompts.height} rows, {n_err} errors")
+                self._record(prompts_key, s.key, self.versions["prompts"], raw_key, pointer, {
+                    "rows": prompts.height,
+                    "errors": n_err,
+                    "chat_prompts": int(prompts["is_chat"].sum()),
+                    "preview": preview(prompts, ["record_id", "prompt", "error"]),
+                })  # fmt: skip
+                spec = first_model.spec if first_model is not None else None
+                if not checked_chat and spec is not None and self._is_chat(prompts):
+                    self._check_chat_template(spec, s.key)  # raises before the engine is used
+                    checked_chat = True
+            yield self._job(s.key, first_model)
+
+    def _job(self, shard: str, target: ModelTarget | None) -> ShardJob:
+        out = (
+            self.store.shard_path("completions", shard, target.name)
+            if target
+            else self.store.shard_path("completions", shard)
+        )
+        return ShardJob(shard, str(self.store.shard_path("prompts", shard)), str(out))
+
+    def _existing_prompts(self, target: ModelTarget) -> list[ShardJob]:
+        return [self._job(k, target) for k in self.shard_keys]
+
+    def _complete(self, target: ModelTarget, jobs: Iterator[ShardJob] | list[ShardJob]) -> None:
+        """Run the model over ``jobs``; record each shard's completions (and answers) as it lands."""
+        assert target.spec is not None
+        spec, log, settings = target.spec, self.context.log, self.settings
+        if self.make_prompts and not isinstance(jobs, list):
+            # The first shard is made before any worker starts: a chat task on a model without a chat
+            # template fails here, before a model loads, and the engine's first job is ready when it is.
+            jobs = _prime(jobs)
+        slices = (
+            None if settings.use_cpu else split_gpus(visible_gpu_ids(), settings.workers, settings.tensor_parallel_size)
+        )
+
+        def on_message(worker: int, msg: dict) -> None:
+            if msg["type"] == "loaded":
+                log.info(f"worker {worker}: model loaded in {msg['seconds']} s (pid {msg['pid']})")
+            elif msg["type"] == "exited":
+                log.error(f"worker {worker} stopped: {msg['error']} (log: {msg['log']})")
+
+        pool = WorkerPool(
+            spec,
+            self.task.sampling_params,
+            workers=settings.workers,
+            gpu_slices=slices,
+            log_dir=self.store.output_dir / "logs" / "workers" / self.context.run.run_id[:8],
+            on_message=on_message,
+        )
+        out_tokens, t0 = 0, time.perf_counter()
+        for r in pool.run(jobs, count=len(self.shard_keys)):
+            if not r.ok:
+                self.failed[r.key] = r.error or "unknown error"
+                log.error(f"shard {r.key} failed on worker {r.worker}: {r.error}")
+                self.store.log_shard(r.key, f"completions FAILED on worker {r.worker}: {r.error}")
+                continue
+            out_tokens += r.completion_tokens
+            self._landed(target, r)
+        elapsed = time.perf_counter() - t0
+        log.info(
+            f"model {target.name or 'default'}: {out_tokens} tokens out in {elapsed:.1f} s "
+            f"({out_tokens / elapsed if elapsed > 0 else 0:.0f} tok/s including engine start)"
+        )
+
+    def _landed(self, target: ModelTarget, r: ShardResult) -> None:
+        pointer = self._pointer()
+        comps = self.store.read_frame("completions", r.key, target.name)
+        self._record(target.completions, r.key, target.versions["completions"], self.keys["prompts"], pointer, {
+            "rows": r.rows,
+            "errors": r.errors,
+            "prompt_tokens": r.prompt_tokens,
+            "completion_tokens": r.completion_tokens,
+            "tokens_per_s": round(r.tokens_per_s, 1),
+            "seconds": r.seconds,
+            "worker": r.worker,
+            "gpus": r.gpus or "cpu",
+            "model": target.spec.model_path if target.spec else "",
+            "model_name": target.name or "default",
+            "preview": preview(comps, ["record_id", "response", "finish_reason", "error"]),
+        })  # fmt: skip
+        msg = (
+            f"shard {r.key}: {r.rows} rows, {r.errors} errors, {r.completion_tokens} tokens out, "
+            f"{r.tokens_per_s:.0f} tok/s on worker {r.worker} ({r.gpus or 'cpu'})"
+        )
+        self.context.log.info(msg)
+        self.store.log_shard(r.key, f"completions[{target.name or 'default'}]: " + msg)
+        if target.name is None:  # the seed's layout holds the run's model
+            export_shard(self.store, r.key, with_answers=False, save_text=False)
+        if target.make_answers:
+            self._answer(target, r.key, comps)
+
+    def _answer(self, target: ModelTarget, shard: str, comps: pl.DataFrame) -> None:
+        pointer = self._pointer()
+        df = answers_frame(comps, self.task.extract_answer)
+        self.store.write_frame("answers", shard, df, target.name)
+        if target.name is None:
+            export_shard(self.store, shard, with_answers=True, save_text=self.settings.save_text)
+        extracted = int(df["answer"].is_not_null().sum())
+        n_err = int(df["error"].is_not_null().sum())
+        if n_err:
+            self.context.log.warning(
+                f"shard {shard}: {n_err} row(s) without an answer: {error_summary(df['error'].to_list())}"
+            )
+        self.store.log_shard(shard, f"answers: {extracted}/{df.height} extracted, {n_err} errors")
+        self._record(target.answers, shard, target.versions["answers"], target.completions, pointer, {
+            "rows": df.height,
+            "extracted": extracted,
+            "errors": n_err,
+            "extraction_rate": round(extracted / df.height, 4) if df.height else 0.0,
+            "model_name": target.name or "default",
+            "preview": preview(df, ["record_id", "answer", "error"]),
+        })  # fmt: skip
+
+
+def _prime(jobs: Iterator[ShardJob]) -> Iterator[ShardJob]:
+    """``jobs`` with its first item already made."""
+    first = next(jobs, None)
+    if first is None:
+        return iter(())
+
+    def chained() -> Iterator[ShardJob]:
+        yield first
+        yield from jobs
+
+    return chained()
