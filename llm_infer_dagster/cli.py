@@ -268,11 +268,11 @@ def _stale_shards(
     from dagster import AssetKey
 
     from llm_infer_dagster.definitions import defs  # built for this task with this command's settings
-    from llm_infer_dagster.staleness import stale_resolver, stale_shards
+    from llm_infer_dagster.staleness import ChainVersions, stale_shards
 
-    resolver = stale_resolver(instance, defs.resolve_asset_graph())
+    versions = ChainVersions(instance, defs.resolve_asset_graph(), AssetKey([name, "input"]), keys)
     chain = [AssetKey([name, a]) for a in ("raw", "prompts", "completions")]
-    return stale_shards(resolver, chain, AssetKey([name, "answers"]), keys, done_comp, done_answers)
+    return stale_shards(versions, chain, AssetKey([name, "answers"]), keys, done_comp, done_answers)
 
 
 def _launch(

@@ -29,12 +29,11 @@ from dagster import (
     schedule,
     sensor,
 )
-from dagster._core.definitions.data_version import CachingStaleStatusResolver
 
 from llm_infer_dagster.assets.factory import TaskAssets
 from llm_infer_dagster.registry import ShardManifest, input_observations, partitions_def_for, sync_manifest
 from llm_infer_dagster.settings import InferenceSettings
-from llm_infer_dagster.staleness import stale_keys, stale_resolver, stale_shards
+from llm_infer_dagster.staleness import ChainVersions, stale_shards
 from llm_infer_dagster.tasks.planning import RunPlan, plan_runs
 
 ACTIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
@@ -108,11 +107,11 @@ def build_missing_shards_schedule(bundle: TaskAssets) -> ScheduleDefinition:
             return SkipReason("no shards registered yet (the new-shards sensor or llm-infer registers them)")
         keys = manifest.runnable(instance.get_dynamic_partitions(partitions_def_for(task).name or ""))
         graph = Definitions(assets=bundle.all_assets, resources={"settings": settings}).resolve_asset_graph()
-        resolver = stale_resolver(instance, graph)
+        versions = ChainVersions(instance, graph, bundle.input.key, keys)
         # Prompts that are there and up to date (made for another model, or earlier) are not made again.
         done_prompts = instance.get_materialized_partitions(bundle.key("prompts"))
-        prep = [bundle.key("raw"), bundle.key("prompts")]
-        ready = done_prompts - stale_keys(resolver, prep, [k for k in keys if k in done_prompts])
+        stale_prep = versions.stale([bundle.key("raw"), bundle.key("prompts")])
+        ready = done_prompts - stale_prep[bundle.key("raw")] - stale_prep[bundle.key("prompts")]
         requests = [
             RunRequest(
                 run_key=f"{context.scheduled_execution_time}:{model or ''}:{p.first}..{p.last}:{len(selection)}",
@@ -120,7 +119,7 @@ def build_missing_shards_schedule(bundle: TaskAssets) -> ScheduleDefinition:
                 asset_selection=selection,
             )
             for model in (None, *task.settings.models)  # the run's model, then each named model of the task
-            for p, selection in _model_plans(bundle, model, instance, resolver, keys, ready)
+            for p, selection in _model_plans(bundle, model, instance, versions, keys, ready)
         ]
         return requests or SkipReason("every shard is answered and up to date, for every model")
 
@@ -131,7 +130,7 @@ def _model_plans(
     bundle: TaskAssets,
     model: str | None,
     instance: DagsterInstance,
-    resolver: CachingStaleStatusResolver,
+    versions: ChainVersions,
     keys: list[str],
     ready: set[str],
 ) -> list[tuple[RunPlan, list[AssetKey]]]:
@@ -142,7 +141,7 @@ def _model_plans(
     comp, ans = bundle.model_key("completions", model), bundle.model_key("answers", model)
     done_comp, done_answers = instance.get_materialized_partitions(comp), instance.get_materialized_partitions(ans)
     chain = [bundle.key("raw"), bundle.key("prompts"), comp]
-    stale_comp, stale_answers = stale_shards(resolver, chain, ans, keys, done_comp, done_answers)
+    stale_comp, stale_answers = stale_shards(versions, chain, ans, keys, done_comp, done_answers)
     plans = plan_runs(keys, done_comp, done_answers, stale_completions=stale_comp, stale_answers=stale_answers)
     prep = [bundle.key("raw"), bundle.key("prompts")]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster import DagsterInstance
+from dagster import AssetKey, DagsterInstance
 
 from llm_infer_dagster.errors import SettingsError
 from llm_infer_dagster.executor.gpu_executor import gpus_needed, step_command
@@ -116,6 +116,10 @@ def test_gpus_needed_reads_the_run_settings() -> None:
     assert gpus_needed({"llm_infer/gpus": "3"}, {}) == 3
     run = {"resources": {"settings": {"config": {"workers": 2, "tensor_parallel_size": 2, "use_cpu": False}}}}
     assert gpus_needed({"llm_infer/gpus": "settings"}, run) == 4
+    tag = {"llm_infer/gpus": "settings"}
+    with_model = {AssetKey(["t", "prompts"]), AssetKey(["t", "qwen", "completions"])}
+    assert gpus_needed(tag, run, with_model) == 4
+    assert gpus_needed(tag, run, {AssetKey(["t", "answers"]), AssetKey(["t", "raw"])}) == 0  # no model runs
     run["resources"]["settings"]["config"]["use_cpu"] = True
     assert gpus_needed({"llm_infer/gpus": "settings"}, run) == 0
     with pytest.raises(ValueError, match="must be a number or 'settings'"):

@@ -17,11 +17,18 @@ from llm_infer_dagster.assets.factory import build_task_assets
 from llm_infer_dagster.registry import register_shards, registered_keys
 from llm_infer_dagster.sensors import build_missing_shards_schedule
 from llm_infer_dagster.settings import InferenceSettings
-from llm_infer_dagster.staleness import stale_keys, stale_resolver
+from llm_infer_dagster.staleness import ChainVersions, stale_keys, stale_resolver
 from llm_infer_dagster.tasks.loader import load_task
 from llm_infer_dagster.tasks.planning import ALL_ASSETS, plan_runs
 
 ASSETS = ("raw", "prompts", "completions", "answers")
+
+
+def batched(d: Definitions, instance: DagsterInstance, keys: list[str]) -> dict[str, set[str]]:
+    """What llm-infer and the schedule plan from: ChainVersions, one query per asset."""
+    versions = ChainVersions(instance, d.resolve_asset_graph(), AssetKey(["qa_regex", "input"]), keys)
+    stale = versions.stale([AssetKey(["qa_regex", a]) for a in ASSETS])
+    return {a: stale[AssetKey(["qa_regex", a])] for a in ASSETS}
 
 
 @pytest.mark.slow
@@ -53,6 +60,7 @@ def test_each_change_marks_exactly_the_right_assets_stale(tmp_path: Path, tiny_m
             for a, st in status(d, instance, k).items():
                 if st != StaleStatus.FRESH:
                     per_asset[a].add(k)
+        assert batched(d, instance, keys) == per_asset  # the planner's bulk read agrees with the UI's resolver
         return per_asset
 
     with DagsterInstance.get() as instance:
@@ -119,7 +127,9 @@ def test_a_new_row_makes_only_that_files_last_shard_stale_and_planning_redoes_it
 
         def stale_now() -> dict[str, set[str]]:
             resolver = stale_resolver(instance, d.resolve_asset_graph())
-            return {a: stale_keys(resolver, [bundle.key(a)], keys) for a in ASSETS}
+            now = {a: stale_keys(resolver, [bundle.key(a)], keys) for a in ASSETS}
+            assert batched(d, instance, keys) == now
+            return now
 
         assert stale_now() == {a: set() for a in ASSETS}
         with (data / "part-001.jsonl").open("a") as f:
@@ -167,3 +177,26 @@ def test_function_fingerprint_follows_helpers_and_constants(tmp_path: Path) -> N
     assert function_fingerprint(load(base.replace("PREFIX + x", "PREFIX + x.strip()")), ["format_prompt"]) != fp
     other = base + "def extract_answer(r):\n    return r\n"
     assert function_fingerprint(load(other), ["format_prompt"]) == fp  # an unrelated function does not count
+
+
+def test_stale_in_chain_compares_recorded_versions_with_what_current_code_derives() -> None:
+    from dagster import DataVersion
+    from dagster._core.definitions.data_version import compute_logical_data_version
+
+    from llm_infer_dagster.staleness import Link, stale_in_chain
+
+    inp, raw, prompts = AssetKey(["t", "input"]), AssetKey(["t", "raw"]), AssetKey(["t", "prompts"])
+
+    def v(code: str, parent: AssetKey, version: str) -> str:
+        return compute_logical_data_version(code, {parent: DataVersion(version)}).value
+
+    source = {"a": "rows-a", "b": "rows-b2", "c": "rows-c"}  # b's rows changed since raw was made
+    raw_rec = {"a": v("r1", inp, "rows-a"), "b": v("r1", inp, "rows-b1"), "c": v("r1", inp, "rows-c")}
+    prompts_rec = {k: v("p1", raw, raw_rec[k]) for k in ("a", "b")}  # c has no prompts yet
+    chain = [Link(raw, "r1", raw_rec), Link(prompts, "p1", prompts_rec)]
+    assert stale_in_chain(["a", "b", "c", "d"], inp, source, chain) == {raw: {"b"}, prompts: set()}
+    # A new prompt template: every recorded prompts shard is stale, raw is not.
+    chain = [Link(raw, "r1", raw_rec), Link(prompts, "p2", prompts_rec)]
+    assert stale_in_chain(["a", "b", "c"], inp, source, chain) == {raw: {"b"}, prompts: {"a", "b"}}
+    # An input with no observation counts as Dagster's default version.
+    assert stale_in_chain(["x"], inp, {}, [Link(raw, "r1", {"x": v("r1", inp, "INITIAL")})]) == {raw: set()}
