@@ -97,6 +97,7 @@ def _setup_logging(output: Path) -> None:
 
 
 PLANNED_EVENTS_ENV = "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"
+OLD_INSTANCE_YAML = "telemetry:\n  enabled: false\n"  # what llm-infer wrote before the pooled event log
 
 
 def _prepare_instance(output: Path) -> None:
@@ -107,12 +108,17 @@ def _prepare_instance(output: Path) -> None:
     each, before its first step starts. Dagster then does not mark a failed run's planned partitions as
     failed; the shards it did not finish simply stay missing, which is what they are.
     """
+    from llm_infer_dagster.sqlite_events import instance_yaml
+    from llm_infer_dagster.store import atomic_write_text
+
     os.environ.setdefault(PLANNED_EVENTS_ENV, "1")
     home = Path(os.environ.get("DAGSTER_HOME") or output / ".dagster").resolve()
     home.mkdir(parents=True, exist_ok=True)
     cfg = home / "dagster.yaml"
-    if not cfg.exists():
-        cfg.write_text("telemetry:\n  enabled: false\n", encoding="utf-8")
+    # A new instance (or one with the config earlier versions wrote) gets the pooled sqlite event log; a
+    # dagster.yaml written by anyone else is theirs and is left as it is.
+    if not cfg.exists() or cfg.read_text(encoding="utf-8") == OLD_INSTANCE_YAML:
+        atomic_write_text(cfg, instance_yaml(home))
     os.environ["DAGSTER_HOME"] = str(home)
 
 

@@ -62,11 +62,24 @@ def records_text(records: list[dict[str, Any]]) -> str:
     return "\n".join(parts)
 
 
-def export_shard(store: TaskStore, key: str, *, with_answers: bool, save_text: bool) -> None:
-    """Write results/infer/<key>.json, or results/extract/<key>.json once answers exist (and text)."""
-    raw, prompts, comps = (store.read_frame(a, key) for a in ("raw", "prompts", "completions"))
-    answers = store.read_frame("answers", key) if with_answers else None
-    records = seed_records(raw, prompts, comps, answers)
+def export_shard(
+    store: TaskStore,
+    key: str,
+    *,
+    with_answers: bool,
+    save_text: bool,
+    completions: pl.DataFrame | None = None,
+    answers: pl.DataFrame | None = None,
+) -> None:
+    """Write results/infer/<key>.json, or results/extract/<key>.json once answers exist (and text).
+
+    ``completions`` / ``answers``: the shard's frames when the caller holds them already (not read again).
+    """
+    raw, prompts = store.read_frame("raw", key), store.read_frame("prompts", key)
+    comps = completions if completions is not None else store.read_frame("completions", key)
+    if with_answers and answers is None:
+        answers = store.read_frame("answers", key)
+    records = seed_records(raw, prompts, comps, answers if with_answers else None)
     atomic_write_json(store.result_path("extract" if with_answers else "infer", key), records)
     if save_text and with_answers:
         atomic_write_text(store.result_path("text", key), records_text(records))

@@ -313,7 +313,7 @@ class ShardPipeline:
         self.context.log.info(msg)
         self.store.log_shard(r.key, f"completions[{target.name or 'default'}]: " + msg)
         if target.name is None:  # the seed's layout holds the run's model
-            export_shard(self.store, r.key, with_answers=False, save_text=False)
+            export_shard(self.store, r.key, with_answers=False, save_text=False, completions=comps)
         if target.make_answers:
             self._answer(target, r.key, comps)
 
@@ -322,7 +322,8 @@ class ShardPipeline:
         df = answers_frame(comps, self.task.extract_answer)
         self.store.write_frame("answers", shard, df, target.name)
         if target.name is None:
-            export_shard(self.store, shard, with_answers=True, save_text=self.settings.save_text)
+            export_shard(self.store, shard, with_answers=True, save_text=self.settings.save_text,
+                         completions=comps, answers=df)  # fmt: skip
         extracted = int(df["answer"].is_not_null().sum())
         n_err = int(df["error"].is_not_null().sum())
         if n_err:
