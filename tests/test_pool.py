@@ -518,3 +518,33 @@ if __name__ == "__main__":  # a worker serving FakeEngine: WorkerPool(..., worke
 
     engine_spec.load_engine = lambda s: FakeEngine(s.model_path)  # type: ignore[assignment]
     worker.main()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_lazy_jobs_are_made_a_few_ahead_of_the_workers_not_all_at_once(tmp_path: Path) -> None:
+    """A generator of jobs (the step makes each shard's prompts in it) is pulled as the workers need it."""
+    jobs = make_jobs(tmp_path, 12)
+    made: list[str] = []
+    events: list[tuple[str, str]] = []
+
+    def lazily():
+        for job in jobs:
+            made.append(job.key)
+            events.append(("made", job.key))
+            yield job
+
+    pool = fake_pool(tmp_path, "ok")
+    results = []
+    for r in pool.run(lazily(), count=len(jobs)):
+        events.append(("done", r.key))
+        results.append(r)
+    by_key = one_result_per_job(jobs, results)
+    assert all(r.ok for r in by_key.values())
+    assert made == [j.key for j in jobs]  # in order, each once
+    first_done = events.index(next(e for e in events if e[0] == "done"))
+    ahead = 1 * pool.prefetch + 1  # one worker
+    made_before = sum(1 for e in events[:first_done] if e[0] == "made")
+    assert made_before <= ahead + pool.prefetch + 1 < len(jobs), made_before  # not all 12 up front
+    for key in (j.key for j in jobs):  # a shard's job is always made before its result comes back
+        assert events.index(("made", key)) < events.index(("done", key))
