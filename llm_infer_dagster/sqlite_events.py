@@ -39,6 +39,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
 
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None) -> None:
         self._engines: OrderedDict[str, Engine] = OrderedDict()
+        self._tables: set[str] = set()  # schema facts that, once true, stay true
         self._pid = os.getpid()
         super().__init__(base_dir, inst_data)  # connects already (it checks the index's migrations)
 
@@ -81,6 +82,24 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             with engine.connect() as conn, conn.begin():
                 yield conn
 
+    def has_table(self, table_name: str) -> bool:
+        """The stock one opens a new engine on every asset event to ask; a table, once there, stays."""
+        if table_name in self._tables:
+            return True
+        found = super().has_table(table_name)  # its own connection: callers may hold the index one (and the lock)
+        if found:
+            self._tables.add(table_name)
+        return found
+
+    def _has_asset_key_index_cols_on_connection(self, conn: Connection) -> bool:
+        """Asked (with a schema inspection) on every asset event; columns, once there, stay."""
+        if "asset_key_index_cols" in self._tables:
+            return True
+        found = super()._has_asset_key_index_cols_on_connection(conn)
+        if found:
+            self._tables.add("asset_key_index_cols")
+        return found
+
     def _dispose_engines(self) -> None:
         with self._db_lock:
             for engine in self._engines.values():
@@ -89,6 +108,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
 
     def wipe(self) -> None:
         self._dispose_engines()  # the run files are deleted: no connection may outlive them
+        self._tables.clear()
         super().wipe()
 
     def delete_events(self, run_id: str) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+
 import pytest
+from postgres_server import REQUIRE_ENV, PostgresServer, find_bin_dir
 
 from llm_infer_dagster.testing.tiny_model import build_tiny_model
 
@@ -11,3 +15,25 @@ from llm_infer_dagster.testing.tiny_model import build_tiny_model
 def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A tiny real Llama (random weights, BPE tokenizer, chat template) on disk, built once per session."""
     return str(build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the session (Debian's `postgresql`), on a unix socket, stopped at the end."""
+    missing = []
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        missing.append("PostgreSQL server binaries (apt-get install postgresql)")
+    try:
+        import dagster_postgres  # noqa: F401
+    except ImportError:
+        missing.append("dagster-postgres (pip install -e '.[postgres]')")
+    if missing:
+        why = "needs " + " and ".join(missing)
+        if os.environ.get(REQUIRE_ENV):
+            pytest.fail(f"{why}; CI requires it ({REQUIRE_ENV} is set)")
+        pytest.skip(why)
+    assert bin_dir is not None
+    server = PostgresServer(bin_dir).start()
+    yield server
+    server.stop()

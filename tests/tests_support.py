@@ -54,7 +54,9 @@ def llm_infer(*args: str, env: dict[str, str] | None = None, timeout: int = 300)
     )  # fmt: skip
 
 
-def sigkill_llm_infer_after(args: list[str], shards_dir: Path, shards: int, timeout: float = 600) -> None:
+def sigkill_llm_infer_after(
+    args: list[str], shards_dir: Path, shards: int, timeout: float = 600, env: dict[str, str] | None = None
+) -> None:
     """Start `llm-infer args`, wait until `shards` shard files exist in `shards_dir`, then SIGKILL it.
 
     Its engine workers, and their engines' own processes, die with it (process_tree.py); the short sleep
@@ -62,7 +64,7 @@ def sigkill_llm_infer_after(args: list[str], shards_dir: Path, shards: int, time
     """
     proc = subprocess.Popen(
         [sys.executable, "-m", "llm_infer_dagster", "--no_progress", *args],
-        cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=REPO, env=env or cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and len(list(shards_dir.glob("*.parquet"))) < shards:
