@@ -51,12 +51,12 @@ class PostgresServer:
         return self
 
     def url(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@/{database}?host={self.socket_dir}&port={self.port}"
+        return f"postgresql+psycopg2://postgres@/{database}?host={self.socket_dir}&port={self.port}"
 
     def create_database(self, name: str) -> str:
         import psycopg2
 
-        conn = psycopg2.connect(self.url())
+        conn = psycopg2.connect(dbname="postgres", user="postgres", host=str(self.socket_dir), port=self.port)
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute(f'CREATE DATABASE "{name}"')
