@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=3391)
     ap.add_argument("--shots", type=Path, default=Path("/tmp/ui-shots"))
     args = ap.parse_args()
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     out = args.output.resolve()
@@ -74,18 +75,25 @@ def main() -> None:
             browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1500, "height": 1000})
             pages = {
-                "asset group graph": (f"/asset-groups/{args.task}", "text=completions"),
-                "completions asset": (f"/assets/{args.task}/completions", "text=completions"),
-                "completions partitions": (f"/assets/{args.task}/completions?view=partitions", "text=Materialized"),
+                # Ready when a materialization status is drawn, not just the page frame.
+                "asset group graph": (f"/asset-groups/{args.task}", "text=/[Mm]aterialized/"),
+                "completions asset": (f"/assets/{args.task}/completions", "text=/[Mm]aterialized/"),
+                "completions partitions": (
+                    f"/assets/{args.task}/completions?view=partitions",
+                    "text=/Materialized \\(\\d+\\)/",
+                ),
             }
             for name, (path, ready) in pages.items():
                 t0 = time.perf_counter()
                 page.goto(base + path, wait_until="domcontentloaded", timeout=120_000)
-                page.wait_for_selector(ready, timeout=120_000)
-                page.wait_for_load_state("networkidle", timeout=120_000)
-                times[name] = round(time.perf_counter() - t0, 2)
+                try:
+                    page.wait_for_selector(ready, timeout=60_000)
+                    page.wait_for_load_state("networkidle", timeout=60_000)
+                    times[name] = round(time.perf_counter() - t0, 2)
+                except PlaywrightTimeout:
+                    times[name] = -1.0  # what a person looks for did not appear within 60 s
                 page.screenshot(path=str(args.shots / f"{name.replace(' ', '_')}.png"))
-                print(f"{name}: {times[name]} s", flush=True)
+                print(f"{name}: {times[name]} s (-1: not shown within 60 s)", flush=True)
             browser.close()
     finally:
         os.killpg(server.pid, signal.SIGTERM)
