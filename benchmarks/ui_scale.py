@@ -1,5 +1,6 @@
 """Does the Dagster UI stay usable at thousands of shards? Page load times in a real headless Chromium.
 
+    apt-get install chromium && pip install playwright     # Debian's browser; `playwright install` is never run
     python benchmarks/ui_scale.py --output OUT --configs CONFIGS --task bench --model MODEL \
         [--input INPUT] [--port 3391] [--shots DIR]
 
