@@ -5,7 +5,8 @@
 For each size, a fresh sqlite instance (the pooled event log llm-infer uses) gets what a finished job leaves:
 one input observation and one materialization of raw, prompts, completions and answers per shard, each with
 the data version Dagster derives (runless events written in batches: this measures planning, not writing).
-Then it times ``ChainVersions(...).stale(...)`` over every shard (what ``llm-infer`` and the schedule do) and
+First it times single event writes on a stock and a pooled sqlite instance. Then it times
+``ChainVersions(...).stale(...)`` over every shard (what ``llm-infer`` and the schedule do) and
 Dagster's ``CachingStaleStatusResolver`` over ``--resolver-sample`` shards (extrapolated per shard), and
 checks both find nothing stale.
 """
@@ -61,12 +62,29 @@ def build(work: Path, shards: int) -> tuple[DagsterInstance, Definitions, AssetK
     return instance, Definitions(assets=specs), inp, chain, keys
 
 
+def event_cost(work: Path, events: int = 300) -> dict[str, float]:
+    """ms per runless observation, written one at a time, on a stock and on a pooled sqlite instance."""
+    out = {}
+    for name, yaml_text in (("stock", "telemetry:\n  enabled: false\n"), ("pooled", None)):
+        home = work / f"events-{name}"
+        shutil.rmtree(home, ignore_errors=True)
+        home.mkdir(parents=True)
+        (home / "dagster.yaml").write_text(yaml_text or instance_yaml(home))
+        instance = DagsterInstance.from_config(str(home))
+        t0 = time.perf_counter()
+        for i in range(events):
+            instance.report_runless_asset_event(AssetObservation(asset_key=AssetKey("x"), partition=f"p{i}"))
+        out[f"{name}_ms_per_event"] = round((time.perf_counter() - t0) / events * 1000, 1)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shards", default="2000,10000")
     ap.add_argument("--resolver-sample", type=int, default=200)
     ap.add_argument("--work-dir", type=Path, default=Path("/tmp/plan-bench"))
     args = ap.parse_args()
+    print(json.dumps({"event_write": event_cost(args.work_dir)}), flush=True)
     rows = []
     for n in [int(x) for x in args.shards.split(",")]:
         t0 = time.perf_counter()

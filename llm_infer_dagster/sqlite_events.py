@@ -2,7 +2,7 @@
 
 The stock ``SqliteEventLogStorage`` builds a SQLAlchemy engine, opens a connection, commits, closes it and
 disposes the engine for every single event, twice (the run's database and the cross-run index). That is
-about 15 ms an event on our 2-vCPU machine, and a shard records four materializations, so bookkeeping alone
+about 13-16 ms an event on our 2-vCPU machine, and a shard records four materializations, so bookkeeping alone
 was ~60 ms a shard. This subclass keeps one engine per database file (a bounded LRU: the webserver touches
 every run's file), so an event costs about 4 ms; the files, schema and every query are Dagster's own, and a
 stock instance reads them unchanged. Engines are never shared across a fork.

@@ -21,13 +21,13 @@ PROMPT_SCHEMA = {"record_id": pl.String, "prompt": pl.String, "is_chat": pl.Bool
 ANSWER_SCHEMA = {"record_id": pl.String, "answer": pl.String, "error": pl.String}
 
 
-def raw_frame(shard: Shard, path: str, rows: Sequence[dict[str, Any]], limit: int | None = None) -> pl.DataFrame:
+def raw_frame(shard: Shard, rows: Sequence[dict[str, Any]], limit: int | None = None) -> pl.DataFrame:
     """The shard's rows (``rows`` is the slice ``[shard.start, shard.stop)`` of the file), with stable ids."""
     chunk = list(rows[:limit] if limit is not None else rows)
     return pl.DataFrame(
         {
             "record_id": [f"{shard.file_id}:{shard.start + i}" for i in range(len(chunk))],
-            "file": [path] * len(chunk),
+            "file": [shard.file] * len(chunk),
             "index": [shard.start + i for i in range(len(chunk))],
             "data": [to_json(r) for r in chunk],
         },

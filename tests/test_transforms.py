@@ -21,17 +21,17 @@ SHARD = Shard(key="a_jsonl-0123abcd-00001", file="/d/a.jsonl", file_id="a_jsonl-
 
 def test_raw_frame_ids_are_file_id_and_row_index_and_limit_keeps_the_first_rows():
     rows = [{"q": "x"}, {"q": "y", "n": 2}, {"q": "z"}]
-    df = raw_frame(SHARD, SHARD.file, rows)
+    df = raw_frame(SHARD, rows)
     assert dict(df.schema) == RAW_SCHEMA
     assert df["record_id"].to_list() == ["a_jsonl-0123abcd:4", "a_jsonl-0123abcd:5", "a_jsonl-0123abcd:6"]
     assert df["index"].to_list() == [4, 5, 6]
     assert [json.loads(d) for d in df["data"]] == rows
-    assert raw_frame(SHARD, SHARD.file, rows, limit=2)["index"].to_list() == [4, 5]
-    assert raw_frame(SHARD, SHARD.file, []).height == 0
+    assert raw_frame(SHARD, rows, limit=2)["index"].to_list() == [4, 5]
+    assert raw_frame(SHARD, []).height == 0
 
 
 def test_prompts_frame_keeps_each_rows_error_and_marks_chat_prompts():
-    raw = raw_frame(SHARD, SHARD.file, [{"q": "hi"}, {"nope": 1}, {"q": "chat"}])
+    raw = raw_frame(SHARD, [{"q": "hi"}, {"nope": 1}, {"q": "chat"}])
 
     def fmt(row: dict) -> object:
         if row["q"] == "chat":

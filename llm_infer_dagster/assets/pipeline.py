@@ -207,7 +207,7 @@ class ShardPipeline:
                         f"{s.file} now has {len(rows)} rows; shard {s.key} expected rows {s.start}..{s.stop}: "
                         "the file changed since registration"
                     )
-                raw = raw_frame(s, s.file, rows[s.start : s.stop], self.settings.limit)
+                raw = raw_frame(s, rows[s.start : s.stop], self.settings.limit)
                 store.write_frame("raw", s.key, raw)
                 store.log_shard(s.key, f"raw: {raw.height} rows from {s.file}[{s.start}:{s.stop}]")
                 self._record(raw_key, s.key, self.versions["raw"], self.keys["input"], pointer, {
@@ -239,11 +239,7 @@ class ShardPipeline:
             yield self._job(s.key, first_model)
 
     def _job(self, shard: str, target: ModelTarget | None) -> ShardJob:
-        out = (
-            self.store.shard_path("completions", shard, target.name)
-            if target
-            else self.store.shard_path("completions", shard)
-        )
+        out = self.store.shard_path("completions", shard, target.name if target else None)
         return ShardJob(shard, str(self.store.shard_path("prompts", shard)), str(out))
 
     def _existing_prompts(self, target: ModelTarget) -> list[ShardJob]:
