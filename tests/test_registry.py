@@ -363,3 +363,87 @@ def test_manifest_for_without_registration_says_what_to_do(env: Env) -> None:
         manifest_for(env.store)
     with pytest.raises(TaskConfigError, match="not in the manifest"):
         ShardManifest(task=TASK, shard_size=4).shard("nope-00000000-00000")
+
+
+def _latest_input_versions(env: Env) -> dict[str, str]:
+    records = env.instance.fetch_observations(AssetKey([env.task.dagster_name, "input"]), limit=1000).records
+    return {
+        r.asset_observation.partition: r.asset_observation.tags["dagster/data_version"]
+        for r in sorted(records, key=lambda r: r.storage_id)
+    }
+
+
+def test_a_truncated_file_keeps_its_finished_shards(env: Env) -> None:
+    """Issue 13: rows that vanished never turn finished shards into empty ones; they are reported and kept."""
+    env.write("a.jsonl", 10)
+    env.write("b.jsonl", 3)
+    first = env.register(shard_size=4)
+    a0, a1, a2, b0 = env.keys()
+    env.write("a.jsonl", 5)  # truncated: rows 0-4 are still there, 5-9 are gone
+    reg = env.register()
+    assert reg.short_keys == [a1, a2]
+    assert reg.observed == {}  # a0's rows are unchanged; a1 and a2 keep the digests of the rows they were made from
+    assert {k: reg.manifest.shards[k].digest for k in (a1, a2)} == {k: first.observed[k] for k in (a1, a2)}
+    assert reg.manifest.runnable(env.keys()) == [a0, b0]
+    assert reg.manifest.runnable(env.keys(), include_short=True) == [a0, a1, a2, b0]
+    assert _latest_input_versions(env) == first.observed  # Dagster sees no change: nothing is stale
+    assert reg.manifest.sharded_rows(reg.manifest.shards[a0].file_id) == 10
+
+
+def test_an_emptied_file_keeps_every_shard_and_a_restored_file_is_unchanged(env: Env) -> None:
+    env.write("a.jsonl", 10)
+    first = env.register(shard_size=4)
+    (env.input / "a.jsonl").write_text("")  # `> a.jsonl`, a failed sync
+    emptied = env.register()
+    assert emptied.short_keys == env.keys() and emptied.manifest.runnable(env.keys()) == []
+    assert emptied.observed == {}
+    env.write("a.jsonl", 10)  # the same rows are back
+    restored = env.register()
+    assert restored.short_keys == [] and restored.observed == {} and restored.new_keys == []
+    assert restored.manifest.runnable(env.keys()) == env.keys()
+    assert _latest_input_versions(env) == first.observed
+
+
+def test_edited_rows_in_a_shrunk_file_still_make_their_shard_stale(env: Env) -> None:
+    env.write("a.jsonl", 10)
+    first = env.register(shard_size=4)
+    a0 = env.keys()[0]
+    path = env.input / "a.jsonl"
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:6]).replace("a.jsonl-1", "a.jsonl-one"))
+    reg = env.register()
+    assert list(reg.observed) == [a0] and reg.observed[a0] != first.observed[a0]
+    assert reg.short_keys == env.keys()[1:]
+
+
+def test_trim_short_cuts_shrunk_shards_back_so_they_are_redone_and_a_regrown_file_is_covered(env: Env) -> None:
+    env.write("a.jsonl", 10)
+    env.register(shard_size=4)
+    a0, a1, a2 = env.keys()
+    env.write("a.jsonl", 5)
+    env.register()  # kept, reported
+    reg = env.register(trim_short=True)  # the explicit choice (--rerun)
+    assert [(reg.manifest.shards[k].start, reg.manifest.shards[k].stop) for k in (a0, a1, a2)] == [
+        (0, 4), (4, 5), (5, 5),
+    ]  # fmt: skip
+    assert reg.short_keys == [] and set(reg.observed) == {a1, a2}
+    env.write("a.jsonl", 7)  # grows again: the last shard takes the new rows, none is left out
+    grown = env.register()
+    covered = sorted((s.start, s.stop) for s in grown.manifest.shards.values())
+    assert covered == [(0, 4), (4, 5), (5, 7)]
+
+
+def test_a_registration_killed_before_dagster_recorded_it_is_completed_by_the_next(env: Env) -> None:
+    """Issue 13: shards.json saved, then killed before partitions and observations: the resume records both."""
+    from llm_infer_dagster.registry import sync_manifest
+
+    env.write("a.jsonl", 10)
+    sync_manifest(env.instance, env.task, env.store, str(env.input), shard_size=4)  # saves the manifest only
+    assert env.keys() == [] and _latest_input_versions(env) == {}
+    reg = env.register()
+    assert len(env.keys()) == 3
+    assert _latest_input_versions(env) == {k: s.digest for k, s in reg.manifest.shards.items()}
+    # and an edit made after that is still seen as one
+    path = env.input / "a.jsonl"
+    path.write_text(path.read_text().replace("a.jsonl-5", "a.jsonl-five"))
+    edited = env.register()
+    assert list(edited.observed) == [env.keys()[1]]

@@ -200,3 +200,11 @@ def test_stale_in_chain_compares_recorded_versions_with_what_current_code_derive
     assert stale_in_chain(["a", "b", "c"], inp, source, chain) == {raw: {"b"}, prompts: {"a", "b"}}
     # An input with no observation counts as Dagster's default version.
     assert stale_in_chain(["x"], inp, {}, [Link(raw, "r1", {"x": v("r1", inp, "INITIAL")})]) == {raw: set()}
+
+
+def test_a_run_range_never_spans_a_shard_left_out_of_keys() -> None:
+    """Shards kept because their input shrank are not in ``keys``: no partition range may cover them."""
+    order = ["a", "b", "c", "d"]
+    plans = plan_runs(["a", "c", "d"], set(), set(), order=order)
+    assert [(p.first, p.last) for p in plans] == [("a", "a"), ("c", "d")]
+    assert [(p.first, p.last) for p in plan_runs(["a", "c", "d"], set(), set())] == [("a", "d")]

@@ -202,11 +202,15 @@ class ShardPipeline:
                 if cached is None or cached[0] != s.file:
                     cached = (s.file, self.task.read_rows(s.file))
                 rows = cached[1]
-                if len(rows) < s.stop:
-                    log.warning(
-                        f"{s.file} now has {len(rows)} rows; shard {s.key} expected rows {s.start}..{s.stop}: "
-                        "the file changed since registration"
+                if len(rows) < s.stop:  # remaking it now would replace its results with fewer rows or none
+                    self.failed[s.key] = (
+                        f"input file {s.file} now has {len(rows)} rows, fewer than shard {s.key}'s rows "
+                        f"{s.start}..{s.stop}: the shard keeps the results it has; to redo it with the rows the file "
+                        "has now, run llm-infer with --redo_shrunk"
                     )
+                    log.warning(self.failed[s.key])
+                    store.log_shard(s.key, f"raw NOT remade: {self.failed[s.key]}")
+                    continue
                 raw = raw_frame(s, rows[s.start : s.stop], self.settings.limit)
                 store.write_frame("raw", s.key, raw)
                 store.log_shard(s.key, f"raw: {raw.height} rows from {s.file}[{s.start}:{s.stop}]")

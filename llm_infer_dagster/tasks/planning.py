@@ -36,11 +36,14 @@ def plan_runs(
     stale_answers: Collection[str] = (),
     rerun: bool = False,
     extract_only: bool = False,
+    order: Sequence[str] | None = None,
 ) -> list[RunPlan]:
     """Runs that bring every shard in ``keys`` (Dagster's partition order) to answered and up to date.
 
     ``stale_completions``: shards whose raw, prompts or completions are stale (other input rows, prompt,
     model, sampling): redone in full. ``stale_answers``: shards whose answers are stale: re-extracted.
+    ``order``: every partition key of the task, when ``keys`` leaves some out (shards that must not be
+    redone): a run's partition range never spans one of those.
     """
     if extract_only:
         full: list[str] = []
@@ -51,6 +54,7 @@ def plan_runs(
         full = [k for k in keys if k not in done_completions or k in stale_completions]
         redo = set(full)
         extract = [k for k in keys if k not in redo and (k not in done_answers or k in stale_answers)]
-    plans = [RunPlan(a, b, ALL_ASSETS) for a, b in contiguous_ranges(keys, full)]
-    plans += [RunPlan(a, b, ("answers",)) for a, b in contiguous_ranges(keys, extract)]
+    ordered = keys if order is None else order
+    plans = [RunPlan(a, b, ALL_ASSETS) for a, b in contiguous_ranges(ordered, full)]
+    plans += [RunPlan(a, b, ("answers",)) for a, b in contiguous_ranges(ordered, extract)]
     return plans

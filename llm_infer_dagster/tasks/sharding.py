@@ -109,6 +109,15 @@ def grow_file_shards(existing: Sequence[Shard], path: str, rows: int, shard_size
     return out
 
 
+def trim_to_rows(shards: Sequence[Shard], rows: int) -> list[Shard]:
+    """``shards`` of one file cut back to a file that now has ``rows`` rows (an explicit ``--rerun`` only).
+
+    Shards past the new end become empty at ``rows``, so a file that grows again extends the last one from
+    there and no row is left without a shard. Keys never change.
+    """
+    return [replace(s, start=min(s.start, rows), stop=min(s.stop, rows)) for s in shards]
+
+
 def row_digest(row_json: str) -> bytes:
     """Digest of one row (its JSON), kept per row so shard digests need no second read of the file."""
     return hashlib.sha256(row_json.encode()).digest()

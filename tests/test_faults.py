@@ -1,0 +1,85 @@
+"""Faults and bad input over a finished run (issue 13): what a user does to their input never loses results.
+
+Real ``llm-infer`` subprocesses, a real Dagster instance, the real HF engine on the tiny model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from dagster import AssetKey
+from tests_support import CONFIGS, instance_at, llm_infer, write_qa_input
+
+
+def _args(model: str, data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--model_path", model, "--model_type", "hf", "--use_cpu", "--output_path", str(out),
+        "--task_name", "qa_regex", "--config_path", str(CONFIGS), "--input_path", str(data),
+        "--shard_size", "4", "--no_progress", *extra,
+    ]  # fmt: skip
+
+
+def _answers(out: Path) -> pl.DataFrame:
+    return pl.concat([pl.read_parquet(p) for p in sorted((out / "qa_regex" / "answers").glob("*.parquet"))])
+
+
+def _extract_records(out: Path) -> list[dict]:
+    return [r for f in sorted((out / "results" / "extract").iterdir()) for r in json.loads(f.read_text())]
+
+
+@pytest.mark.slow
+def test_truncated_and_emptied_input_keep_finished_results(tmp_path: Path, tiny_model_path: str) -> None:
+    data, out = tmp_path / "data", tmp_path / "out"
+    write_qa_input(data, files=2, rows=8)  # 2 files x 8 rows, 4 shards of 4
+    args = _args(tiny_model_path, data, out)
+    first = llm_infer(*args)
+    assert first.returncode == 0, first.stderr
+    assert "4/4 shards done, 16 rows" in first.stdout
+    before_rows, before_records = _answers(out).sort("record_id"), _extract_records(out)
+    comp_dir = out / "qa_regex" / "completions"
+    stamps = {p.name: p.stat().st_mtime_ns for p in comp_dir.glob("*.parquet")}
+
+    files = sorted(data.iterdir())
+    lines = files[0].read_text().splitlines(keepends=True)
+    files[0].write_text("".join(lines[:2]))  # truncated: its second shard's rows are gone, the first is short
+    files[1].write_text("")  # emptied by accident: `> file`
+
+    again = llm_infer(*args)
+    assert again.returncode == 0, again.stderr
+    assert "is empty, fewer than the 8 its shards were made from" in again.stderr
+    assert "has 2 rows, fewer than the 8" in again.stderr and "--redo_shrunk" in again.stderr
+    assert "nothing to do" in again.stderr
+    assert "4/4 shards done, 16 rows" in again.stdout and "4 shard(s) kept" in again.stdout
+    assert _answers(out).sort("record_id").equals(before_rows)  # not one finished answer lost
+    assert _extract_records(out) == before_records
+    assert {p.name: p.stat().st_mtime_ns for p in comp_dir.glob("*.parquet")} == stamps
+    assert "fewer than the 8 its shards were made from" in (out / "logs" / "main.log").read_text()
+
+    plan = llm_infer(*args, "--plan_only")
+    assert plan.returncode == 0 and plan.stdout.count("kept (input shrank)") == 4
+
+    # Redoing them is an explicit choice: the shards are cut back to the rows the files have now.
+    redo = llm_infer(*args, "--redo_shrunk")
+    assert redo.returncode == 0, redo.stderr
+    assert "4/4 shards done, 2 rows" in redo.stdout
+    inst = instance_at(out)
+    assert len(inst.get_materialized_partitions(AssetKey(["qa_regex", "answers"]))) == 4
+
+
+@pytest.mark.slow
+def test_restored_input_is_not_redone(tmp_path: Path, tiny_model_path: str) -> None:
+    """A failed sync that empties a file, then the same rows back: nothing is redone, nothing lost."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    write_qa_input(data, files=1, rows=8)
+    args = _args(tiny_model_path, data, out)
+    assert llm_infer(*args).returncode == 0
+    path = next(data.iterdir())
+    saved = path.read_text()
+    path.write_text("")
+    assert "is empty" in llm_infer(*args).stderr
+    path.write_text(saved)
+    back = llm_infer(*args)
+    assert back.returncode == 0 and "nothing to do" in back.stderr and "warning" not in back.stderr
