@@ -53,15 +53,24 @@ def build_shard_sensor(bundle: TaskAssets) -> SensorDefinition:
         reg, to_add = sync_manifest(context.instance, task, settings.store(task.name),
                                     task.input_path(settings.input_path))  # fmt: skip
         events: list[AssetObservation] = []
+        short = set(reg.short_keys)
         for kind, paths in (("shrunk", reg.shrunk_files), ("modified", reg.modified_files),
                             ("vanished", reg.vanished_files)):  # fmt: skip
             for path in paths:
                 keys = [s.key for s in reg.manifest.shards.values() if s.file == path]
-                what = "are skipped from now on" if kind == "vanished" else "whose rows changed are now stale"
-                context.log.warning(f"input file {path} {kind}; of its shards {', '.join(keys)}, those {what}")
+                if kind == "shrunk":
+                    kept = [k for k in keys if k in short]
+                    what = (f"{len(kept)} shard(s) past its new end keep their results and are not redone "
+                            "(llm-infer --redo_shrunk redoes them); edited rows before it are stale")  # fmt: skip
+                elif kind == "vanished":
+                    what = "its shards keep their results and are skipped from now on"
+                else:
+                    what = "those of its shards whose rows changed are now stale"
+                context.log.warning(f"input file {path} {kind}: {what} (shards {', '.join(keys)})")
                 events.append(AssetObservation(
                     asset_key=bundle.key("raw"),
-                    metadata={"input_change": kind, "file": path, "shards": ", ".join(keys)},
+                    metadata={"input_change": kind, "file": path, "shards": ", ".join(keys),
+                              "kept_shards": ", ".join(k for k in keys if k in short)},
                 ))  # fmt: skip
         observations = input_observations(task, reg)
         if not to_add and not events and not observations:
@@ -105,7 +114,8 @@ def build_missing_shards_schedule(bundle: TaskAssets) -> ScheduleDefinition:
         manifest = ShardManifest.load(settings.store(task.name))
         if manifest is None:
             return SkipReason("no shards registered yet (the new-shards sensor or llm-infer registers them)")
-        keys = manifest.runnable(instance.get_dynamic_partitions(partitions_def_for(task).name or ""))
+        order = instance.get_dynamic_partitions(partitions_def_for(task).name or "")
+        keys = manifest.runnable(order)  # shards whose input shrank keep their results: not redone here
         graph = Definitions(assets=bundle.all_assets, resources={"settings": settings}).resolve_asset_graph()
         versions = ChainVersions(instance, graph, bundle.input.key, keys)
         # Prompts that are there and up to date (made for another model, or earlier) are not made again.
@@ -119,7 +129,7 @@ def build_missing_shards_schedule(bundle: TaskAssets) -> ScheduleDefinition:
                 asset_selection=selection,
             )
             for model in (None, *task.settings.models)  # the run's model, then each named model of the task
-            for p, selection in _model_plans(bundle, model, instance, versions, keys, ready)
+            for p, selection in _model_plans(bundle, model, instance, versions, keys, ready, order)
         ]
         return requests or SkipReason("every shard is answered and up to date, for every model")
 
@@ -133,6 +143,7 @@ def _model_plans(
     versions: ChainVersions,
     keys: list[str],
     ready: set[str],
+    order: list[str],
 ) -> list[tuple[RunPlan, list[AssetKey]]]:
     """The runs that bring one model's completions and answers up to date, with their asset selections.
 
@@ -142,13 +153,15 @@ def _model_plans(
     done_comp, done_answers = instance.get_materialized_partitions(comp), instance.get_materialized_partitions(ans)
     chain = [bundle.key("raw"), bundle.key("prompts"), comp]
     stale_comp, stale_answers = stale_shards(versions, chain, ans, keys, done_comp, done_answers)
-    plans = plan_runs(keys, done_comp, done_answers, stale_completions=stale_comp, stale_answers=stale_answers)
+    plans = plan_runs(
+        keys, done_comp, done_answers, stale_completions=stale_comp, stale_answers=stale_answers, order=order
+    )
     prep = [bundle.key("raw"), bundle.key("prompts")]
 
     def selection(p: RunPlan) -> list[AssetKey]:
         if "completions" not in p.assets:
             return [ans]
-        shards = keys[keys.index(p.first) : keys.index(p.last) + 1]
+        shards = order[order.index(p.first) : order.index(p.last) + 1]
         return [comp, ans] if ready.issuperset(shards) else [*prep, comp, ans]
 
     return [(p, selection(p)) for p in plans]

@@ -61,7 +61,32 @@ def _tick(sensor, instance, settings):
     if isinstance(result, SensorResult):
         for req in result.dynamic_partitions_requests:  # what the daemon does with the result
             instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
+        for event in result.asset_events:
+            instance.report_runless_asset_event(event)
     return result
+
+
+def test_a_shrunk_file_is_reported_and_its_shards_are_kept_out_of_scheduled_runs(setup) -> None:
+    instance, bundle, settings, data = setup
+    write_qa_input(data, files=1, rows=9)  # 5 shards of 2 rows
+    _tick(build_shard_sensor(bundle), instance, settings)
+    keys = instance.get_dynamic_partitions("qa_regex_shards")
+    for k in keys:
+        for a in ("raw", "prompts", "completions", "answers"):
+            instance.report_runless_asset_event(AssetMaterialization(bundle.key(a), partition=k))
+    part0 = data / "part-000.jsonl"
+    part0.write_text("".join(part0.read_text().splitlines(keepends=True)[:3]))  # 9 rows -> 3
+    tick = _tick(build_shard_sensor(bundle), instance, settings)
+    assert isinstance(tick, SensorResult)
+    (report,) = [e for e in tick.asset_events if "input_change" in e.metadata]
+    assert report.metadata["input_change"].value == "shrunk"
+    assert report.metadata["kept_shards"].value == ", ".join(keys[1:])  # rows 2..9 are gone: kept, not redone
+    assert not [e for e in tick.asset_events if e.asset_key == bundle.key("input")]  # nothing turns stale
+    context = build_schedule_context(
+        instance=instance, scheduled_execution_time=datetime.now(UTC), resources={"settings": settings}
+    )
+    assert isinstance(build_missing_shards_schedule(bundle)(context), SkipReason)
+    assert isinstance(_tick(build_shard_sensor(bundle), instance, settings), SkipReason)
 
 
 def test_sensor_adds_exactly_the_new_shards_and_nothing_on_a_second_tick(setup) -> None:
