@@ -29,6 +29,7 @@ from dagster._core.executor.step_delegating import (
 )
 
 from llm_infer_dagster.executor.leases import DEFAULT_LOCK_DIR, GpuLeaser
+from llm_infer_dagster.run_health import process_tags
 from llm_infer_dagster.settings import env_defaults
 from llm_infer_dagster.workers.gpus import visible_gpu_ids
 
@@ -150,6 +151,9 @@ class GpuExecutor(StepDelegatingExecutor):
 
     def execute(self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan) -> Iterator[DagsterEvent]:
         run = plan_context.dagster_run
+        # Who orchestrates this run, for llm-infer's dead-run check: the DefaultRunLauncher (UI, daemon) has
+        # no health check, and a SIGKILLed run worker would leave the run STARTED for ever.
+        plan_context.instance.add_run_tags(run.run_id, process_tags(run.run_id))
         for step in execution_plan.get_steps_to_execute_in_topo_order():  # a SettingsError here: no step ran
             self.gpu_step_handler.leaser.check_need(gpus_needed(step.tags, run.run_config, run.asset_selection))
         yield from super().execute(plan_context, execution_plan)
