@@ -105,6 +105,13 @@ class TaskConfig:
                     f"{self.config_file}: read_file({file_path!r}) returned a {type(row).__name__} "
                     f"at row {i}; every row must be a dict"
                 )
+        bad = first_unencodable(rows)
+        if bad is not None:
+            i, problem = bad
+            raise TaskConfigError(
+                f"{self.config_file}: read_file({file_path!r}) returned row {i}, which JSON cannot encode "
+                f"({problem}); {JSON_HINT}"
+            )
         return rows
 
     def format_prompt(self, row: dict[str, Any]) -> str | list[dict[str, str]]:
@@ -224,6 +231,86 @@ def load_task(task_configs: str | Path, name: str) -> TaskConfig:
     )
 
 
+#: How to fix a row or an answer that JSON cannot encode; ends the one-line messages that report one.
+JSON_HINT = "return JSON-compatible values: str, int, float, bool, None, list, dict with str keys"
+_KEY_TYPES = (str, int, float, bool)
+_CHECK_CHUNK = 1024  # rows encoded per json.dumps call when checking a file's rows
+
+
+def _fallback(value: Any) -> str:
+    """str() for values JSON cannot hold (dates, sets, Decimal); refuses objects without their own str/repr.
+
+    Their default text (``<Foo object at 0x7f...>``) changes from run to run: it would make every re-read
+    row look edited and every answer useless, so such a value is an error, not a string.
+    """
+    kind = type(value)
+    if kind.__str__ is object.__str__ and kind.__repr__ is object.__repr__:
+        raise TypeError(f"Object of type {kind.__name__} is not JSON serializable and has no str() of its own")
+    return str(value)
+
+
 def to_json(value: Any) -> str:
-    """JSON for a row or an answer; values JSON cannot hold (dates, sets) fall back to str()."""
-    return json.dumps(value, ensure_ascii=False, default=str)
+    """JSON for a row or an answer; values JSON cannot hold (dates, sets) fall back to str(), NaN stays NaN.
+
+    Raises TypeError / ValueError for what cannot be encoded (non-str keys such as tuples, objects with
+    no str() of their own, circular references): :func:`json_problem` says where.
+    """
+    return json.dumps(value, ensure_ascii=False, default=_fallback)
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _encodes(value: Any) -> bool:
+    try:
+        to_json(value)
+    except Exception:
+        return False
+    return True
+
+
+def json_problem(value: Any, where: str = "value") -> str | None:
+    """What in ``value`` JSON cannot encode, with its place (``row['meta'][2] is a Foo ...``); None if it can.
+
+    Only walks into the containers that fail, so it is cheap next to the failed encode that calls it.
+    """
+    if _encodes(value):
+        return None
+    return _locate(value, where, set())
+
+
+def _locate(value: Any, where: str, seen: set[int]) -> str:
+    if isinstance(value, dict | list | tuple):
+        if id(value) in seen:
+            return f"{where} is a circular reference (a container inside itself)"
+        seen.add(id(value))
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k is not None and not isinstance(k, _KEY_TYPES):
+                return f"{where} has a key {_one_line(repr(k), 60)} of type {type(k).__name__}"
+            if not _encodes(v):
+                return _locate(v, f"{where}[{_one_line(repr(k), 60)}]", seen)
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            if not _encodes(v):
+                return _locate(v, f"{where}[{i}]", seen)
+    try:
+        to_json(value)
+    except Exception as exc:
+        return f"{where} is of type {type(value).__name__} ({_one_line(_describe_error(exc))})"
+    return f"{where} cannot be encoded"  # pragma: no cover - only if encoding is not deterministic
+
+
+def first_unencodable(rows: list[Any]) -> tuple[int, str] | None:
+    """The first row JSON cannot encode and what is wrong with it, or None. Encodes rows in chunks (C speed)."""
+    for start in range(0, len(rows), _CHECK_CHUNK):
+        chunk = rows[start : start + _CHECK_CHUNK]
+        if _encodes(chunk):
+            continue
+        for i, row in enumerate(chunk, start):
+            problem = json_problem(row, "row")
+            if problem is not None:
+                return i, problem
+    return None
