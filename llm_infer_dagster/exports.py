@@ -1,16 +1,19 @@
 """The seed's output layout (``results/infer``, ``results/extract``, ``results/text``), built from the shards.
 
-Existing downstream scripts read these JSON arrays; the Parquet shards stay the source of truth.
+Existing downstream scripts read these JSON arrays; the Parquet shards stay the source of truth. The files
+are strict JSON: NaN and infinities (an answer ``float("nan")``, a row read from a CSV with gaps) are
+written as null, since ``NaN`` is not JSON and strict parsers (``jq``, JavaScript, Go) refuse the file.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import polars as pl
 
-from llm_infer_dagster.store import TaskStore, atomic_write_json, atomic_write_text
+from llm_infer_dagster.store import TaskStore, atomic_write_text
 
 
 def seed_records(
@@ -50,6 +53,22 @@ def seed_records(
     return out
 
 
+def strict_json_value(value: Any) -> Any:
+    """``value`` with every NaN / inf float replaced by None, so it encodes as strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json_value(v) for v in value]
+    return value
+
+
+def strict_json_text(obj: Any) -> str:
+    """Strict JSON (no NaN / Infinity tokens) in the layout of the seed's result files."""
+    return json.dumps(strict_json_value(obj), ensure_ascii=False, indent=2, allow_nan=False, default=str)
+
+
 def records_text(records: list[dict[str, Any]]) -> str:
     parts = []
     for r in records:
@@ -80,6 +99,6 @@ def export_shard(
     if with_answers and answers is None:
         answers = store.read_frame("answers", key)
     records = seed_records(raw, prompts, comps, answers if with_answers else None)
-    atomic_write_json(store.result_path("extract" if with_answers else "infer", key), records)
+    atomic_write_text(store.result_path("extract" if with_answers else "infer", key), strict_json_text(records))
     if save_text and with_answers:
         atomic_write_text(store.result_path("text", key), records_text(records))
