@@ -22,6 +22,7 @@ from typing import Any
 
 import polars as pl
 
+from llm_infer_dagster.errors import SettingsError
 from llm_infer_dagster.tasks.sharding import is_shard_key
 from llm_infer_dagster.tasks.task_settings import MODEL_NAME_RE
 
@@ -57,6 +58,41 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2, default=str))
+
+
+def check_output_dir(path: Path) -> None:
+    """Create the output dir and write and remove a probe file in it; SettingsError (one line) if that fails.
+
+    Run before any model loads, so a path under a regular file or a read-only folder is refused at once
+    instead of as a traceback when the first shard is written.
+    """
+    path = Path(path)
+    fix = "pass another --output_path / LLM_INFER_OUTPUT"
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if folder.is_dir():
+                break
+            if folder == path:
+                raise SettingsError(f"output dir {path} is a file, not a folder; {fix}")
+            raise SettingsError(f"output dir {path} cannot be created: {folder} is a file, not a folder; {fix}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SettingsError(
+            f"output dir {path} cannot be created ({exc.strerror or exc}); {fix}, or make its parent writable"
+        ) from None
+    try:
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".llm-infer-probe.", suffix=".tmp")
+        try:
+            os.write(fd, b"probe")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        raise SettingsError(
+            f"output dir {path} is not writable ({exc.strerror or exc}); {fix}, or make it writable "
+            "(its owner and mode, or a read-only mount)"
+        ) from None
 
 
 class TaskStore:
