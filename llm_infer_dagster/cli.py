@@ -270,8 +270,8 @@ def run(args: argparse.Namespace) -> int:
     rows = {k: reg.manifest.shards[k].rows for k in keys}
     if args.limit is not None:
         rows = {k: min(n, args.limit) for k, n in rows.items()}
-    ok = _launch(instance, task.dagster_name, ordered, rows, plans, settings_cfg, not args.no_progress)
-    return _report(store, reg.manifest.runnable(ordered, include_short=True), ok, output, len(reg.short_keys))
+    outcome = _launch(instance, task.dagster_name, ordered, rows, plans, settings_cfg, not args.no_progress)
+    return _report(store, reg.manifest.runnable(ordered, include_short=True), outcome, output, len(reg.short_keys))
 
 
 def _short_warnings(manifest: Any) -> list[str]:
@@ -313,25 +313,26 @@ def _launch(
     plans: list[RunPlan],
     settings_cfg: dict[str, Any],
     progress: bool,
-) -> bool:
+) -> _Outcome:
     """Run each plan as a Dagster run through the task job (and its GPU-aware executor), in order."""
     from dagster import AssetKey, execute_job
     from dagster._core.definitions.reconstruct import ReconstructableRepository
 
     if not plans:
         print("nothing to do: every shard is done (pass --rerun to redo them)", file=sys.stderr)
-        return True
+        return _Outcome()
     recon = ReconstructableRepository.for_module(
         "llm_infer_dagster.definitions", "defs", os.getcwd()
     ).get_reconstructable_job(f"{name}_job")
     run_config = {
         "resources": {"settings": {"config": settings_cfg}},
-        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+        # Steps log to logs/steps.log and Dagster's event log; this process prints its own one-line summaries.
+        "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
     }
     model_runs = [p for p in plans if "completions" in p.assets]
     watched = AssetKey([name, "completions" if model_runs else "answers"])
     shards = {k for p in (model_runs or plans) for k in keys[keys.index(p.first) : keys.index(p.last) + 1]}
-    ok = True
+    outcome = _Outcome()
     with _Progress(instance, watched, {k: rows[k] for k in shards}, progress):
         for plan in plans:
             log.info("run %s..%s (%s)", plan.first, plan.last, ", ".join(plan.assets))
@@ -344,17 +345,69 @@ def _launch(
             )
             log.info("run %s %s", result.run_id, "succeeded" if result.success else "FAILED")
             if not result.success:
-                ok = False
-                for ev in result.all_events:
-                    if ev.is_step_failure and ev.step_failure_data:
-                        err = ev.step_failure_data.error
-                        detail = err.message.strip() if err else "unknown error"
-                        log.error("%s failed: %s", ev.step_key, detail)
-                        print(f"llm-infer: step {ev.step_key} failed: {detail.splitlines()[0]}", file=sys.stderr)
-    return ok
+                outcome.read_failures(result.run_id, result.all_events)
+    return outcome
 
 
-def _report(store: Any, keys: list[str], ok: bool, output: Path, kept: int = 0) -> int:
+class _Outcome:
+    """What the runs left to report: which shards failed and why, and whether the user's input is the cause."""
+
+    def __init__(self) -> None:
+        self.ok, self.bad_input = True, True
+        self.failed_shards: dict[str, str] = {}
+
+    def read_failures(self, run_id: str, events: Sequence[Any]) -> None:
+        """One line per failure: the shards a step reports, or the innermost cause of an exception."""
+        from dagster import DagsterEventType
+
+        self.ok = False
+        steps_failed = False
+        for ev in events:
+            if not (ev.is_step_failure and ev.step_failure_data):
+                continue
+            steps_failed = True
+            data = ev.step_failure_data
+            md = data.user_failure_data.metadata if data.user_failure_data else {}
+            if "failed_shards" in md:  # the step ran every shard it could; these did not make it
+                shards = json.loads(str(md["failed_shards"].value))
+                self.failed_shards.update(shards)
+                self.bad_input &= bool(md["bad_input"].value) if "bad_input" in md else False
+                for key, why in shards.items():
+                    log.error("shard %s failed: %s", key, why)
+                continue
+            cause = _root_cause(data.error)
+            self.bad_input &= cause is not None and cause.cls_name in _USER_ERRORS
+            detail = _one_line(cause) if cause is not None else "unknown error"
+            log.error("%s failed: %s", ev.step_key, data.error.to_string() if data.error else detail)
+            print(f"llm-infer: step {ev.step_key} failed: {detail}", file=sys.stderr)
+        if not steps_failed:
+            failure = next((ev for ev in events if ev.event_type == DagsterEventType.RUN_FAILURE), None)
+            why = failure.message if failure is not None else "see logs/main.log"
+            self.bad_input = False
+            log.error("run %s failed: %s", run_id, why)
+            print(f"llm-infer: run {run_id} failed: {why}", file=sys.stderr)
+
+
+_USER_ERRORS = {"TaskConfigError", "SettingsError", "LLMInferError"}
+
+
+def _root_cause(err: Any) -> Any:
+    """The innermost error of a Dagster error chain: the user's own exception, not Dagster's wrapper."""
+    while err is not None and (err.cause is not None or err.context is not None):
+        err = err.cause or err.context
+    return err
+
+
+def _one_line(err: Any) -> str:
+    """``Cls: message`` (just the message for our own errors), on one line."""
+    text = " ".join((err.message or "").split()) or err.cls_name
+    for prefix in (f"llm_infer_dagster.errors.{err.cls_name}: ", f"{err.cls_name}: "):
+        if err.cls_name in _USER_ERRORS and text.startswith(prefix):
+            return text[len(prefix) :]
+    return text
+
+
+def _report(store: Any, keys: list[str], outcome: _Outcome, output: Path, kept: int = 0) -> int:
     import polars as pl
 
     from llm_infer_dagster.assets.metadata import error_summary
@@ -369,9 +422,23 @@ def _report(store: Any, keys: list[str], ok: bool, output: Path, kept: int = 0) 
         + (f", {kept} shard(s) kept from before their input shrank" if kept else "")
         + f"; results in {output / 'results'}"
     )
+    if outcome.failed_shards:
+        by_cause: dict[str, list[str]] = {}
+        for key, why in outcome.failed_shards.items():
+            by_cause.setdefault(why, []).append(key)
+        causes = [f"{why} [{', '.join(ks[:3])}{f' +{len(ks) - 3}' if len(ks) > 3 else ''}]"
+                  for why, ks in list(by_cause.items())[:3]]  # fmt: skip
+        more = len(by_cause) - 3
+        line += (
+            f"; {len(outcome.failed_shards)} shard(s) failed: " + "; ".join(causes)
+            + (f"; and {more} other cause(s)" if more > 0 else "")
+            + f" (details in {output / 'logs' / 'main.log'}); fix the cause and run the same command to redo them"
+        )  # fmt: skip
     log.info(line)
     print(line)
-    return 0 if ok else 1
+    if outcome.ok:
+        return 0
+    return 2 if outcome.bad_input else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

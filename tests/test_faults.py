@@ -6,6 +6,7 @@ Real ``llm-infer`` subprocesses, a real Dagster instance, the real HF engine on 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import polars as pl
@@ -83,3 +84,33 @@ def test_restored_input_is_not_redone(tmp_path: Path, tiny_model_path: str) -> N
     path.write_text(saved)
     back = llm_infer(*args)
     assert back.returncode == 0 and "nothing to do" in back.stderr and "warning" not in back.stderr
+
+
+def _task_copy(tmp: Path) -> Path:
+    configs = tmp / "configs"
+    shutil.copytree(CONFIGS / "qa_regex", configs / "qa_regex", ignore=shutil.ignore_patterns("data"))
+    shutil.copy(CONFIGS / "default_sampling_params.json", configs)
+    return configs
+
+
+@pytest.mark.slow
+def test_read_file_raising_on_a_rerun_fails_only_its_shards_in_one_line(tmp_path: Path, tiny_model_path: str) -> None:
+    data, out, configs = tmp_path / "data", tmp_path / "out", _task_copy(tmp_path)
+    write_qa_input(data, files=2, rows=4)
+    args = [a if a != str(CONFIGS) else str(configs) for a in _args(tiny_model_path, data, out)]
+    assert llm_infer(*args).returncode == 0
+    task_py = configs / "qa_regex" / "task_config.py"
+    task_py.write_text(
+        task_py.read_text().replace(
+            "def read_file(file_path):\n",
+            "def read_file(file_path):\n    if 'part-001' in file_path:\n        raise ValueError('bad line 3')\n",
+        )
+    )  # a new read_file: every raw shard is stale and re-read
+    again = llm_infer(*args)
+    assert again.returncode == 2, again.stderr
+    assert "Traceback" not in again.stderr and "Stack Trace" not in again.stderr
+    last = again.stdout.strip().splitlines()[-1]
+    assert "1 shard(s) failed: " in last and "read_file(" in last and "raised ValueError: bad line 3" in last
+    # part-000's shards were redone with the new read_file and answered; part-001's keep their old results
+    answers = _answers(out)
+    assert answers.height == 8

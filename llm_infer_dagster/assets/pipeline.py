@@ -11,6 +11,7 @@ writes and reports.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from dagster._core.events import DagsterEventType
 from llm_infer_dagster.assets.metadata import error_summary, preview
 from llm_infer_dagster.assets.provenance import shard_tags
 from llm_infer_dagster.engines.spec import EngineSpec, has_chat_template
+from llm_infer_dagster.errors import TaskConfigError
 from llm_infer_dagster.exports import export_shard
 from llm_infer_dagster.registry import ShardManifest, manifest_for
 from llm_infer_dagster.settings import InferenceSettings
@@ -81,7 +83,8 @@ class ShardPipeline:
         self.store: TaskStore = settings.store(task.name)
         self.shard_keys = list(context.partition_keys)
         self.data_versions = _Versions()
-        self.failed: dict[str, str] = {}
+        self.failed: dict[str, str] = {}  # shard -> why it failed (first line is what the CLI shows)
+        self.bad_input: set[str] = set()  # failed shards whose cause is the user's input or task code
         self.instance = context.instance
 
     # -- reporting -------------------------------------------------------------------------------------------
@@ -146,7 +149,11 @@ class ShardPipeline:
             raise Failure(
                 description=f"{len(self.failed)} of {len(self.shard_keys)} shard(s) failed: "
                 + "; ".join(f"{k}: {v.splitlines()[0]}" for k, v in list(self.failed.items())[:5]),
-                metadata={"failed_shards": ", ".join(self.failed)},
+                metadata={
+                    # shard -> the first line of why: what llm-infer's last line reports
+                    "failed_shards": json.dumps({k: _summary(v) for k, v in self.failed.items()}),
+                    "bad_input": not (set(self.failed) - self.bad_input),
+                },
             )
 
     def _preflight(self) -> None:
@@ -192,7 +199,7 @@ class ShardPipeline:
         """Make raw and prompts shard by shard (one read per input file), recording each; yield its job."""
         log, store = self.context.log, self.store
         raw_key, prompts_key = self.keys["raw"], self.keys["prompts"]
-        cached: tuple[str, list[dict[str, Any]]] | None = None
+        cached: tuple[str, list[dict[str, Any]] | TaskConfigError] | None = None
         checked_chat = False
         first_model = next((t for t in self.targets if t.make_completions), None)
         for shard_key in self.shard_keys:
@@ -200,14 +207,24 @@ class ShardPipeline:
             if self.make_raw:
                 pointer = self._pointer()
                 if cached is None or cached[0] != s.file:
-                    cached = (s.file, self.task.read_rows(s.file))
+                    try:
+                        cached = (s.file, self.task.read_rows(s.file))
+                    except TaskConfigError as exc:  # this file's shards fail; the others carry on
+                        cached = (s.file, exc)
                 rows = cached[1]
+                if isinstance(rows, TaskConfigError):
+                    self.failed[s.key] = str(rows)
+                    self.bad_input.add(s.key)
+                    log.error(f"shard {s.key}: {rows}")
+                    store.log_shard(s.key, f"raw FAILED: {rows}")
+                    continue
                 if len(rows) < s.stop:  # remaking it now would replace its results with fewer rows or none
                     self.failed[s.key] = (
                         f"input file {s.file} now has {len(rows)} rows, fewer than shard {s.key}'s rows "
                         f"{s.start}..{s.stop}: the shard keeps the results it has; to redo it with the rows the file "
                         "has now, run llm-infer with --redo_shrunk"
                     )
+                    self.bad_input.add(s.key)
                     log.warning(self.failed[s.key])
                     store.log_shard(s.key, f"raw NOT remade: {self.failed[s.key]}")
                     continue
@@ -339,6 +356,14 @@ class ShardPipeline:
             "model_name": target.name or "default",
             "preview": preview(df, ["record_id", "answer", "error"]),
         })  # fmt: skip
+
+
+def _summary(why: str) -> str:
+    """Why a shard failed, on one line: the first line, and the last line of a log tail that follows it."""
+    lines = [ln.strip() for ln in why.splitlines() if ln.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else "unknown error"
+    return f"{lines[0]} ... {lines[-1]}"
 
 
 def _prime(jobs: Iterator[ShardJob]) -> Iterator[ShardJob]:
