@@ -66,6 +66,19 @@ def step_command(args: Sequence[str]) -> list[str]:
     return args
 
 
+def safe_path(command: Sequence[str]) -> list[str]:
+    """``python -m X ...`` made ``python -P -m X ...``: the step's cwd (the user's) is not put on ``sys.path``.
+
+    ``-m`` puts the cwd ahead of the standard library: a ``concurrent.py`` or ``json.py`` in the folder
+    ``llm-infer`` runs in would be imported (and run) by every step, breaking it. The cwd itself stays the
+    user's, so relative paths (``output_dir``'s default) mean what they meant there.
+    """
+    command = list(command)
+    if len(command) > 1 and command[1] == "-m" and os.path.basename(command[0]).startswith("python"):
+        return [command[0], "-P", *command[1:]]
+    return command
+
+
 class GpuStepHandler(StepHandler):
     """Starts each step as ``lease_exec ... -- dagster api execute_step``; tracks and kills those processes."""
 
@@ -90,11 +103,11 @@ class GpuStepHandler(StepHandler):
         need = gpus_needed(ctx.step_tags[step_key], ctx.dagster_run.run_config, ctx.dagster_run.asset_selection)
         self.leaser.check_need(need)  # more than the host has: fail now, not after waiting forever
         command = [
-            sys.executable, "-m", "llm_infer_dagster.executor.lease_exec",
+            sys.executable, "-P", "-m", "llm_infer_dagster.executor.lease_exec",
             "--need", str(need), "--gpus", ",".join(self.leaser.gpu_ids), "--lock-dir", str(self.leaser.lock_dir),
             "--label", step_key,
             *(["--timeout", str(self.lease_timeout)] if self.lease_timeout else []),
-            "--", *step_command(ctx.execute_step_args.get_command_args()),
+            "--", *safe_path(step_command(ctx.execute_step_args.get_command_args())),
         ]  # fmt: skip
         proc = _start_step_process(command)
         self._procs[(run_id, step_key)] = proc
@@ -125,6 +138,28 @@ class GpuStepHandler(StepHandler):
 STEP_LOG_ENV = "LLM_INFER_STEP_LOG"
 
 
+# What a ``-P`` step process finds at ``sys.path[0]``: no directory, so nothing is imported from it. Dagster
+# takes ``sys.path[0]`` for the script's folder and drops it while importing the code location: with ``-P`` that
+# would otherwise be the first ``PYTHONPATH`` entry (where the code may live) or the standard library's zip.
+SYS_PATH_PLACEHOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__no_imports_here__")
+
+
+def step_env() -> dict[str, str]:
+    """The environment of a step process: this one's, with nothing that puts the user's cwd on ``sys.path``.
+
+    ``PYTHONSAFEPATH=1``: ``-P`` covers the step process itself; every Python under it inherits this, so its engine
+    workers (``python -m ...worker``) and their spawned engine cores (``python -c ...``) do not put the cwd
+    back at the front of ``sys.path``. ``PYTHONPATH`` loses empty entries (an ``export PYTHONPATH=$PYTHONPATH:/x``
+    with nothing before it means the cwd) and starts with :data:`SYS_PATH_PLACEHOLDER`.
+    """
+    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {
+        **os.environ,
+        "PYTHONSAFEPATH": "1",
+        "PYTHONPATH": os.pathsep.join([SYS_PATH_PLACEHOLDER, *inherited]),
+    }
+
+
 def _start_step_process(command: list[str]) -> subprocess.Popen[bytes]:
     """Start a step process; with ``LLM_INFER_STEP_LOG`` set (``llm-infer`` sets it), its output goes there.
 
@@ -133,9 +168,9 @@ def _start_step_process(command: list[str]) -> subprocess.Popen[bytes]:
     """
     log_path = os.environ.get(STEP_LOG_ENV)
     if not log_path:
-        return subprocess.Popen(command, env=dict(os.environ))
+        return subprocess.Popen(command, env=step_env())
     with open(log_path, "ab") as log:
-        return subprocess.Popen(command, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(command, env=step_env(), stdout=log, stderr=subprocess.STDOUT)
 
 
 class GpuExecutor(StepDelegatingExecutor):
