@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import DatabaseError  # the Dagster instance's storage errors (a full disk, a read-only dir)
+
 from llm_infer_dagster.errors import LLMInferError, SettingsError
 from llm_infer_dagster.tasks.planning import RunPlan, plan_runs
 
@@ -165,6 +167,7 @@ class _Progress:
 
 def run(args: argparse.Namespace) -> int:
     from llm_infer_dagster.settings import PACKAGE_ROOT, check_engine_settings, export_settings_env, parse_model_args
+    from llm_infer_dagster.store import check_output_dir
     from llm_infer_dagster.tasks.loader import load_task
     from llm_infer_dagster.tasks.sampling import check_hf_supported
 
@@ -186,12 +189,14 @@ def run(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             workers=args.workers,
             tensor_parallel_size=args.tensor_parallel_size,
+            trust_remote_code=args.trust_remote_code,
+            tokenizer_path=parse_model_args(args.model_args).get("tokenizer"),
         )
         if args.model_type == "hf":
             check_hf_supported(task.sampling_params)
 
     output = Path(args.output_path).resolve()
-    output.mkdir(parents=True, exist_ok=True)
+    check_output_dir(output)  # creatable and writable, or one line saying why, before anything is written
     _setup_logging(output)
     _prepare_instance(output)
     (output / "args.json").write_text(json.dumps(vars(args), indent=2), encoding="utf-8")
@@ -449,6 +454,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if log.handlers:  # main.log exists once the output dir is known
             log.error("%s", exc)
         print(f"llm-infer: error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, DatabaseError) as exc:  # a full disk, a read-only or vanished output dir, mid-run
+        why = " ".join(str(exc).split())[:300]
+        line = f"{why}; finished shards are kept: fix this and run the same command to resume"
+        with contextlib.suppress(Exception):
+            log.error("%s", line)
+        print(f"llm-infer: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("llm-infer: interrupted; finished shards are kept, run the same command to resume", file=sys.stderr)
