@@ -124,7 +124,10 @@ def _prepare_instance(output: Path) -> None:
     cfg = home / "dagster.yaml"
     # A new instance (or one with the config earlier versions wrote) gets the pooled sqlite event log; a
     # dagster.yaml written by anyone else is theirs and is left as it is.
-    if not cfg.exists() or cfg.read_text(encoding="utf-8") == OLD_INSTANCE_YAML:
+    if not cfg.exists() or cfg.read_text(encoding="utf-8") in (
+        OLD_INSTANCE_YAML,
+        instance_yaml(home, run_monitoring=False),
+    ):
         atomic_write_text(cfg, instance_yaml(home))
     os.environ["DAGSTER_HOME"] = str(home)
 
@@ -207,10 +210,21 @@ def run(args: argparse.Namespace) -> int:
 
     from dagster import AssetKey, DagsterInstance
 
+    from llm_infer_dagster.locks import ShardLeases, file_lock
     from llm_infer_dagster.registry import register_shards, registered_keys
+    from llm_infer_dagster.run_health import mark_dead_runs_failed
     from llm_infer_dagster.store import TaskStore
 
-    instance = DagsterInstance.get()
+    with file_lock(Path(os.environ["DAGSTER_HOME"]) / ".llm-infer-init.lock"):
+        # Two first starts at once would both create the sqlite tables; the second now finds them made.
+        instance = DagsterInstance.get()
+        instance.get_runs(limit=1)
+        instance.event_log_storage.get_maximum_record_id()
+        instance.get_dynamic_partitions("llm_infer_init_check")
+    for run_id in mark_dead_runs_failed(instance):  # a killed llm-infer's runs would stay STARTED for ever
+        note = f"run {run_id} was left running by a process that is gone; marked it failed"
+        log.warning(note)
+        print(f"llm-infer: {note}", file=sys.stderr)
     store = TaskStore(output, task.name)
     input_path = task.input_path(args.input_path)
     settings_cfg["input_path"] = input_path
@@ -276,6 +290,9 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None:
         rows = {k: min(n, args.limit) for k, n in rows.items()}
     outcome = _launch(instance, task.dagster_name, ordered, rows, plans, settings_cfg, not args.no_progress)
+    leases = ShardLeases(store)
+    planned = [k for p in plans for k in ordered[ordered.index(p.first) : ordered.index(p.last) + 1]]
+    outcome.busy = {k: who for k in planned if not store.has("answers", k) and (who := leases.holder_of(k))}
     return _report(store, reg.manifest.runnable(ordered, include_short=True), outcome, output, len(reg.short_keys))
 
 
@@ -326,9 +343,12 @@ def _launch(
     if not plans:
         print("nothing to do: every shard is done (pass --rerun to redo them)", file=sys.stderr)
         return _Outcome()
-    recon = ReconstructableRepository.for_module(
-        "llm_infer_dagster.definitions", "defs", os.getcwd()
-    ).get_reconstructable_job(f"{name}_job")
+    from llm_infer_dagster.run_health import process_tags
+
+    # No working directory: step processes must never import modules from the folder the user runs this in.
+    recon = ReconstructableRepository.for_module("llm_infer_dagster.definitions", "defs", None).get_reconstructable_job(
+        f"{name}_job"
+    )
     run_config = {
         "resources": {"settings": {"config": settings_cfg}},
         # Steps log to logs/steps.log and Dagster's event log; this process prints its own one-line summaries.
@@ -345,7 +365,7 @@ def _launch(
                 recon,
                 instance=instance,
                 run_config=run_config,
-                tags={**plan.tags, "llm_infer/launched_by": "llm-infer"},
+                tags={**plan.tags, **process_tags(), "llm_infer/launched_by": "llm-infer"},
                 asset_selection=[AssetKey([name, a]) for a in plan.assets],
             )
             log.info("run %s %s", result.run_id, "succeeded" if result.success else "FAILED")
@@ -360,6 +380,7 @@ class _Outcome:
     def __init__(self) -> None:
         self.ok, self.bad_input = True, True
         self.failed_shards: dict[str, str] = {}
+        self.busy: dict[str, str] = {}  # shard -> who is making it (another run held its lease)
 
     def read_failures(self, run_id: str, events: Sequence[Any]) -> None:
         """One line per failure: the shards a step reports, or the innermost cause of an exception."""
@@ -439,6 +460,12 @@ def _report(store: Any, keys: list[str], outcome: _Outcome, output: Path, kept: 
             + (f"; and {more} other cause(s)" if more > 0 else "")
             + f" (details in {output / 'logs' / 'main.log'}); fix the cause and run the same command to redo them"
         )  # fmt: skip
+    if outcome.busy:
+        holders = sorted(set(outcome.busy.values()))
+        line += (
+            f"; {len(outcome.busy)} shard(s) are being made by another run ({'; '.join(holders[:2])}), "
+            "not here: run the same command when it is done to check"
+        )
     log.info(line)
     print(line)
     if outcome.ok:

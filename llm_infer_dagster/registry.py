@@ -14,6 +14,7 @@ import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from dagster import AssetKey, AssetObservation, DagsterInstance, DynamicPartitionsDefinition
 from dagster._core.definitions.data_version import DATA_VERSION_IS_USER_PROVIDED_TAG, DATA_VERSION_TAG
@@ -21,6 +22,7 @@ from dagster._core.events import DagsterEventType
 
 from llm_infer_dagster.errors import TaskConfigError
 from llm_infer_dagster.event_batches import report_runless_asset_events
+from llm_infer_dagster.locks import file_lock
 from llm_infer_dagster.store import ASSETS, TaskStore, atomic_write_json
 from llm_infer_dagster.tasks.loader import TaskConfig, to_json
 from llm_infer_dagster.tasks.sharding import (
@@ -290,12 +292,13 @@ def register_shards(
     Killed at any point, the next call completes it: partitions and observations are worked out against what
     Dagster has recorded, not against the previous manifest.
     """
-    reg, to_add = sync_manifest(
-        instance, task, store, input_path, shard_size=shard_size, tasks=tasks, recut=recut, trim_short=trim_short
-    )
-    if to_add:
-        instance.add_dynamic_partitions(_pdef_name(task), to_add)
-    report_runless_asset_events(instance, input_observations(task, reg))  # one transaction per 500 shards
+    with file_lock(store.task_dir / ".register.lock"):  # two commands starting at once register one at a time
+        reg, to_add = _sync_manifest(
+            instance, task, store, input_path, shard_size=shard_size, tasks=tasks, recut=recut, trim_short=trim_short
+        )
+        if to_add:
+            instance.add_dynamic_partitions(_pdef_name(task), to_add)
+        report_runless_asset_events(instance, input_observations(task, reg))  # one transaction per 500 shards
     return reg
 
 
@@ -334,6 +337,18 @@ def _pdef_name(task: TaskConfig) -> str:
 
 
 def sync_manifest(
+    instance: DagsterInstance,
+    task: TaskConfig,
+    store: TaskStore,
+    input_path: str | None,
+    **kwargs: Any,
+) -> tuple[Registration, list[str]]:
+    """:func:`_sync_manifest` under the task's registration lock (the sensor's entry point)."""
+    with file_lock(store.task_dir / ".register.lock"):
+        return _sync_manifest(instance, task, store, input_path, **kwargs)
+
+
+def _sync_manifest(
     instance: DagsterInstance,
     task: TaskConfig,
     store: TaskStore,

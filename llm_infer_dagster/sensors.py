@@ -14,6 +14,7 @@ from dagster import (
     AssetKey,
     AssetObservation,
     DagsterInstance,
+    DagsterRun,
     DagsterRunStatus,
     DefaultScheduleStatus,
     DefaultSensorStatus,
@@ -32,6 +33,7 @@ from dagster import (
 
 from llm_infer_dagster.assets.factory import TaskAssets
 from llm_infer_dagster.registry import ShardManifest, input_observations, partitions_def_for, sync_manifest
+from llm_infer_dagster.run_health import mark_dead_runs_failed
 from llm_infer_dagster.settings import InferenceSettings
 from llm_infer_dagster.staleness import ChainVersions, stale_shards
 from llm_infer_dagster.tasks.planning import RunPlan, plan_runs
@@ -103,12 +105,14 @@ def build_missing_shards_schedule(bundle: TaskAssets) -> ScheduleDefinition:
         context: ScheduleEvaluationContext, settings: InferenceSettings
     ) -> list[RunRequest] | SkipReason:
         instance = context.instance
-        # The task's job, or a UI materialization / backfill run (``__ASSET_JOB``) of any of its assets.
-        active = [
-            r
-            for r in instance.get_runs(RunsFilter(statuses=ACTIVE))
-            if r.job_name == bundle.job.name or any(k.path[0] == task.dagster_name for k in r.asset_selection or ())
-        ]
+
+        def of_task(r: DagsterRun) -> bool:  # the task's job, or a UI materialization / backfill of its assets
+            return r.job_name == bundle.job.name or any(k.path[0] == task.dagster_name for k in r.asset_selection or ())
+
+        # A run whose process was SIGKILLed stays STARTED for ever and would make every tick skip.
+        for run_id in mark_dead_runs_failed(instance, of_task):
+            context.log.warning(f"run {run_id}: its process is gone; marked failed")
+        active = [r for r in instance.get_runs(RunsFilter(statuses=ACTIVE)) if of_task(r)]
         if active:
             return SkipReason(f"run {active[0].run_id} of task {task.name} is still going")
         manifest = ShardManifest.load(settings.store(task.name))

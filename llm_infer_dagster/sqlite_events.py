@@ -120,8 +120,19 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         super().dispose()
 
 
-def instance_yaml(home: Path) -> str:
-    """The ``dagster.yaml`` ``llm-infer`` writes for a new instance at ``home``: sqlite, pooled event log."""
+# Dagster's run monitoring (the daemon, under `dagster dev` or `dagster-daemon run`): fails runs stuck starting
+# or cancelling. The default run launcher cannot check a started run's worker; run_health.py covers that case.
+RUN_MONITORING_YAML = (
+    "run_monitoring:\n  enabled: true\n  start_timeout_seconds: 300\n  cancel_timeout_seconds: 300\n"
+    "  max_resume_run_attempts: 0\n  poll_interval_seconds: 60\n"
+)
+
+
+def instance_yaml(home: Path, *, run_monitoring: bool = True) -> str:
+    """The ``dagster.yaml`` ``llm-infer`` writes for a new instance at ``home``: sqlite, pooled event log.
+
+    ``run_monitoring=False`` gives what earlier versions wrote (upgraded in place by the CLI).
+    """
     return (
         "telemetry:\n  enabled: false\n"
         "event_log_storage:\n"
@@ -129,4 +140,4 @@ def instance_yaml(home: Path) -> str:
         f"  class: {PooledSqliteEventLogStorage.__name__}\n"
         "  config:\n"
         f"    base_dir: {home.resolve() / 'history' / 'runs'}\n"
-    )
+    ) + (RUN_MONITORING_YAML if run_monitoring else "")

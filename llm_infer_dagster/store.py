@@ -150,6 +150,10 @@ class TaskStore:
     def shard_log_path(self, key: str) -> Path:
         return self.output_dir / "logs" / "tasks" / f"{self._check_key(key)}.log"
 
+    def lease_path(self, key: str) -> Path:
+        """The lock file of the shard's lease (see locks.py)."""
+        return self.task_dir / ".leases" / f"{self._check_key(key)}.lock"
+
     def log_shard(self, key: str, message: str) -> None:
         """Append one line to the shard's seed-style log."""
         path = self.shard_log_path(key)

@@ -7,7 +7,7 @@ import json
 
 import polars as pl
 import pytest
-from dagster import AssetKey
+from dagster import AssetKey, DagsterRunStatus
 from tests_support import CONFIGS, cli_env, instance_at, llm_infer, sigkill_llm_infer_after, write_qa_input
 
 
@@ -125,9 +125,15 @@ def test_sigkill_loses_only_in_flight_shards(tmp_path, tiny_model_path):
     assert total == 24 and 1 <= len(done_before) < total
     stamps = {k: (comp_dir / f"{k}.parquet").stat().st_mtime_ns for k in done_before}
 
+    assert [r.status for r in inst.get_runs()] == [DagsterRunStatus.STARTED]  # its process is gone
     resumed = llm_infer(*args)
     assert resumed.returncode == 0, resumed.stderr
     assert f"{total}/{total} shards done, 72 rows" in resumed.stdout
+    # The killed run is marked failed (so the schedule does not wait on it for ever), with why.
+    assert "was left running by a process that is gone; marked it failed" in resumed.stderr
+    killed = inst.get_runs()[-1]
+    assert killed.status == DagsterRunStatus.FAILURE
+    assert not [r for r in inst.get_runs() if r.status == DagsterRunStatus.STARTED]
     assert inst.get_materialized_partitions(comp) == set(inst.get_dynamic_partitions("qa_regex_shards"))
     for k, mtime in stamps.items():  # finished shards were not redone
         assert (comp_dir / f"{k}.parquet").stat().st_mtime_ns == mtime

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+from collections import Counter
 from pathlib import Path
 
 import polars as pl
 import pytest
 from dagster import AssetKey
-from tests_support import CONFIGS, instance_at, llm_infer, write_qa_input
+from tests_support import CONFIGS, REPO, cli_env, instance_at, llm_infer, write_qa_input
 
 
 def _args(model: str, data: Path, out: Path, *extra: str) -> list[str]:
@@ -114,3 +117,30 @@ def test_read_file_raising_on_a_rerun_fails_only_its_shards_in_one_line(tmp_path
     # part-000's shards were redone with the new read_file and answered; part-001's keep their old results
     answers = _answers(out)
     assert answers.height == 8
+
+
+@pytest.mark.slow
+def test_two_llm_infer_on_one_task_never_compute_a_shard_twice(tmp_path: Path, tiny_model_path: str) -> None:
+    """Both start at once on an empty output dir (the instance is created once); they split the shards."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    write_qa_input(data, files=2, rows=12)
+    args = _args(tiny_model_path, data, out, "--shard_size", "2", "--batch_size", "1")
+    cmd = [sys.executable, "-m", "llm_infer_dagster", *args]
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]  # fmt: skip
+    results = [p.communicate(timeout=600) for p in procs]
+    for p, (stdout, stderr) in zip(procs, results, strict=True):
+        assert p.returncode == 0, stderr[-2000:]
+        assert "Traceback" not in stderr and "shards done" in stdout
+    inst = instance_at(out)
+    comp = AssetKey(["qa_regex", "completions"])
+    records = inst.fetch_materializations(comp, limit=1000).records
+    per_shard = Counter(r.partition_key for r in records)
+    keys = inst.get_dynamic_partitions("qa_regex_shards")
+    assert len(keys) == 12 and set(per_shard) == set(keys)
+    assert max(per_shard.values()) == 1, per_shard  # no shard was computed by both
+    assert len({r.run_id for r in records}) == 2  # and both did some of the work
+    answers = _answers(out)
+    assert answers.height == 24 and answers["record_id"].n_unique() == 24
+    again = llm_infer(*args)
+    assert again.returncode == 0 and "nothing to do" in again.stderr

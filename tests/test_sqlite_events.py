@@ -59,17 +59,28 @@ def test_open_databases_are_bounded_dropped_after_a_fork_and_after_a_wipe(tmp_pa
 
 
 def test_llm_infer_writes_the_pooled_config_only_where_it_owns_the_file(tmp_path: Path, monkeypatch) -> None:
-    for case, before in (("new", None), ("old", OLD_INSTANCE_YAML), ("theirs", "telemetry:\n  enabled: true\n")):
+    cases = (
+        ("new", None),
+        ("old", OLD_INSTANCE_YAML),
+        ("unmonitored", False),
+        ("theirs", "telemetry:\n  enabled: true\n"),
+    )
+    for case, before in cases:
         out = tmp_path / case
         home = out / ".dagster"
         if before is not None:
             home.mkdir(parents=True)
-            (home / "dagster.yaml").write_text(before)
+            text = instance_yaml(home.resolve(), run_monitoring=False) if before is False else before
+            (home / "dagster.yaml").write_text(text)
         monkeypatch.delenv("DAGSTER_HOME", raising=False)
         _prepare_instance(out)
         assert os.environ["DAGSTER_HOME"] == str(home.resolve())
         text = (home / "dagster.yaml").read_text()
         assert (text == instance_yaml(home.resolve())) == (case != "theirs"), case
+        if case != "theirs":  # run monitoring is on, and Dagster accepts the file
+            instance = DagsterInstance.get()
+            assert instance.run_monitoring_enabled
+            instance.dispose()
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
 
 

@@ -27,6 +27,7 @@ from llm_infer_dagster.assets.provenance import shard_tags
 from llm_infer_dagster.engines.spec import EngineSpec, has_chat_template
 from llm_infer_dagster.errors import TaskConfigError
 from llm_infer_dagster.exports import export_shard
+from llm_infer_dagster.locks import ShardLeases
 from llm_infer_dagster.registry import ShardManifest, manifest_for
 from llm_infer_dagster.settings import InferenceSettings
 from llm_infer_dagster.store import TaskStore
@@ -85,7 +86,11 @@ class ShardPipeline:
         self.data_versions = _Versions()
         self.failed: dict[str, str] = {}  # shard -> why it failed (first line is what the CLI shows)
         self.bad_input: set[str] = set()  # failed shards whose cause is the user's input or task code
+        self.skipped: dict[str, str] = {}  # shards another run is making (or made while this one ran)
         self.instance = context.instance
+        self.leases = ShardLeases(self.store, holder=context.run.run_id)
+        self._claimed: set[str] = set()
+        self._started = time.time()
 
     # -- reporting -------------------------------------------------------------------------------------------
 
@@ -114,6 +119,48 @@ class ShardPipeline:
     # -- the step --------------------------------------------------------------------------------------------
 
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            self.leases.release_all()
+
+    def _claim(self, shard: str) -> bool:
+        """Lease ``shard`` for this step; False if another run is making it or has made it since this step began.
+
+        Two runs over the same shards (two ``llm-infer`` commands, one beside a Launchpad run) then split the
+        work instead of both computing it.
+        """
+        first = shard not in self._claimed
+        if not self.leases.try_acquire(shard):
+            self.skipped[shard] = f"being made by {self.leases.holder_of(shard) or 'another run'}"
+        elif first and self._made_since_start(shard):
+            self.leases.release(shard)
+            self.skipped[shard] = "made by another run while this one ran"
+        else:
+            self._claimed.add(shard)
+            return True
+        self.context.log.warning(f"shard {shard} skipped: {self.skipped[shard]}")
+        return False
+
+    def _made_since_start(self, shard: str) -> bool:
+        """Whether the last file this step would write for ``shard`` was written by someone since it started."""
+        target = next((t for t in self.targets if t.make_answers or t.make_completions), None)
+        if target is not None:
+            path = self.store.shard_path("answers" if target.make_answers else "completions", shard, target.name)
+        else:
+            path = self.store.shard_path("prompts" if self.make_prompts else "raw", shard)
+        try:
+            return path.stat().st_mtime > self._started
+        except FileNotFoundError:
+            return False
+
+    def _fail(self, shard: str, why: str, *, bad_input: bool = False) -> None:
+        self.failed[shard] = why
+        if bad_input:
+            self.bad_input.add(shard)
+        self.leases.release(shard)
+
+    def _run(self) -> None:
         log = self.context.log
         manifest = manifest_for(self.store)
         for shard in self.shard_keys:
@@ -141,9 +188,11 @@ class ShardPipeline:
         for target in self.targets:
             if target.make_answers and not target.make_completions:
                 for shard in self.shard_keys:
-                    self._answer(target, shard, self.store.read_frame("completions", shard, target.name))
+                    if shard not in self.failed and self._claim(shard):
+                        self._answer(target, shard, self.store.read_frame("completions", shard, target.name))
         log.info(
             f"step done: {len(self.shard_keys)} shard(s) in {time.perf_counter() - t0:.1f} s, {len(self.failed)} failed"
+            + (f", {len(self.skipped)} skipped (another run had them)" if self.skipped else "")
         )
         if self.failed:
             raise Failure(
@@ -204,6 +253,8 @@ class ShardPipeline:
         first_model = next((t for t in self.targets if t.make_completions), None)
         for shard_key in self.shard_keys:
             s = manifest.shard(shard_key)
+            if not self._claim(shard_key):
+                continue
             if self.make_raw:
                 pointer = self._pointer()
                 if cached is None or cached[0] != s.file:
@@ -213,18 +264,16 @@ class ShardPipeline:
                         cached = (s.file, exc)
                 rows = cached[1]
                 if isinstance(rows, TaskConfigError):
-                    self.failed[s.key] = str(rows)
-                    self.bad_input.add(s.key)
+                    self._fail(s.key, str(rows), bad_input=True)
                     log.error(f"shard {s.key}: {rows}")
                     store.log_shard(s.key, f"raw FAILED: {rows}")
                     continue
                 if len(rows) < s.stop:  # remaking it now would replace its results with fewer rows or none
-                    self.failed[s.key] = (
+                    self._fail(s.key, (
                         f"input file {s.file} now has {len(rows)} rows, fewer than shard {s.key}'s rows "
                         f"{s.start}..{s.stop}: the shard keeps the results it has; to redo it with the rows the file "
                         "has now, run llm-infer with --redo_shrunk"
-                    )
-                    self.bad_input.add(s.key)
+                    ), bad_input=True)  # fmt: skip
                     log.warning(self.failed[s.key])
                     store.log_shard(s.key, f"raw NOT remade: {self.failed[s.key]}")
                     continue
@@ -257,20 +306,24 @@ class ShardPipeline:
                 if not checked_chat and spec is not None and self._is_chat(prompts):
                     self._check_chat_template(spec, s.key)  # raises before the engine is used
                     checked_chat = True
+            if first_model is None:
+                self.leases.release(s.key)  # nothing more to make for it in this step
             yield self._job(s.key, first_model)
 
     def _job(self, shard: str, target: ModelTarget | None) -> ShardJob:
         out = self.store.shard_path("completions", shard, target.name if target else None)
         return ShardJob(shard, str(self.store.shard_path("prompts", shard)), str(out))
 
-    def _existing_prompts(self, target: ModelTarget) -> list[ShardJob]:
-        return [self._job(k, target) for k in self.shard_keys]
+    def _existing_prompts(self, target: ModelTarget) -> Iterator[ShardJob]:
+        for k in self.shard_keys:
+            if k not in self.failed and self._claim(k):
+                yield self._job(k, target)
 
-    def _complete(self, target: ModelTarget, jobs: Iterator[ShardJob] | list[ShardJob]) -> None:
+    def _complete(self, target: ModelTarget, jobs: Iterator[ShardJob]) -> None:
         """Run the model over ``jobs``; record each shard's completions (and answers) as it lands."""
         assert target.spec is not None
         spec, log, settings = target.spec, self.context.log, self.settings
-        if self.make_prompts and not isinstance(jobs, list):
+        if self.make_prompts:
             # The first shard is made before any worker starts: a chat task on a model without a chat
             # template fails here, before a model loads, and the engine's first job is ready when it is.
             jobs = _prime(jobs)
@@ -295,7 +348,7 @@ class ShardPipeline:
         out_tokens, t0 = 0, time.perf_counter()
         for r in pool.run(jobs, count=len(self.shard_keys)):
             if not r.ok:
-                self.failed[r.key] = r.error or "unknown error"
+                self._fail(r.key, r.error or "unknown error")
                 log.error(f"shard {r.key} failed on worker {r.worker}: {r.error}")
                 self.store.log_shard(r.key, f"completions FAILED on worker {r.worker}: {r.error}")
                 continue
@@ -333,6 +386,8 @@ class ShardPipeline:
             export_shard(self.store, r.key, with_answers=False, save_text=False, completions=comps)
         if target.make_answers:
             self._answer(target, r.key, comps)
+        else:
+            self.leases.release(r.key)
 
     def _answer(self, target: ModelTarget, shard: str, comps: pl.DataFrame) -> None:
         pointer = self._pointer()
@@ -356,6 +411,7 @@ class ShardPipeline:
             "model_name": target.name or "default",
             "preview": preview(df, ["record_id", "answer", "error"]),
         })  # fmt: skip
+        self.leases.release(shard)
 
 
 def _summary(why: str) -> str:
