@@ -89,12 +89,16 @@ def export_shard(
     save_text: bool,
     completions: pl.DataFrame | None = None,
     answers: pl.DataFrame | None = None,
+    raw: pl.DataFrame | None = None,
+    prompts: pl.DataFrame | None = None,
 ) -> None:
     """Write results/infer/<key>.json, or results/extract/<key>.json once answers exist (and text).
 
-    ``completions`` / ``answers``: the shard's frames when the caller holds them already (not read again).
+    ``completions`` / ``answers`` / ``raw`` / ``prompts``: the shard's frames when the caller holds them
+    already (not read again).
     """
-    raw, prompts = store.read_frame("raw", key), store.read_frame("prompts", key)
+    raw = raw if raw is not None else store.read_frame("raw", key)
+    prompts = prompts if prompts is not None else store.read_frame("prompts", key)
     comps = completions if completions is not None else store.read_frame("completions", key)
     if with_answers and answers is None:
         answers = store.read_frame("answers", key)

@@ -91,6 +91,8 @@ class ShardPipeline:
         self.leases = ShardLeases(self.store, holder=context.run.run_id)
         self._claimed: set[str] = set()
         self._started = time.time()
+        # raw and prompts of the shards made here and not yet answered, so the seed export reads neither again
+        self._frames: dict[str, tuple[pl.DataFrame, pl.DataFrame]] = {}
 
     # -- reporting -------------------------------------------------------------------------------------------
 
@@ -156,6 +158,7 @@ class ShardPipeline:
 
     def _fail(self, shard: str, why: str, *, bad_input: bool = False) -> None:
         self.failed[shard] = why
+        self._frames.pop(shard, None)
         if bad_input:
             self.bad_input.add(shard)
         self.leases.release(shard)
@@ -302,6 +305,8 @@ class ShardPipeline:
                     "chat_prompts": int(prompts["is_chat"].sum()),
                     "preview": preview(prompts, ["record_id", "prompt", "error"]),
                 })  # fmt: skip
+                if first_model is not None and first_model.name is None:
+                    self._frames[s.key] = (raw, prompts)  # for the seed export (run's model only)
                 spec = first_model.spec if first_model is not None else None
                 if not checked_chat and spec is not None and self._is_chat(prompts):
                     self._check_chat_template(spec, s.key)  # raises before the engine is used
@@ -383,7 +388,10 @@ class ShardPipeline:
         self.context.log.info(msg)
         self.store.log_shard(r.key, f"completions[{target.name or 'default'}]: " + msg)
         if target.name is None:  # the seed's layout holds the run's model
-            export_shard(self.store, r.key, with_answers=False, save_text=False, completions=comps)
+            held = self._frames.get(r.key) if target.make_answers else self._frames.pop(r.key, None)
+            raw, prompts = held or (None, None)
+            export_shard(self.store, r.key, with_answers=False, save_text=False, completions=comps, raw=raw,
+                         prompts=prompts)  # fmt: skip
         if target.make_answers:
             self._answer(target, r.key, comps)
         else:
@@ -394,8 +402,9 @@ class ShardPipeline:
         df = answers_frame(comps, self.task.extract_answer)
         self.store.write_frame("answers", shard, df, target.name)
         if target.name is None:
+            raw, prompts = self._frames.pop(shard, (None, None))
             export_shard(self.store, shard, with_answers=True, save_text=self.settings.save_text,
-                         completions=comps, answers=df)  # fmt: skip
+                         completions=comps, answers=df, raw=raw, prompts=prompts)  # fmt: skip
         extracted = int(df["answer"].is_not_null().sum())
         n_err = int(df["error"].is_not_null().sum())
         if n_err:
