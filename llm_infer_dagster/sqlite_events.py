@@ -27,11 +27,25 @@ from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     SqliteEventLogStorage,
 )
 from dagster._serdes import ConfigurableClassData
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import QueuePool
 
 MAX_ENGINES = 16  # open database files per process: the index, and the runs being written or read
+
+
+def _relaxed_sync(dbapi_connection: Any, _record: Any) -> None:
+    """``synchronous=NORMAL``: in WAL mode (Dagster creates its sqlite files in WAL) a commit then skips the fsync.
+
+    A killed process loses nothing committed (the WAL is in the OS's hands); only a power cut can roll back
+    the last commits before a checkpoint, never corrupt the file. Shards whose record is rolled back that way
+    are simply made again on resume. About a third of an event's write cost on our machine was that fsync.
+    """
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
 
 
 class PooledSqliteEventLogStorage(SqliteEventLogStorage):
@@ -66,6 +80,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             max_overflow=2,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
         )
+        event.listen(engine, "connect", _relaxed_sync)
         if shard not in self._initialized_dbs:
             self._initdb(engine)
             self._initialized_dbs.add(shard)
