@@ -89,3 +89,13 @@ def test_a_run_sharded_write_reads_back(tmp_path: Path, pooled: bool) -> None:
     instance = _instance(tmp_path / "home", pooled)
     _observe(instance, AssetKey("x"), ["p"])
     assert instance.get_latest_data_version_record(AssetKey("x"), True, "p") is not None
+
+
+def test_pooled_connections_are_wal_with_normal_sync(tmp_path: Path) -> None:
+    """Dagster makes its files WAL; the pooled log's connections skip the per-commit fsync (synchronous=NORMAL)."""
+    instance = _instance(tmp_path / "home", pooled=True)
+    _observe(instance, AssetKey("x"), ["p"])
+    storage = instance.event_log_storage
+    with storage.index_connection() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL (the default, FULL, is 2)
