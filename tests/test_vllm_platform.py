@@ -46,7 +46,8 @@ def test_vllm_end_to_end_with_sigkill_resume_and_two_workers(tmp_path: Path, tin
         "--shard_size",
         "2",
         "--model_args",
-        json.dumps({"enforce_eager": True, "max_num_seqs": 2}),
+        # the seed's style (issue 8): settings that have their own flag, inside --model_args
+        json.dumps({"enforce_eager": True, "max_num_seqs": 2, "tensor_parallel_size": 1, "max_model_len": 256}),
     ]
     comp_dir = out / "qa_regex" / "completions"
     orphans_before = orphaned_engine_processes()
