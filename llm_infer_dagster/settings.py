@@ -7,8 +7,13 @@ variables from its flags before it launches runs), so each setting has exactly o
 
 from __future__ import annotations
 
+import ast
+import difflib
+import functools
+import importlib.util
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +132,59 @@ def parse_model_args(text: str | None) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise SettingsError(f"--model_args / LLM_INFER_MODEL_ARGS must be a JSON object, got {text!r}")
     return value
+
+
+def _class_in_source(path: Path, name: str) -> ast.ClassDef | None:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    return next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name), None)
+
+
+@functools.cache
+def vllm_engine_arg_names() -> frozenset[str] | None:
+    """The keyword arguments ``vllm.LLM(...)`` takes: its own and ``EngineArgs``' fields; None if unknown.
+
+    Read from vLLM's source files, not imported: importing ``vllm.engine.arg_utils`` takes 10 s (torch), this
+    takes milliseconds. None (no check) where vLLM is not installed or its files look different.
+    """
+    try:
+        spec = importlib.util.find_spec("vllm")  # a top-level package: found, not imported
+        root = Path(next(iter(spec.submodule_search_locations or ()))) if spec else None
+        if root is None:
+            return None
+        engine_args = _class_in_source(root / "engine" / "arg_utils.py", "EngineArgs")
+        llm = _class_in_source(root / "entrypoints" / "llm.py", "LLM")
+    except (ImportError, ValueError, StopIteration, OSError, SyntaxError):
+        return None
+    if engine_args is None or llm is None:
+        return None
+    names = {s.target.id for s in engine_args.body if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)}
+    init = next((n for n in llm.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
+    if init is not None:
+        names |= {a.arg for a in (*init.args.args, *init.args.kwonlyargs)} - {"self"}
+    return frozenset(names) if len(names) > 20 else None  # a handful: not the classes this was written for
+
+
+def check_engine_args(model_type: str, engine_args: Mapping[str, Any]) -> None:
+    """Refuse ``--model_args`` the engine would ignore (hf) or refuse only once it starts (vLLM, per worker)."""
+    if not engine_args:
+        return
+    if model_type == "hf":
+        raise SettingsError(
+            f"--model_args / LLM_INFER_MODEL_ARGS gives {', '.join(sorted(engine_args))}, but the hf engine takes "
+            "no engine arguments (they are vLLM's) and would ignore them; drop them, or use --model_type vllm"
+        )
+    known = vllm_engine_arg_names() if model_type == "vllm" else None
+    if known is None:
+        return
+    unknown = sorted(set(engine_args) - known)
+    if unknown:
+        hints = [f"{k!r} -> {m[0]!r}" for k in unknown if (m := difflib.get_close_matches(k, known, n=1))]
+        raise SettingsError(
+            f"--model_args / LLM_INFER_MODEL_ARGS: {', '.join(map(repr, unknown))} "
+            f"{'is not an argument' if len(unknown) == 1 else 'are not arguments'} of vLLM's engine "
+            "(vllm.LLM / EngineArgs)"
+            + (f"; did you mean {', '.join(hints)}?" if hints else "; see `vllm serve --help` for the valid ones")
+        )
 
 
 #: Files a tokenizer is loaded from; a model folder with none of them has no tokenizer of its own.
@@ -256,11 +314,13 @@ def check_engine_settings(
     available_gpus: int | None = None,
     trust_remote_code: bool = False,
     tokenizer_path: str | None = None,
+    engine_args: Mapping[str, Any] | None = None,
 ) -> None:
     """Raise SettingsError with a one-line fix for any engine setting that cannot work.
 
     Runs before any model loads. ``tokenizer_path``: where the engine takes its tokenizer from when not the
-    model folder (vLLM's ``tokenizer`` engine argument).
+    model folder (vLLM's ``tokenizer`` engine argument; taken from ``engine_args`` when those are given).
+    ``engine_args``: the ``--model_args``, checked by :func:`check_engine_args` (not checked when None).
     """
     if model_type not in MODEL_TYPES:
         raise SettingsError(f"model type {model_type!r} is not one of {', '.join(MODEL_TYPES)} (--model_type)")
@@ -274,6 +334,9 @@ def check_engine_settings(
         )
     if workers < 1 or tensor_parallel_size < 1:
         raise SettingsError("--workers and --tensor_parallel_size must be >= 1")
+    if engine_args is not None:
+        check_engine_args(model_type, engine_args)
+        tokenizer_path = tokenizer_path or engine_args.get("tokenizer")
     if model_type == "hf" and tensor_parallel_size > 1:
         raise SettingsError("the hf engine runs one GPU per worker; tensor_parallel_size > 1 needs --model_type vllm")
     if use_cpu and model_type == "vllm" and tensor_parallel_size > 1:

@@ -325,3 +325,42 @@ def test_a_read_only_output_dir_is_refused(tmp_path: Path) -> None:
         assert str(blocked) in msg and "not writable" in msg and "\n" not in msg
     finally:
         ro.chmod(0o755)
+
+
+# --------------------------------------------------------------------------------------- engine arguments
+
+
+def test_the_hf_engine_refuses_engine_arguments_it_would_ignore(tiny_model_path: str) -> None:
+    _check(tiny_model_path, engine_args={})  # none given: fine
+    with pytest.raises(SettingsError) as exc:
+        _check(tiny_model_path, engine_args={"enforce_eager": True, "no_such_arg": 1})
+    msg = str(exc.value)
+    assert "enforce_eager, no_such_arg" in msg and "hf engine takes no engine arguments" in msg
+    assert "--model_type vllm" in msg and "\n" not in msg
+
+
+def test_unknown_vllm_engine_arguments_are_refused_before_any_engine_starts(tiny_model_path: str) -> None:
+    known = settings_module.vllm_engine_arg_names()
+    if known is None:
+        pytest.skip("vLLM is not installed")
+    assert {"enforce_eager", "kv_cache_memory_bytes", "tokenizer", "gpu_memory_utilization"} <= known
+    settings_module.check_engine_args("vllm", {"enforce_eager": True, "max_num_seqs": 8})
+    with pytest.raises(SettingsError) as exc:
+        settings_module.check_engine_args("vllm", {"enforce_eagr": True, "zzz_not_an_arg": 1})
+    msg = str(exc.value)
+    assert "'enforce_eagr', 'zzz_not_an_arg' are not arguments of vLLM's engine" in msg
+    assert "did you mean 'enforce_eagr' -> 'enforce_eager'?" in msg and "\n" not in msg
+
+
+def test_the_tokenizer_engine_argument_is_what_the_preflight_checks(tmp_path: Path, tiny_model_path: str) -> None:
+    broken = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_model_path, broken)
+    for name in TOKENIZER_FILES:
+        (broken / name).unlink(missing_ok=True)
+    if settings_module.vllm_engine_arg_names() is None:
+        pytest.skip("vLLM is not installed")
+    with pytest.raises(SettingsError, match="has no tokenizer"):
+        _check(str(broken), model_type="vllm", engine_args={})
+    _check(str(broken), model_type="vllm", engine_args={"tokenizer": tiny_model_path})  # vLLM loads that one
+    with pytest.raises(SettingsError, match="hf engine takes no engine arguments"):
+        _check(str(broken), engine_args={"tokenizer": tiny_model_path})  # hf would load the folder's own
