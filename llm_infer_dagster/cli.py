@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy.exc import DatabaseError  # the Dagster instance's storage errors (a full disk, a read-only dir)
 
-from llm_infer_dagster.errors import LLMInferError, SettingsError
+from llm_infer_dagster.errors import LLMInferError, SettingsError, TaskConfigError
 from llm_infer_dagster.tasks.planning import RunPlan, plan_runs
 
 log = logging.getLogger("llm_infer")
@@ -107,6 +107,20 @@ def _setup_logging(output: Path) -> None:
     log.handlers[:] = [handler]
     log.setLevel(logging.INFO)
     log.propagate = False
+    # Warnings of the package's own modules (e.g. registration keeping a shard size) belong in main.log too.
+    package = logging.getLogger("llm_infer_dagster")
+    to_terminal = logging.StreamHandler(sys.stderr)
+    to_terminal.setFormatter(_LevelPrefix())
+    package.handlers[:] = [handler, to_terminal]
+    package.setLevel(logging.WARNING)
+    package.propagate = False
+
+
+class _LevelPrefix(logging.Formatter):
+    """``warning: <message>``, like the command's own warnings."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
 
 
 PLANNED_EVENTS_ENV = "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"
@@ -177,7 +191,7 @@ class _Progress:
 def run(args: argparse.Namespace) -> int:
     from llm_infer_dagster.seed_flags import FLAG_KEYS, merge_model_args
     from llm_infer_dagster.settings import PACKAGE_ROOT, check_engine_settings, export_settings_env, parse_model_args
-    from llm_infer_dagster.store import check_output_dir
+    from llm_infer_dagster.store import atomic_write_text, check_output_dir
     from llm_infer_dagster.tasks.loader import load_task
     from llm_infer_dagster.tasks.sampling import check_hf_supported
 
@@ -211,11 +225,17 @@ def run(args: argparse.Namespace) -> int:
         if args.model_type == "hf":
             check_hf_supported(task.sampling_params)
 
+    if not task.list_files(task.input_path(args.input_path)):  # before the output dir or instance exists
+        raise TaskConfigError(
+            f"{task.config_file}: get_file_list({task.input_path(args.input_path)!r}) returned no files; "
+            "check --input_path (or the task's input_path) and get_file_list"
+        )
     output = Path(args.output_path).resolve()
     check_output_dir(output)  # creatable and writable, or one line saying why, before anything is written
     _setup_logging(output)
     _prepare_instance(output)
-    (output / "args.json").write_text(json.dumps(vars(args), indent=2), encoding="utf-8")
+    if not args.plan_only:  # a look at the plan leaves the last run's arguments as they were
+        atomic_write_text(output / "args.json", json.dumps(vars(args), indent=2))
     settings_cfg = _settings_config(args, config_path, output)
     os.environ["LLM_INFER_TASKS"] = task.name  # the code location loads only this task
     os.environ.setdefault("LLM_INFER_STEP_LOG", str(output / "logs" / "steps.log"))  # step processes' output

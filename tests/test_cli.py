@@ -34,6 +34,10 @@ def test_run_resume_rerun_extract_only_and_seed_layout(tmp_path, tiny_model_path
     # 20 + 12 rows cut into 8-row shards within each file: 8,8,4 and 8,4
     assert len(shard_lines) == 5 and all("pending" in ln for ln in shard_lines)
     assert not (out / "qa_regex" / "completions").exists()
+    # Shards keep their size unless re-cut; the warning reaches the terminal and main.log (issue 8).
+    other_size = llm_infer(*base, "--shard_size", "3", "--plan_only")
+    assert other_size.returncode == 0 and "warning: task qa_regex keeps its 8-row shards" in other_size.stderr
+    assert "keeps its 8-row shards (asked for 3)" in (out / "logs" / "main.log").read_text()
 
     first = llm_infer(*base, "--save_text", "--limit", "5")
     assert first.returncode == 0, first.stderr

@@ -144,3 +144,17 @@ def test_two_llm_infer_on_one_task_never_compute_a_shard_twice(tmp_path: Path, t
     assert answers.height == 24 and answers["record_id"].n_unique() == 24
     again = llm_infer(*args)
     assert again.returncode == 0 and "nothing to do" in again.stderr
+
+
+def test_a_failed_plan_only_creates_nothing_and_plan_only_keeps_args_json(tmp_path: Path, tiny_model_path: str) -> None:
+    empty, out = tmp_path / "empty", tmp_path / "out"
+    empty.mkdir()
+    r = llm_infer(*_args(tiny_model_path, empty, out, "--plan_only"))
+    assert r.returncode == 2 and "returned no files" in r.stderr
+    assert not out.exists()  # no output dir, no instance, for a command that could not plan anything
+    data = tmp_path / "data"
+    write_qa_input(data, files=1, rows=4)
+    out.mkdir()
+    (out / "args.json").write_text('{"from": "the last run"}')
+    assert llm_infer(*_args(tiny_model_path, data, out, "--plan_only")).returncode == 0
+    assert json.loads((out / "args.json").read_text()) == {"from": "the last run"}

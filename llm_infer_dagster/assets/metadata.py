@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import polars as pl
@@ -23,12 +24,22 @@ def preview(df: pl.DataFrame, columns: list[str], rows: int = 5, width: int = 80
     return MetadataValue.md("\n".join(lines))
 
 
+_NUMBER = re.compile(r"\d+")
+
+
 def error_summary(errors: list[str | None], limit: int = 3) -> str:
-    """The most common errors with counts, for logs and the CLI's last line."""
+    """The most common causes with counts, for logs and the CLI's last line.
+
+    Errors that differ only in their numbers ("prompt has 3100 tokens" / "... 2900 tokens") are one cause,
+    shown with the first message seen.
+    """
     counts: dict[str, int] = {}
+    shown: dict[str, str] = {}
     for e in errors:
         if e:
             head = e.splitlines()[0][:200]
-            counts[head] = counts.get(head, 0) + 1
+            cause = _NUMBER.sub("#", head)
+            counts[cause] = counts.get(cause, 0) + 1
+            shown.setdefault(cause, head)
     top = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
-    return "; ".join(f"{n}x {msg}" for msg, n in top)
+    return "; ".join(f"{n}x {shown[cause]}" for cause, n in top)
