@@ -253,3 +253,18 @@ def test_daemon_registers_and_materializes_a_new_file_without_rerunning_old_shar
         except subprocess.TimeoutExpired:
             os.killpg(daemon.pid, signal.SIGKILL)
             daemon.wait()
+
+
+def test_a_sensor_preview_that_records_nothing_loses_no_appended_row(setup) -> None:
+    """Issue 10: the UI's "Preview tick result" evaluates the sensor but records none of its events."""
+    instance, bundle, settings, data = setup
+    sensor = build_shard_sensor(bundle)
+    _tick(sensor, instance, settings)
+    keys = instance.get_dynamic_partitions("qa_regex_shards")
+    write_qa_input(data, files=1, rows=6)  # one row appended: fills the partial last shard
+    preview = sensor(build_sensor_context(instance=instance, resources={"settings": settings}))
+    assert isinstance(preview, SensorResult)  # evaluated (the manifest is saved), nothing recorded
+    real = _tick(sensor, instance, settings)
+    assert isinstance(real, SensorResult)
+    observed = {e.partition for e in real.asset_events if e.asset_key == bundle.key("input")}
+    assert observed == {keys[-1]}  # the grown shard is still observed, so it turns stale and is redone

@@ -71,6 +71,8 @@ def test_each_example_loads_and_reads(name: str) -> None:
     assert task.folder == (EXAMPLES / name).resolve()
     files = task.list_files(None)
     assert files, f"{name} lists no files"
+    for path in files:  # every file it lists is data it can read (not its own sampling_params.json)
+        assert task.read_rows(path), path
     rows = task.read_rows(files[0])
     assert rows and all(isinstance(r, dict) for r in rows)
     prompt = task.format_prompt(rows[0])

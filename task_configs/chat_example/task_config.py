@@ -9,7 +9,8 @@ LABEL_RE = re.compile(r"\b(positive|negative|neutral)\b", re.IGNORECASE)
 
 
 def get_file_list(input_path):
-    root = input_path if input_path and os.path.isdir(input_path) else HERE
+    # The data lives in data/, apart from the task's own sampling_params.json (also a .json file).
+    root = input_path if input_path and os.path.isdir(input_path) else os.path.join(HERE, "data")
     return sorted(os.path.join(root, f) for f in os.listdir(root) if f.endswith(".json"))
 
 
