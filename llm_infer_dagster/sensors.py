@@ -32,6 +32,7 @@ from dagster import (
 )
 
 from llm_infer_dagster.assets.factory import TaskAssets
+from llm_infer_dagster.errors import LLMInferError
 from llm_infer_dagster.registry import ShardManifest, input_observations, partitions_def_for, sync_manifest
 from llm_infer_dagster.run_health import mark_dead_runs_failed
 from llm_infer_dagster.settings import InferenceSettings
@@ -52,8 +53,11 @@ def build_shard_sensor(bundle: TaskAssets) -> SensorDefinition:
         description=f"Register shards of new or grown input files of task {task.name} as partitions.",
     )
     def new_shards(context: SensorEvaluationContext, settings: InferenceSettings) -> SensorResult | SkipReason:
-        reg, to_add = sync_manifest(context.instance, task, settings.store(task.name),
-                                    task.input_path(settings.input_path))  # fmt: skip
+        try:
+            reg, to_add = sync_manifest(context.instance, task, settings.store(task.name),
+                                        task.input_path(settings.input_path))  # fmt: skip
+        except LLMInferError as exc:  # the task's own mistake: one line in the tick, not a traceback a minute
+            return SkipReason(f"cannot register shards of task {task.name}: {exc}")
         events: list[AssetObservation] = []
         short = set(reg.short_keys)
         for kind, paths in (("shrunk", reg.shrunk_files), ("modified", reg.modified_files),

@@ -268,3 +268,13 @@ def test_a_sensor_preview_that_records_nothing_loses_no_appended_row(setup) -> N
     assert isinstance(real, SensorResult)
     observed = {e.partition for e in real.asset_events if e.asset_key == bundle.key("input")}
     assert observed == {keys[-1]}  # the grown shard is still observed, so it turns stale and is redone
+
+
+def test_a_task_whose_get_file_list_fails_skips_its_tick_with_one_line(setup) -> None:
+    instance, bundle, settings, data = setup
+    for f in data.iterdir():
+        f.unlink()
+    result = build_shard_sensor(bundle)(build_sensor_context(instance=instance, resources={"settings": settings}))
+    assert isinstance(result, SkipReason)
+    assert "cannot register shards of task qa_regex" in str(result.skip_message)
+    assert "returned no files" in str(result.skip_message) and "\n" not in str(result.skip_message)
