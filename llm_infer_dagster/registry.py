@@ -16,9 +16,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from dagster import AssetKey, AssetObservation, DagsterInstance, DynamicPartitionsDefinition
+from dagster import AssetKey, AssetObservation, DagsterEventType, DagsterInstance, DynamicPartitionsDefinition
 from dagster._core.definitions.data_version import DATA_VERSION_IS_USER_PROVIDED_TAG, DATA_VERSION_TAG
-from dagster._core.events import DagsterEventType
 
 from llm_infer_dagster.errors import TaskConfigError
 from llm_infer_dagster.event_batches import report_runless_asset_events

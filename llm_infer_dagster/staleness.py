@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from dagster import AssetKey, DagsterInstance, DataVersion
+from dagster import AssetKey, DagsterEventType, DagsterInstance, DataVersion
 from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
 from dagster._core.definitions.assets.graph.base_asset_graph import BaseAssetGraph
 from dagster._core.definitions.data_version import (
@@ -28,7 +28,6 @@ from dagster._core.definitions.data_version import (
     StaleStatus,
     compute_logical_data_version,
 )
-from dagster._core.events import DagsterEventType
 from dagster._time import get_current_datetime
 
 

@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
-from dagster import AssetExecutionContext, AssetKey, AssetMaterialization, DataVersion, Failure
+from dagster import AssetExecutionContext, AssetKey, AssetMaterialization, DagsterEventType, DataVersion, Failure
 from dagster._core.definitions.data_version import DATA_VERSION_TAG, DEFAULT_DATA_VERSION
-from dagster._core.events import DagsterEventType
 
 from llm_infer_dagster.assets.metadata import error_summary, preview
 from llm_infer_dagster.assets.provenance import shard_tags
