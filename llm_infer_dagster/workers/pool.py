@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import selectors
 import signal
 import socket
@@ -66,11 +67,25 @@ class _Worker:
     stopping: bool = False
 
 
+_PROGRESS_BAR = re.compile(r"\d+%\|.*\|\s*\d+/\d+\s*\[")  # tqdm: "Loading weights: 100%|#####| 21/21 [00:00<...]"
+
+
 def _tail(path: Path, lines: int = 15) -> str:
+    """The log's last lines, without progress bars (a killed worker's last line is often the weights' bar)."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        text = path.read_text(errors="replace").splitlines()
     except OSError:
         return ""
+    return "\n".join([ln for ln in text if not _PROGRESS_BAR.search(ln)][-lines:])
+
+
+def _exit_reason(index: int, code: int) -> str:
+    """``worker 1 exited with code -9 (killed by SIGKILL)``: a negative code is the signal that ended it."""
+    why = f"worker {index} exited with code {code}"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            why += f" (killed by {signal.Signals(-code).name})"
+    return why
 
 
 class WorkerPool:
@@ -254,7 +269,7 @@ class WorkerPool:
 
     def _reap(self, w: _Worker) -> Iterator[ShardResult]:
         code = w.proc.wait()
-        why = w.fatal or f"worker {w.index} exited with code {code}"
+        why = w.fatal or _exit_reason(w.index, code)
         for key in w.inflight:
             yield ShardResult(
                 key,
