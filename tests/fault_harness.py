@@ -547,6 +547,8 @@ def disk_full_trial(job: Job, after_shards: int = 2, leave: int = 0) -> Trial:
     )
     ballast.unlink(missing_ok=True)  # first: sqlite cannot even read the instance on a full disk
     trial.problems += integrity(job)
+    if (job.out / ".dagster").exists():  # how the failed run was left (the next llm-infer marks a dead one failed)
+        trial.details["runs_after_failure"] = dict(Counter(r.status.value for r in instance_at(job.out).get_runs()))
     resumed = job.run()
     trial.problems += clean_exit(resumed, "resume after freeing space")
     trial.problems += check_exact(job)
