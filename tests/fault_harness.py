@@ -384,6 +384,7 @@ def sigkill_trial(job: Job, rng: random.Random, full_run_s: float) -> Trial:
             trial.problems.append(f"{len(left)} process(es) outlived the SIGKILL: {list(left.values())[:3]}")
     else:
         trial.outcome = f"finished before the kill (exit {cmd.rc})"
+        trial.details["finished_in_s"] = cmd.elapsed()  # a whole run took no longer than this
     trial.problems += integrity(job)
     resumed = job.run()
     trial.problems += clean_exit(resumed, "resume")
