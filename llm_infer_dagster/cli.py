@@ -220,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             tensor_parallel_size=args.tensor_parallel_size,
             trust_remote_code=args.trust_remote_code,
-            tokenizer_path=parse_model_args(args.model_args).get("tokenizer"),
+            engine_args=parse_model_args(args.model_args),
         )
         if args.model_type == "hf":
             check_hf_supported(task.sampling_params)

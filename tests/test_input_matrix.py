@@ -178,17 +178,6 @@ SAMPLING = "sampling_params.json"
 # Root writes into a chmod 0o555 folder anyway; nobody, root included, creates files in /proc/<pid>.
 PROC_SELF = f"/proc/{os.getpid()}"
 
-# Platform bugs this matrix found whose fix lies outside the files this module's author owns (strict: the
-# case fails the day the fix lands, and the mark goes).
-XFAIL_CWD = (
-    "__main__.py: `python -m llm_infer_dagster` keeps the cwd as sys.path[0], so cli.py's first import "
-    "(sqlalchemy -> concurrent.futures) runs the cwd's concurrent.py"
-)
-XFAIL_MODEL_ARGS = (
-    "cli.py run: --model_args is not passed to check_engine_settings(engine_args=...): the hf engine ignores "
-    "every engine argument without a word; vLLM refuses an unknown one only in each worker, and exits 1"
-)
-
 CASES: list[Case] = [
     # ---- flags
     Case("tasks-0", 2, ("--tasks must be >= 1, got 0",), flags={"--tasks": "0"}),
@@ -221,7 +210,6 @@ CASES: list[Case] = [
         2,
         ("--model_args", "no_such_engine_arg", "the hf engine takes no engine arguments", "--model_type vllm"),
         flags={"--model_args": '{"no_such_engine_arg": 1}'},
-        xfail=XFAIL_MODEL_ARGS,
     ),
     Case(
         "model_args-unknown-key-vllm",
@@ -232,7 +220,6 @@ CASES: list[Case] = [
             "did you mean 'enforce_eagr' -> 'enforce_eager'?",
         ),
         flags={"--model_type": "vllm", "--model_args": '{"enforce_eagr": true}'},
-        xfail=XFAIL_MODEL_ARGS,
         model_loads=True,
     ),
     Case("max_model_len-0", 2, ("--max_model_len must be >= 1, got 0",), flags={"--max_model_len": "0"}),
@@ -447,7 +434,6 @@ CASES: list[Case] = [
         mutate=_shadowing_cwd,
         cwd=lambda ws: ws.root / "cwd",
         check=_not_imported,
-        xfail=XFAIL_CWD,
     ),
     Case(
         "concurrent-py-in-cwd-console-script",

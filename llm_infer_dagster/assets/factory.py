@@ -82,7 +82,7 @@ def engine_spec(settings: InferenceSettings, choice: ModelChoice | None = None) 
     check_engine_settings(
         model_path=spec.model_path or None, model_type=spec.model_type, use_cpu=settings.use_cpu, dtype=spec.dtype,
         workers=settings.workers, tensor_parallel_size=spec.tensor_parallel_size,
-        trust_remote_code=spec.trust_remote_code, tokenizer_path=spec.engine_args.get("tokenizer"),
+        trust_remote_code=spec.trust_remote_code, engine_args=spec.engine_args,
     )  # fmt: skip
     return spec
 
