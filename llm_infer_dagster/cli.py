@@ -77,6 +77,21 @@ def build_parser() -> argparse.ArgumentParser:
         "tensor_parallel_size, max_model_len, dtype and trust_remote_code there count as their flags",
     )
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    seed = p.add_argument_group("the seed's other flags")
+    seed.add_argument("--task_config_fn", default="task_config.py", help="the task folder's Python file")
+    seed.add_argument("--sampling_params_fn", default="sampling_params.json", help="the task's sampling file")
+    for fn in ("get_file_list", "read_file", "format_prompt", "extract_answer"):
+        seed.add_argument(f"--{fn}_func", default=fn, help=f"name of the task's {fn} function")
+    seed.add_argument("--max_input_length", type=int, default=None, help="prompt tokens allowed (longer: error row)")
+    seed.add_argument("--timeout", type=int, default=None, help="seconds a shard may generate before it fails")
+    seed.add_argument("--id_length", type=int, default=5, help="digits of results/*/<NNNNN>.json (default 5)")
+    seed.add_argument(
+        "--encode_workers",
+        type=int,
+        default=None,
+        help="accepted, no effect: prompts are made a few shards ahead of the engine while it generates, and "
+        "the engine tokenizes them itself",
+    )
     return p
 
 
@@ -97,7 +112,15 @@ def _settings_config(args: argparse.Namespace, config_path: str, output: Path) -
         "trust_remote_code": args.trust_remote_code,
         "save_text": args.save_text,
         "model_args": args.model_args,
+        **{k: getattr(args, k) for k in SEED_TASK_FLAGS},
     }
+
+
+# The seed's flags that are settings of every process (step processes load the task with them too).
+SEED_TASK_FLAGS = (
+    "task_config_fn", "sampling_params_fn", "get_file_list_func", "read_file_func", "format_prompt_func",
+    "extract_answer_func", "max_input_length", "timeout", "id_length",
+)  # fmt: skip
 
 
 def _setup_logging(output: Path) -> None:
@@ -205,7 +228,9 @@ def run(args: argparse.Namespace) -> int:
     for key, value in engine_flags.items():
         setattr(args, key, value)
     args.model_args = json.dumps(engine_args)
-    for flag in ("tasks", "shard_size", "workers", "tensor_parallel_size", "limit", "batch_size", "max_model_len"):
+    positive = ("tasks", "shard_size", "workers", "tensor_parallel_size", "limit", "batch_size", "max_model_len",
+                "max_input_length", "timeout", "id_length", "encode_workers")  # fmt: skip
+    for flag in positive:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise SettingsError(f"--{flag} must be >= 1, got {value}")

@@ -46,6 +46,16 @@ ENV_DEFAULTS: dict[str, tuple[str, Any]] = {
     "trust_remote_code": ("LLM_INFER_TRUST_REMOTE_CODE", False),
     "save_text": ("LLM_INFER_SAVE_TEXT", False),
     "model_args": ("LLM_INFER_MODEL_ARGS", "{}"),
+    # The seed's task-folder flags: other file / function names in the task folder (every task loaded here).
+    "task_config_fn": ("LLM_INFER_TASK_CONFIG_FN", "task_config.py"),
+    "sampling_params_fn": ("LLM_INFER_SAMPLING_PARAMS_FN", "sampling_params.json"),
+    "get_file_list_func": ("LLM_INFER_GET_FILE_LIST_FUNC", "get_file_list"),
+    "read_file_func": ("LLM_INFER_READ_FILE_FUNC", "read_file"),
+    "format_prompt_func": ("LLM_INFER_FORMAT_PROMPT_FUNC", "format_prompt"),
+    "extract_answer_func": ("LLM_INFER_EXTRACT_ANSWER_FUNC", "extract_answer"),
+    "max_input_length": ("LLM_INFER_MAX_INPUT_LENGTH", None),
+    "timeout": ("LLM_INFER_TIMEOUT", None),
+    "id_length": ("LLM_INFER_ID_LENGTH", 5),
 }
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -53,7 +63,8 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 
 def _parse(name: str, var: str, raw: str, default: Any) -> Any:
-    kind = type(default) if default is not None else (int if name in ("max_model_len", "limit") else str)
+    ints = ("max_model_len", "limit", "max_input_length", "timeout")
+    kind = type(default) if default is not None else (int if name in ints else str)
     if kind is bool:
         low = raw.strip().lower()
         if low in _TRUE | _FALSE:
@@ -108,6 +119,19 @@ class InferenceSettings(ConfigurableResource):
         description="JSON object of extra engine arguments, e.g. vLLM's gpu_memory_utilization, enforce_eager, "
         "enable_prefix_caching; LLM_INFER_MODEL_ARGS",
     )
+    task_config_fn: str = Field(default="task_config.py", description="The task's Python file; the seed's flag")
+    sampling_params_fn: str = Field(default="sampling_params.json", description="The task's sampling file")
+    get_file_list_func: str = Field(default="get_file_list", description="Name of the task's get_file_list")
+    read_file_func: str = Field(default="read_file", description="Name of the task's read_file")
+    format_prompt_func: str = Field(default="format_prompt", description="Name of the task's format_prompt")
+    extract_answer_func: str = Field(default="extract_answer", description="Name of the task's extract_answer")
+    max_input_length: int | None = Field(
+        default=None, description="Prompt tokens allowed; a longer prompt is an error row; LLM_INFER_MAX_INPUT_LENGTH"
+    )
+    timeout: int | None = Field(
+        default=None, description="Seconds a shard may generate before it fails (retried next run); LLM_INFER_TIMEOUT"
+    )
+    id_length: int = Field(default=5, description="Digits of the seed-layout result numbers (00000.json)")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> InferenceSettings:
