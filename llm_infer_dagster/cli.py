@@ -283,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
         note = f"run {run_id} was left running by a process that is gone; marked it failed"
         log.warning(note)
         print(f"llm-infer: {note}", file=sys.stderr)
-    store = TaskStore(output, task.name)
+    store = TaskStore(output, task.name, id_length=args.id_length)
     input_path = task.input_path(args.input_path)
     settings_cfg["input_path"] = input_path
     # Step processes re-import the code location: it must load this task with these settings (they are part

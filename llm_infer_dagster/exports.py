@@ -19,8 +19,12 @@ from llm_infer_dagster.store import TaskStore, atomic_write_text
 def seed_records(
     raw: pl.DataFrame, prompts: pl.DataFrame, completions: pl.DataFrame, answers: pl.DataFrame | None
 ) -> list[dict[str, Any]]:
-    """One dict per row with the seed's keys (file_name, file_idx, origin_data, prompt, model_response,
-    extracted_answer) plus record_id, every sample and the row's error."""
+    """One dict per row with the seed's keys plus record_id, every sample, finish_reason and the row's error.
+
+    The seed's keys: file_name, file_idx, origin_data, prompt, model_response (always a string, stripped as
+    the seed stripped it; ``""`` for a row that failed, its reason in ``error``) and, once answers exist,
+    extracted_answer (inference-only records have no such key, as the seed's had none).
+    """
     df = raw.join(prompts.rename({"error": "prompt_error"}), on="record_id", how="left").join(
         completions.select("record_id", "response", "responses", "finish_reason", "error"),
         on="record_id",
@@ -35,21 +39,21 @@ def seed_records(
     out = []
     for r in df.iter_rows(named=True):
         prompt = json.loads(r["prompt"]) if r.get("is_chat") else r.get("prompt")
-        answer = r.get("answer")
-        out.append(
-            {
-                "record_id": r["record_id"],
-                "file_name": r["file"],
-                "file_idx": r["index"],
-                "origin_data": json.loads(r["data"]),
-                "prompt": prompt,
-                "model_response": r["response"],
-                "responses": r["responses"],
-                "finish_reason": r["finish_reason"],
-                "extracted_answer": json.loads(answer) if answer is not None else None,
-                "error": r.get("answer_error") or r["error"],
-            }
-        )
+        record = {
+            "record_id": r["record_id"],
+            "file_name": r["file"],
+            "file_idx": r["index"],
+            "origin_data": json.loads(r["data"]),
+            "prompt": prompt,
+            "model_response": (r["response"] or "").strip(),
+            "responses": r["responses"],
+            "finish_reason": r["finish_reason"],
+            "error": r.get("answer_error") or r["error"] or r.get("prompt_error"),
+        }
+        if answers is not None:
+            answer = r.get("answer")
+            record["extracted_answer"] = json.loads(answer) if answer is not None else None
+        out.append(record)
     return out
 
 
@@ -75,7 +79,7 @@ def records_text(records: list[dict[str, Any]]) -> str:
         prompt = r["prompt"] if isinstance(r["prompt"], str) else json.dumps(r["prompt"], ensure_ascii=False)
         parts.append(
             f"===== {r['record_id']} =====\n[prompt]\n{prompt}\n[response]\n{r['model_response']}\n"
-            f"[extracted_answer] {json.dumps(r['extracted_answer'], ensure_ascii=False)}\n"
+            f"[extracted_answer] {json.dumps(r.get('extracted_answer'), ensure_ascii=False)}\n"
             + (f"[error] {r['error']}\n" if r["error"] else "")
         )
     return "\n".join(parts)

@@ -17,8 +17,10 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from llm_infer_dagster.store import TaskStore
+if TYPE_CHECKING:
+    from llm_infer_dagster.store import TaskStore
 
 
 class ShardLeases:

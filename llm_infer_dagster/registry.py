@@ -391,6 +391,10 @@ def _sync_manifest(
     recorded = recorded_input_versions(instance, task, list(reg.manifest.shards))
     reg.observed = {k: s.digest for k, s in reg.manifest.shards.items() if s.digest and recorded.get(k) != s.digest}
     reg.manifest.save(store)
+    # Seed-layout numbers follow the shard order: new shards take the next ones, old ones keep theirs.
+    store.number_shards(
+        list(reg.manifest.shards), about={k: {"file": s.file, "rows": s.rows} for k, s in reg.manifest.shards.items()}
+    )
     known = set(instance.get_dynamic_partitions(pdef_name))
     return reg, [k for k in reg.manifest.shards if k not in known]
 

@@ -138,7 +138,7 @@ class InferenceSettings(ConfigurableResource):
         return cls(**{**env_defaults(), **overrides})
 
     def store(self, task_name: str) -> TaskStore:
-        return TaskStore(self.output_dir, task_name)
+        return TaskStore(self.output_dir, task_name, id_length=self.id_length)
 
     @property
     def engine_args(self) -> dict[str, Any]:

@@ -4,10 +4,11 @@ Layout under the output dir (``LLM_INFER_OUTPUT`` / ``--output_path``)::
 
     <task>/shards.json                    the shard manifest (file -> rows, shard -> row range)
     <task>/<asset>/<shard>.parquet        raw, prompts, completions, answers
-    results/infer/<shard>.json            the seed's layout, for existing downstream scripts
-    results/extract/<shard>.json
-    results/text/<shard>.txt              (with save_text)
-    logs/tasks/<shard>.log                one log per shard, as the seed had
+    results/infer/<NNNNN>.json            the seed's layout, for existing downstream scripts: numbered by
+    results/extract/<NNNNN>.json          shard (results/index.json maps number -> task, shard, rows)
+    results/text/<NNNNN>.txt              (with save_text)
+    logs/tasks/<NNNNN>.log                one log per shard, as the seed had
+    logs/completions/<NNNNN>              the seed's marker of a finished shard
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import polars as pl
 
 from llm_infer_dagster.errors import SettingsError
+from llm_infer_dagster.seed_index import SeedIndex
 from llm_infer_dagster.tasks.sharding import is_shard_key
 from llm_infer_dagster.tasks.task_settings import MODEL_NAME_RE
 
@@ -98,9 +100,12 @@ def check_output_dir(path: Path) -> None:
 class TaskStore:
     """Paths and atomic reads/writes for one task's shards under one output dir."""
 
-    def __init__(self, output_dir: str | Path, task_name: str) -> None:
+    def __init__(self, output_dir: str | Path, task_name: str, id_length: int = 5) -> None:
         self.output_dir = Path(output_dir).resolve()
         self.task_name = task_name
+        self.id_length = id_length  # digits of the seed layout's numbers (the seed's --id_length)
+        self.index = SeedIndex(self.output_dir)
+        self._numbers: dict[str, int] | None = None
         self.task_dir = self.output_dir / task_name
         if task_name in ("", ".", "..") or self.task_dir.resolve().parent != self.output_dir:
             raise ValueError(f"task name {task_name!r} would leave the output dir {self.output_dir}")
@@ -142,13 +147,32 @@ class TaskStore:
     def has(self, asset: str, key: str, model: str | None = None) -> bool:
         return self.shard_path(asset, key, model).is_file()
 
-    # The seed's output layout.
+    # The seed's layout: files named by the shard's number (seed_index.py), not its key.
+    def number(self, key: str) -> str:
+        """The shard's seed-layout number, zero-padded (``00000``); a shard without one gets the next free one."""
+        self._check_key(key)
+        if self._numbers is None:
+            self._numbers = self.index.numbers(self.task_name)
+        if key not in self._numbers:
+            self._numbers.update(self.index.assign(self.task_name, [key]))
+        return f"{self._numbers[key]:0{self.id_length}d}"
+
+    def number_shards(self, keys: list[str], about: dict[str, dict[str, Any]] | None = None) -> None:
+        """Give ``keys`` (in the task's shard order) their numbers now, so numbers follow that order."""
+        self._numbers = {**self.index.numbers(self.task_name), **self.index.assign(self.task_name, keys, about)}
+
     def result_path(self, kind: str, key: str) -> Path:
+        if kind not in ("infer", "extract", "text"):
+            raise ValueError(f"unknown result kind {kind!r}")
         suffix = ".txt" if kind == "text" else ".json"
-        return self.output_dir / "results" / kind / f"{self._check_key(key)}{suffix}"
+        return self.output_dir / "results" / kind / f"{self.number(key)}{suffix}"
 
     def shard_log_path(self, key: str) -> Path:
-        return self.output_dir / "logs" / "tasks" / f"{self._check_key(key)}.log"
+        return self.output_dir / "logs" / "tasks" / f"{self.number(key)}.log"
+
+    def marker_path(self, key: str) -> Path:
+        """The seed's empty marker of a finished task (``logs/completions/<NNNNN>``)."""
+        return self.output_dir / "logs" / "completions" / self.number(key)
 
     def lease_path(self, key: str) -> Path:
         """The lock file of the shard's lease (see locks.py)."""

@@ -143,9 +143,26 @@ def test_paths_stay_under_output_dir(tmp_path: Path) -> None:
     out = (tmp_path / "out").resolve()
     for asset in ASSETS:
         assert store.shard_path(asset, KEY) == out / "t" / asset / f"{KEY}.parquet"
-    assert store.result_path("infer", KEY) == out / "results" / "infer" / f"{KEY}.json"
-    assert store.result_path("text", KEY) == out / "results" / "text" / f"{KEY}.txt"
-    assert store.shard_log_path(KEY) == out / "logs" / "tasks" / f"{KEY}.log"
+    assert store.result_path("infer", KEY) == out / "results" / "infer" / "00000.json"
+    assert store.result_path("text", KEY) == out / "results" / "text" / "00000.txt"
+    assert store.shard_log_path(KEY) == out / "logs" / "tasks" / "00000.log"
+    assert store.marker_path(KEY) == out / "logs" / "completions" / "00000"
+
+
+def test_seed_numbers_follow_registration_order_and_never_change(tmp_path: Path) -> None:
+    """Issue 8: results/*/<NNNNN>.json in the task's shard order, padded to --id_length, stable as data grows."""
+    keys = [f"a_jsonl-0123abcd-{i:05d}" for i in range(3)]
+    store = TaskStore(tmp_path, "t", id_length=3)
+    store.number_shards(keys[:2], about={keys[0]: {"rows": 4}})
+    assert [store.number(k) for k in keys[:2]] == ["000", "001"]
+    other = TaskStore(tmp_path, "u")  # another task in the same output dir takes the next free numbers
+    assert other.number(keys[0]) == "00002"
+    grown = TaskStore(tmp_path, "t", id_length=3)  # a later process, after the data grew
+    grown.number_shards(keys)
+    assert [grown.number(k) for k in keys] == ["000", "001", "003"]
+    index = json.loads((tmp_path / "results" / "index.json").read_text())["entries"]
+    assert index[0] == {"id": 0, "task": "t", "shard": keys[0], "rows": 4}
+    assert [(e["task"], e["id"]) for e in index] == [("t", 0), ("t", 1), ("u", 2), ("t", 3)]
 
 
 # ------------------------------------------------------------------------------------------ round trips

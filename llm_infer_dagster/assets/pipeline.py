@@ -29,7 +29,7 @@ from llm_infer_dagster.exports import export_shard
 from llm_infer_dagster.locks import ShardLeases
 from llm_infer_dagster.registry import ShardManifest, manifest_for
 from llm_infer_dagster.settings import InferenceSettings
-from llm_infer_dagster.store import TaskStore
+from llm_infer_dagster.store import TaskStore, atomic_write_text
 from llm_infer_dagster.tasks.loader import TaskConfig
 from llm_infer_dagster.transforms import answers_frame, prompts_frame, raw_frame
 from llm_infer_dagster.workers.gpus import split_gpus, visible_gpu_ids
@@ -404,6 +404,7 @@ class ShardPipeline:
             raw, prompts = self._frames.pop(shard, (None, None))
             export_shard(self.store, shard, with_answers=True, save_text=self.settings.save_text,
                          completions=comps, answers=df, raw=raw, prompts=prompts)  # fmt: skip
+            atomic_write_text(self.store.marker_path(shard), "")  # the seed's "this task is done" marker
         extracted = int(df["answer"].is_not_null().sum())
         n_err = int(df["error"].is_not_null().sum())
         if n_err:
