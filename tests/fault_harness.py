@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -181,6 +182,19 @@ def engine_workers(marker: str) -> dict[int, int]:
         except (OSError, ValueError, IndexError):
             continue
     return workers
+
+
+LOADED_RE = re.compile(r"worker (\d+): model loaded in [\d.]+ s \(pid (\d+)\)")
+
+
+def loaded_workers(instance: Any) -> dict[int, int]:
+    """pid -> worker index of the engine workers the latest run's step reported loaded (its Dagster log)."""
+    runs = instance.get_runs(limit=1)
+    found: dict[int, int] = {}
+    for entry in instance.all_logs(runs[0].run_id) if runs else []:
+        if m := LOADED_RE.search(entry.user_message or ""):
+            found[int(m.group(2))] = int(m.group(1))
+    return found
 
 
 def leftover_processes(marker: str, grace: float = 10.0) -> dict[int, str]:
@@ -398,14 +412,23 @@ def worker_kill_trial(job: Job, rng: random.Random | None = None) -> Trial:
     """``--workers 2``: SIGKILL one engine worker after the first completions shard lands."""
     assert job.workers >= 2
     t0 = time.monotonic()
-    trial = Trial("worker kill", f"{job.workers} workers, kill one after the 1st shard")
+    trial = Trial("worker kill", f"{job.workers} workers, kill a loaded one after the 1st shard")
     cmd = job.start()
     if not _wait_for(lambda: len(job.on_disk("completions")) >= 1, cmd, timeout=300, poll=0.01):
         trial.problems.append(f"no completions shard landed (exit {cmd.rc}): {cmd.stderr[-400:]!r}")
         return trial
-    workers = engine_workers(job.marker)
+    # Only a worker whose model is loaded holds shards: one killed while loading fails nothing (rightly).
+    loaded: dict[int, int] = {}
+    inst = instance_at(job.out)  # type: ignore[arg-type]
+
+    def all_loaded() -> bool:
+        loaded.update(loaded_workers(inst))
+        return len(loaded) >= job.workers
+
+    _wait_for(all_loaded, cmd, timeout=120, poll=0.1)
+    workers = {pid: i for pid, i in engine_workers(job.marker).items() if pid in loaded}
     if len(workers) < 2:
-        trial.problems.append(f"found {len(workers)} engine worker(s), want {job.workers}")
+        trial.problems.append(f"found {len(workers)} loaded engine worker(s), want {job.workers}")
     victim = (rng or random).choice(sorted(workers)) if workers else None
     if victim is not None:
         os.kill(victim, signal.SIGKILL)
@@ -413,7 +436,6 @@ def worker_kill_trial(job: Job, rng: random.Random | None = None) -> Trial:
         trial.params += f" (worker {index})"
     cmd.wait(600)
     last = cmd.last_line
-    inst = instance_at(job.out)  # type: ignore[arg-type]
     keys = set(inst.get_dynamic_partitions(f"{TASK}_shards"))
     comps = inst.get_materialized_partitions(AssetKey([TASK, "completions"]))
     answers = inst.get_materialized_partitions(AssetKey([TASK, "answers"]))
