@@ -384,4 +384,31 @@ def check_engine_settings(
                 f"workers x tensor_parallel_size = {workers} x {tensor_parallel_size} = {need} GPUs, but {gpus} "
                 "are visible (CUDA_VISIBLE_DEVICES); lower them, or pass --use_cpu"
             )
+    check_remote_code(model_path, trust_remote_code=trust_remote_code)
     check_tokenizer(tokenizer_path or model_path, trust_remote_code=trust_remote_code)  # last: the slowest check
+
+
+def check_remote_code(model_path: str, *, trust_remote_code: bool) -> None:
+    """A model folder whose model only loads with its own code: refused in one line unless trusted.
+
+    ``trust_remote_code`` is off by default (the seed had it on). A config with ``auto_map`` whose
+    ``model_type`` transformers knows loads without the folder's code and passes; transformers is imported
+    only for folders that have an ``auto_map``.
+    """
+    if trust_remote_code:
+        return
+    try:
+        config = json.loads((Path(model_path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # the engine reports an unreadable config itself
+    auto_map = config.get("auto_map") if isinstance(config, dict) else None
+    if not auto_map:
+        return
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    if config.get("model_type") not in CONFIG_MAPPING_NAMES:
+        raise SettingsError(
+            f"model folder {model_path} needs its own code to load (config.json: model_type "
+            f"{config.get('model_type')!r} with auto_map); pass --trust_remote_code (LLM_INFER_TRUST_REMOTE_CODE=1) "
+            "if you trust that code: it is off by default, unlike the seed"
+        )

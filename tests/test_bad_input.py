@@ -364,3 +364,24 @@ def test_the_tokenizer_engine_argument_is_what_the_preflight_checks(tmp_path: Pa
     _check(str(broken), model_type="vllm", engine_args={"tokenizer": tiny_model_path})  # vLLM loads that one
     with pytest.raises(SettingsError, match="hf engine takes no engine arguments"):
         _check(str(broken), engine_args={"tokenizer": tiny_model_path})  # hf would load the folder's own
+
+
+def test_a_model_that_needs_its_own_code_is_refused_without_trust_remote_code(
+    tmp_path: Path, tiny_model_path: str
+) -> None:
+    import shutil
+
+    from llm_infer_dagster.settings import check_remote_code
+
+    model = tmp_path / "custom"
+    shutil.copytree(tiny_model_path, model)
+    config = json.loads((model / "config.json").read_text())
+    check_remote_code(str(model), trust_remote_code=False)  # a plain Llama: fine
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_mine.MyModel"}
+    (model / "config.json").write_text(json.dumps(config))
+    check_remote_code(str(model), trust_remote_code=False)  # auto_map, but transformers knows llama: fine
+    config["model_type"] = "my_own_arch"
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SettingsError, match="needs its own code to load.*pass --trust_remote_code"):
+        check_remote_code(str(model), trust_remote_code=False)
+    check_remote_code(str(model), trust_remote_code=True)
