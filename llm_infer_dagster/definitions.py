@@ -15,12 +15,14 @@ from llm_infer_dagster.errors import TaskConfigError
 from llm_infer_dagster.executor.gpu_executor import gpu_executor
 from llm_infer_dagster.sensors import build_missing_shards_schedule, build_shard_sensor
 from llm_infer_dagster.settings import InferenceSettings
-from llm_infer_dagster.tasks.loader import discover_tasks, load_task
+from llm_infer_dagster.tasks.loader import TaskFiles, discover_tasks, load_task
 
 
 def build_task_bundles(settings: InferenceSettings, only: list[str] | None = None) -> list[TaskAssets]:
-    names = only if only else discover_tasks(settings.task_configs)
-    tasks = [load_task(settings.task_configs, n) for n in names]
+    """Every task (or ``only`` these), loaded with the settings' task file and function names."""
+    files = TaskFiles.from_settings(settings)  # the seed's --task_config_fn / --*_func: for every task here
+    names = only if only else discover_tasks(settings.task_configs, files)
+    tasks = [load_task(settings.task_configs, n, files) for n in names]
     seen: dict[str, str] = {}
     for t in tasks:
         if t.dagster_name in seen:

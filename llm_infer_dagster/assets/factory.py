@@ -36,7 +36,7 @@ from llm_infer_dagster.engines.spec import EngineSpec
 from llm_infer_dagster.executor.gpu_executor import GPU_TAG, gpu_executor
 from llm_infer_dagster.registry import input_key, partitions_def_for, register_shards
 from llm_infer_dagster.settings import InferenceSettings, check_engine_settings
-from llm_infer_dagster.tasks.loader import TaskConfig
+from llm_infer_dagster.tasks.loader import TaskConfig, TaskFiles
 from llm_infer_dagster.tasks.sampling import check_hf_supported
 from llm_infer_dagster.tasks.task_settings import ModelChoice
 from llm_infer_dagster.tasks.versions import task_code_versions
@@ -78,6 +78,7 @@ def engine_spec(settings: InferenceSettings, choice: ModelChoice | None = None) 
         batch_size=settings.batch_size,
         tensor_parallel_size=settings.tensor_parallel_size,
         engine_args=c.model_args if c.model_args is not None else settings.engine_args,
+        max_input_length=settings.max_input_length,
     )
     check_engine_settings(
         model_path=spec.model_path or None, model_type=spec.model_type, use_cpu=settings.use_cpu, dtype=spec.dtype,
@@ -101,9 +102,27 @@ def code_versions(task: TaskConfig, settings: InferenceSettings) -> dict[str | N
             dtype=c.dtype or settings.dtype,
             max_model_len=c.max_model_len or settings.max_model_len,
             limit=settings.limit,
+            functions=task.files.functions,
+            max_input_length=settings.max_input_length,
         )  # fmt: skip
         for model, c in models.items()
     }
+
+
+def check_run_matches_task_files(task: TaskConfig, settings: InferenceSettings) -> None:
+    """Refuse a run whose settings name other task files or functions than the task was loaded with.
+
+    The task module and its code versions come from the code location's load; a Launchpad run that changed
+    ``format_prompt_func`` would otherwise run the old function and record it as the new one.
+    """
+    files = TaskFiles.from_settings(settings)
+    if files != task.files:
+        raise Failure(
+            f"this run's settings name task file {files.task_config_fn!r} / functions "
+            f"{', '.join(files.functions.values())}, but task {task.name} was loaded with "
+            f"{task.files.task_config_fn!r} / {', '.join(task.files.functions.values())}. Set them as "
+            "LLM_INFER_* variables and reload the code location (or use llm-infer)"
+        )
 
 
 def check_run_matches_code_version(
@@ -122,7 +141,8 @@ def check_run_matches_code_version(
     if code_versions(task, settings)[model][asset] != loaded[model][asset]:
         raise Failure(
             f"this run's settings (model_path={settings.model_path!r}, model_type={settings.model_type!r}, "
-            f"dtype={settings.dtype!r}, max_model_len={settings.max_model_len}, limit={settings.limit}) differ "
+            f"dtype={settings.dtype!r}, max_model_len={settings.max_model_len}, limit={settings.limit}, "
+            f"max_input_length={settings.max_input_length}) differ "
             f"from those the code location was loaded with, and they change what {task.name}/{asset} holds. "
             "Set them as LLM_INFER_* variables and reload the code location (or use llm-infer), or list another "
             "model under `models` in the task's task_settings.json"
@@ -197,6 +217,7 @@ def _build_task_assets(task: TaskConfig, all_versions: dict[str | None, dict[str
         description=f"Task {task.name}, shard by shard: raw -> prompts -> completions -> answers in one step.",
     )
     def shards(context: AssetExecutionContext, settings: InferenceSettings) -> Iterator[Any]:
+        check_run_matches_task_files(task, settings)
         selected = context.selected_asset_keys
         targets = []
         for model, (comp_key, answers_key) in models.items():

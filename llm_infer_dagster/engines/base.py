@@ -12,8 +12,28 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from llm_infer_dagster.errors import SettingsError
+
 ChatMessages = list[dict[str, str]]
 Prompt = str | ChatMessages
+
+
+def check_max_input_length(max_input_length: int | None) -> None:
+    """Refuse an allowance no prompt can meet (the seed's ``--max_input_length``), before the model loads."""
+    if max_input_length is not None and (isinstance(max_input_length, bool) or max_input_length < 1):
+        raise SettingsError(f"--max_input_length must be at least 1 (prompt tokens), got {max_input_length}")
+
+
+def too_long_error(n_tokens: int, max_input_length: int | None, max_model_len: int) -> str | None:
+    """Why a prompt of ``n_tokens`` is refused (the same words on every engine), or None if it fits."""
+    if max_input_length is not None and n_tokens > max_input_length:
+        return f"prompt is {n_tokens} tokens, longer than the {max_input_length} allowed (--max_input_length)"
+    if n_tokens >= max_model_len:
+        return (
+            f"prompt is {n_tokens} tokens; the model accepts at most {max_model_len} "
+            "(max_model_len), prompt plus at least one new token"
+        )
+    return None
 
 
 @dataclass

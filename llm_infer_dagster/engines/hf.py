@@ -9,8 +9,9 @@ gives the same kind of answer on either backend:
 - Stop strings are cut from the text (HF keeps them); the terminating EOS / stop token is not in the text.
 - ``finish_reason`` is "stop" (EOS, stop token, stop string) or "length"; token counts include the
   terminating token but never padding.
-- A prompt longer than the model accepts comes back as an error ``Completion``; ``max_tokens`` is capped at
-  ``max_model_len - prompt_len`` ("length"), as vLLM does.
+- A prompt longer than the model accepts, or than ``max_input_length`` (the seed's ``--max_input_length``),
+  comes back as an error ``Completion``; ``max_tokens`` is capped at ``max_model_len - prompt_len``
+  ("length"), as vLLM does.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 
-from llm_infer_dagster.engines.base import Completion, Prompt
+from llm_infer_dagster.engines.base import Completion, Prompt, check_max_input_length, too_long_error
 from llm_infer_dagster.errors import SettingsError, TaskConfigError
 from llm_infer_dagster.tasks.sampling import check_hf_supported, normalize_stop, to_hf_generate_kwargs
 
@@ -65,6 +66,7 @@ class HFEngine:
         max_model_len: int | None = None,
         trust_remote_code: bool = False,
         batch_size: int = 32,
+        max_input_length: int | None = None,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
@@ -78,6 +80,8 @@ class HFEngine:
         if max_model_len is not None and max_model_len < 2:
             raise SettingsError(f"max_model_len must be at least 2 (prompt plus one token), got {max_model_len}")
         self.batch_size = batch_size
+        check_max_input_length(max_input_length)
+        self.max_input_length = max_input_length
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(
@@ -216,14 +220,8 @@ class HFEngine:
             for (i, _), ids in zip(group, ids_list, strict=True):
                 if not ids:
                     results[i] = Completion(error="prompt is empty (0 tokens)")
-                elif len(ids) >= self.max_model_len:
-                    results[i] = Completion(
-                        prompt_tokens=len(ids),
-                        error=(
-                            f"prompt is {len(ids)} tokens; the model accepts at most {self.max_model_len} "
-                            f"(max_model_len), prompt plus at least one new token"
-                        ),
-                    )
+                elif (too_long := too_long_error(len(ids), self.max_input_length, self.max_model_len)) is not None:
+                    results[i] = Completion(prompt_tokens=len(ids), error=too_long)
                 else:
                     encoded.append(_Encoded(i, list(ids)))
         return encoded

@@ -21,6 +21,7 @@ class EngineSpec:
     batch_size: int = 32
     tensor_parallel_size: int = 1
     engine_args: dict[str, Any] = field(default_factory=dict)
+    max_input_length: int | None = None  # the seed's --max_input_length: longer prompts are error rows
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,6 +60,7 @@ def load_engine(spec: EngineSpec) -> Engine:
             max_model_len=spec.max_model_len,
             trust_remote_code=spec.trust_remote_code,
             batch_size=spec.batch_size,
+            max_input_length=spec.max_input_length,
         )
     if spec.model_type == "vllm":
         from llm_infer_dagster.engines.vllm import VLLMEngine
@@ -71,5 +73,6 @@ def load_engine(spec: EngineSpec) -> Engine:
             trust_remote_code=spec.trust_remote_code,
             tensor_parallel_size=spec.tensor_parallel_size,
             engine_args=dict(spec.engine_args),
+            max_input_length=spec.max_input_length,
         )
     raise ValueError(f"unknown model type {spec.model_type!r}")

@@ -10,7 +10,8 @@ Conventions shared with the HF backend (see :mod:`llm_infer_dagster.engines.hf`)
 - Plain text is tokenized by vLLM as usual (with the tokenizer's special tokens, e.g. BOS). Chat messages
   are rendered with the model's chat template (``add_generation_prompt=True``) and tokenized without
   special tokens, since the template writes its own BOS.
-- A prompt that leaves no room for one new token (``len >= max_model_len``), an empty prompt, a chat
+- A prompt that leaves no room for one new token (``len >= max_model_len``) or is longer than
+  ``max_input_length`` (the seed's ``--max_input_length``), an empty prompt, a chat
   template failure, or any request vLLM refuses comes back as an error :class:`Completion`; the rest of
   the shard runs.
 - Sampling keys are vLLM ``SamplingParams`` names already; a combination vLLM refuses raises
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llm_infer_dagster.engines.base import Completion, Prompt
+from llm_infer_dagster.engines.base import Completion, Prompt, check_max_input_length, too_long_error
 from llm_infer_dagster.errors import SettingsError, TaskConfigError
 
 __all__ = ["DEFAULT_CPU_KV_CACHE_BYTES", "VLLMEngine"]
@@ -75,6 +76,7 @@ class VLLMEngine:
         trust_remote_code: bool = False,
         tensor_parallel_size: int = 1,
         engine_args: dict[str, Any] | None = None,
+        max_input_length: int | None = None,
     ) -> None:
         self.model_path = str(model_path)
         self.device = str(device)
@@ -82,6 +84,8 @@ class VLLMEngine:
             raise SettingsError(f"max_model_len must be at least 2 (prompt plus one token), got {max_model_len}")
         if tensor_parallel_size < 1:
             raise SettingsError(f"tensor_parallel_size must be at least 1, got {tensor_parallel_size}")
+        check_max_input_length(max_input_length)
+        self.max_input_length = max_input_length
         on_cpu = self.device.split(":")[0] == "cpu"
         args: dict[str, Any] = dict(engine_args or {})
         if on_cpu:
@@ -262,13 +266,9 @@ class VLLMEngine:
         n_tokens = len(ids)
         if n_tokens == 0:
             return None, "prompt is empty (0 tokens)", 0
-        if n_tokens >= self.max_model_len:
-            return (
-                None,
-                f"prompt is {n_tokens} tokens; the model accepts at most {self.max_model_len} "
-                f"(max_model_len), prompt plus at least one new token",
-                n_tokens,
-            )
+        too_long = too_long_error(n_tokens, self.max_input_length, self.max_model_len)
+        if too_long is not None:
+            return None, too_long, n_tokens
         return engine_input, None, n_tokens
 
     def _record(self, output: Any) -> None:

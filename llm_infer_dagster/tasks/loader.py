@@ -3,6 +3,9 @@
 A task folder is ``<task_configs>/<name>/task_config.py`` defining ``get_file_list``, ``read_file``,
 ``format_prompt`` and ``extract_answer``, plus an optional ``sampling_params.json`` merged over
 ``<task_configs>/default_sampling_params.json``. Folders written for the seed load with no edit.
+
+The seed's ``--task_config_fn``, ``--sampling_params_fn`` and ``--*_func`` flags pick other file and function
+names inside the folder (:class:`TaskFiles`); every message names the file and function actually used.
 """
 
 from __future__ import annotations
@@ -10,22 +13,80 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import json
+import keyword
 import re
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from llm_infer_dagster.errors import TaskConfigError
-from llm_infer_dagster.tasks.sampling import load_sampling_params
+from llm_infer_dagster.errors import SettingsError, TaskConfigError
+from llm_infer_dagster.tasks.sampling import SAMPLING_FILE, load_sampling_params
 from llm_infer_dagster.tasks.task_settings import TaskSettings, load_task_settings
 
 REQUIRED_FUNCTIONS = ("get_file_list", "read_file", "format_prompt", "extract_answer")
 TASK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 CONFIG_FILE = "task_config.py"
 DEFAULTS_FILE = "default_sampling_params.json"
+_FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class TaskFiles:
+    """Which file and which functions of a task folder are the task (the seed's six naming flags).
+
+    One set per process: the CLI and the code location load every task with the same names.
+    """
+
+    task_config_fn: str = CONFIG_FILE
+    sampling_params_fn: str = SAMPLING_FILE
+    get_file_list_func: str = "get_file_list"
+    read_file_func: str = "read_file"
+    format_prompt_func: str = "format_prompt"
+    extract_answer_func: str = "extract_answer"
+
+    def __post_init__(self) -> None:
+        for name, suffix in (("task_config_fn", ".py"), ("sampling_params_fn", ".json")):
+            value = getattr(self, name)
+            if (
+                not isinstance(value, str)
+                or not _FILE_NAME_RE.fullmatch(value)
+                or ".." in value
+                or not value.endswith(suffix)
+                or value == suffix
+            ):
+                raise SettingsError(
+                    f"--{name} / LLM_INFER_{name.upper()}={value!r} is not a plain file name inside the task "
+                    f"folder (letters, digits, '_', '-', '.'; no '/' or '..'; ending in {suffix}); "
+                    f"give one like {getattr(TaskFiles, name)!r}"
+                )
+        for role in REQUIRED_FUNCTIONS:
+            value = getattr(self, f"{role}_func")
+            if not isinstance(value, str) or not value.isidentifier() or keyword.iskeyword(value):
+                raise SettingsError(
+                    f"--{role}_func / LLM_INFER_{role.upper()}_FUNC={value!r} is not a Python function name; "
+                    f"give the name of a function defined in the task file, like {role!r}"
+                )
+
+    @classmethod
+    def from_settings(cls, settings: object) -> TaskFiles:
+        """The names from anything carrying the six settings (``InferenceSettings``, the CLI's args)."""
+        return cls(**{f.name: getattr(settings, f.name, f.default) for f in fields(cls)})
+
+    def function(self, role: str) -> str:
+        """The name of the function that plays ``role`` (one of REQUIRED_FUNCTIONS)."""
+        return str(getattr(self, f"{role}_func"))
+
+    @property
+    def functions(self) -> dict[str, str]:
+        """role -> the function name used for it, in REQUIRED_FUNCTIONS order."""
+        return {role: self.function(role) for role in REQUIRED_FUNCTIONS}
+
+    @property
+    def is_default(self) -> bool:
+        return self == TaskFiles()
 
 
 def _describe_error(exc: BaseException) -> str:
@@ -41,6 +102,7 @@ class TaskConfig:
     module: ModuleType = field(repr=False)
     sampling_params: dict[str, Any]
     settings: TaskSettings = field(default_factory=TaskSettings)
+    files: TaskFiles = field(default_factory=TaskFiles)
 
     def input_path(self, configured: str | None) -> str | None:
         """The input path for get_file_list: the run's setting if given, else the task's own."""
@@ -48,68 +110,66 @@ class TaskConfig:
 
     @property
     def config_file(self) -> Path:
-        return self.folder / CONFIG_FILE
+        return self.folder / self.files.task_config_fn
 
     @property
     def dagster_name(self) -> str:
         """The task name as a valid Dagster name (asset key prefix, group, job)."""
         return re.sub(r"[^A-Za-z0-9_]", "_", self.name)
 
-    def _fn(self, name: str) -> Callable[..., Any]:
-        return getattr(self.module, name)
+    def _fn(self, role: str) -> Callable[..., Any]:
+        """The task's function for ``role`` (its name may be another, by ``--<role>_func``)."""
+        return getattr(self.module, self.files.function(role))
 
     def list_files(self, input_path: str | None) -> list[str]:
         """``get_file_list(input_path)``, checked to be a list of existing files."""
+        fn = self.files.get_file_list_func
         try:
             files = self._fn("get_file_list")(input_path)
         except Exception as exc:
-            raise TaskConfigError(
-                f"{self.config_file}: get_file_list({input_path!r}) raised {_describe_error(exc)}"
-            ) from exc
+            raise TaskConfigError(f"{self.config_file}: {fn}({input_path!r}) raised {_describe_error(exc)}") from exc
         if isinstance(files, str | Path) or not isinstance(files, list | tuple):
             raise TaskConfigError(
-                f"{self.config_file}: get_file_list must return a list of file paths, got {type(files).__name__}"
+                f"{self.config_file}: {fn} must return a list of file paths, got {type(files).__name__}"
             )
         out: list[str] = []
         for i, f in enumerate(files):
             if not isinstance(f, str | Path):
                 raise TaskConfigError(
-                    f"{self.config_file}: get_file_list returned {type(f).__name__} at position {i}; "
-                    "expected a file path string"
+                    f"{self.config_file}: {fn} returned {type(f).__name__} at position {i}; expected a file path string"
                 )
             if not Path(f).is_file():
                 raise TaskConfigError(
-                    f"{self.config_file}: get_file_list returned {str(f)!r}, which is not a file "
+                    f"{self.config_file}: {fn} returned {str(f)!r}, which is not a file "
                     f"(input_path={input_path!r}; set --input_path / LLM_INFER_INPUT_PATH?)"
                 )
             out.append(str(f))
         if len(set(out)) != len(out):
-            raise TaskConfigError(f"{self.config_file}: get_file_list returned the same file twice")
+            raise TaskConfigError(f"{self.config_file}: {fn} returned the same file twice")
         return out
 
     def read_rows(self, file_path: str) -> list[dict[str, Any]]:
         """``read_file(file_path)``, checked to be a list of dicts."""
+        fn = self.files.read_file_func
         try:
             rows = self._fn("read_file")(file_path)
         except Exception as exc:
-            raise TaskConfigError(
-                f"{self.config_file}: read_file({file_path!r}) raised {_describe_error(exc)}"
-            ) from exc
+            raise TaskConfigError(f"{self.config_file}: {fn}({file_path!r}) raised {_describe_error(exc)}") from exc
         if not isinstance(rows, list):
             raise TaskConfigError(
-                f"{self.config_file}: read_file({file_path!r}) must return a list of dicts, got {type(rows).__name__}"
+                f"{self.config_file}: {fn}({file_path!r}) must return a list of dicts, got {type(rows).__name__}"
             )
         for i, row in enumerate(rows):
             if not isinstance(row, dict):
                 raise TaskConfigError(
-                    f"{self.config_file}: read_file({file_path!r}) returned a {type(row).__name__} "
+                    f"{self.config_file}: {fn}({file_path!r}) returned a {type(row).__name__} "
                     f"at row {i}; every row must be a dict"
                 )
         bad = first_unencodable(rows)
         if bad is not None:
             i, problem = bad
             raise TaskConfigError(
-                f"{self.config_file}: read_file({file_path!r}) returned row {i}, which JSON cannot encode "
+                f"{self.config_file}: {fn}({file_path!r}) returned row {i}, which JSON cannot encode "
                 f"({problem}); {JSON_HINT}"
             )
         return rows
@@ -124,65 +184,69 @@ class TaskConfig:
         ):
             return prompt
         raise ValueError(
-            "format_prompt must return a str or a list of {'role': str, 'content': str} messages, "
-            f"got {type(prompt).__name__}"
+            f"{self.files.format_prompt_func} must return a str or a list of {{'role': str, 'content': str}} "
+            f"messages, got {type(prompt).__name__}"
         )
 
     def extract_answer(self, response: str) -> Any:
         return self._fn("extract_answer")(response)
 
 
-def resolve_task_folder(task_configs: str | Path, name: str) -> Path:
+def resolve_task_folder(task_configs: str | Path, name: str, files: TaskFiles | None = None) -> Path:
     """The folder of task ``name``; refuses names that are not a plain folder name inside task_configs."""
+    files = files or TaskFiles()
+    config_file = files.task_config_fn
     root = Path(task_configs).resolve()
     if not root.is_dir():
         raise TaskConfigError(f"task config dir {str(task_configs)!r} does not exist (set --config_path)")
     if not TASK_NAME_RE.fullmatch(name) or name in (".", ".."):
         raise TaskConfigError(
             f"task name {name!r} is not a plain folder name (letters, digits, '_', '-', '.'); "
-            f"pick one of: {', '.join(discover_tasks(root)) or '(none found)'}"
+            f"pick one of: {', '.join(discover_tasks(root, files)) or '(none found)'}"
         )
     folder = (root / name).resolve()
     if folder.parent != root:
         raise TaskConfigError(f"task name {name!r} leaves the task config dir {root}")
-    if not (folder / CONFIG_FILE).is_file():
+    if not (folder / config_file).is_file():
+        flag = "" if config_file == CONFIG_FILE else " (--task_config_fn)"
         raise TaskConfigError(
-            f"no task {name!r}: {folder / CONFIG_FILE} does not exist; "
-            f"tasks in {root}: {', '.join(discover_tasks(root)) or '(none)'}"
+            f"no task {name!r}: {folder / config_file}{flag} does not exist; "
+            f"tasks in {root}: {', '.join(discover_tasks(root, files)) or '(none)'}"
         )
     return folder
 
 
-def discover_tasks(task_configs: str | Path) -> list[str]:
-    """Names of the task folders (those holding a task_config.py), sorted."""
+def discover_tasks(task_configs: str | Path, files: TaskFiles | None = None) -> list[str]:
+    """Names of the task folders (those holding the task file, task_config.py by default), sorted."""
+    config_file = (files or TaskFiles()).task_config_fn
     root = Path(task_configs)
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if (p / CONFIG_FILE).is_file() and TASK_NAME_RE.fullmatch(p.name))
+    return sorted(p.name for p in root.iterdir() if (p / config_file).is_file() and TASK_NAME_RE.fullmatch(p.name))
 
 
-def _local_module_names(folder: Path) -> set[str]:
+def _local_module_names(folder: Path, config_file: str) -> set[str]:
     names = {p.stem for p in folder.glob("*.py")} | {
         p.name for p in folder.iterdir() if p.is_dir() and (p / "__init__.py").is_file()
     }
-    names.discard(Path(CONFIG_FILE).stem)
+    names.discard(Path(config_file).stem)
     return names
 
 
-def _import_config(folder: Path, task_name: str) -> ModuleType:
-    """Import task_config.py under a per-task module name.
+def _import_config(folder: Path, task_name: str, config_file: str = CONFIG_FILE) -> ModuleType:
+    """Import the task file (task_config.py by default) under a per-task module name.
 
     Seed tasks may import helper modules that sit next to task_config.py (``import utils``). Two tasks can
     each have their own ``utils``, so those helpers are imported fresh for this task and then taken out of
     ``sys.modules`` again (the task module keeps its references), restoring whatever was there before.
     """
-    path = folder / CONFIG_FILE
+    path = folder / config_file
     module_name = f"llm_infer_task_{re.sub(r'[^A-Za-z0-9_]', '_', task_name)}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise TaskConfigError(f"{path}: cannot be imported as a Python module")
     module = importlib.util.module_from_spec(spec)
-    local = _local_module_names(folder)
+    local = _local_module_names(folder, config_file)
 
     def is_local(name: str) -> bool:
         return name.split(".")[0] in local
@@ -204,30 +268,42 @@ def _import_config(folder: Path, task_name: str) -> ModuleType:
     return module
 
 
-def _check_functions(module: ModuleType, path: Path) -> None:
-    missing = [n for n in REQUIRED_FUNCTIONS if not callable(getattr(module, n, None))]
+def _check_functions(module: ModuleType, path: Path, files: TaskFiles) -> None:
+    used = files.functions
+    missing = [role for role, fn in used.items() if not callable(getattr(module, fn, None))]
     if missing:
+        renamed = any(used[r] != r for r in missing)
         raise TaskConfigError(
-            f"{path}: missing function(s) {', '.join(missing)}; a task must define "
-            + ", ".join(f"{n}(...)" for n in REQUIRED_FUNCTIONS)
+            f"{path}: missing function(s) {', '.join(used[r] for r in missing)}; a task must define "
+            + ", ".join(f"{fn}(...)" for fn in used.values())
+            + (" (names set by --<role>_func: " + ", ".join(f"{r}={used[r]}" for r in missing) + ")" if renamed else "")
         )
-    for name in REQUIRED_FUNCTIONS:
+    for fn in used.values():
         try:
-            inspect.signature(getattr(module, name)).bind(object())
+            inspect.signature(getattr(module, fn)).bind(object())
         except TypeError:
-            raise TaskConfigError(f"{path}: {name} must take exactly one argument") from None
+            raise TaskConfigError(f"{path}: {fn} must take exactly one argument") from None
         except ValueError:  # builtins without signatures: trust them
             continue
 
 
-def load_task(task_configs: str | Path, name: str) -> TaskConfig:
-    """Load and validate a task folder. Fails before any data is read or any model is loaded."""
-    folder = resolve_task_folder(task_configs, name)
-    module = _import_config(folder, name)
-    _check_functions(module, folder / CONFIG_FILE)
-    sampling = load_sampling_params(Path(task_configs) / DEFAULTS_FILE, folder / "sampling_params.json")
+def load_task(task_configs: str | Path, name: str, files: TaskFiles | None = None) -> TaskConfig:
+    """Load and validate a task folder. Fails before any data is read or any model is loaded.
+
+    ``files``: the task file, sampling file and function names to use (the seed's flags; default: the seed's).
+    """
+    files = files or TaskFiles()
+    folder = resolve_task_folder(task_configs, name, files)
+    module = _import_config(folder, name, files.task_config_fn)
+    _check_functions(module, folder / files.task_config_fn, files)
+    sampling = load_sampling_params(Path(task_configs) / DEFAULTS_FILE, folder / files.sampling_params_fn)
     return TaskConfig(
-        name=name, folder=folder, module=module, sampling_params=sampling, settings=load_task_settings(folder)
+        name=name,
+        folder=folder,
+        module=module,
+        sampling_params=sampling,
+        settings=load_task_settings(folder),
+        files=files,
     )
 
 

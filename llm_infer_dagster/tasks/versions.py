@@ -3,8 +3,12 @@ right shards stale when a task's code, prompt files, sampling parameters or mode
 
 - raw:          ``get_file_list`` and ``read_file``
 - prompts:      raw's, plus ``format_prompt`` and the task folder's prompt files (templates it reads)
-- completions:  prompts', plus the merged sampling parameters and the model identity (path + weights)
+- completions:  prompts', plus the merged sampling parameters, the model identity (path + weights) and the
+                engine settings that change outputs (dtype, context length, ``--max_input_length``)
 - answers:      completions', plus ``extract_answer``
+
+Each role's fingerprint is of the function actually used for it (the seed's ``--*_func`` flags may name
+another), so pointing ``--format_prompt_func`` at another function makes prompts and what follows stale.
 
 A function's fingerprint covers its own source and, transitively, the module-level helpers of the same
 task file it calls by name, so editing a helper of ``format_prompt`` still counts.
@@ -111,6 +115,8 @@ def task_code_versions(
     dtype: str = "auto",
     max_model_len: int | None = None,
     limit: int | None = None,
+    functions: Mapping[str, str] | None = None,
+    max_input_length: int | None = None,
 ) -> dict[str, str]:
     """The code version of each of a task's four assets.
 
@@ -118,12 +124,25 @@ def task_code_versions(
     marks a partition stale only for its *own* code version or a *re-materialized* input, so this is what
     makes a new prompt template show prompts, completions and answers stale at once, and lets "materialize
     stale" redo exactly those.
+
+    ``functions``: role -> the function name used for it (default: the role's own name). Settings at their
+    default add nothing, so versions made before a setting existed stay valid.
     """
-    raw = function_fingerprint(module, ["get_file_list", "read_file"])
+    used = {role: role for role in ("get_file_list", "read_file", "format_prompt", "extract_answer")}
+    used.update(functions or {})
+
+    def fingerprint(*roles: str) -> str:
+        fp = function_fingerprint(module, [used[r] for r in roles])
+        renamed = [f"{r}={used[r]}" for r in roles if used[r] != r]
+        return combine(fp, *renamed) if renamed else fp  # which function plays which role, once renamed
+
+    raw = fingerprint("get_file_list", "read_file")
     if limit is not None:  # --limit keeps only the first rows of each shard: a full run must redo those shards
         raw = combine(raw, f"limit={limit}")
-    prompts = combine(raw, function_fingerprint(module, ["format_prompt"]), prompt_files_fingerprint(folder))
+    prompts = combine(raw, fingerprint("format_prompt"), prompt_files_fingerprint(folder))
     engine = combine(model_type, model_fingerprint(model_path), dtype, str(max_model_len))
+    if max_input_length is not None:  # a shorter allowance turns rows into errors
+        engine = combine(engine, f"max_input_length={max_input_length}")
     completions = combine(prompts, sampling_fingerprint(sampling), engine)
-    answers = combine(completions, function_fingerprint(module, ["extract_answer"]))
+    answers = combine(completions, fingerprint("extract_answer"))
     return {"raw": raw, "prompts": prompts, "completions": completions, "answers": answers}
