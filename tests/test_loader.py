@@ -3,6 +3,7 @@ names the file and the problem."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import textwrap
@@ -10,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from llm_infer_dagster.errors import TaskConfigError
-from llm_infer_dagster.settings import PACKAGE_ROOT
-from llm_infer_dagster.tasks.loader import TaskConfig, discover_tasks, load_task, resolve_task_folder
+from llm_infer_dagster.assets.factory import code_versions
+from llm_infer_dagster.errors import SettingsError, TaskConfigError
+from llm_infer_dagster.settings import PACKAGE_ROOT, InferenceSettings
+from llm_infer_dagster.tasks.loader import TaskConfig, TaskFiles, discover_tasks, load_task, resolve_task_folder
 from llm_infer_dagster.tasks.sampling import SAMPLING_KEYS
+from llm_infer_dagster.tasks.versions import task_code_versions
 
 EXAMPLES = PACKAGE_ROOT / "task_configs"
 
@@ -434,3 +437,156 @@ def test_format_prompt_bad_type_raises_value_error(tmp_path: Path, ret: str, typ
     make_task(tmp_path, "t", replace_fn("format_prompt", f"def format_prompt(r):\n    return {ret}\n"))
     with pytest.raises(ValueError, match=f"format_prompt must return a str .* got {type_name}"):
         load_task(tmp_path, "t").format_prompt({"q": "x"})
+
+
+# --------------------------------------------------------------------- the seed's file and function flags
+
+RENAMED_TASK = """
+import json
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def list_inputs(input_path):
+    return [os.path.join(HERE, "data.jsonl")]
+
+
+def load_rows(file_path):
+    with open(file_path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def make_prompt(org_data):
+    return "Question: " + org_data["q"]
+
+
+def shout_prompt(org_data):
+    return "QUESTION: " + org_data["q"].upper()
+
+
+def parse_answer(model_response):
+    return model_response.strip().upper()
+"""
+
+RENAMED = TaskFiles(
+    task_config_fn="my_task.py",
+    sampling_params_fn="my_sampling.json",
+    get_file_list_func="list_inputs",
+    read_file_func="load_rows",
+    format_prompt_func="make_prompt",
+    extract_answer_func="parse_answer",
+)
+
+
+def make_renamed_task(root: Path, name: str = "renamed") -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "my_task.py").write_text(textwrap.dedent(RENAMED_TASK), encoding="utf-8")
+    (folder / "data.jsonl").write_text("".join(json.dumps({"q": f"q{i}"}) + "\n" for i in range(3)))
+    (folder / "my_sampling.json").write_text(json.dumps({"temperature": 0.25}))
+    (folder / "sampling_params.json").write_text(json.dumps({"temperature": 0.75}))  # not the chosen file
+    return folder
+
+
+def test_renamed_task_file_and_functions_load_and_run(tmp_path: Path) -> None:
+    folder = make_renamed_task(tmp_path)
+    assert discover_tasks(tmp_path) == []  # no task_config.py: not a task by default
+    assert discover_tasks(tmp_path, RENAMED) == ["renamed"]
+    task = load_task(tmp_path, "renamed", RENAMED)
+    assert task.files == RENAMED and task.config_file == folder.resolve() / "my_task.py"
+    (path,) = task.list_files(None)
+    rows = task.read_rows(path)
+    assert rows == [{"q": "q0"}, {"q": "q1"}, {"q": "q2"}]
+    assert task.format_prompt(rows[1]) == "Question: q1"
+    assert task.extract_answer(" yes ") == "YES"
+    assert task.sampling_params["temperature"] == 0.25  # my_sampling.json, not sampling_params.json
+    other = load_tasks_with(tmp_path, format_prompt_func="shout_prompt")
+    assert other.format_prompt(rows[1]) == "QUESTION: Q1"
+
+
+def load_tasks_with(root: Path, **changes: str) -> TaskConfig:
+    return load_task(root, "renamed", dataclasses.replace(RENAMED, **changes))
+
+
+def test_settings_carry_the_names_to_every_task_of_the_code_location(tmp_path: Path) -> None:
+    from llm_infer_dagster.definitions import build_task_bundles
+
+    make_renamed_task(tmp_path, "one")
+    make_renamed_task(tmp_path, "two")
+    make_task(tmp_path, "plain")  # a task_config.py folder: not a task under these names
+    settings = InferenceSettings(task_configs=str(tmp_path), output_dir=str(tmp_path / "out"), **RENAMED.__dict__)
+    assert TaskFiles.from_settings(settings) == RENAMED
+    bundles = build_task_bundles(settings)
+    assert [b.task.name for b in bundles] == ["one", "two"]
+    assert all(b.task.files == RENAMED for b in bundles)
+
+
+def test_missing_renamed_function_and_file_are_named(tmp_path: Path) -> None:
+    make_renamed_task(tmp_path)
+    with pytest.raises(TaskConfigError) as e:
+        load_tasks_with(tmp_path, format_prompt_func="build_prompt")
+    msg = str(e.value)
+    assert "\n" not in msg and "my_task.py: missing function(s) build_prompt" in msg
+    assert "format_prompt=build_prompt" in msg
+    with pytest.raises(TaskConfigError) as e:
+        load_tasks_with(tmp_path, task_config_fn="their_task.py")
+    assert "their_task.py (--task_config_fn) does not exist" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_errors_of_renamed_functions_name_the_function_used(tmp_path: Path) -> None:
+    make_renamed_task(tmp_path)
+    task = load_task(tmp_path, "renamed", RENAMED)
+    with pytest.raises(TaskConfigError, match=r"my_task\.py: load_rows\('/no/such/file'\) raised FileNotFoundError"):
+        task.read_rows("/no/such/file")
+
+
+@pytest.mark.parametrize(
+    ("field", "bad"),
+    [
+        ("task_config_fn", "../other/task_config.py"),
+        ("task_config_fn", "sub/task_config.py"),
+        ("task_config_fn", "/etc/task_config.py"),
+        ("task_config_fn", "task_config.txt"),
+        ("task_config_fn", ".py"),
+        ("sampling_params_fn", "..json"),
+        ("sampling_params_fn", "sampling.yaml"),
+        ("sampling_params_fn", "a\\b.json"),
+        ("format_prompt_func", "my.prompt"),
+        ("format_prompt_func", "1prompt"),
+        ("extract_answer_func", "class"),
+        ("read_file_func", ""),
+    ],
+)
+def test_unsafe_names_are_refused_in_one_line(field: str, bad: str) -> None:
+    with pytest.raises(SettingsError) as e:
+        TaskFiles(**{field: bad})
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"--{field} / LLM_INFER_{field.upper()}=")
+    assert "give" in msg  # how to fix
+    with pytest.raises(SettingsError):  # the same from the settings resource
+        TaskFiles.from_settings(InferenceSettings(task_configs=".", output_dir=".", **{field: bad}))
+
+
+def test_code_versions_hash_the_functions_used(tmp_path: Path) -> None:
+    make_renamed_task(tmp_path)
+    settings = InferenceSettings(task_configs=str(tmp_path), output_dir=str(tmp_path / "out"))
+    base = code_versions(load_task(tmp_path, "renamed", RENAMED), settings)[None]
+    shout = code_versions(load_tasks_with(tmp_path, format_prompt_func="shout_prompt"), settings)[None]
+    assert shout["raw"] == base["raw"]
+    assert all(shout[a] != base[a] for a in ("prompts", "completions", "answers"))
+    # A task that never used the flags keeps the versions it had before they existed (no shard goes stale).
+    make_task(tmp_path, "seed")
+    task = load_task(tmp_path, "seed")
+    before = task_code_versions(task.module, task.folder, task.sampling_params, model_type="hf", model_path=None)
+    assert code_versions(task, settings)[None] == before
+
+
+def test_max_input_length_is_part_of_the_completions_version(tmp_path: Path) -> None:
+    make_task(tmp_path, "t")
+    task = load_task(tmp_path, "t")
+    plain = InferenceSettings(task_configs=str(tmp_path), output_dir=str(tmp_path / "out"))
+    capped = InferenceSettings(task_configs=str(tmp_path), output_dir=str(tmp_path / "out"), max_input_length=8)
+    a, b = code_versions(task, plain)[None], code_versions(task, capped)[None]
+    assert a["raw"] == b["raw"] and a["prompts"] == b["prompts"]
+    assert a["completions"] != b["completions"] and a["answers"] != b["answers"]
