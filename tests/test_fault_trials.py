@@ -31,7 +31,8 @@ def test_random_sigkills_then_resume_are_exact(tmp_path: Path, tiny_model_path: 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_killed_worker_fails_only_its_shards_and_the_next_run_is_exact(tmp_path: Path, tiny_model_path: str) -> None:
-    job = fh.Job(tiny_model_path, tmp_path, workers=2, **SIZE)
+    # Small shards, many: the queue must still hold shards once both workers have loaded and one is killed.
+    job = fh.Job(tiny_model_path, tmp_path, workers=2, files=2, rows_per_file=60, shard_size=5)
     trial = fh.worker_kill_trial(job, random.Random(13))
     assert trial.ok, trial.line()
 
