@@ -590,3 +590,18 @@ def test_max_input_length_is_part_of_the_completions_version(tmp_path: Path) -> 
     a, b = code_versions(task, plain)[None], code_versions(task, capped)[None]
     assert a["raw"] == b["raw"] and a["prompts"] == b["prompts"]
     assert a["completions"] != b["completions"] and a["answers"] != b["answers"]
+
+
+def test_a_run_naming_other_functions_than_the_loaded_task_is_refused(tmp_path: Path) -> None:
+    """The module and its code versions come from the code location's load; a Launchpad run cannot swap them."""
+    from dagster import Failure
+
+    from llm_infer_dagster.assets.factory import check_run_matches_task_files
+
+    make_renamed_task(tmp_path)
+    task = load_task(tmp_path, "renamed", RENAMED)
+    same = InferenceSettings(task_configs=str(tmp_path), output_dir=str(tmp_path), **dataclasses.asdict(RENAMED))
+    check_run_matches_task_files(task, same)
+    other = same.model_copy(update={"format_prompt_func": "shout_prompt"})
+    with pytest.raises(Failure, match="shout_prompt.*but task renamed was loaded with 'my_task.py'"):
+        check_run_matches_task_files(task, other)
