@@ -215,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
     from llm_infer_dagster.seed_flags import FLAG_KEYS, merge_model_args
     from llm_infer_dagster.settings import PACKAGE_ROOT, check_engine_settings, export_settings_env, parse_model_args
     from llm_infer_dagster.store import atomic_write_text, check_output_dir
-    from llm_infer_dagster.tasks.loader import load_task
+    from llm_infer_dagster.tasks.loader import TaskFiles, load_task
     from llm_infer_dagster.tasks.sampling import check_hf_supported
 
     config_path = str(
@@ -234,7 +234,8 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise SettingsError(f"--{flag} must be >= 1, got {value}")
-    task = load_task(config_path, args.task_name)  # config errors fail here, before any model
+    # config errors fail here, before any model
+    task = load_task(config_path, args.task_name, TaskFiles.from_settings(args))
     runs_model = not (args.extract_only or args.plan_only)
     if runs_model:
         check_engine_settings(
@@ -252,8 +253,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not task.list_files(task.input_path(args.input_path)):  # before the output dir or instance exists
         raise TaskConfigError(
-            f"{task.config_file}: get_file_list({task.input_path(args.input_path)!r}) returned no files; "
-            "check --input_path (or the task's input_path) and get_file_list"
+            f"{task.config_file}: {task.files.get_file_list_func}({task.input_path(args.input_path)!r}) returned no "
+            f"files; check --input_path (or the task's input_path) and {task.files.get_file_list_func}"
         )
     output = Path(args.output_path).resolve()
     check_output_dir(output)  # creatable and writable, or one line saying why, before anything is written
