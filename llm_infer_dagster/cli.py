@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import os
+import shutil
 import sys
 import threading
 from collections.abc import Sequence
@@ -420,17 +422,33 @@ def _launch(
     with _Progress(instance, watched, {k: rows[k] for k in shards}, progress):
         for plan in plans:
             log.info("run %s..%s (%s)", plan.first, plan.last, ", ".join(plan.assets))
-            result = execute_job(
-                recon,
-                instance=instance,
-                run_config=run_config,
-                tags={**plan.tags, **process_tags(), "llm_infer/launched_by": "llm-infer"},
-                asset_selection=[AssetKey([name, a]) for a in plan.assets],
-            )
+            # Dagster prints what it could not write to the event log (a full disk) straight to stderr: to
+            # main.log with it, so the terminal keeps one line per problem. tqdm holds the real stderr.
+            with contextlib.redirect_stderr(_ToLog()):
+                result = execute_job(
+                    recon,
+                    instance=instance,
+                    run_config=run_config,
+                    tags={**plan.tags, **process_tags(), "llm_infer/launched_by": "llm-infer"},
+                    asset_selection=[AssetKey([name, a]) for a in plan.assets],
+                )
             log.info("run %s %s", result.run_id, "succeeded" if result.success else "FAILED")
             if not result.success:
                 outcome.read_failures(result.run_id, result.all_events)
     return outcome
+
+
+class _ToLog:
+    """A stderr stand-in that sends what is written to it to main.log."""
+
+    def write(self, text: str) -> int:
+        if text.strip():
+            with contextlib.suppress(Exception):
+                log.warning("%s", text.strip())
+        return len(text)
+
+    def flush(self) -> None:
+        pass
 
 
 class _Outcome:
@@ -534,6 +552,7 @@ def _report(store: Any, keys: list[str], outcome: _Outcome, output: Path, kept: 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.raiseExceptions = False  # a main.log write on a full disk must not print logging tracebacks
     try:
         return run(args)
     except LLMInferError as exc:
@@ -543,7 +562,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (OSError, DatabaseError) as exc:  # a full disk, a read-only or vanished output dir, mid-run
         why = " ".join(str(exc).split())[:300]
-        line = f"{why}; finished shards are kept: fix this and run the same command to resume"
+        free = None
+        with contextlib.suppress(OSError):
+            free = shutil.disk_usage(args.output_path).free
+        low = free is not None and free < 2**20
+        full = getattr(exc, "errno", None) == errno.ENOSPC or "disk is full" in why or low
+        if full:
+            line = (
+                f"no space left on the disk holding {args.output_path} ({free} bytes free): {why}; finished shards "
+                "are kept: free space and run the same command to resume"
+            )
+        else:
+            line = f"{why}; finished shards are kept: fix this and run the same command to resume"
         with contextlib.suppress(Exception):
             log.error("%s", line)
         print(f"llm-infer: error: {line}", file=sys.stderr)
