@@ -339,6 +339,10 @@ class FakeEngine:
             raise EngineDeadError("engine core died")
         if mode == "sleep":
             time.sleep(float(arg))
+        if mode == "slow":  # slow:<text>@<seconds>: hangs on a shard with a prompt containing text
+            text, _, seconds = arg.partition("@")
+            if any(text in str(p) for p in prompts):
+                time.sleep(float(seconds))
         if mode == "fork-and-die":
             child = os.fork()
             if child == 0:  # as a forked vLLM EngineCore would: holds the message pipe, outlives the worker
@@ -548,3 +552,19 @@ def test_lazy_jobs_are_made_a_few_ahead_of_the_workers_not_all_at_once(tmp_path:
     assert made_before <= ahead + pool.prefetch + 1 < len(jobs), made_before  # not all 12 up front
     for key in (j.key for j in jobs):  # a shard's job is always made before its result comes back
         assert events.index(("made", key)) < events.index(("done", key))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_a_shard_past_the_timeout_fails_alone_and_a_fresh_worker_takes_the_rest(tmp_path: Path) -> None:
+    """The seed's --timeout: the hung shard fails with the reason; the shards after it still run."""
+    jobs = make_jobs(tmp_path, 3)
+    msgs: list[tuple[int, dict]] = []
+    pool = fake_pool(tmp_path, f"slow:{jobs[1].key}@60", msgs)
+    pool.shard_timeout = 2
+    pool.prefetch = 1  # one shard at a time: the hung one is the only one in flight
+    by_key = one_result_per_job(jobs, list(pool.run(jobs)))
+    assert by_key[jobs[0].key].ok and by_key[jobs[2].key].ok
+    bad = by_key[jobs[1].key]
+    assert not bad.ok and "still generating after 2 s (--timeout" in (bad.error or "")
+    assert sum(1 for _i, m in msgs if m["type"] == "loaded") == 2  # the replacement loaded its engine once

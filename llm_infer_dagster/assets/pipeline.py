@@ -348,6 +348,7 @@ class ShardPipeline:
             gpu_slices=slices,
             log_dir=self.store.output_dir / "logs" / "workers" / self.context.run.run_id[:8],
             on_message=on_message,
+            shard_timeout=settings.timeout,
         )
         out_tokens, t0 = 0, time.perf_counter()
         for r in pool.run(jobs, count=len(self.shard_keys)):

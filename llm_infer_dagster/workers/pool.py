@@ -65,6 +65,8 @@ class _Worker:
     fatal: str | None = None
     exit_reason: str | None = None
     stopping: bool = False
+    clock: float = 0.0  # when its oldest in-flight shard started to be the one it works on (for the timeout)
+    timed_out: bool = False
 
 
 _PROGRESS_BAR = re.compile(r"\d+%\|.*\|\s*\d+/\d+\s*\[")  # tqdm: "Loading weights: 100%|#####| 21/21 [00:00<...]"
@@ -102,6 +104,7 @@ class WorkerPool:
         on_message: Callable[[int, dict[str, Any]], None] | None = None,
         prefetch: int = 2,
         worker_command: Sequence[str] | None = None,
+        shard_timeout: float | None = None,
     ) -> None:
         if gpu_slices is not None and len(gpu_slices) != workers:
             raise ValueError(f"{workers} workers need {workers} GPU slices, got {len(gpu_slices)}")
@@ -114,6 +117,9 @@ class WorkerPool:
         self.prefetch = prefetch  # shards a worker holds at once: the next is queued before the current drains
         # What starts a worker; it gets `<msg fd> <parent pid>` appended. Tests pass one serving fake engines.
         self.worker_command = list(worker_command or [sys.executable, "-m", "llm_infer_dagster.workers.worker"])
+        # The seed's --timeout: a shard a worker has worked on for longer fails, the worker is stopped (an engine
+        # cannot drop one request for certain) and a new one takes its place for the shards still to come.
+        self.shard_timeout = shard_timeout
 
     def _start(self, index: int) -> _Worker:
         read_fd, write_fd = os.pipe()
@@ -188,16 +194,20 @@ class WorkerPool:
                     w: _Worker = key.data
                     if (yield from self._pump(w, feed)):  # EOF: the worker exited
                         yield from self._retire(w, sel, live)
+                        self._replace_if_timed_out(w, feed, sel, live, started)
                 made = not events and feed.can_make
                 if made:
                     feed.make_one()  # nobody is waiting on us: make the next shard's prompts now
                 if (not events and not made) or time.monotonic() >= next_poll:
                     # EOF alone misses a worker whose child (a forked engine process) still holds its pipe open.
                     next_poll = time.monotonic() + POLL_SECONDS
+                    for w in [w for w in live.values() if w.proc.poll() is None]:
+                        self._stop_if_overdue(w)
                     for w in [w for w in live.values() if w.proc.poll() is not None]:
                         w.stopping = True  # it is gone: a last 'ready' it wrote gets no shard
                         yield from self._pump(w, feed)  # what it wrote before exiting
                         yield from self._retire(w, sel, live)
+                        self._replace_if_timed_out(w, feed, sel, live, started)
             reasons = "; ".join(dict.fromkeys(w.exit_reason for w in started if w.exit_reason))
             while (job := feed.pop()) is not None:  # every worker died before the queue drained
                 yield ShardResult(
@@ -237,12 +247,39 @@ class WorkerPool:
         del live[w.index]
         yield from self._reap(w)
 
+    def _replace_if_timed_out(
+        self, w: _Worker, feed: _Feed, sel: selectors.BaseSelector, live: dict[int, _Worker], started: list[_Worker]
+    ) -> None:
+        """A worker stopped for a shard past the timeout is replaced while shards are left (same GPU slice)."""
+        if not w.timed_out or not feed.peek():
+            return
+        fresh = self._start(w.index)
+        started.append(fresh)
+        sel.register(fresh.msgs, selectors.EVENT_READ, fresh)
+        live[fresh.index] = fresh
+
+    def _stop_if_overdue(self, w: _Worker) -> None:
+        """SIGKILL a worker whose current shard has run past ``shard_timeout``; its reaping fails that shard."""
+        if self.shard_timeout is None or not w.inflight or w.timed_out:
+            return
+        if time.monotonic() - w.clock <= self.shard_timeout:
+            return
+        w.timed_out = True
+        w.fatal = (
+            f"shard {w.inflight[0]} was still generating after {self.shard_timeout:g} s (--timeout / "
+            f"LLM_INFER_TIMEOUT); worker {w.index} was stopped, the next run retries the shard"
+        )
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(w.proc.pid, signal.SIGKILL)
+
     def _handle(self, w: _Worker, msg: dict[str, Any], queue: _Feed) -> Iterator[ShardResult]:
         kind = msg.get("type")
         self.on_message(w.index, msg)
         if kind == "ready":
             job = None if w.stopping else queue.pop()
             if job is not None:
+                if not w.inflight:
+                    w.clock = time.monotonic()
                 w.inflight.append(job.key)
                 self._send(w, {"type": "job", "shard": job.key, "prompts": job.prompts, "output": job.output})
             elif not w.stopping:
@@ -252,6 +289,7 @@ class WorkerPool:
             key = msg["shard"]
             if key in w.inflight:
                 w.inflight.remove(key)
+                w.clock = time.monotonic()  # the next in-flight shard's time starts now
             yield ShardResult(
                 key=key,
                 worker=w.index,
