@@ -17,6 +17,10 @@ locally, on the embedded sqlite instance under the output dir. The steps, each o
 - overhead: `--overhead-rows` rows as one-row shards vs the same rows as one shard, both with one new token per
   row; (wall one-row - wall one-shard) / (rows - 1) is the bookkeeping cost of one shard.
 
+`--postgres` keeps each output's Dagster instance in its own database on a throwaway PostgreSQL server (Debian's
+`postgresql`, a unix socket: tests/postgres_server.py) instead of sqlite; `--event-batch-size N` sets Dagster's
+`DAGSTER_EVENT_BATCH_SIZE` for every process.
+
 Peak RSS is sampled (psutil, every 0.2 s) for every process of the command's tree, grouped by role (the CLI,
 step processes, engine workers). Prints one JSON line, then a table.
 """
@@ -144,10 +148,44 @@ def llm_infer_cmd(args: argparse.Namespace, configs: Path, data: Path, out: Path
     return [*cmd, *extra]
 
 
+EXTRA_ENV: dict[str, str] = {}
+
+
 def env() -> dict[str, str]:
     e = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_INFER_", "DAGSTER_HOME"))}
     e["CUDA_VISIBLE_DEVICES"] = ""
+    e.update(EXTRA_ENV)
     return e
+
+
+class Instances:
+    """Where each output's Dagster instance lives: sqlite under it (llm-infer's default) or a Postgres database."""
+
+    def __init__(self, postgres: bool) -> None:
+        self.server = None
+        if postgres:
+            sys.path.insert(0, str(REPO / "tests"))
+            from postgres_server import PostgresServer, find_bin_dir
+
+            bin_dir = find_bin_dir()
+            if bin_dir is None:
+                raise SystemExit("--postgres needs Debian's postgresql package (initdb, pg_ctl)")
+            self.server = PostgresServer(bin_dir).start()
+
+    def prepare(self, out: Path) -> None:
+        """Before the first command on ``out``: a dagster.yaml naming a fresh database (llm-infer keeps it)."""
+        if self.server is None:
+            return
+        from postgres_server import postgres_yaml
+
+        home = out / ".dagster"
+        home.mkdir(parents=True, exist_ok=True)
+        url = self.server.create_database(f"bench_{out.name.replace('-', '_')}")
+        (home / "dagster.yaml").write_text(postgres_yaml(url))
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
 
 
 def timed(cmd: list[str], *, until: Path | None = None, kill_at_until: bool = False) -> dict[str, Any]:
@@ -188,7 +226,19 @@ def main() -> None:
     ap.add_argument("--work-dir", type=Path, default=Path("/tmp/scale-bench"))
     ap.add_argument("--full-run", action="store_true", help="run to the end, then time a no-op resume")
     ap.add_argument("--overhead-rows", type=int, default=0, help="also measure per-shard cost with this many rows")
+    ap.add_argument("--postgres", action="store_true", help="each output's instance in a Postgres database")
+    ap.add_argument("--event-batch-size", type=int, default=0, help="DAGSTER_EVENT_BATCH_SIZE for every process")
     args = ap.parse_args()
+    if args.event_batch_size:
+        EXTRA_ENV["DAGSTER_EVENT_BATCH_SIZE"] = str(args.event_batch_size)
+    instances = Instances(args.postgres)
+    try:
+        measure(args, instances)
+    finally:
+        instances.stop()
+
+
+def measure(args: argparse.Namespace, instances: Instances) -> None:
 
     from llm_infer_dagster.testing.tiny_model import build_tiny_model
 
@@ -197,15 +247,17 @@ def main() -> None:
     configs = work / "configs"
     write_task(configs, args.max_tokens)
     data = write_input(work / f"input-{args.rows}-{args.files}", args.rows, args.files)
-    tag = f"{args.rows}-{args.files}-{args.shard_size}-{args.model_type}"
+    tag = f"{args.rows}-{args.files}-{args.shard_size}-{args.model_type}" + ("-pg" if args.postgres else "")
     out = work / f"out-{tag}-{int(time.time())}"
     size = ["--shard_size", str(args.shard_size)]
     result: dict[str, Any] = {
         "rows": args.rows, "files": args.files, "shard_size": args.shard_size, "model_type": args.model_type,
         "shards": -(-args.rows // args.files // args.shard_size) * args.files if args.rows >= args.files else 1,
         "machine": f"{platform.machine()} {os.cpu_count()} vCPU, {psutil.virtual_memory().total / 2**30:.0f} GiB",
-        "load_before": os.getloadavg()[0],
+        "load_before": os.getloadavg()[0], "instance": "postgres" if args.postgres else "sqlite",
+        "event_batch_size": args.event_batch_size,
     }  # fmt: skip
+    instances.prepare(out)
     result["registration"] = timed(llm_infer_cmd(args, configs, data, out, "--plan_only", *size))
     comp_dir = out / "bench" / "completions"
     result["first_shard"] = timed(llm_infer_cmd(args, configs, data, out, *size), until=comp_dir,
@@ -215,11 +267,11 @@ def main() -> None:
     if args.overhead_rows:
         small = write_input(work / f"input-{args.overhead_rows}-1", args.overhead_rows, 1)
         write_task(configs, 1)
-        one_row = timed(llm_infer_cmd(args, configs, small, work / f"out-1row-{int(time.time())}", "--shard_size", "1"))
-        one_shard = timed(
-            llm_infer_cmd(args, configs, small, work / f"out-1shard-{int(time.time())}", "--shard_size",
-                          str(args.overhead_rows))
-        )  # fmt: skip
+        row_out, shard_out = work / f"out-1row-{int(time.time())}", work / f"out-1shard-{int(time.time())}"
+        instances.prepare(row_out)
+        instances.prepare(shard_out)
+        one_row = timed(llm_infer_cmd(args, configs, small, row_out, "--shard_size", "1"))
+        one_shard = timed(llm_infer_cmd(args, configs, small, shard_out, "--shard_size", str(args.overhead_rows)))
         write_task(configs, args.max_tokens)
         result["overhead"] = {
             "one_row_shards": one_row, "one_shard": one_shard,
@@ -228,7 +280,8 @@ def main() -> None:
     result["load_after"] = os.getloadavg()[0]
     print(json.dumps(result))
     print(f"\n{args.rows} rows in {args.files} files, shards of {args.shard_size} ({result['shards']} shards), "
-          f"{args.model_type}; load {result['load_before']:.2f} -> {result['load_after']:.2f}")  # fmt: skip
+          f"{args.model_type}, {result['instance']} instance, event batch {args.event_batch_size}; "
+          f"load {result['load_before']:.2f} -> {result['load_after']:.2f}")  # fmt: skip
     for name in ("registration", "first_shard", "resume"):
         r = result.get(name)
         if r:
