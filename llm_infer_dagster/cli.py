@@ -263,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
     _setup_logging(output)
     _prepare_instance(output)
     if not args.plan_only:  # a look at the plan leaves the last run's arguments as they were
-        atomic_write_text(output / "args.json", json.dumps(vars(args), indent=2))
+        atomic_write_text(output / "args.json", json.dumps(_seed_args(args, output), indent=2))
     settings_cfg = _settings_config(args, config_path, output)
     os.environ["LLM_INFER_TASKS"] = task.name  # the code location loads only this task
     os.environ.setdefault("LLM_INFER_STEP_LOG", str(output / "logs" / "steps.log"))  # step processes' output
@@ -372,6 +372,22 @@ def _short_warnings(manifest: Any) -> list[str]:
             "(pass --redo_shrunk to redo them with the rows the file has now)"
         )
     return lines
+
+
+def _seed_args(args: argparse.Namespace, output: Path) -> dict[str, Any]:
+    """The arguments as the seed wrote them to args.json: the flags plus the paths it derived from them."""
+    results, logs = output / "results", output / "logs"
+    derived = {
+        "result_path": str(results),
+        "infer_result_path": str(results / "infer"),
+        "extract_result_path": str(results / "extract"),
+        "log_path": str(logs),
+        "task_log_path": str(logs / "tasks"),
+        "completion_path": str(logs / "completions"),
+    }
+    if args.save_text:
+        derived["text_result_path"] = str(results / "text")
+    return {**vars(args), **derived}
 
 
 def _stale_shards(

@@ -8,7 +8,7 @@ Layout under the output dir (``LLM_INFER_OUTPUT`` / ``--output_path``)::
     results/extract/<NNNNN>.json          shard (results/index.json maps number -> task, shard, rows)
     results/text/<NNNNN>.txt              (with save_text)
     logs/tasks/<NNNNN>.log                one log per shard, as the seed had
-    logs/completions/<NNNNN>              the seed's marker of a finished shard
+    logs/completions/<NNNNN>              the seed's marker: the shard's inference is done
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ class TaskStore:
         return self.output_dir / "logs" / "tasks" / f"{self.number(key)}.log"
 
     def marker_path(self, key: str) -> Path:
-        """The seed's empty marker of a finished task (``logs/completions/<NNNNN>``)."""
+        """The seed's empty marker of a task whose inference is done (``logs/completions/<NNNNN>``)."""
         return self.output_dir / "logs" / "completions" / self.number(key)
 
     def lease_path(self, key: str) -> Path:

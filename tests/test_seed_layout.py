@@ -58,3 +58,5 @@ def test_a_seed_script_reads_the_numbered_results_and_markers(tmp_path: Path, ti
     index = json.loads((out / "results" / "index.json").read_text())["entries"]
     assert [(e["id"], e["rows"]) for e in index] == [(0, 2), (1, 2), (2, 1)]
     assert sorted(p.name for p in (out / "logs" / "tasks").iterdir()) == ["00000.log", "00001.log", "00002.log"]
+    args = json.loads((out / "args.json").read_text())  # the seed's derived keys too
+    assert args["completion_path"] == str(out / "logs" / "completions") and args["infer_result_path"].endswith("infer")

@@ -392,6 +392,7 @@ class ShardPipeline:
             raw, prompts = held or (None, None)
             export_shard(self.store, r.key, with_answers=False, save_text=False, completions=comps, raw=raw,
                          prompts=prompts)  # fmt: skip
+            atomic_write_text(self.store.marker_path(r.key), "")  # the seed's marker: inference of it is done
         if target.make_answers:
             self._answer(target, r.key, comps)
         else:
@@ -405,7 +406,6 @@ class ShardPipeline:
             raw, prompts = self._frames.pop(shard, (None, None))
             export_shard(self.store, shard, with_answers=True, save_text=self.settings.save_text,
                          completions=comps, answers=df, raw=raw, prompts=prompts)  # fmt: skip
-            atomic_write_text(self.store.marker_path(shard), "")  # the seed's "this task is done" marker
         extracted = int(df["answer"].is_not_null().sum())
         n_err = int(df["error"].is_not_null().sum())
         if n_err:
