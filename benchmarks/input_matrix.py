@@ -27,7 +27,9 @@ def main() -> int:
         report = Path(tmp) / "figures.txt"
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_input_matrix.py"]
         cmd += ["-k", args.k] if args.k else []
-        proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "LLM_INFER_MATRIX_REPORT": str(report)})
+        proc = subprocess.run(
+            cmd, cwd=REPO, env={**os.environ, "LLM_INFER_MATRIX_REPORT": str(report), "LLM_INFER_FULL_MATRIX": "1"}
+        )
         print(report.read_text() if report.exists() else "no figures: only part of the matrix ran")
     return proc.returncode
 

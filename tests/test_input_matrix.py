@@ -587,10 +587,25 @@ def _message(case: Case, proc: subprocess.CompletedProcess) -> tuple[str, bool]:
     return (lines[-1] if lines else ""), bool(lines)
 
 
+FULL_ENV = "LLM_INFER_FULL_MATRIX"  # 1: every case (benchmarks/input_matrix.py); else the CI-sized set
+
+
+def selected_cases() -> list[Case]:
+    """Every case with ``LLM_INFER_FULL_MATRIX=1``; otherwise (CI) two in three of those that load no model.
+
+    The full matrix takes ~6 min on a busy 2-vCPU machine, 7 of its cases starting an engine; CI keeps 35 cases
+    (at least 30, issue 13) and the benchmark runs all of them.
+    """
+    if os.environ.get(FULL_ENV) == "1":
+        return CASES
+    cheap = [c for c in CASES if not c.model_loads]
+    return [c for i, c in enumerate(cheap) if i % 3 != 2]
+
+
 def _params() -> list:
     return [
         pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True, reason=c.xfail)] if c.xfail else [])
-        for c in CASES
+        for c in selected_cases()
     ]
 
 
@@ -632,7 +647,7 @@ def test_bad_input(case: Case, finished_run: tuple[WS, Path]) -> None:
 def test_matrix_figures() -> None:
     """The figures of the matrix above: at least 30 cases, each exits as expected and keeps prior results."""
     done = list(OUTCOMES.values())
-    if len(done) < len(CASES):
+    if len(done) < len(selected_cases()):
         pytest.skip("only part of the matrix ran (-k)")
     rows = [
         ("cases", len(done)),
@@ -642,7 +657,7 @@ def test_matrix_figures() -> None:
         ("prior results kept (or legitimately redone)", sum(o.kept for o in done)),
         ("all of the above", sum(o.rc_ok and o.message_ok and o.one_line and o.no_traceback and o.kept for o in done)),
         ("known platform bugs (xfail)", sum(o.xfail for o in done)),
-        ("cases that load a model", sum(c.model_loads for c in CASES)),
+        ("cases that load a model", sum(c.model_loads for c in selected_cases())),
         ("seconds, all cases", round(sum(o.seconds for o in done))),
     ]
     table = "\n".join(f"| {name:<45} | {value:>5} |" for name, value in rows)
