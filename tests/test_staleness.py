@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, DagsterInstance, Definitions, build_schedule_context
 from dagster._core.definitions.data_version import StaleStatus
+from dagster._core.storage.defs_state.base import set_defs_state_storage
 from tests_support import CONFIGS, write_qa_input
 
 from llm_infer_dagster.assets.factory import build_task_assets
@@ -48,7 +49,13 @@ def test_each_change_marks_exactly_the_right_assets_stale(tmp_path: Path, tiny_m
     def defs(model: str = tiny_model_path) -> Definitions:
         s = settings(model)
         bundle = build_task_assets(load_task(configs, "qa_regex"), s)
-        return Definitions(assets=bundle.all_assets, jobs=[bundle.job], resources={"settings": s})
+        d = Definitions(assets=bundle.all_assets, jobs=[bundle.job], resources={"settings": s})
+        # Resolved (and cached) outside any instance's defs-state context: Dagster's definitions load reads the
+        # "current" defs state storage, whose instance weakref a run executed in process can leave dead (seen
+        # once in CI: "Attempted to resolve undefined DagsterInstance weakref"). These assets keep no defs state.
+        with set_defs_state_storage(None):
+            d.resolve_asset_graph()
+        return d
 
     def status(d: Definitions, instance: DagsterInstance, key: str) -> dict[str, StaleStatus]:
         resolver = stale_resolver(instance, d.resolve_asset_graph())  # what the UI's "stale" badge uses
