@@ -6,7 +6,7 @@
 Every trial runs the real command (`python -m llm_infer_dagster`) with the real HF engine on the tiny model
 (`build_tiny_model`), the example task `qa_regex` and generated input (by default 300 rows in 15 shards), on
 a fresh output dir. The cases, and what counts as a problem, are in `tests/fault_harness.py`, which
-`tests/test_fault_trials.py` runs at CI size:
+`tests/orchestration/test_fault_trials.py` runs at CI size:
 
 - sigkill: SIGKILL of the whole `llm-infer` process group at a random moment (half the trials at a time drawn
   over an uninterrupted run, half just after a random number of shards), then the same command again;

@@ -1,4 +1,4 @@
-"""The bad-input matrix of issue 13 (``tests/test_input_matrix.py``), run on its own, with its table of figures.
+"""The bad-input matrix of issue 13 (``tests/orchestration/test_input_matrix.py``), run on its own, with its table of figures.
 
     python benchmarks/input_matrix.py [-k EXPR]     # -k: as pytest's, though the table needs every case
 
@@ -25,7 +25,15 @@ def main() -> int:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "figures.txt"
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_input_matrix.py"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/orchestration/test_input_matrix.py",
+        ]
         cmd += ["-k", args.k] if args.k else []
         proc = subprocess.run(
             cmd, cwd=REPO, env={**os.environ, "LLM_INFER_MATRIX_REPORT": str(report), "LLM_INFER_FULL_MATRIX": "1"}

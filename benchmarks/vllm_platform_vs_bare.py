@@ -274,7 +274,7 @@ def trace_summary(records: list[tuple[float, float, int]], max_num_seqs: int) ->
     }
 
 
-# The worker patches, as text replacements on a copy of llm_infer_dagster/workers/worker.py.
+# The worker patches, as text replacements on a copy of llm_infer_dagster/runtime/worker.py.
 _ASK_OLD = "(asked == 0 and stream.wants_more())"
 _ASK_SHARDCAP = "False"  # only `prefetch` shards in flight: the worker's behaviour before 4bce975
 _STREAM_OLD = "    stream = as_streaming(engine)\n"
@@ -298,17 +298,17 @@ def _dump_trace(engine, records):
 
 
 def _patched_worker(work: Path, *, shardcap: bool, trace: bool) -> Path:
-    """A copy of workers/worker.py, patched without editing the package: with ``shardcap`` the worker asks
+    """A copy of runtime/worker.py, patched without editing the package: with ``shardcap`` the worker asks
     for a shard only while it holds fewer than ``prefetch`` shards (it no longer asks the engine whether a
     fuller batch needs more); with ``trace`` it records every engine step to $BENCH_TRACE."""
     import inspect
 
-    import llm_infer_dagster.workers.worker as worker
+    import llm_infer_dagster.runtime.worker as worker
 
     src = inspect.getsource(worker)
     for old in (_ASK_OLD, _STREAM_OLD, _CLOSE_OLD, _MAIN_GUARD):
         if src.count(old) != 1:
-            raise RuntimeError(f"llm_infer_dagster/workers/worker.py changed ({old.strip()!r}): update the patch")
+            raise RuntimeError(f"llm_infer_dagster/runtime/worker.py changed ({old.strip()!r}): update the patch")
     if shardcap:
         src = src.replace(_ASK_OLD, _ASK_SHARDCAP)
     if trace:
@@ -320,10 +320,10 @@ def _patched_worker(work: Path, *, shardcap: bool, trace: bool) -> Path:
 
 
 def _use_worker_script(script: Path) -> None:
-    """Make WorkerPool start ``script`` instead of ``-m llm_infer_dagster.workers.worker``."""
+    """Make WorkerPool start ``script`` instead of ``-m llm_infer_dagster.runtime.worker``."""
     import subprocess as real
 
-    import llm_infer_dagster.workers.pool as pool_module
+    import llm_infer_dagster.runtime.pool as pool_module
 
     class _Subprocess:
         def __getattr__(self, name: str) -> Any:
@@ -333,7 +333,7 @@ def _use_worker_script(script: Path) -> None:
         def Popen(args: list[str], **kwargs: Any) -> Any:
             args = list(args)
             i = args.index("-m")
-            if args[i + 1] != "llm_infer_dagster.workers.worker":
+            if args[i + 1] != "llm_infer_dagster.runtime.worker":
                 raise RuntimeError(f"unexpected worker command {args}")
             args[i : i + 2] = [str(script)]
             return real.Popen(args, **kwargs)
@@ -345,7 +345,7 @@ def _child_platform(cfg: dict[str, Any]) -> dict[str, Any]:
     import polars as pl
 
     from llm_infer_dagster.engines.spec import EngineSpec
-    from llm_infer_dagster.workers.pool import ShardJob, WorkerPool
+    from llm_infer_dagster.runtime.pool import ShardJob, WorkerPool
 
     prompts = make_prompts(cfg["prompts"], cfg["seed"])
     work = Path(cfg["work"])

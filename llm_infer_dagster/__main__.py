@@ -8,7 +8,7 @@ import sys
 if not sys.flags.safe_path and sys.path and sys.path[0] in ("", os.getcwd()):
     del sys.path[0]
 
-from llm_infer_dagster.cli import main  # noqa: E402
+from llm_infer_dagster.orchestration.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from llm_infer_dagster.cli import main as llm_infer
+from llm_infer_dagster.orchestration.cli import main as llm_infer
 from llm_infer_dagster.testing.tiny_model import build_tiny_model
 
 

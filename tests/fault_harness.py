@@ -1,4 +1,4 @@
-"""Fault trials of ``llm-infer`` (issue 13), shared by ``tests/test_fault_trials.py`` (sized for CI) and
+"""Fault trials of ``llm-infer`` (issue 13), shared by ``tests/orchestration/test_fault_trials.py`` (sized for CI) and
 ``benchmarks/faults.py`` (full size, figures).
 
 Each trial runs the real command (``python -m llm_infer_dagster``) on the example task ``qa_regex`` with the real
@@ -34,7 +34,7 @@ from tests_support import CONFIGS, REPO, cli_env, instance_at, write_qa_input
 
 TASK = "qa_regex"
 MARKER_ENV = "FAULT_TRIAL_MARKER"
-WORKER_MODULE = "llm_infer_dagster.workers.worker"
+WORKER_MODULE = "llm_infer_dagster.runtime.worker"
 UNFINISHED = {DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED}
 
 

@@ -1,1 +1,2 @@
-"""Inference backends. Each takes prompts plus merged sampling parameters and returns every sample."""
+"""Inference backends, without Dagster or tasks. Each takes prompts plus merged sampling parameters and
+returns every sample."""

@@ -1,1 +1,2 @@
-"""Task folders (the seed's contract), their sampling parameters and how their rows are cut into shards."""
+"""The seed's contract, without Dagster or engines: task folders and their four functions, sampling parameters,
+``task_settings.json``, code versions, and the seed's command-line flags."""

@@ -1,1 +1,0 @@
-"""Dagster assets: one bundle of four partitioned assets per task folder."""

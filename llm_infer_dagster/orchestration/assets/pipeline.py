@@ -1,0 +1,445 @@
+"""The streaming step behind a task's assets: each shard flows raw -> prompts -> completions -> answers.
+
+One Dagster step covers the run's shards and the selected assets. The engine workers start first; while
+they load and while they generate, the next shards' raw rows and prompts are made (``WorkerPool`` takes them
+lazily), so the engine never waits for a prompt that could exist already. A shard's answers are extracted
+the moment its completions land. Each shard of each asset is recorded in Dagster as soon as its Parquet
+file is in place (with the provenance tags Dagster's stale status reads), so a killed run keeps every shard it
+finished and nothing is recorded twice. Pure row transforms live in ``transforms.py``; this module reads,
+writes and reports.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+from dagster import AssetExecutionContext, AssetKey, AssetMaterialization, DagsterEventType, DataVersion, Failure
+from dagster._core.definitions.data_version import DATA_VERSION_TAG, DEFAULT_DATA_VERSION
+
+from llm_infer_dagster.engines.spec import EngineSpec, has_chat_template
+from llm_infer_dagster.errors import TaskConfigError
+from llm_infer_dagster.orchestration.assets.metadata import error_summary, preview
+from llm_infer_dagster.orchestration.assets.provenance import shard_tags
+from llm_infer_dagster.orchestration.registry import ShardManifest, manifest_for
+from llm_infer_dagster.orchestration.settings import InferenceSettings
+from llm_infer_dagster.runtime.gpus import split_gpus, visible_gpu_ids
+from llm_infer_dagster.runtime.pool import ShardJob, ShardResult, WorkerPool
+from llm_infer_dagster.shards.exports import export_shard
+from llm_infer_dagster.shards.locks import ShardLeases
+from llm_infer_dagster.shards.store import TaskStore, atomic_write_text
+from llm_infer_dagster.shards.transforms import answers_frame, prompts_frame, raw_frame
+from llm_infer_dagster.tasks.loader import TaskConfig
+
+
+@dataclass
+class ModelTarget:
+    """The completions/answers pair of one model of the task, and whether this step makes each."""
+
+    name: str | None  # None: the run's model
+    completions: AssetKey
+    answers: AssetKey
+    versions: Mapping[str, str]  # asset name -> code version
+    spec: EngineSpec | None  # None when this step runs no model for it
+    make_completions: bool
+    make_answers: bool
+
+
+@dataclass
+class _Versions:
+    """Per asset, per shard: the data version Dagster has (or is about to have) for it."""
+
+    by_asset: dict[AssetKey, dict[str, DataVersion]] = field(default_factory=dict)
+
+    def get(self, asset: AssetKey, key: str) -> DataVersion:
+        return self.by_asset.get(asset, {}).get(key, DEFAULT_DATA_VERSION)
+
+    def set(self, asset: AssetKey, key: str, version: DataVersion) -> None:
+        self.by_asset.setdefault(asset, {})[key] = version
+
+
+class ShardPipeline:
+    """Runs the selected assets of one task over the step's shards. ``run()`` does it all, in one step."""
+
+    def __init__(
+        self,
+        context: AssetExecutionContext,
+        task: TaskConfig,
+        settings: InferenceSettings,
+        *,
+        keys: Mapping[str, AssetKey],  # "input", "raw", "prompts"
+        versions: Mapping[str, str],  # code versions of raw and prompts
+        targets: list[ModelTarget],
+        make_raw: bool,
+        make_prompts: bool,
+    ) -> None:
+        self.context, self.task, self.settings = context, task, settings
+        self.keys, self.versions, self.targets = keys, versions, targets
+        self.make_raw, self.make_prompts = make_raw, make_prompts
+        self.store: TaskStore = settings.store(task.name)
+        self.shard_keys = list(context.partition_keys)
+        self.data_versions = _Versions()
+        self.failed: dict[str, str] = {}  # shard -> why it failed (first line is what the CLI shows)
+        self.bad_input: set[str] = set()  # failed shards whose cause is the user's input or task code
+        self.skipped: dict[str, str] = {}  # shards another run is making (or made while this one ran)
+        self.instance = context.instance
+        self.leases = ShardLeases(self.store, holder=context.run.run_id)
+        self._claimed: set[str] = set()
+        self._started = time.time()
+        # raw and prompts of the shards made here and not yet answered, so the seed export reads neither again
+        self._frames: dict[str, tuple[pl.DataFrame, pl.DataFrame]] = {}
+
+    # -- reporting -------------------------------------------------------------------------------------------
+
+    def _pointer(self) -> int | None:
+        """A storage id at or after every record written so far: what a shard made now was made from."""
+        return self.instance.event_log_storage.get_maximum_record_id()
+
+    def _record(
+        self, asset: AssetKey, shard: str, code_version: str, parent: AssetKey, pointer: int | None, md: dict
+    ) -> None:
+        """Log one shard of ``asset`` as materialized now, made from ``parent``'s shard by ``code_version``."""
+        version, tags = shard_tags(code_version, {parent: self.data_versions.get(parent, shard)}, pointer)
+        self.data_versions.set(asset, shard, version)
+        self.context.log_event(AssetMaterialization(asset_key=asset, partition=shard, metadata=md, tags=tags))
+
+    def _load_versions(self, asset: AssetKey, observed: bool = False) -> None:
+        """What Dagster recorded for ``asset``'s shards before this step (one query for all of them)."""
+        kind = DagsterEventType.ASSET_OBSERVATION if observed else DagsterEventType.ASSET_MATERIALIZATION
+        tags = self.instance.event_log_storage.get_latest_tags_by_partition(
+            asset, kind, [DATA_VERSION_TAG], asset_partitions=self.shard_keys
+        )
+        for shard, t in tags.items():
+            if DATA_VERSION_TAG in t:
+                self.data_versions.set(asset, shard, DataVersion(t[DATA_VERSION_TAG]))
+
+    # -- the step --------------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            self.leases.release_all()
+
+    def _claim(self, shard: str) -> bool:
+        """Lease ``shard`` for this step; False if another run is making it or has made it since this step began.
+
+        Two runs over the same shards (two ``llm-infer`` commands, one beside a Launchpad run) then split the
+        work instead of both computing it.
+        """
+        first = shard not in self._claimed
+        if not self.leases.try_acquire(shard):
+            self.skipped[shard] = f"being made by {self.leases.holder_of(shard) or 'another run'}"
+        elif first and self._made_since_start(shard):
+            self.leases.release(shard)
+            self.skipped[shard] = "made by another run while this one ran"
+        else:
+            self._claimed.add(shard)
+            return True
+        self.context.log.warning(f"shard {shard} skipped: {self.skipped[shard]}")
+        return False
+
+    def _made_since_start(self, shard: str) -> bool:
+        """Whether the last file this step would write for ``shard`` was written by someone since it started."""
+        target = next((t for t in self.targets if t.make_answers or t.make_completions), None)
+        if target is not None:
+            path = self.store.shard_path("answers" if target.make_answers else "completions", shard, target.name)
+        else:
+            path = self.store.shard_path("prompts" if self.make_prompts else "raw", shard)
+        try:
+            return path.stat().st_mtime > self._started
+        except FileNotFoundError:
+            return False
+
+    def _fail(self, shard: str, why: str, *, bad_input: bool = False) -> None:
+        self.failed[shard] = why
+        self._frames.pop(shard, None)
+        if bad_input:
+            self.bad_input.add(shard)
+        self.leases.release(shard)
+
+    def _run(self) -> None:
+        log = self.context.log
+        manifest = manifest_for(self.store)
+        for shard in self.shard_keys:
+            manifest.shard(shard)  # every shard is registered: fail before any work otherwise
+        self._load_versions(self.keys["input"], observed=True)
+        for asset, made_here in ((self.keys["raw"], self.make_raw), (self.keys["prompts"], self.make_prompts)):
+            if not made_here:
+                self._load_versions(asset)
+        for t in self.targets:
+            if t.make_answers and not t.make_completions:
+                self._load_versions(t.completions)
+        self._preflight()
+
+        t0 = time.perf_counter()
+        prep = self._prepare(manifest) if (self.make_raw or self.make_prompts) else None
+        ran_model = False
+        for target in self.targets:
+            if target.make_completions:
+                jobs = prep if (prep is not None and not ran_model) else self._existing_prompts(target)
+                self._complete(target, jobs)
+                ran_model = True
+        if prep is not None and not ran_model:
+            for _ in prep:  # no model in this step: just make raw and prompts
+                pass
+        for target in self.targets:
+            if target.make_answers and not target.make_completions:
+                for shard in self.shard_keys:
+                    if shard not in self.failed and self._claim(shard):
+                        self._answer(target, shard, self.store.read_frame("completions", shard, target.name))
+        log.info(
+            f"step done: {len(self.shard_keys)} shard(s) in {time.perf_counter() - t0:.1f} s, {len(self.failed)} failed"
+            + (f", {len(self.skipped)} skipped (another run had them)" if self.skipped else "")
+        )
+        if self.failed:
+            raise Failure(
+                description=f"{len(self.failed)} of {len(self.shard_keys)} shard(s) failed: "
+                + "; ".join(f"{k}: {v.splitlines()[0]}" for k, v in list(self.failed.items())[:5]),
+                metadata={
+                    # shard -> the first line of why: what llm-infer's last line reports
+                    "failed_shards": json.dumps({k: _summary(v) for k, v in self.failed.items()}),
+                    "bad_input": not (set(self.failed) - self.bad_input),
+                },
+            )
+
+    def _preflight(self) -> None:
+        """Checks that need no model, before any worker starts."""
+        name = self.task.dagster_name
+        if not self.make_prompts and any(t.make_completions for t in self.targets):
+            missing = [k for k in self.shard_keys if not self.store.has("prompts", k)]
+            if missing:
+                raise Failure(
+                    f"prompts are not materialized for shard(s) {', '.join(missing[:5])}: "
+                    f"materialize {name}/prompts for them first"
+                )
+        for t in self.targets:
+            if t.make_answers and not t.make_completions:
+                missing = [k for k in self.shard_keys if not self.store.has("completions", k, t.name)]
+                if missing:
+                    raise Failure(
+                        f"completions are not materialized for shard(s) {', '.join(missing[:5])}: "
+                        f"materialize {t.completions.to_user_string()} for them first"
+                    )
+        if not self.make_prompts:
+            for t in self.targets:
+                if t.make_completions and t.spec is not None:
+                    chat = next((k for k in self.shard_keys if self._is_chat(self._chat_column(k))), None)
+                    if chat is not None:
+                        self._check_chat_template(t.spec, chat)
+
+    def _chat_column(self, shard: str) -> pl.DataFrame:
+        return pl.read_parquet(self.store.shard_path("prompts", shard), columns=["is_chat"])
+
+    @staticmethod
+    def _is_chat(prompts: pl.DataFrame) -> bool:
+        return bool(prompts["is_chat"].any())
+
+    def _check_chat_template(self, spec: EngineSpec, shard: str) -> None:
+        if has_chat_template(spec.model_path) is False:
+            raise Failure(
+                f"format_prompt of task {self.task.name} returned chat messages (shard {shard}), but the model at "
+                f"{spec.model_path} has no chat template; return a string from format_prompt or use a chat model"
+            )
+
+    def _prepare(self, manifest: ShardManifest) -> Iterator[ShardJob]:
+        """Make raw and prompts shard by shard (one read per input file), recording each; yield its job."""
+        log, store = self.context.log, self.store
+        raw_key, prompts_key = self.keys["raw"], self.keys["prompts"]
+        cached: tuple[str, list[dict[str, Any]] | TaskConfigError] | None = None
+        checked_chat = False
+        first_model = next((t for t in self.targets if t.make_completions), None)
+        for shard_key in self.shard_keys:
+            s = manifest.shard(shard_key)
+            if not self._claim(shard_key):
+                continue
+            if self.make_raw:
+                pointer = self._pointer()
+                if cached is None or cached[0] != s.file:
+                    try:
+                        cached = (s.file, self.task.read_rows(s.file))
+                    except TaskConfigError as exc:  # this file's shards fail; the others carry on
+                        cached = (s.file, exc)
+                rows = cached[1]
+                if isinstance(rows, TaskConfigError):
+                    self._fail(s.key, str(rows), bad_input=True)
+                    log.error(f"shard {s.key}: {rows}")
+                    store.log_shard(s.key, f"raw FAILED: {rows}")
+                    continue
+                if len(rows) < s.stop:  # remaking it now would replace its results with fewer rows or none
+                    self._fail(s.key, (
+                        f"input file {s.file} now has {len(rows)} rows, fewer than shard {s.key}'s rows "
+                        f"{s.start}..{s.stop}: the shard keeps the results it has; to redo it with the rows the file "
+                        "has now, run llm-infer with --redo_shrunk"
+                    ), bad_input=True)  # fmt: skip
+                    log.warning(self.failed[s.key])
+                    store.log_shard(s.key, f"raw NOT remade: {self.failed[s.key]}")
+                    continue
+                raw = raw_frame(s, rows[s.start : s.stop], self.settings.limit)
+                store.write_frame("raw", s.key, raw)
+                store.log_shard(s.key, f"raw: {raw.height} rows from {s.file}[{s.start}:{s.stop}]")
+                self._record(raw_key, s.key, self.versions["raw"], self.keys["input"], pointer, {
+                    "rows": raw.height,
+                    "file": s.file,
+                    "row_range": f"{s.start}..{s.stop}",
+                    "preview": preview(raw, ["record_id", "data"]),
+                })  # fmt: skip
+            else:
+                raw = store.read_frame("raw", s.key)
+            if self.make_prompts:
+                pointer = self._pointer()
+                prompts = prompts_frame(raw, self.task.format_prompt)
+                store.write_frame("prompts", s.key, prompts)
+                n_err = int(prompts["error"].is_not_null().sum())
+                if n_err:
+                    log.warning(f"shard {s.key}: {n_err} prompt error(s): {error_summary(prompts['error'].to_list())}")
+                store.log_shard(s.key, f"prompts: {prompts.height} rows, {n_err} errors")
+                self._record(prompts_key, s.key, self.versions["prompts"], raw_key, pointer, {
+                    "rows": prompts.height,
+                    "errors": n_err,
+                    "chat_prompts": int(prompts["is_chat"].sum()),
+                    "preview": preview(prompts, ["record_id", "prompt", "error"]),
+                })  # fmt: skip
+                if first_model is not None and first_model.name is None:
+                    self._frames[s.key] = (raw, prompts)  # for the seed export (run's model only)
+                spec = first_model.spec if first_model is not None else None
+                if not checked_chat and spec is not None and self._is_chat(prompts):
+                    self._check_chat_template(spec, s.key)  # raises before the engine is used
+                    checked_chat = True
+            if first_model is None:
+                self.leases.release(s.key)  # nothing more to make for it in this step
+            yield self._job(s.key, first_model)
+
+    def _job(self, shard: str, target: ModelTarget | None) -> ShardJob:
+        out = self.store.shard_path("completions", shard, target.name if target else None)
+        return ShardJob(shard, str(self.store.shard_path("prompts", shard)), str(out))
+
+    def _existing_prompts(self, target: ModelTarget) -> Iterator[ShardJob]:
+        for k in self.shard_keys:
+            if k not in self.failed and self._claim(k):
+                yield self._job(k, target)
+
+    def _complete(self, target: ModelTarget, jobs: Iterator[ShardJob]) -> None:
+        """Run the model over ``jobs``; record each shard's completions (and answers) as it lands."""
+        assert target.spec is not None
+        spec, log, settings = target.spec, self.context.log, self.settings
+        if self.make_prompts:
+            # The first shard is made before any worker starts: a chat task on a model without a chat
+            # template fails here, before a model loads, and the engine's first job is ready when it is.
+            jobs = _prime(jobs)
+        slices = (
+            None if settings.use_cpu else split_gpus(visible_gpu_ids(), settings.workers, settings.tensor_parallel_size)
+        )
+
+        def on_message(worker: int, msg: dict) -> None:
+            if msg["type"] == "loaded":
+                log.info(f"worker {worker}: model loaded in {msg['seconds']} s (pid {msg['pid']})")
+            elif msg["type"] == "exited":
+                log.error(f"worker {worker} stopped: {msg['error']} (log: {msg['log']})")
+
+        pool = WorkerPool(
+            spec,
+            self.task.sampling_params,
+            workers=settings.workers,
+            gpu_slices=slices,
+            log_dir=self.store.output_dir / "logs" / "workers" / self.context.run.run_id[:8],
+            on_message=on_message,
+            shard_timeout=settings.timeout,
+        )
+        out_tokens, t0 = 0, time.perf_counter()
+        for r in pool.run(jobs, count=len(self.shard_keys)):
+            if not r.ok:
+                self._fail(r.key, r.error or "unknown error")
+                log.error(f"shard {r.key} failed on worker {r.worker}: {r.error}")
+                self.store.log_shard(r.key, f"completions FAILED on worker {r.worker}: {r.error}")
+                continue
+            out_tokens += r.completion_tokens
+            self._landed(target, r)
+        elapsed = time.perf_counter() - t0
+        log.info(
+            f"model {target.name or 'default'}: {out_tokens} tokens out in {elapsed:.1f} s "
+            f"({out_tokens / elapsed if elapsed > 0 else 0:.0f} tok/s including engine start)"
+        )
+
+    def _landed(self, target: ModelTarget, r: ShardResult) -> None:
+        pointer = self._pointer()
+        comps = self.store.read_frame("completions", r.key, target.name)
+        self._record(target.completions, r.key, target.versions["completions"], self.keys["prompts"], pointer, {
+            "rows": r.rows,
+            "errors": r.errors,
+            "prompt_tokens": r.prompt_tokens,
+            "completion_tokens": r.completion_tokens,
+            "tokens_per_s": round(r.tokens_per_s, 1),
+            "seconds": r.seconds,
+            "worker": r.worker,
+            "gpus": r.gpus or "cpu",
+            "model": target.spec.model_path if target.spec else "",
+            "model_name": target.name or "default",
+            "preview": preview(comps, ["record_id", "response", "finish_reason", "error"]),
+        })  # fmt: skip
+        msg = (
+            f"shard {r.key}: {r.rows} rows, {r.errors} errors, {r.completion_tokens} tokens out, "
+            f"{r.tokens_per_s:.0f} tok/s on worker {r.worker} ({r.gpus or 'cpu'})"
+        )
+        self.context.log.info(msg)
+        self.store.log_shard(r.key, f"completions[{target.name or 'default'}]: " + msg)
+        if target.name is None:  # the seed's layout holds the run's model
+            held = self._frames.get(r.key) if target.make_answers else self._frames.pop(r.key, None)
+            raw, prompts = held or (None, None)
+            export_shard(self.store, r.key, with_answers=False, save_text=False, completions=comps, raw=raw,
+                         prompts=prompts)  # fmt: skip
+            atomic_write_text(self.store.marker_path(r.key), "")  # the seed's marker: inference of it is done
+        if target.make_answers:
+            self._answer(target, r.key, comps)
+        else:
+            self.leases.release(r.key)
+
+    def _answer(self, target: ModelTarget, shard: str, comps: pl.DataFrame) -> None:
+        pointer = self._pointer()
+        df = answers_frame(comps, self.task.extract_answer)
+        self.store.write_frame("answers", shard, df, target.name)
+        if target.name is None:
+            raw, prompts = self._frames.pop(shard, (None, None))
+            export_shard(self.store, shard, with_answers=True, save_text=self.settings.save_text,
+                         completions=comps, answers=df, raw=raw, prompts=prompts)  # fmt: skip
+        extracted = int(df["answer"].is_not_null().sum())
+        n_err = int(df["error"].is_not_null().sum())
+        if n_err:
+            self.context.log.warning(
+                f"shard {shard}: {n_err} row(s) without an answer: {error_summary(df['error'].to_list())}"
+            )
+        self.store.log_shard(shard, f"answers: {extracted}/{df.height} extracted, {n_err} errors")
+        self._record(target.answers, shard, target.versions["answers"], target.completions, pointer, {
+            "rows": df.height,
+            "extracted": extracted,
+            "errors": n_err,
+            "extraction_rate": round(extracted / df.height, 4) if df.height else 0.0,
+            "model_name": target.name or "default",
+            "preview": preview(df, ["record_id", "answer", "error"]),
+        })  # fmt: skip
+        self.leases.release(shard)
+
+
+def _summary(why: str) -> str:
+    """Why a shard failed, on one line: the first line, and the last line of a log tail that follows it."""
+    lines = [ln.strip() for ln in why.splitlines() if ln.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else "unknown error"
+    return f"{lines[0]} ... {lines[-1]}"
+
+
+def _prime(jobs: Iterator[ShardJob]) -> Iterator[ShardJob]:
+    """``jobs`` with its first item already made."""
+    first = next(jobs, None)
+    if first is None:
+        return iter(())
+
+    def chained() -> Iterator[ShardJob]:
+        yield first
+        yield from jobs
+
+    return chained()

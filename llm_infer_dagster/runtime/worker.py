@@ -1,0 +1,208 @@
+"""The engine worker process: ``python -m llm_infer_dagster.runtime.worker <msg fd> <parent pid>``.
+
+Started by :mod:`llm_infer_dagster.runtime.pool` with ``CUDA_VISIBLE_DEVICES`` already in its environment,
+so torch/vLLM see only this worker's GPUs. It loads the engine once, then serves shard jobs read as JSON
+lines on stdin and reports on the message pipe (JSON lines); stdout/stderr go to the worker's log file.
+
+It keeps at least ``prefetch`` shards in the engine, and more while the engine reports its batch would be
+fuller (vLLM: fewer than 2 x max_num_seqs requests queued): the next shard's requests are queued before the
+current one drains, and each shard is written (atomically) the moment its last request finishes.
+
+An engine that raises while stepping fails the shards the error concerns (all it holds when it cannot say
+which), and the worker carries on; an engine that is gone (vLLM's ``EngineDeadError``, or failing
+``MAX_STEP_FAILURES`` steps in a row) fails what it holds, reports ``fatal`` and the worker exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, TextIO
+
+from llm_infer_dagster.runtime.process_tree import take_group_down_with_parent
+
+DEFAULT_PREFETCH = 2
+MAX_STEP_FAILURES = 3  # consecutive failed engine steps after which the engine counts as unusable
+
+
+def _engine_is_dead(exc: BaseException) -> bool:
+    """vLLM's engine core is gone: nothing more can run in this engine (matched by name: no vLLM import)."""
+    return type(exc).__name__ == "EngineDeadError"
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _send(out: TextIO, **msg: Any) -> None:
+    out.write(json.dumps(msg) + "\n")
+    out.flush()
+
+
+class LineReader:
+    """JSON lines from a raw fd, with an optional wait, so the engine can step while no job is waiting."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = b""
+        self.eof = False
+
+    def read(self, timeout: float | None) -> list[dict[str, Any]]:
+        if self.eof:
+            return []
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        if ready:
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                self.eof = True  # the parent is gone: treat as stop
+                return [{"type": "stop"}]
+            self.buffer += chunk
+        *lines, self.buffer = self.buffer.split(b"\n")
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+def serve(reader: LineReader, out: TextIO) -> None:
+    import polars as pl
+
+    from llm_infer_dagster.engines.base import BlockingStream, as_streaming
+    from llm_infer_dagster.engines.spec import EngineSpec, load_engine
+    from llm_infer_dagster.runtime.completions import ShardRequest, completions_frame, prepare_shard
+    from llm_infer_dagster.shards.store import atomic_write
+
+    spec_json: dict[str, Any] = {}
+    while not spec_json:
+        msgs = reader.read(None)
+        if reader.eof:
+            return
+        spec_json = msgs[0] if msgs else {}
+    spec = EngineSpec.from_dict(spec_json["engine"])
+    sampling = spec_json["sampling"]
+    prefetch = int(spec_json.get("prefetch", DEFAULT_PREFETCH))
+    t0 = time.perf_counter()
+    try:
+        engine = load_engine(spec)
+    except Exception as exc:
+        _send(
+            out,
+            type="fatal",
+            error=f"loading {spec.model_type} model {spec.model_path}: {type(exc).__name__}: {exc}",
+            trace=traceback.format_exc(),
+        )
+        return
+    _send(out, type="loaded", seconds=round(time.perf_counter() - t0, 3), pid=os.getpid())
+    stream = as_streaming(engine)
+    inflight: dict[str, tuple[dict[str, Any], ShardRequest, float]] = {}
+    in_engine: list[str] = []  # shards submitted to the engine and not back yet, in submit order
+    asked = 0
+    stopping = False
+    step_failures = 0
+
+    def fail(key: str, error: str, trace: str) -> None:
+        inflight.pop(key, None)
+        if key in in_engine:
+            in_engine.remove(key)
+        _send(out, type="failed", shard=key, error=error, trace=trace)
+
+    def finish(key: str, completions: list) -> None:
+        if key in in_engine:
+            in_engine.remove(key)
+        if key not in inflight:
+            return  # already failed (an engine error that could not be pinned on one shard)
+        job, request, started = inflight.pop(key)
+        try:
+            df = completions_frame(request, completions, sampling, spec.model_path)
+            atomic_write(Path(job["output"]), lambda tmp: df.write_parquet(tmp))
+        except Exception as exc:
+            _send(out, type="failed", shard=key, error=_describe(exc), trace=traceback.format_exc())
+            return
+        _send(
+            out,
+            type="done",
+            shard=key,
+            rows=df.height,
+            errors=int(df["error"].is_not_null().sum()),
+            prompt_tokens=int(df["prompt_tokens"].sum()),
+            completion_tokens=int(df["completion_tokens"].sum()),
+            seconds=round(time.perf_counter() - started, 4),
+        )
+
+    def give_up(exc: BaseException) -> None:
+        """The engine is unusable: fail what it holds and say why; the pool fails what it sends meanwhile."""
+        error, trace = f"engine unusable: {_describe(exc)}", traceback.format_exc()
+        for key in list(inflight):
+            fail(key, error, trace)
+        _send(out, type="fatal", error=f"{spec.model_type} engine for {spec.model_path}: {error}", trace=trace)
+
+    while True:
+        # Ask for a shard while fewer than `prefetch` are held, or (one ask at a time) while the engine says
+        # its batch would be fuller with more requests.
+        if not stopping and (len(inflight) + asked < prefetch or (asked == 0 and stream.wants_more())):
+            _send(out, type="ready")
+            asked += 1
+        if stopping and not inflight:
+            break
+        for job in reader.read(None if not stream.has_pending() else 0):
+            asked -= 1
+            if job.get("type") == "stop":
+                stopping = True
+                continue
+            key = job["shard"]
+            try:
+                request = prepare_shard(pl.read_parquet(job["prompts"]))
+                inflight[key] = (job, request, time.perf_counter())
+                if request.to_send:
+                    stream.submit(key, request.to_send, sampling)
+                    in_engine.append(key)
+                else:
+                    finish(key, [])
+            except Exception as exc:
+                fail(key, _describe(exc), traceback.format_exc())
+                if _engine_is_dead(exc):
+                    give_up(exc)
+                    _close_engine(engine)
+                    return
+        if stream.has_pending():
+            # The shards this step works on, should it raise: a blocking stream runs the oldest one; a
+            # streaming engine runs them all at once and cannot say whose request broke it.
+            concerned = in_engine[:1] if isinstance(stream, BlockingStream) else list(in_engine)
+            try:
+                done = stream.step()
+            except Exception as exc:
+                step_failures += 1
+                if _engine_is_dead(exc) or step_failures >= MAX_STEP_FAILURES:
+                    give_up(exc)
+                    _close_engine(engine)
+                    return
+                error = f"engine step failed: {_describe(exc)}"
+                trace = traceback.format_exc()
+                for key in concerned:
+                    fail(key, error, trace)
+                continue
+            step_failures = 0
+            for key, completions in done:
+                finish(key, completions)
+    _close_engine(engine)
+
+
+def _close_engine(engine: Any) -> None:
+    """Close the engine, best effort: the worker is leaving either way, and its exit frees the memory."""
+    try:
+        engine.close()
+    except Exception:
+        traceback.print_exc()
+
+
+def main() -> None:
+    # The pool starts each worker as its own process group, passing its message fd and its own pid.
+    take_group_down_with_parent(int(sys.argv[2]) if len(sys.argv) > 2 else None)
+    out = os.fdopen(int(sys.argv[1]), "w", buffering=1)
+    serve(LineReader(sys.stdin.fileno()), out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Pure row transforms of one shard: input rows -> raw frame -> prompts frame; completions -> answers frame.
+
+No Dagster, no engine, no files: each takes a frame (or rows) and the task's function and returns a frame,
+so the streaming step in ``orchestration/assets/pipeline.py`` only calls these, writes the result and reports it. A row
+whose user function raises, or returns what cannot be used (an empty prompt, an answer JSON cannot encode),
+keeps its error in the ``error`` column; it never fails the shard.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import polars as pl
+
+from llm_infer_dagster.shards.sharding import Shard
+from llm_infer_dagster.tasks.loader import JSON_HINT, json_problem, to_json
+
+RAW_SCHEMA = {"record_id": pl.String, "file": pl.String, "index": pl.Int64, "data": pl.String}
+PROMPT_SCHEMA = {"record_id": pl.String, "prompt": pl.String, "is_chat": pl.Boolean, "error": pl.String}
+ANSWER_SCHEMA = {"record_id": pl.String, "answer": pl.String, "error": pl.String}
+
+
+def raw_frame(shard: Shard, rows: Sequence[dict[str, Any]], limit: int | None = None) -> pl.DataFrame:
+    """The shard's rows (``rows`` is the slice ``[shard.start, shard.stop)`` of the file), with stable ids."""
+    chunk = list(rows[:limit] if limit is not None else rows)
+    return pl.DataFrame(
+        {
+            "record_id": [f"{shard.file_id}:{shard.start + i}" for i in range(len(chunk))],
+            "file": [shard.file] * len(chunk),
+            "index": [shard.start + i for i in range(len(chunk))],
+            "data": [to_json(r) for r in chunk],
+        },
+        schema=RAW_SCHEMA,
+    )
+
+
+def prompts_frame(raw: pl.DataFrame, format_prompt: Callable[[dict[str, Any]], Any]) -> pl.DataFrame:
+    """``format_prompt`` per row: a string, or chat messages stored as JSON with ``is_chat``."""
+    texts: list[str | None] = []
+    is_chat: list[bool] = []
+    errors: list[str | None] = []
+    for row in raw.iter_rows(named=True):
+        where = f"row {row['index']} of {row['file']}"
+        try:
+            p = format_prompt(json.loads(row["data"]))
+        except Exception as exc:
+            texts.append(None)
+            is_chat.append(False)
+            errors.append(f"format_prompt raised {type(exc).__name__}: {exc} ({where})")
+            continue
+        empty = _empty_prompt(p)
+        if empty is not None:
+            texts.append(None)
+            is_chat.append(False)  # like any prompt error: no prompt, nothing to parse as messages
+            errors.append(f"format_prompt returned {empty} ({where}); return the text or messages to send the model")
+            continue
+        texts.append(p if isinstance(p, str) else json.dumps(p, ensure_ascii=False))
+        is_chat.append(not isinstance(p, str))
+        errors.append(None)
+    return pl.DataFrame(
+        {"record_id": raw["record_id"], "prompt": texts, "is_chat": is_chat, "error": errors}, schema=PROMPT_SCHEMA
+    )
+
+
+def _empty_prompt(prompt: Any) -> str | None:
+    """Why ``prompt`` has nothing to send, or None. Engines would generate from BOS alone: junk, not an answer."""
+    if isinstance(prompt, str):
+        return None if prompt.strip() else f"an empty prompt ({prompt!r})"
+    if isinstance(prompt, list | tuple) and not prompt:
+        return "an empty message list"
+    return None
+
+
+def answers_frame(completions: pl.DataFrame, extract_answer: Callable[[str], Any]) -> pl.DataFrame:
+    """``extract_answer`` on each row's first sample; rows without a completion keep why."""
+    values: list[str | None] = []
+    errors: list[str | None] = []
+    for row in completions.select("record_id", "response", "error").iter_rows(named=True):
+        if row["error"] is not None:
+            values.append(None)
+            errors.append(f"no completion: {row['error']}")
+            continue
+        try:
+            ans = extract_answer(row["response"])
+        except Exception as exc:
+            values.append(None)
+            errors.append(f"extract_answer raised {type(exc).__name__}: {exc}")
+            continue
+        if ans is None:
+            values.append(None)
+            errors.append(None)
+            continue
+        try:
+            values.append(to_json(ans))
+        except Exception:
+            values.append(None)
+            errors.append(
+                f"extract_answer returned a value JSON cannot encode: {json_problem(ans, 'answer')} "
+                f"(record {row['record_id']}); {JSON_HINT}"
+            )
+        else:
+            errors.append(None)
+    return pl.DataFrame(
+        {"record_id": completions["record_id"], "answer": values, "error": errors}, schema=ANSWER_SCHEMA
+    )

@@ -1,0 +1,101 @@
+"""The pooled sqlite event log writes what Dagster's stock one reads, and the other way round."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, AssetObservation, DagsterInstance
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+
+from llm_infer_dagster.orchestration import sqlite_events
+from llm_infer_dagster.orchestration.cli import OLD_INSTANCE_YAML, _prepare_instance
+from llm_infer_dagster.orchestration.sqlite_events import PooledSqliteEventLogStorage, instance_yaml
+
+
+def _instance(home: Path, pooled: bool) -> DagsterInstance:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text(instance_yaml(home) if pooled else OLD_INSTANCE_YAML)
+    return DagsterInstance.from_config(str(home))
+
+
+def _observe(instance: DagsterInstance, key: AssetKey, partitions: list[str]) -> None:
+    for p in partitions:
+        instance.report_runless_asset_event(AssetObservation(asset_key=key, partition=p, metadata={"n": 1}))
+
+
+def test_pooled_and_stock_storages_share_one_instance(tmp_path: Path) -> None:
+    home, key = tmp_path / "home", AssetKey(["t", "input"])
+    pooled = _instance(home, pooled=True)
+    assert isinstance(pooled.event_log_storage, PooledSqliteEventLogStorage)
+    _observe(pooled, key, ["a", "b"])
+    stock = _instance(home, pooled=False)
+    assert type(stock.event_log_storage) is SqliteEventLogStorage
+    assert {r.partition_key for r in stock.fetch_observations(key, limit=10).records} == {"a", "b"}
+    _observe(stock, key, ["c"])
+    assert {r.partition_key for r in pooled.fetch_observations(key, limit=10).records} == {"a", "b", "c"}
+
+
+def test_open_databases_are_bounded_dropped_after_a_fork_and_after_a_wipe(tmp_path: Path, monkeypatch) -> None:
+    storage = PooledSqliteEventLogStorage(str(tmp_path / "runs"))
+    monkeypatch.setattr(sqlite_events, "MAX_ENGINES", 3)
+    for i in range(6):
+        with storage.run_connection(f"run{i}"):
+            pass
+    assert len(storage._engines) == 3  # noqa: SLF001 - the pool is the thing under test
+    real_pid = os.getpid()
+    monkeypatch.setattr(sqlite_events.os, "getpid", lambda: real_pid + 1)  # as if in a forked child
+    with storage.index_connection():
+        pass
+    assert list(storage._engines) == ["index"]  # noqa: SLF001 - the parent's connections were not reused
+    monkeypatch.undo()
+    with storage.run_connection("run1"):
+        pass
+    storage.wipe()  # deletes the run files: no connection to them may survive (the index is kept)
+    assert list(storage._engines) == ["index"]  # noqa: SLF001
+    with storage.run_connection("run0"):  # and it works after the wipe
+        pass
+
+
+def test_llm_infer_writes_the_pooled_config_only_where_it_owns_the_file(tmp_path: Path, monkeypatch) -> None:
+    cases = (
+        ("new", None),
+        ("old", OLD_INSTANCE_YAML),
+        ("unmonitored", False),
+        ("theirs", "telemetry:\n  enabled: true\n"),
+    )
+    for case, before in cases:
+        out = tmp_path / case
+        home = out / ".dagster"
+        if before is not None:
+            home.mkdir(parents=True)
+            text = instance_yaml(home.resolve(), run_monitoring=False) if before is False else before
+            (home / "dagster.yaml").write_text(text)
+        monkeypatch.delenv("DAGSTER_HOME", raising=False)
+        _prepare_instance(out)
+        assert os.environ["DAGSTER_HOME"] == str(home.resolve())
+        text = (home / "dagster.yaml").read_text()
+        assert (text == instance_yaml(home.resolve())) == (case != "theirs"), case
+        if case != "theirs":  # run monitoring is on, and Dagster accepts the file
+            instance = DagsterInstance.get()
+            assert instance.run_monitoring_enabled
+            instance.dispose()
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+
+
+@pytest.mark.parametrize("pooled", [True, False])
+def test_a_run_sharded_write_reads_back(tmp_path: Path, pooled: bool) -> None:
+    instance = _instance(tmp_path / "home", pooled)
+    _observe(instance, AssetKey("x"), ["p"])
+    assert instance.get_latest_data_version_record(AssetKey("x"), True, "p") is not None
+
+
+def test_pooled_connections_are_wal_with_normal_sync(tmp_path: Path) -> None:
+    """Dagster makes its files WAL; the pooled log's connections skip the per-commit fsync (synchronous=NORMAL)."""
+    instance = _instance(tmp_path / "home", pooled=True)
+    _observe(instance, AssetKey("x"), ["p"])
+    storage = instance.event_log_storage
+    with storage.index_connection() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL (the default, FULL, is 2)

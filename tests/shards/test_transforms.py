@@ -1,0 +1,64 @@
+"""The pure row transforms of one shard: no Dagster, no engine, no files."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+
+from llm_infer_dagster.shards.sharding import Shard
+from llm_infer_dagster.shards.transforms import (
+    ANSWER_SCHEMA,
+    PROMPT_SCHEMA,
+    RAW_SCHEMA,
+    answers_frame,
+    prompts_frame,
+    raw_frame,
+)
+
+SHARD = Shard(key="a_jsonl-0123abcd-00001", file="/d/a.jsonl", file_id="a_jsonl-0123abcd", chunk=1, start=4, stop=7)
+
+
+def test_raw_frame_ids_are_file_id_and_row_index_and_limit_keeps_the_first_rows():
+    rows = [{"q": "x"}, {"q": "y", "n": 2}, {"q": "z"}]
+    df = raw_frame(SHARD, rows)
+    assert dict(df.schema) == RAW_SCHEMA
+    assert df["record_id"].to_list() == ["a_jsonl-0123abcd:4", "a_jsonl-0123abcd:5", "a_jsonl-0123abcd:6"]
+    assert df["index"].to_list() == [4, 5, 6]
+    assert [json.loads(d) for d in df["data"]] == rows
+    assert raw_frame(SHARD, rows, limit=2)["index"].to_list() == [4, 5]
+    assert raw_frame(SHARD, []).height == 0
+
+
+def test_prompts_frame_keeps_each_rows_error_and_marks_chat_prompts():
+    raw = raw_frame(SHARD, [{"q": "hi"}, {"nope": 1}, {"q": "chat"}])
+
+    def fmt(row: dict) -> object:
+        if row["q"] == "chat":
+            return [{"role": "user", "content": "chat"}]
+        return f"Q: {row['q']}"
+
+    df = prompts_frame(raw, fmt)
+    assert dict(df.schema) == PROMPT_SCHEMA
+    assert df["prompt"][0] == "Q: hi" and df["is_chat"].to_list() == [False, False, True]
+    assert df["prompt"][1] is None
+    assert df["error"][1] == f"format_prompt raised KeyError: 'q' (row 5 of {SHARD.file})"
+    assert json.loads(df["prompt"][2]) == [{"role": "user", "content": "chat"}]
+
+
+def test_answers_frame_separates_no_answer_from_errors():
+    comps = pl.DataFrame(
+        {"record_id": ["r0", "r1", "r2", "r3"], "response": ["answer is 4", "hm", "boom", None],
+         "error": [None, None, None, "prompt too long"]}
+    )  # fmt: skip
+
+    def extract(text: str) -> object:
+        if text == "boom":
+            raise ValueError("cannot parse")
+        return int(text.split()[-1]) if "answer is" in text else None
+
+    df = answers_frame(comps, extract)
+    assert dict(df.schema) == ANSWER_SCHEMA
+    assert df["answer"].to_list() == ["4", None, None, None]
+    assert df["error"].to_list() == [None, None, "extract_answer raised ValueError: cannot parse",
+                                     "no completion: prompt too long"]  # fmt: skip
