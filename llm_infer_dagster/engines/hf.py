@@ -26,8 +26,8 @@ from typing import Any
 import torch
 
 from llm_infer_dagster.engines.base import Completion, Prompt, check_max_input_length, too_long_error
+from llm_infer_dagster.engines.hf_sampling import check_hf_supported, normalize_stop, to_hf_generate_kwargs
 from llm_infer_dagster.errors import SettingsError, TaskConfigError
-from llm_infer_dagster.tasks.sampling import check_hf_supported, normalize_stop, to_hf_generate_kwargs
 
 __all__ = ["HFEngine"]
 

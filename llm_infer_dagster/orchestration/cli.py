@@ -214,6 +214,7 @@ class _Progress:
 
 
 def run(args: argparse.Namespace) -> int:
+    from llm_infer_dagster.engines.hf_sampling import check_hf_supported
     from llm_infer_dagster.orchestration.settings import (
         PACKAGE_ROOT,
         check_engine_settings,
@@ -222,7 +223,6 @@ def run(args: argparse.Namespace) -> int:
     )
     from llm_infer_dagster.shards.store import atomic_write_text, check_output_dir
     from llm_infer_dagster.tasks.loader import TaskFiles, load_task
-    from llm_infer_dagster.tasks.sampling import check_hf_supported
     from llm_infer_dagster.tasks.seed_flags import FLAG_KEYS, merge_model_args
 
     config_path = str(

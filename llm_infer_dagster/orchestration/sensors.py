@@ -14,6 +14,7 @@ from dagster import (
     AssetKey,
     AssetObservation,
     DagsterInstance,
+    DagsterInvalidDefinitionError,
     DagsterRun,
     DagsterRunStatus,
     DefaultScheduleStatus,
@@ -31,7 +32,7 @@ from dagster import (
     sensor,
 )
 
-from llm_infer_dagster.errors import LLMInferError
+from llm_infer_dagster.errors import LLMInferError, TaskConfigError
 from llm_infer_dagster.orchestration.assets.factory import TaskAssets
 from llm_infer_dagster.orchestration.registry import (
     ShardManifest,
@@ -43,6 +44,7 @@ from llm_infer_dagster.orchestration.run_health import mark_dead_runs_failed
 from llm_infer_dagster.orchestration.settings import InferenceSettings
 from llm_infer_dagster.orchestration.staleness import ChainVersions, stale_shards
 from llm_infer_dagster.shards.planning import RunPlan, plan_runs
+from llm_infer_dagster.tasks.task_settings import DEFAULT_CRON, SETTINGS_FILE
 
 ACTIVE = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
 
@@ -99,17 +101,13 @@ def build_shard_sensor(bundle: TaskAssets) -> SensorDefinition:
 
 
 def build_missing_shards_schedule(bundle: TaskAssets) -> ScheduleDefinition:
+    """The task's ``<task>_missing_shards`` schedule; a cron string Dagster refuses is a TaskConfigError.
+
+    ``task_settings.json`` checks only the cron string's shape; Dagster is the judge of the rest (a minute
+    of 61, the 31st of February), and its refusal names the task's file and the ``schedule.cron`` key.
+    """
     task = bundle.task
 
-    @schedule(
-        name=f"{task.dagster_name}_missing_shards",
-        cron_schedule=task.settings.schedule_cron,
-        job=bundle.job,
-        default_status=(
-            DefaultScheduleStatus.RUNNING if task.settings.schedule_enabled else DefaultScheduleStatus.STOPPED
-        ),
-        description=f"Materialize every shard of task {task.name} that has no answers yet or is stale.",
-    )
     def missing_shards(
         context: ScheduleEvaluationContext, settings: InferenceSettings
     ) -> list[RunRequest] | SkipReason:
@@ -146,7 +144,25 @@ def build_missing_shards_schedule(bundle: TaskAssets) -> ScheduleDefinition:
         ]
         return requests or SkipReason("every shard is answered and up to date, for every model")
 
-    return missing_shards
+    cron = task.settings.schedule_cron
+    try:
+        return schedule(
+            name=f"{task.dagster_name}_missing_shards",
+            cron_schedule=cron,
+            job=bundle.job,
+            default_status=(
+                DefaultScheduleStatus.RUNNING if task.settings.schedule_enabled else DefaultScheduleStatus.STOPPED
+            ),
+            description=f"Materialize every shard of task {task.name} that has no answers yet or is stale.",
+        )(missing_shards)
+    except DagsterInvalidDefinitionError as exc:
+        if "cron" not in str(exc).lower():
+            raise
+        dagster_says = " ".join(str(exc).split())
+        raise TaskConfigError(
+            f'{task.folder / SETTINGS_FILE}: "schedule.cron" "{cron}" is not a valid cron string for Dagster '
+            f'({dagster_says}); use 5 fields, minute hour day month weekday, like "{DEFAULT_CRON}"'
+        ) from None
 
 
 def _model_plans(

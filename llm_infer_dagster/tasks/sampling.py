@@ -1,34 +1,35 @@
-"""Sampling parameters: defaults, per-task overrides, validation, and the mapping to HF ``generate``.
+"""Sampling parameters: defaults, per-task overrides and their validation.
 
 The seed passed ``default_sampling_params.json`` updated key by key with a task's ``sampling_params.json``
 straight into vLLM's ``SamplingParams``, so a typo (``"temprature"``) or a string (``"32"``) only blew up
-deep inside a worker, or was silently ignored. Here every key and value is checked when the task loads,
-and the error names the file, the key and the fix. The names and meanings are vLLM's, for both backends;
-the HF backend refuses keys it cannot honour instead of quietly ignoring them.
+deep inside a worker, or was silently ignored. Here every key and value is checked against
+:class:`TaskSamplingParams` (a pydantic model of the vLLM fields a task may set) when the task loads, and
+the error names the file, the key and the fix. The names and meanings are vLLM's, for both backends; what
+the HF backend can honour, and the mapping to HF ``generate``, is the engine's
+(``llm_infer_dagster.engines.hf_sampling``).
 
-Pure logic: no torch, no transformers.
+Pure logic: no torch, no transformers, no Dagster, no engine.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from llm_infer_dagster.errors import TaskConfigError
 
 __all__ = [
     "BUILTIN_DEFAULTS",
-    "HF_SUPPORTED_KEYS",
     "SAMPLING_FILE",
     "SAMPLING_KEYS",
-    "check_hf_supported",
+    "TaskSamplingParams",
     "load_sampling_params",
-    "normalize_stop",
-    "to_hf_generate_kwargs",
     "validate_sampling_params",
 ]
 
@@ -38,118 +39,68 @@ BUILTIN_DEFAULTS: dict[str, Any] = {"temperature": 1.0, "max_tokens": 32, "top_p
 #: The file a task folder may hold to override the defaults.
 SAMPLING_FILE = "sampling_params.json"
 
-# Type specs: each key maps to a tuple of accepted JSON kinds.
-#   "int"       an integer (never a bool)
-#   "float"     a number (int or float, never a bool); stored as float
-#   "bool"      true / false
-#   "str"       a string
-#   "null"      null
-#   "list[str]" a list of strings
-#   "list[int]" a list of integers (never bools)
-TypeSpec = tuple[str, ...]
 
-#: vLLM ``SamplingParams`` fields a task may set, with the JSON kinds each accepts.
-SAMPLING_KEYS: dict[str, TypeSpec] = {
-    "n": ("int",),
-    "presence_penalty": ("float",),
-    "frequency_penalty": ("float",),
-    "repetition_penalty": ("float",),
-    "temperature": ("float",),
-    "top_p": ("float",),
-    "top_k": ("int",),
-    "min_p": ("float",),
-    "seed": ("int", "null"),
-    "stop": ("str", "list[str]", "null"),
-    "stop_token_ids": ("list[int]",),
-    "ignore_eos": ("bool",),
-    "max_tokens": ("int",),
-    "min_tokens": ("int",),
-    "logprobs": ("int", "null"),
-    "prompt_logprobs": ("int", "null"),
-    "skip_special_tokens": ("bool",),
-    "spaces_between_special_tokens": ("bool",),
-    "include_stop_str_in_output": ("bool",),
-    "bad_words": ("list[str]",),
-}
+@dataclass(frozen=True)
+class _Says:
+    """How an error message words a field: the JSON kinds it takes, and the range (vLLM's own checks)."""
 
-#: Keys the HF backend implements. The others are accepted only at their neutral value (see below).
-HF_SUPPORTED_KEYS: frozenset[str] = frozenset(
-    {
-        "n",
-        "repetition_penalty",
-        "temperature",
-        "top_p",
-        "top_k",
-        "min_p",
-        "seed",
-        "stop",
-        "stop_token_ids",
-        "ignore_eos",
-        "max_tokens",
-        "min_tokens",
-        "skip_special_tokens",
-        "include_stop_str_in_output",
-    }
-)
-
-# Values at which an HF-unsupported key changes nothing, so a shared defaults file may spell them out.
-_HF_NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "presence_penalty": (0, 0.0),
-    "frequency_penalty": (0, 0.0),
-    "logprobs": (None,),
-    "prompt_logprobs": (None,),
-    "bad_words": ([],),
-    "spaces_between_special_tokens": (True,),
-}
-
-_KIND_WORDS = {
-    "int": "an integer",
-    "float": "a number",
-    "bool": "true or false",
-    "str": "a string",
-    "null": "null",
-    "list[str]": "a list of strings",
-    "list[int]": "a list of integers",
-}
-
-# vLLM's SamplingParams defaults, for keys the mapping to HF needs when a task leaves them out.
-_VLLM_DEFAULTS: dict[str, Any] = {
-    "n": 1,
-    "temperature": 1.0,
-    "top_p": 1.0,
-    "top_k": 0,
-    "min_p": 0.0,
-    "repetition_penalty": 1.0,
-    "max_tokens": 16,
-    "min_tokens": 0,
-}
+    kind: str
+    need: str | None = None
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _top_k_on_or_off(value: int) -> int:
+    if value < -1:
+        raise ValueError("top_k below -1")
+    return value
 
 
-def _matches(value: Any, kind: str) -> bool:
-    if kind == "int":
-        return _is_int(value)
-    if kind == "float":
-        return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
-    if kind == "bool":
-        return isinstance(value, bool)
-    if kind == "str":
-        return isinstance(value, str)
-    if kind == "null":
-        return value is None
-    if kind == "list[str]":
-        return isinstance(value, list) and all(isinstance(v, str) for v in value)
-    if kind == "list[int]":
-        return isinstance(value, list) and all(_is_int(v) for v in value)
-    raise AssertionError(f"unknown type kind {kind!r}")
+_TokenId = Annotated[int, Field(ge=0)]
+_Count = Annotated[int, Field(ge=0)]
+_Penalty = Annotated[float, Field(ge=-2, le=2), _Says("a number", "in [-2, 2]")]
 
 
-def _describe(spec: TypeSpec) -> str:
-    words = [_KIND_WORDS[k] for k in spec]
-    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+class TaskSamplingParams(BaseModel):
+    """The fields of vLLM's ``SamplingParams`` a task may set, with vLLM's defaults and bounds.
+
+    Strict JSON types: an integer is never a bool or a float (``1.0`` is not an integer); a number field takes
+    integers and stores them as floats, so ``1`` and ``1.0`` fingerprint the same; NaN and infinities are refused.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+    n: Annotated[int, Field(ge=1), _Says("an integer", "at least 1")] = 1
+    presence_penalty: _Penalty = 0.0
+    frequency_penalty: _Penalty = 0.0
+    repetition_penalty: Annotated[float, Field(gt=0), _Says("a number", "greater than 0 (1 means off)")] = 1.0
+    temperature: Annotated[float, Field(ge=0), _Says("a number", "at least 0 (0 means greedy)")] = 1.0
+    top_p: Annotated[float, Field(gt=0, le=1), _Says("a number", "in (0, 1]")] = 1.0
+    top_k: Annotated[int, AfterValidator(_top_k_on_or_off), _Says("an integer", "-1 or 0 (off) or at least 1")] = 0
+    min_p: Annotated[float, Field(ge=0, le=1), _Says("a number", "in [0, 1]")] = 0.0
+    seed: Annotated[int | None, _Says("an integer or null")] = None
+    stop: Annotated[str | list[str] | None, _Says("a string, a list of strings or null")] = None
+    stop_token_ids: Annotated[list[_TokenId], _Says("a list of integers", "a list of non-negative token ids")] = Field(
+        default_factory=list
+    )
+    ignore_eos: Annotated[bool, _Says("true or false")] = False
+    max_tokens: Annotated[int, Field(ge=1), _Says("an integer", "at least 1")] = 16
+    min_tokens: Annotated[int, Field(ge=0), _Says("an integer", "at least 0")] = 0
+    logprobs: Annotated[_Count | None, _Says("an integer or null", "at least 0")] = None
+    prompt_logprobs: Annotated[_Count | None, _Says("an integer or null", "at least 0")] = None
+    skip_special_tokens: Annotated[bool, _Says("true or false")] = True
+    spaces_between_special_tokens: Annotated[bool, _Says("true or false")] = True
+    include_stop_str_in_output: Annotated[bool, _Says("true or false")] = False
+    bad_words: Annotated[list[str], _Says("a list of strings")] = Field(default_factory=list)
+
+
+#: The keys a sampling file may hold, in vLLM's order (the order error messages list them in).
+SAMPLING_KEYS: tuple[str, ...] = tuple(TaskSamplingParams.model_fields)
+
+# pydantic error types that mean "right type, out of range"; every other error is a wrong type.
+_RANGE_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal", "value_error"})
+
+
+def _says(key: str) -> _Says:
+    return next(m for m in TaskSamplingParams.model_fields[key].metadata if isinstance(m, _Says))
 
 
 def _show(value: Any) -> str:
@@ -159,58 +110,44 @@ def _show(value: Any) -> str:
         return repr(value)
 
 
-# Allowed ranges (vLLM's own checks): key -> (test, what the value must be).
-_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "n": (lambda v: v >= 1, "at least 1"),
-    "max_tokens": (lambda v: v >= 1, "at least 1"),
-    "min_tokens": (lambda v: v >= 0, "at least 0"),
-    "temperature": (lambda v: v >= 0, "at least 0 (0 means greedy)"),
-    "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "top_k": (lambda v: v in (-1, 0) or v >= 1, "-1 or 0 (off) or at least 1"),
-    "min_p": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "repetition_penalty": (lambda v: v > 0, "greater than 0 (1 means off)"),
-    "presence_penalty": (lambda v: -2 <= v <= 2, "in [-2, 2]"),
-    "frequency_penalty": (lambda v: -2 <= v <= 2, "in [-2, 2]"),
-    "logprobs": (lambda v: v >= 0, "at least 0"),
-    "prompt_logprobs": (lambda v: v >= 0, "at least 0"),
-    "stop_token_ids": (lambda v: all(i >= 0 for i in v), "a list of non-negative token ids"),
-}
+def _unknown_key(key: str, source: str) -> TaskConfigError:
+    close = difflib.get_close_matches(key, SAMPLING_KEYS, n=1, cutoff=0.6)
+    hint = f'did you mean "{close[0]}"? ' if close else ""
+    return TaskConfigError(f'{source}: unknown sampling key "{key}" ({hint}valid keys: {", ".join(SAMPLING_KEYS)})')
 
 
-def _range_problem(key: str, value: Any) -> str | None:
-    """Why ``value`` (already of the right type) is out of range for ``key``; None when it is fine."""
-    if value is None or key not in _RANGES:
-        return None
-    ok, need = _RANGES[key]
-    return None if ok(value) else f'"{key}" must be {need}, got {_show(value)}'
+def _one_line(exc: ValidationError, params: Mapping[str, Any], source: str) -> TaskConfigError:
+    """The first problem, in the file's key order, as one line naming the file, the key and what it takes."""
+    order = {key: i for i, key in enumerate(params)}
+    errors = sorted(exc.errors(), key=lambda e: order.get(e["loc"][0] if e["loc"] else "", len(order)))
+    err = errors[0]
+    key = str(err["loc"][0]) if err["loc"] else ""
+    if err["type"] == "extra_forbidden" or key not in TaskSamplingParams.model_fields:
+        return _unknown_key(key, source)
+    says = _says(key)
+    # A range problem only when the value has the right type: a union's other members report type errors.
+    range_only = all(e["type"] in _RANGE_ERRORS for e in errors if e["loc"] and e["loc"][0] == key)
+    need = says.need if range_only and says.need else says.kind
+    return TaskConfigError(f'{source}: "{key}" must be {need}, got {_show(params[key])}')
 
 
 def validate_sampling_params(params: Mapping[str, Any], source: str) -> dict[str, Any]:
     """Check keys, types and ranges of one parameter mapping; return a normalised copy.
 
     ``source`` names where the values came from (a file path) and starts every error message.
-    Numbers for float keys come back as floats, so ``1`` and ``1.0`` fingerprint the same.
+    Numbers for float keys come back as floats, so ``1`` and ``1.0`` fingerprint the same. Only the keys
+    given come back, in the order given.
     """
     if not isinstance(params, Mapping):
         raise TaskConfigError(f"{source}: sampling parameters must be a JSON object, got {type(params).__name__}")
-    out: dict[str, Any] = {}
-    for key, value in params.items():
-        spec = SAMPLING_KEYS.get(key)
-        if spec is None:
-            close = difflib.get_close_matches(str(key), SAMPLING_KEYS, n=1, cutoff=0.6)
-            hint = f'did you mean "{close[0]}"? ' if close else ""
-            raise TaskConfigError(
-                f'{source}: unknown sampling key "{key}" ({hint}valid keys: {", ".join(SAMPLING_KEYS)})'
-            )
-        if not any(_matches(value, kind) for kind in spec):
-            raise TaskConfigError(f'{source}: "{key}" must be {_describe(spec)}, got {_show(value)}')
-        problem = _range_problem(key, value)
-        if problem:
-            raise TaskConfigError(f"{source}: {problem}")
-        if spec == ("float",):
-            value = float(value)
-        out[key] = value
-    return out
+    for key in params:
+        if not isinstance(key, str):
+            raise _unknown_key(str(key), source)
+    try:
+        model = TaskSamplingParams.model_validate(dict(params))
+    except ValidationError as exc:
+        raise _one_line(exc, params, source) from None
+    return {key: getattr(model, key) for key in params}
 
 
 def _check_combination(params: Mapping[str, Any], source: str) -> None:
@@ -272,70 +209,3 @@ def load_sampling_params(defaults_path: Path | None, task_path: Path | None) -> 
     merged = {**defaults, **task}
     _check_combination(merged, task_source if task else defaults_source)
     return merged
-
-
-def normalize_stop(params: Mapping[str, Any]) -> list[str]:
-    """``stop`` as a list: vLLM accepts a string, a list or null; empty strings would stop at once."""
-    stop = params.get("stop")
-    if stop is None:
-        return []
-    if isinstance(stop, str):
-        stop = [stop]
-    return [s for s in stop if s]
-
-
-def check_hf_supported(params: Mapping[str, Any]) -> None:
-    """Refuse keys the HF backend cannot honour, rather than silently sampling differently from vLLM.
-
-    Unsupported keys pass when set to their neutral value (``presence_penalty: 0``, ``logprobs: null``).
-    """
-    bad = [
-        key
-        for key, value in params.items()
-        if key not in HF_SUPPORTED_KEYS and not (key in _HF_NEUTRAL and value in _HF_NEUTRAL[key])
-    ]
-    if bad:
-        names = ", ".join(f'"{k}"' for k in bad)
-        raise TaskConfigError(
-            f"sampling parameters {names} are not supported by the HF backend; "
-            f"use --model_type vllm or drop {'it' if len(bad) == 1 else 'them'} from sampling_params.json "
-            f"(HF supports: {', '.join(sorted(HF_SUPPORTED_KEYS))})"
-        )
-
-
-def to_hf_generate_kwargs(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Translate vLLM-style parameters to ``model.generate`` keyword arguments.
-
-    Missing keys take vLLM's ``SamplingParams`` defaults (top_p 1, top_k off, max_tokens 16), not the
-    model's ``generation_config``, so both backends sample the same way for the same file.
-
-    - temperature 0 -> greedy (``do_sample=False``, no temperature/top_p/top_k/min_p). HF refuses
-      ``num_return_sequences > 1`` without sampling, while vLLM returns ``n`` identical samples, so
-      greedy leaves ``num_return_sequences`` out and the engine repeats the one sample ``n`` times.
-    - top_k -1 or 0 (vLLM: off) -> HF ``top_k=0`` (HF's own unset default would be 50).
-    - max_tokens -> max_new_tokens, min_tokens -> min_new_tokens, n -> num_return_sequences.
-
-    Handled by the engine, not here: ``stop`` (``stop_strings`` plus cutting the text), ``stop_token_ids``
-    and ``ignore_eos`` (the ``eos_token_id`` list), ``seed`` (``torch.manual_seed``),
-    ``skip_special_tokens`` and ``include_stop_str_in_output`` (decoding).
-    """
-    p = {**_VLLM_DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
-    kwargs: dict[str, Any] = {
-        "max_new_tokens": int(p["max_tokens"]),
-        "repetition_penalty": float(p["repetition_penalty"]),
-    }
-    if p["min_tokens"]:
-        kwargs["min_new_tokens"] = int(p["min_tokens"])
-    if float(p["temperature"]) == 0.0:
-        kwargs["do_sample"] = False
-        return kwargs
-    kwargs.update(
-        do_sample=True,
-        temperature=float(p["temperature"]),
-        top_p=float(p["top_p"]),
-        top_k=max(int(p["top_k"]), 0),
-        num_return_sequences=int(p["n"]),
-    )
-    if p["min_p"]:
-        kwargs["min_p"] = float(p["min_p"])
-    return kwargs

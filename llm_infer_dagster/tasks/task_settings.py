@@ -10,69 +10,217 @@ here, in one place next to the task's code::
       "schedule": {"enabled": false, "cron": "0 * * * *"},    # materialize missing shards
       "models": {"qwen7b": {"model_path": "/models/qwen7b", "model_type": "vllm"}}  # also run these
     }
+
+The file is :class:`TaskSettings` (pydantic, strict JSON types, unknown keys refused); a mistake is one
+:class:`TaskConfigError` line naming the file, the key path (``models.qwen7b.dtype``) and what it takes.
+Only the cron string's shape is checked here: Dagster itself judges it when the schedule is built
+(``orchestration/sensors.py``), and that refusal names this file and ``schedule.cron`` too.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from llm_infer_dagster.errors import TaskConfigError
 
+__all__ = [
+    "CRON_ALIASES",
+    "DEFAULT_CRON",
+    "MODEL_NAME_RE",
+    "SETTINGS_FILE",
+    "ModelChoice",
+    "ScheduleSettings",
+    "SensorSettings",
+    "TaskSettings",
+    "load_task_settings",
+]
+
 SETTINGS_FILE = "task_settings.json"
 DEFAULT_CRON = "0 * * * *"
-
+#: The ``@`` shorthands Dagster accepts for a cron string.
+CRON_ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,40}$")
+_MODEL_NAME_RULE = "a model name must be 1-40 letters, digits or '_'"
 
 
-@dataclass(frozen=True)
-class ModelChoice:
+def _cron_shape(value: str) -> str:
+    """Five space-separated fields (minute hour day month weekday) or an ``@`` shorthand; Dagster checks the rest."""
+    if value.strip() in CRON_ALIASES or len(value.split()) == 5:
+        return value
+    raise ValueError(
+        f"{json.dumps(value)} is not a valid cron string: it needs 5 space-separated fields "
+        f'(minute hour day month weekday) like "{DEFAULT_CRON}", or one of {", ".join(CRON_ALIASES)}'
+    )
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+ModelName = Annotated[str, StringConstraints(pattern=MODEL_NAME_RE.pattern)]
+
+
+class ModelChoice(_Section):
     """A named model this task also runs on, side by side with the run's default model.
 
     Unset fields fall back to the run's settings (model type, dtype, context length, engine arguments).
+    A relative ``model_path`` in the file is relative to the task folder.
     """
 
     model_path: str
-    model_type: str | None = None
-    dtype: str | None = None
-    max_model_len: int | None = None
+    model_type: Literal["hf", "vllm"] | None = None
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] | None = None
+    max_model_len: Annotated[int, Field(ge=1)] | None = None
     model_args: dict[str, Any] | None = None
 
 
-@dataclass(frozen=True)
-class TaskSettings:
+class SensorSettings(_Section):
+    """``sensor``: the ``<task>_new_shards`` sensor that registers shards of new or grown input files."""
+
+    enabled: bool = True
+    interval_seconds: Annotated[int, Field(ge=1)] = 60
+
+
+class ScheduleSettings(_Section):
+    """``schedule``: the ``<task>_missing_shards`` schedule that materializes missing or stale shards."""
+
+    enabled: bool = False
+    cron: Annotated[str, AfterValidator(_cron_shape)] = DEFAULT_CRON
+
+
+class TaskSettings(_Section):
+    """The whole ``task_settings.json``; ``TaskSettings()`` is a folder without one."""
+
     input_path: str | None = None
-    shard_size: int | None = None
-    sensor_enabled: bool = True
-    sensor_interval_seconds: int = 60
-    schedule_enabled: bool = False
-    schedule_cron: str = DEFAULT_CRON
-    models: dict[str, ModelChoice] = field(default_factory=dict)
+    shard_size: Annotated[int, Field(ge=1)] | None = None
+    sensor: SensorSettings = SensorSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
+    models: dict[ModelName, ModelChoice] = Field(default_factory=dict)
+
+    @property
+    def sensor_enabled(self) -> bool:
+        return self.sensor.enabled
+
+    @property
+    def sensor_interval_seconds(self) -> int:
+        return self.sensor.interval_seconds
+
+    @property
+    def schedule_enabled(self) -> bool:
+        return self.schedule.enabled
+
+    @property
+    def schedule_cron(self) -> str:
+        return self.schedule.cron
 
 
-_KEYS = {"input_path", "shard_size", "sensor", "schedule", "models"}
-_MODEL_KEYS = {"model_path", "model_type", "dtype", "max_model_len", "model_args"}
-_SENSOR_KEYS = {"enabled", "interval_seconds"}
-_SCHEDULE_KEYS = {"enabled", "cron"}
+# ---------------------------------------------------------------------------------------- error messages
+
+# What a value must be, by pydantic error type (strict mode: no coercion, so one word per JSON kind).
+_KINDS = {
+    "int_type": "an integer",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "dict_type": "a JSON object",
+    "model_type": "a JSON object",
+    "model_attributes_type": "a JSON object",
+}
+_BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
 
 
-def _check_keys(where: str, obj: dict[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(obj) - allowed)
-    if unknown:
-        raise TaskConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(allowed))}")
+def _show(value: Any) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
-def _typed(where: str, value: Any, kind: type, what: str) -> Any:
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise TaskConfigError(f"{where}: {what} must be a {kind.__name__}, got {json.dumps(value)}")
-    return value
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    """``models.qwen.dtype``; a newline or quote in a model name is escaped, so the message stays one line."""
+    return json.dumps(".".join(str(p) for p in loc), ensure_ascii=False)[1:-1]
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model class of the JSON object at ``loc`` (``("models", "qwen")`` -> ModelChoice)."""
+    model: type[BaseModel] = TaskSettings
+    parts = list(loc)
+    while parts:
+        name = parts.pop(0)
+        if model is TaskSettings and name == "models":
+            if not parts:
+                return None  # the models mapping itself: any name
+            parts.pop(0)
+            model = ModelChoice
+            continue
+        field = model.model_fields.get(str(name))
+        sub = field.annotation if field else None
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            return None
+        model = sub
+    return model
+
+
+def _unknown_keys(path: Path, errors: list[Any]) -> str:
+    parent = tuple(errors[0]["loc"][:-1])
+    names = [str(e["loc"][-1]) for e in errors if tuple(e["loc"][:-1]) == parent]
+    model = _model_at(parent)
+    valid = sorted(model.model_fields) if model else []
+    hints = [(n, difflib.get_close_matches(n, valid, n=1, cutoff=0.6)) for n in names]
+    hints = [(n, close[0]) for n, close in hints if close]
+    if len(names) == 1 and hints:
+        hint = f' (did you mean "{hints[0][1]}"?)'
+    elif hints:
+        hint = " (did you mean " + ", ".join(f'"{c}" for {n}' for n, c in hints) + "?)"
+    else:
+        hint = ""
+    where = f' in "{_dotted(parent)}"' if parent else ""
+    return f"{path}: unknown key(s) {', '.join(names)}{where}{hint}; valid: {', '.join(valid)}"
+
+
+def _one_line(path: Path, exc: ValidationError) -> str:
+    """The first problem as one line: the file, the key path and what the key takes."""
+    errors = exc.errors()
+    extra = [e for e in errors if e["type"] == "extra_forbidden"]
+    if extra:  # a misspelt key is the likeliest cause of everything else: name it first
+        return _unknown_keys(path, extra)
+    err = errors[0]
+    loc, kind, got = tuple(err["loc"]), err["type"], _show(err.get("input"))
+    if kind == "string_pattern_mismatch" and loc[:1] == ("models",) and loc[-1:] == ("[key]",):
+        return f'{path}: "{_dotted(loc[:2])}": {_MODEL_NAME_RULE}, got {_show(loc[1])}'
+    if kind == "missing":
+        where = f' in "{_dotted(loc[:-1])}"' if loc[:-1] else ""
+        return f'{path}: "{loc[-1]}" is required{where}'
+    key = f'"{_dotted(loc)}"'
+    if kind == "literal_error":
+        allowed = str(err.get("ctx", {}).get("expected", "")).replace("'", '"')
+        return f"{path}: {key} must be {allowed} (or left out), got {got}"
+    if kind in _BOUNDS:
+        bound = next(iter(err.get("ctx", {}).values()), "?")
+        return f"{path}: {key} must be an integer {_BOUNDS[kind]} {bound}, got {got}"
+    if kind in _KINDS:
+        return f"{path}: {key} must be {_KINDS[kind]}, got {got}"
+    if kind == "value_error":  # our own validators: the message says what is wrong and what is allowed
+        return f"{path}: {key} {str(err.get('ctx', {}).get('error', err['msg']))}"
+    return f"{path}: {key} {err['msg'][:1].lower()}{err['msg'][1:]}, got {got}"
+
+
+# -------------------------------------------------------------------------------------------------- loading
+
+
+def _in_folder(folder: Path, p: str) -> Path:
+    """A path from the file: relative ones are relative to the task folder, not to wherever Dagster started."""
+    return Path(p) if Path(p).is_absolute() else (folder / p).resolve()
 
 
 def load_task_settings(folder: Path) -> TaskSettings:
+    """``<folder>/task_settings.json``, or the defaults when there is none; raises :class:`TaskConfigError`."""
     path = folder / SETTINGS_FILE
     if not path.is_file():
         return TaskSettings()
@@ -81,49 +229,21 @@ def load_task_settings(folder: Path) -> TaskSettings:
     except json.JSONDecodeError as exc:
         raise TaskConfigError(f"{path}: invalid JSON ({exc})") from None
     if not isinstance(data, dict):
-        raise TaskConfigError(f"{path}: must be a JSON object")
-    _check_keys(str(path), data, _KEYS)
-    sensor = _typed(str(path), data.get("sensor", {}), dict, '"sensor"')
-    schedule = _typed(str(path), data.get("schedule", {}), dict, '"schedule"')
-    _check_keys(f'{path} "sensor"', sensor, _SENSOR_KEYS)
-    _check_keys(f'{path} "schedule"', schedule, _SCHEDULE_KEYS)
-    models: dict[str, ModelChoice] = {}
-    for mname, spec in _typed(str(path), data.get("models", {}), dict, '"models"').items():
-        where = f'{path} "models.{mname}"'
-        if not MODEL_NAME_RE.fullmatch(mname):
-            raise TaskConfigError(f"{where}: a model name must be 1-40 letters, digits or '_'")
-        _typed(where, spec, dict, "a model")
-        _check_keys(where, spec, _MODEL_KEYS)
-        if "model_path" not in spec:
-            raise TaskConfigError(f'{where}: "model_path" is required')
-        model_path = Path(_typed(where, spec["model_path"], str, '"model_path"'))
-        models[mname] = ModelChoice(
-            model_path=str(model_path if model_path.is_absolute() else (folder / model_path).resolve()),
-            model_type=_typed(where, spec["model_type"], str, '"model_type"') if "model_type" in spec else None,
-            dtype=_typed(where, spec["dtype"], str, '"dtype"') if "dtype" in spec else None,
-            max_model_len=(
-                _typed(where, spec["max_model_len"], int, '"max_model_len"') if "max_model_len" in spec else None
-            ),
-            model_args=_typed(where, spec["model_args"], dict, '"model_args"') if "model_args" in spec else None,
+        raise TaskConfigError(f"{path}: must be a JSON object, got a JSON {type(data).__name__}")
+    try:
+        settings = TaskSettings.model_validate(data)
+    except ValidationError as exc:
+        raise TaskConfigError(_one_line(path, exc)) from None
+    models = {
+        name: m.model_copy(update={"model_path": str(_in_folder(folder, m.model_path))})
+        for name, m in settings.models.items()
+    }
+    update: dict[str, Any] = {"models": models}
+    if settings.input_path is not None:
+        # an absolute input_path stays as written (glob patterns and trailing slashes included)
+        update["input_path"] = (
+            settings.input_path
+            if Path(settings.input_path).is_absolute()
+            else str(_in_folder(folder, settings.input_path))
         )
-    out = TaskSettings(
-        input_path=_typed(str(path), data["input_path"], str, '"input_path"') if "input_path" in data else None,
-        shard_size=_typed(str(path), data["shard_size"], int, '"shard_size"') if "shard_size" in data else None,
-        sensor_enabled=_typed(str(path), sensor.get("enabled", True), bool, '"sensor.enabled"'),
-        sensor_interval_seconds=_typed(str(path), sensor.get("interval_seconds", 60), int, '"sensor.interval_seconds"'),
-        schedule_enabled=_typed(str(path), schedule.get("enabled", False), bool, '"schedule.enabled"'),
-        schedule_cron=_typed(str(path), schedule.get("cron", DEFAULT_CRON), str, '"schedule.cron"'),
-        models=models,
-    )
-    if out.shard_size is not None and out.shard_size < 1:
-        raise TaskConfigError(f'{path}: "shard_size" must be >= 1')
-    if out.sensor_interval_seconds < 1:
-        raise TaskConfigError(f'{path}: "sensor.interval_seconds" must be >= 1')
-    from dagster._utils.schedules import is_valid_cron_string
-
-    if not is_valid_cron_string(out.schedule_cron):
-        raise TaskConfigError(f'{path}: "schedule.cron" {out.schedule_cron!r} is not a valid cron string')
-    if out.input_path is not None and not Path(out.input_path).is_absolute():
-        # relative input paths are relative to the task folder, not to wherever Dagster was started
-        object.__setattr__(out, "input_path", str((folder / out.input_path).resolve()))
-    return out
+    return settings.model_copy(update=update)

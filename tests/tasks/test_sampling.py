@@ -7,15 +7,19 @@ from pathlib import Path
 
 import pytest
 
+from llm_infer_dagster.engines.hf_sampling import (
+    HF_SUPPORTED_KEYS,
+    check_hf_supported,
+    normalize_stop,
+    to_hf_generate_kwargs,
+)
 from llm_infer_dagster.errors import TaskConfigError
 from llm_infer_dagster.tasks.sampling import (
     BUILTIN_DEFAULTS,
-    HF_SUPPORTED_KEYS,
     SAMPLING_KEYS,
-    check_hf_supported,
+    TaskSamplingParams,
     load_sampling_params,
-    normalize_stop,
-    to_hf_generate_kwargs,
+    validate_sampling_params,
 )
 
 
@@ -233,3 +237,70 @@ def test_greedy_with_several_samples_is_refused_for_every_engine(tmp_path: Path)
     with pytest.raises(TaskConfigError, match='"n" = 3 with "temperature" 0') as err:
         load_sampling_params(None, task)
     assert str(task) in str(err.value) and 'set "temperature" above 0 or "n" to 1' in str(err.value)
+
+
+# ------------------------------------------------------------------------------- the pydantic model
+
+
+@pytest.mark.parametrize("key", ["n", "top_k", "max_tokens", "min_tokens", "seed", "logprobs", "prompt_logprobs"])
+def test_a_bool_is_never_an_integer(task_dir: Path, key: str) -> None:
+    assert f'"{key}" must be an integer' in error_for(task_dir, {key: True})
+
+
+@pytest.mark.parametrize("key", ["temperature", "top_p", "min_p", "presence_penalty", "repetition_penalty"])
+def test_a_bool_is_never_a_number(task_dir: Path, key: str) -> None:
+    assert f'"{key}" must be a number, got true' in error_for(task_dir, {key: True})
+
+
+def test_a_float_is_never_an_integer_and_nan_is_no_number(task_dir: Path) -> None:
+    assert '"n" must be an integer, got 2.0' in error_for(task_dir, {"n": 2.0})
+    assert '"temperature" must be a number, got NaN' in error_for(task_dir, '{"temperature": NaN}')
+    assert '"top_p" must be a number, got Infinity' in error_for(task_dir, '{"top_p": Infinity}')
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ({"presence_penalty": 2.5}, '"presence_penalty" must be in [-2, 2], got 2.5'),
+        ({"frequency_penalty": -3}, '"frequency_penalty" must be in [-2, 2], got -3'),
+        ({"repetition_penalty": 0}, '"repetition_penalty" must be greater than 0 (1 means off), got 0'),
+        ({"min_tokens": -1}, '"min_tokens" must be at least 0, got -1'),
+        ({"logprobs": -1}, '"logprobs" must be at least 0, got -1'),
+        ({"stop_token_ids": [3, -1]}, '"stop_token_ids" must be a list of non-negative token ids, got [3, -1]'),
+    ],
+)
+def test_more_bounds(task_dir: Path, content: dict, expected: str) -> None:
+    assert expected in error_for(task_dir, content)
+
+
+def test_null_only_where_vllm_takes_it(task_dir: Path) -> None:
+    assert '"max_tokens" must be an integer, got null' in error_for(task_dir, {"max_tokens": None})
+    assert '"bad_words" must be a list of strings, got null' in error_for(task_dir, {"bad_words": None})
+    write(task_dir / "sampling_params.json", {"seed": None, "stop": None, "logprobs": None})
+    assert load_sampling_params(None, task_dir)["stop"] is None
+
+
+def test_the_first_problem_in_the_file_is_named(task_dir: Path) -> None:
+    assert 'unknown sampling key "temprature"' in error_for(task_dir, {"temprature": 1, "n": 0})
+    assert '"n" must be at least 1' in error_for(task_dir, {"n": 0, "temprature": 1})
+    assert '"top_p"' in error_for(task_dir, {"top_p": 2, "max_tokens": "x"})
+
+
+def test_unknown_key_hint_for_a_near_miss(task_dir: Path) -> None:
+    assert 'did you mean "max_tokens"?' in error_for(task_dir, {"max_token": 8})
+    assert 'did you mean "stop_token_ids"?' in error_for(task_dir, {"stop_tokens_ids": [1]})
+
+
+def test_validate_keeps_the_keys_given_in_their_order() -> None:
+    out = validate_sampling_params({"top_k": 5, "temperature": 1, "stop": ["x"]}, "here")
+    assert list(out) == ["top_k", "temperature", "stop"]
+    assert out == {"top_k": 5, "temperature": 1.0, "stop": ["x"]} and isinstance(out["temperature"], float)
+    with pytest.raises(TaskConfigError, match=r'^here: "top_k" must be -1 or 0 \(off\) or at least 1, got -5$'):
+        validate_sampling_params({"top_k": -5}, "here")
+
+
+def test_the_model_has_vllms_defaults() -> None:
+    d = TaskSamplingParams()
+    assert (d.n, d.temperature, d.top_p, d.top_k, d.min_p, d.max_tokens, d.min_tokens) == (1, 1.0, 1.0, 0, 0.0, 16, 0)
+    assert d.skip_special_tokens and d.spaces_between_special_tokens and d.stop_token_ids == []
+    assert tuple(TaskSamplingParams.model_fields) == SAMPLING_KEYS

@@ -31,13 +31,13 @@ from dagster import (
 )
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
+from llm_infer_dagster.engines.hf_sampling import check_hf_supported
 from llm_infer_dagster.engines.spec import EngineSpec
 from llm_infer_dagster.orchestration.assets.pipeline import ModelTarget, ShardPipeline
 from llm_infer_dagster.orchestration.gpu_executor import GPU_TAG, gpu_executor
 from llm_infer_dagster.orchestration.registry import input_key, partitions_def_for, register_shards
 from llm_infer_dagster.orchestration.settings import InferenceSettings, check_engine_settings
 from llm_infer_dagster.tasks.loader import TaskConfig, TaskFiles
-from llm_infer_dagster.tasks.sampling import check_hf_supported
 from llm_infer_dagster.tasks.task_settings import ModelChoice
 from llm_infer_dagster.tasks.versions import task_code_versions
 
