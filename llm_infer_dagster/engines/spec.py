@@ -5,17 +5,21 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from llm_infer_dagster.engines.base import Engine
+
+ModelType = Literal["hf", "vllm"]
+#: The dtypes both engines take ("auto" loads float32 on CPU).
+Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 
 
 @dataclass(frozen=True)
 class EngineSpec:
-    model_type: str  # "hf" | "vllm"
+    model_type: ModelType
     model_path: str
     device: str = "cpu"  # "cpu" | "cuda"
-    dtype: str = "auto"
+    dtype: Dtype = "auto"
     max_model_len: int | None = None
     trust_remote_code: bool = False
     batch_size: int = 32

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_infer_dagster.engines.base import Completion, Prompt, check_max_input_length, too_long_error
+from llm_infer_dagster.engines.spec import Dtype
 from llm_infer_dagster.errors import SettingsError, TaskConfigError
 
 __all__ = ["DEFAULT_CPU_KV_CACHE_BYTES", "VLLMEngine"]
@@ -71,7 +72,7 @@ class VLLMEngine:
         model_path: str,
         *,
         device: str = "cuda",
-        dtype: str = "auto",
+        dtype: Dtype = "auto",
         max_model_len: int | None = None,
         trust_remote_code: bool = False,
         tensor_parallel_size: int = 1,

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
+from polars.datatypes import DataType, DataTypeClass
 
 from llm_infer_dagster.engines.base import Completion, Engine, Prompt
 
-COMPLETION_SCHEMA = {
+COMPLETION_SCHEMA: dict[str, DataType | DataTypeClass] = {
     "record_id": pl.String,
     "response": pl.String,
     "responses": pl.List(pl.String),

@@ -191,7 +191,7 @@ class WorkerPool:
             while live:
                 events = sel.select(timeout=0 if feed.can_make else POLL_SECONDS)
                 for key, _ in events:
-                    w: _Worker = key.data
+                    w = key.data  # the _Worker registered with its pipe above
                     if (yield from self._pump(w, feed)):  # EOF: the worker exited
                         yield from self._retire(w, sel, live)
                         self._replace_if_timed_out(w, feed, sel, live, started)

@@ -22,9 +22,14 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from llm_infer_dagster.runtime.process_tree import take_group_down_with_parent
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from llm_infer_dagster.engines.base import Completion
 
 DEFAULT_PREFETCH = 2
 MAX_STEP_FAILURES = 3  # consecutive failed engine steps after which the engine counts as unusable
@@ -108,7 +113,7 @@ def serve(reader: LineReader, out: TextIO) -> None:
             in_engine.remove(key)
         _send(out, type="failed", shard=key, error=error, trace=trace)
 
-    def finish(key: str, completions: list) -> None:
+    def finish(key: str, completions: Sequence[Completion]) -> None:
         if key in in_engine:
             in_engine.remove(key)
         if key not in inflight:

@@ -241,7 +241,8 @@ def _build_model(arch: str, tokenizer: Any, params: dict[str, Any]) -> Any:
     config = config_cls(**common)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(params["seed"])
-        model = model_cls(config).to(torch.float32)
+        # transformers wraps PreTrainedModel.to in functools.wraps, whose stub loses the bound self.
+        model = model_cls(config).to(torch.float32)  # type: ignore[arg-type]
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         # Like chat models: stop at EOS or at the end of an assistant turn.
