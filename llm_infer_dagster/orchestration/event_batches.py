@@ -4,22 +4,34 @@ Registering 2,000 shards records 2,000 input observations. Through ``report_runl
 own write (on sqlite: two connections and two commits, about 16 ms), so registration time was mostly
 bookkeeping. Dagster's own batch call, ``store_event_batch``, is real on Postgres but loops one event at a time
 on sqlite; for sqlite this writes the same rows ``SqliteEventLogStorage.store_event`` writes, in one
-transaction per database file. These are ``dagster._core`` internals (the project pins Dagster's minor
-version); ``tests/orchestration/test_event_batches.py`` checks that the events read back exactly as single writes do.
+transaction per database file. These are ``dagster._core`` internals, imported from ``dagster_private``
+(the project pins Dagster's minor version); ``tests/orchestration/test_event_batches.py`` checks that the events
+read back exactly as single writes do.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
-from dagster import AssetMaterialization, AssetObservation, DagsterInstance
-from dagster._core.events import AssetObservationData, DagsterEvent, DagsterEventType, StepMaterializationData
-from dagster._core.events.log import EventLogEntry
-from dagster._core.instance.utils import RUNLESS_JOB_NAME, RUNLESS_RUN_ID
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
-from dagster._core.storage.sqlalchemy_compat import db_result
-from dagster._time import get_current_timestamp
+from dagster import (
+    AssetMaterialization,
+    AssetObservation,
+    DagsterEvent,
+    DagsterEventType,
+    DagsterInstance,
+    EventLogEntry,
+)
+
+from llm_infer_dagster.orchestration.dagster_private import (
+    RUNLESS_JOB_NAME,
+    RUNLESS_RUN_ID,
+    AssetObservationData,
+    SqliteEventLogStorage,
+    StepMaterializationData,
+    db_result,
+)
 
 BATCH = 500  # events per transaction: bounded memory and lock time, and few commits
 
@@ -37,7 +49,7 @@ def runless_entry(event: AssetObservation | AssetMaterialization) -> EventLogEnt
         job_name=RUNLESS_JOB_NAME,
         run_id=RUNLESS_RUN_ID,
         error_info=None,
-        timestamp=get_current_timestamp(),
+        timestamp=time.time(),
         step_key=None,
         dagster_event=dagster_event,
     )

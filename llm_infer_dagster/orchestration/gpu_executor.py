@@ -1,9 +1,10 @@
 """The Dagster executor every task job uses: each step in its own process, GPU steps on leased GPUs.
 
 Built on Dagster's ``StepDelegatingExecutor`` + ``StepHandler`` (the path dagster-docker and dagster-k8s
-take; these are ``dagster._core`` imports, so the project pins Dagster's minor version and
-``tests/orchestration/test_gpu_executor.py`` runs the real executor). A step's GPU need comes from its ``llm_infer/gpus``
-tag: a number, or ``settings`` for workers x tensor_parallel_size of the run's settings (0 with use_cpu).
+take; these are ``dagster._core`` names, imported from ``dagster_private``, so the project pins Dagster's minor
+version and ``tests/orchestration/test_gpu_executor.py`` runs the real executor). A step's GPU need comes from
+its ``llm_infer/gpus`` tag: a number, or ``settings`` for workers x tensor_parallel_size of the run's settings
+(0 with use_cpu).
 """
 
 from __future__ import annotations
@@ -15,19 +16,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any
 
-from dagster import AssetKey, Field, Noneable, executor
-from dagster._core.definitions.executor_definition import multiple_process_executor_requirements
-from dagster._core.events import DagsterEvent
-from dagster._core.execution.context.system import PlanOrchestrationContext
-from dagster._core.execution.plan.plan import ExecutionPlan
-from dagster._core.execution.retries import RetryMode, get_retries_config
-from dagster._core.executor.step_delegating import (
+from dagster import AssetKey, DagsterEvent, Field, Noneable, executor, multiple_process_executor_requirements
+
+from llm_infer_dagster.orchestration.dagster_private import (
     CheckStepHealthResult,
+    RetryMode,
     StepDelegatingExecutor,
     StepHandler,
     StepHandlerContext,
+    get_retries_config,
 )
-
 from llm_infer_dagster.orchestration.run_health import process_tags
 from llm_infer_dagster.orchestration.settings import env_defaults
 from llm_infer_dagster.runtime.gpus import visible_gpu_ids
@@ -184,7 +182,8 @@ class GpuExecutor(StepDelegatingExecutor):
         super().__init__(step_handler, **kwargs)
         self.gpu_step_handler = step_handler
 
-    def execute(self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan) -> Iterator[DagsterEvent]:
+    def execute(self, plan_context: Any, execution_plan: Any) -> Iterator[DagsterEvent]:
+        """``plan_context``: Dagster's ``PlanOrchestrationContext``; ``execution_plan``: its ``ExecutionPlan``."""
         run = plan_context.dagster_run
         # Who orchestrates this run, for llm-infer's dead-run check: the DefaultRunLauncher (UI, daemon) has
         # no health check, and a SIGKILLed run worker would leave the run STARTED for ever.

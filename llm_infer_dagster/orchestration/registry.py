@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from dagster import AssetKey, AssetObservation, DagsterEventType, DagsterInstance, DynamicPartitionsDefinition
-from dagster._core.definitions.data_version import DATA_VERSION_IS_USER_PROVIDED_TAG, DATA_VERSION_TAG
 
 from llm_infer_dagster.errors import TaskConfigError
+from llm_infer_dagster.orchestration.dagster_private import DATA_VERSION_IS_USER_PROVIDED_TAG, DATA_VERSION_TAG
 from llm_infer_dagster.orchestration.event_batches import report_runless_asset_events
 from llm_infer_dagster.shards.locks import file_lock
 from llm_infer_dagster.shards.sharding import (

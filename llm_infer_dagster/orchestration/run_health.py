@@ -141,7 +141,8 @@ def mark_dead_runs_failed(instance: Any, belongs: Callable[[Any], bool] | None =
     Runs without the tags (launched by Dagster before the executor started) are left to Dagster.
     """
     from dagster import DagsterRunStatus, RunsFilter
-    from dagster._core.events import JobFailureData, RunFailureReason
+
+    from llm_infer_dagster.orchestration.dagster_private import JobFailureData, RunFailureReason
 
     statuses = [
         DagsterRunStatus.NOT_STARTED,

@@ -9,8 +9,8 @@ stock instance reads them unchanged. Engines are never shared across a fork.
 
 ``llm-infer`` writes it into the ``dagster.yaml`` of the instances it creates; for another ``DAGSTER_HOME``
 add the ``event_log_storage`` block of ``instance_yaml`` (see the README). It subclasses ``dagster._core``
-internals, like the executor: the project pins Dagster's minor version and ``tests/orchestration/test_sqlite_events.py``
-checks it against the stock storage.
+internals (from ``dagster_private``), like the executor: the project pins Dagster's minor version and
+``tests/orchestration/test_sqlite_events.py`` checks it against the stock storage.
 """
 
 from __future__ import annotations
@@ -22,14 +22,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
-    SQLITE_BUSY_TIMEOUT_SECONDS,
-    SqliteEventLogStorage,
-)
-from dagster._serdes import ConfigurableClassData
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import QueuePool
+
+from llm_infer_dagster.orchestration.dagster_private import SQLITE_BUSY_TIMEOUT_SECONDS, SqliteEventLogStorage
 
 MAX_ENGINES = 16  # open database files per process: the index, and the runs being written or read
 
@@ -51,7 +48,8 @@ def _relaxed_sync(dbapi_connection: Any, _record: Any) -> None:
 class PooledSqliteEventLogStorage(SqliteEventLogStorage):
     """``SqliteEventLogStorage`` with one long-lived engine per database file instead of one per write."""
 
-    def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None) -> None:
+    # inst_data: Dagster's ConfigurableClassData (or None), passed through untouched.
+    def __init__(self, base_dir: str, inst_data: Any = None) -> None:
         self._engines: OrderedDict[str, Engine] = OrderedDict()
         self._tables: set[str] = set()  # schema facts that, once true, stay true
         self._pid = os.getpid()
@@ -59,7 +57,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
 
     @classmethod
     def from_config_value(  # type: ignore[override]
-        cls, inst_data: ConfigurableClassData | None, config_value: Any
+        cls, inst_data: Any, config_value: Any
     ) -> PooledSqliteEventLogStorage:
         return cls(inst_data=inst_data, **config_value)
 

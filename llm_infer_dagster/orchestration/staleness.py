@@ -17,24 +17,32 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DataVersion
-from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
-from dagster._core.definitions.assets.graph.base_asset_graph import BaseAssetGraph
-from dagster._core.definitions.data_version import (
+
+from llm_infer_dagster.orchestration.dagster_private import (
     DATA_VERSION_TAG,
     DEFAULT_DATA_VERSION,
+    AssetGraphView,
     CachingStaleStatusResolver,
     StaleStatus,
+    TemporalContext,
     compute_logical_data_version,
 )
-from dagster._time import get_current_datetime
 
 
-def stale_resolver(instance: DagsterInstance, asset_graph: BaseAssetGraph) -> CachingStaleStatusResolver:
+class AssetNodes(Protocol):
+    """What staleness reads of an asset graph (``defs.resolve_asset_graph()``, a repository's ``asset_graph``)."""
+
+    def get(self, key: AssetKey, /) -> Any: ...  # the asset's node: its ``code_version``
+
+
+def stale_resolver(instance: DagsterInstance, asset_graph: Any) -> CachingStaleStatusResolver:
     """The resolver behind the UI's stale badges, over ``asset_graph`` (e.g. ``defs.resolve_asset_graph()``)."""
     view = AssetGraphView(
-        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
+        temporal_context=TemporalContext(effective_dt=datetime.now(UTC), last_event_id=None),
         instance=instance,
         asset_graph=asset_graph,
     )
@@ -84,7 +92,7 @@ def stale_in_chain(
 class ChainVersions:
     """The recorded data versions of a task's assets, read once (one query per asset), for planning."""
 
-    def __init__(self, instance: DagsterInstance, graph: BaseAssetGraph, input_key: AssetKey, keys: Sequence[str]):
+    def __init__(self, instance: DagsterInstance, graph: AssetNodes, input_key: AssetKey, keys: Sequence[str]):
         self.instance, self.graph, self.input_key, self.keys = instance, graph, input_key, list(keys)
         self._recorded: dict[AssetKey, dict[str, str]] = {}
         self.source = self._read(input_key, DagsterEventType.ASSET_OBSERVATION)

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, AssetObservation, DagsterInstance
-from dagster._core.definitions.data_version import DATA_VERSION_IS_USER_PROVIDED_TAG, DATA_VERSION_TAG
-from dagster._core.events import DagsterEventType
+from dagster import AssetKey, AssetObservation, DagsterEventType, DagsterInstance
 
 from llm_infer_dagster.orchestration import event_batches
+from llm_infer_dagster.orchestration.dagster_private import DATA_VERSION_IS_USER_PROVIDED_TAG, DATA_VERSION_TAG
 from llm_infer_dagster.orchestration.event_batches import report_runless_asset_events
 
 

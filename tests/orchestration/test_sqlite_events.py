@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 from dagster import AssetKey, AssetObservation, DagsterInstance
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 
 from llm_infer_dagster.orchestration import sqlite_events
 from llm_infer_dagster.orchestration.cli import OLD_INSTANCE_YAML, _prepare_instance
+from llm_infer_dagster.orchestration.dagster_private import SqliteEventLogStorage
 from llm_infer_dagster.orchestration.sqlite_events import PooledSqliteEventLogStorage, instance_yaml
 
 
