@@ -1,4 +1,5 @@
-"""The bad-input matrix of issue 13 (``tests/orchestration/test_input_matrix.py``), run on its own, with its table of figures.
+"""The bad-input matrix of issue 13 (``tests/orchestration/test_input_matrix.py``), run on its own, with its
+table of figures.
 
     python benchmarks/input_matrix.py [-k EXPR]     # -k: as pytest's, though the table needs every case
 

@@ -89,3 +89,21 @@ def orphaned_engine_processes() -> set[int]:
         if comm.startswith("VLLM::") and ppid == 1:
             found.add(int(entry.name))
     return found
+
+
+class Settings:
+    """A test's deployment and run settings, made from one set of keyword arguments (split by field name)."""
+
+    def __init__(self, **kw: object) -> None:
+        from llm_infer_dagster.deployment import Deployment
+        from llm_infer_dagster.orchestration.settings import RunSettings
+
+        run_fields = set(RunSettings.model_fields)
+        self.deployment = Deployment.from_env(**{k: v for k, v in kw.items() if k not in run_fields})
+        self.run = RunSettings(**{k: v for k, v in kw.items() if k in run_fields})
+
+    def store(self, task_name: str):  # noqa: ANN201 - a TaskStore
+        return self.deployment.store(task_name)
+
+
+settings_for = Settings

@@ -97,31 +97,42 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _settings_config(args: argparse.Namespace, config_path: str, output: Path) -> dict[str, Any]:
-    return {
-        "task_configs": config_path,
-        "input_path": args.input_path,
-        "output_dir": str(output),
-        "model_path": args.model_path,
-        "model_type": args.model_type,
-        "use_cpu": args.use_cpu,
-        "dtype": args.dtype,
-        "max_model_len": args.max_model_len,
-        "workers": args.workers,
-        "tensor_parallel_size": args.tensor_parallel_size,
-        "batch_size": args.batch_size,
-        "limit": args.limit,
-        "trust_remote_code": args.trust_remote_code,
-        "save_text": args.save_text,
-        "model_args": args.model_args,
+def _deployment(args: argparse.Namespace, config_path: str, output: Path, task_name: str, input_path: str | None):
+    """The flags that decide what a shard holds, as the deployment every process of this command reads back."""
+    from llm_infer_dagster.deployment import Deployment
+
+    return Deployment.from_env(
+        task_configs=config_path,
+        tasks=task_name,  # the code location loads only this task
+        input_path=input_path,
+        output_dir=str(output),
+        model_path=args.model_path,
+        model_type=args.model_type,
+        dtype=args.dtype or "auto",
+        max_model_len=args.max_model_len,
+        trust_remote_code=bool(args.trust_remote_code),
+        limit=args.limit,
         **{k: getattr(args, k) for k in SEED_TASK_FLAGS},
+    )
+
+
+def _run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags that only decide how fast: this command's run config for every run it launches."""
+    return {
+        "workers": args.workers,
+        "tensor_parallel_size": args.tensor_parallel_size or 1,
+        "use_cpu": args.use_cpu,
+        "batch_size": args.batch_size,
+        "model_args": args.model_args,
+        "timeout": args.timeout,
+        "save_text": args.save_text,
     }
 
 
-# The seed's flags that are settings of every process (step processes load the task with them too).
+# The seed's flags that decide how every process loads the task and cuts its results.
 SEED_TASK_FLAGS = (
     "task_config_fn", "sampling_params_fn", "get_file_list_func", "read_file_func", "format_prompt_func",
-    "extract_answer_func", "max_input_length", "timeout", "id_length",
+    "extract_answer_func", "max_input_length", "id_length",
 )  # fmt: skip
 
 
@@ -169,10 +180,10 @@ def _prepare_instance(output: Path) -> None:
     cfg = home / "dagster.yaml"
     # A new instance (or one with the config earlier versions wrote) gets the pooled sqlite event log; a
     # dagster.yaml written by anyone else is theirs and is left as it is.
-    if not cfg.exists() or cfg.read_text(encoding="utf-8") in (
-        OLD_INSTANCE_YAML,
-        instance_yaml(home, run_monitoring=False),
-    ):
+    # (Before the package had layers, the event log module sat at its top level: those files are ours too.)
+    earlier = [instance_yaml(home, run_monitoring=False), instance_yaml(home)]
+    earlier += [y.replace("module: llm_infer_dagster.orchestration.", "module: llm_infer_dagster.") for y in earlier]
+    if not cfg.exists() or cfg.read_text(encoding="utf-8") in (OLD_INSTANCE_YAML, *earlier):
         atomic_write_text(cfg, instance_yaml(home))
     os.environ["DAGSTER_HOME"] = str(home)
 
@@ -214,19 +225,16 @@ class _Progress:
 
 
 def run(args: argparse.Namespace) -> int:
+    from llm_infer_dagster.deployment import SOURCE_TASK_CONFIGS
     from llm_infer_dagster.engines.hf_sampling import check_hf_supported
-    from llm_infer_dagster.orchestration.settings import (
-        PACKAGE_ROOT,
-        check_engine_settings,
-        export_settings_env,
-        parse_model_args,
-    )
+    from llm_infer_dagster.engines.preflight import check_engine_settings, parse_model_args
+    from llm_infer_dagster.runtime.gpus import check_gpu_need, visible_gpu_ids
     from llm_infer_dagster.shards.store import atomic_write_text, check_output_dir
     from llm_infer_dagster.tasks.loader import TaskFiles, load_task
     from llm_infer_dagster.tasks.seed_flags import FLAG_KEYS, merge_model_args
 
     config_path = str(
-        Path(args.config_path or os.environ.get("LLM_INFER_TASK_CONFIGS") or PACKAGE_ROOT / "task_configs").resolve()
+        Path(args.config_path or os.environ.get("LLM_INFER_TASK_CONFIGS") or SOURCE_TASK_CONFIGS).resolve()
     )
     # The seed's --model_args may carry settings that have their own flag here: they become those flags.
     engine_flags, engine_args = merge_model_args(
@@ -255,6 +263,9 @@ def run(args: argparse.Namespace) -> int:
             trust_remote_code=args.trust_remote_code,
             engine_args=parse_model_args(args.model_args),
         )
+        if not args.use_cpu:
+            tp = args.tensor_parallel_size or 1
+            check_gpu_need(args.workers * tp, visible_gpu_ids(), workers=args.workers, tensor_parallel_size=tp)
         if args.model_type == "hf":
             check_hf_supported(task.sampling_params)
 
@@ -269,8 +280,7 @@ def run(args: argparse.Namespace) -> int:
     _prepare_instance(output)
     if not args.plan_only:  # a look at the plan leaves the last run's arguments as they were
         atomic_write_text(output / "args.json", json.dumps(_seed_args(args, output), indent=2))
-    settings_cfg = _settings_config(args, config_path, output)
-    os.environ["LLM_INFER_TASKS"] = task.name  # the code location loads only this task
+    run_cfg = _run_settings(args)
     os.environ.setdefault("LLM_INFER_STEP_LOG", str(output / "logs" / "steps.log"))  # step processes' output
     log.info("llm-infer %s", " ".join(sys.argv[1:]))
 
@@ -293,10 +303,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"llm-infer: {note}", file=sys.stderr)
     store = TaskStore(output, task.name, id_length=args.id_length)
     input_path = task.input_path(args.input_path)
-    settings_cfg["input_path"] = input_path
-    # Step processes re-import the code location: it must load this task with these settings (they are part
-    # of the assets' code versions), so they become the LLM_INFER_* defaults of every process started here.
-    export_settings_env(settings_cfg)
+    # Step processes re-import the code location: it must load this task with this deployment (the assets'
+    # code versions come from it), so it becomes the LLM_INFER_* variables of every process started here.
+    _deployment(args, config_path, output, task.name, input_path).export_env()
     reg = register_shards(
         instance,
         task,
@@ -355,7 +364,7 @@ def run(args: argparse.Namespace) -> int:
     rows = {k: reg.manifest.shards[k].rows for k in keys}
     if args.limit is not None:
         rows = {k: min(n, args.limit) for k, n in rows.items()}
-    outcome = _launch(instance, task.dagster_name, ordered, rows, plans, settings_cfg, not args.no_progress)
+    outcome = _launch(instance, task.dagster_name, ordered, rows, plans, run_cfg, not args.no_progress)
     leases = ShardLeases(store)
     planned = [k for p in plans for k in ordered[ordered.index(p.first) : ordered.index(p.last) + 1]]
     outcome.busy = {k: who for k in planned if not store.has("answers", k) and (who := leases.holder_of(k))}
@@ -415,24 +424,25 @@ def _launch(
     keys: list[str],
     rows: dict[str, int],
     plans: list[RunPlan],
-    settings_cfg: dict[str, Any],
+    run_cfg: dict[str, Any],
     progress: bool,
 ) -> _Outcome:
     """Run each plan as a Dagster run through the task job (and its GPU-aware executor), in order."""
     from dagster import AssetKey, execute_job
-    from dagster._core.definitions.reconstruct import ReconstructableRepository
 
     if not plans:
         print("nothing to do: every shard is done (pass --rerun to redo them)", file=sys.stderr)
         return _Outcome()
+    from llm_infer_dagster.orchestration.dagster_private import ReconstructableRepository
     from llm_infer_dagster.orchestration.run_health import process_tags
+    from llm_infer_dagster.orchestration.settings import RESOURCE_KEY
 
     # No working directory: step processes must never import modules from the folder the user runs this in.
     recon = ReconstructableRepository.for_module("llm_infer_dagster.definitions", "defs", None).get_reconstructable_job(
         f"{name}_job"
     )
     run_config = {
-        "resources": {"settings": {"config": settings_cfg}},
+        "resources": {RESOURCE_KEY: {"config": run_cfg}},
         # Steps log to logs/steps.log and Dagster's event log; this process prints its own one-line summaries.
         "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
     }

@@ -1,48 +1,71 @@
-"""The code location: one bundle of assets and jobs per task folder, wired to one settings resource.
+"""The code location: one bundle of assets and jobs per task folder, wired to the run settings resource.
 
-Tasks come from ``LLM_INFER_TASK_CONFIGS`` (default: this repo's ``task_configs/``); ``LLM_INFER_TASKS``
-(comma-separated) limits which are loaded, which is how ``llm-infer`` loads only the task it runs.
+The :class:`~llm_infer_dagster.deployment.Deployment` is read once, here: the task-configs folder
+(``LLM_INFER_TASK_CONFIGS``, default: the source checkout's ``task_configs/``), which tasks
+(``LLM_INFER_TASKS``, comma-separated; ``llm-infer`` loads only the task it runs), their file names and the
+default model. The run settings' defaults (workers, batch size...) come from ``LLM_INFER_*`` too.
 """
 
 from __future__ import annotations
 
-import os
-
 from dagster import Definitions
 
+from llm_infer_dagster.deployment import Deployment
 from llm_infer_dagster.errors import TaskConfigError
 from llm_infer_dagster.orchestration.assets.factory import TaskAssets, build_task_assets
+from llm_infer_dagster.orchestration.broken_tasks import BrokenTask, broken_tasks_definitions, load_tasks_contained
 from llm_infer_dagster.orchestration.gpu_executor import gpu_executor
 from llm_infer_dagster.orchestration.sensors import build_missing_shards_schedule, build_shard_sensor
-from llm_infer_dagster.orchestration.settings import InferenceSettings
+from llm_infer_dagster.orchestration.settings import RESOURCE_KEY, RunSettings
 from llm_infer_dagster.tasks.loader import TaskFiles, discover_tasks, load_task
 
 
-def build_task_bundles(settings: InferenceSettings, only: list[str] | None = None) -> list[TaskAssets]:
-    """Every task (or ``only`` these), loaded with the settings' task file and function names."""
-    files = TaskFiles.from_settings(settings)  # the seed's --task_config_fn / --*_func: for every task here
-    names = only if only else discover_tasks(settings.task_configs, files)
-    tasks = [load_task(settings.task_configs, n, files) for n in names]
+def build_task_bundles_contained(
+    deployment: Deployment, only: list[str] | None = None
+) -> tuple[list[TaskAssets], list[BrokenTask]]:
+    """Every task that loads, and the folders that do not (each shown in Dagster with its one-line error)."""
+    files = TaskFiles.from_settings(deployment)  # the seed's --task_config_fn / --*_func: for every task here
+    names = only if only else discover_tasks(deployment.task_configs, files)
+    bundles, broken = load_tasks_contained(
+        deployment.task_configs,
+        names,
+        lambda n: build_task_assets(load_task(deployment.task_configs, n, files), deployment),
+    )
     seen: dict[str, str] = {}
-    for t in tasks:
+    kept: list[TaskAssets] = []
+    for b in bundles:
+        t = b.task
         if t.dagster_name in seen:
-            raise TaskConfigError(
-                f"tasks {seen[t.dagster_name]!r} and {t.name!r} in {settings.task_configs} both become Dagster name "
-                f"{t.dagster_name!r}; rename one folder"
+            why = (
+                f"tasks {seen[t.dagster_name]!r} and {t.name!r} in {deployment.task_configs} both become Dagster "
+                f"name {t.dagster_name!r}; rename one folder"
             )
+            broken.append(BrokenTask(t.name, t.folder, why))
+            continue
         seen[t.dagster_name] = t.name
-    return [build_task_assets(t, settings) for t in tasks]
+        kept.append(b)
+    return kept, broken
 
 
-def build_definitions() -> Definitions:
-    settings = InferenceSettings.from_env()
-    only = [t.strip() for t in os.environ.get("LLM_INFER_TASKS", "").split(",") if t.strip()]
-    bundles = build_task_bundles(settings, only or None)
+def build_task_bundles(deployment: Deployment, only: list[str] | None = None) -> list[TaskAssets]:
+    """Every task (or ``only`` these); the first broken one raises its TaskConfigError."""
+    bundles, broken = build_task_bundles_contained(deployment, only)
+    if broken:
+        raise TaskConfigError(broken[0].error)
+    return bundles
+
+
+def build_definitions(deployment: Deployment | None = None) -> Definitions:
+    """One bundle per good task; a broken task folder is a placeholder asset with a failing check, not a crash."""
+    deployment = deployment or Deployment.from_env()
+    bundles, broken = build_task_bundles_contained(deployment, deployment.only_tasks or None)
+    placeholders = broken_tasks_definitions(broken, taken={b.task.dagster_name for b in bundles})
     return Definitions(
-        assets=[a for b in bundles for a in b.all_assets],
+        assets=[a for b in bundles for a in b.all_assets] + placeholders.assets,
+        asset_checks=placeholders.asset_checks,
         jobs=[j for b in bundles for j in (b.job, b.register_job)],
         sensors=[build_shard_sensor(b) for b in bundles],
         schedules=[build_missing_shards_schedule(b) for b in bundles],
-        resources={"settings": settings},
+        resources={RESOURCE_KEY: RunSettings.from_env()},
         executor=gpu_executor,  # also for `dagster asset materialize` and the UI's materialize buttons
     )

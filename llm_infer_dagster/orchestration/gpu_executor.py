@@ -27,7 +27,7 @@ from llm_infer_dagster.orchestration.dagster_private import (
     get_retries_config,
 )
 from llm_infer_dagster.orchestration.run_health import process_tags
-from llm_infer_dagster.orchestration.settings import env_defaults
+from llm_infer_dagster.orchestration.settings import RunSettings
 from llm_infer_dagster.runtime.gpus import visible_gpu_ids
 from llm_infer_dagster.runtime.leases import DEFAULT_LOCK_DIR, GpuLeaser
 
@@ -51,9 +51,7 @@ def gpus_needed(
         raise ValueError(f"tag {GPU_TAG}={tag!r} must be a number or 'settings'")
     if asset_selection is not None and not any(k.path[-1] == "completions" for k in asset_selection):
         return 0
-    configured = ((run_config.get("resources") or {}).get("settings") or {}).get("config") or {}
-    cfg = {**env_defaults(), **configured}
-    return 0 if cfg["use_cpu"] else int(cfg["workers"]) * int(cfg["tensor_parallel_size"])
+    return RunSettings.from_run_config(run_config).gpus_per_run
 
 
 def step_command(args: Sequence[str]) -> list[str]:

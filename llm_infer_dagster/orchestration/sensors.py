@@ -41,7 +41,7 @@ from llm_infer_dagster.orchestration.registry import (
     sync_manifest,
 )
 from llm_infer_dagster.orchestration.run_health import mark_dead_runs_failed
-from llm_infer_dagster.orchestration.settings import InferenceSettings
+from llm_infer_dagster.orchestration.settings import RunSettings
 from llm_infer_dagster.orchestration.staleness import ChainVersions, stale_shards
 from llm_infer_dagster.shards.planning import RunPlan, plan_runs
 from llm_infer_dagster.tasks.task_settings import DEFAULT_CRON, SETTINGS_FILE
@@ -59,10 +59,11 @@ def build_shard_sensor(bundle: TaskAssets) -> SensorDefinition:
         default_status=DefaultSensorStatus.RUNNING if task.settings.sensor_enabled else DefaultSensorStatus.STOPPED,
         description=f"Register shards of new or grown input files of task {task.name} as partitions.",
     )
-    def new_shards(context: SensorEvaluationContext, settings: InferenceSettings) -> SensorResult | SkipReason:
+    def new_shards(context: SensorEvaluationContext) -> SensorResult | SkipReason:
+        deployment = bundle.deployment
         try:
-            reg, to_add = sync_manifest(context.instance, task, settings.store(task.name),
-                                        task.input_path(settings.input_path))  # fmt: skip
+            reg, to_add = sync_manifest(context.instance, task, deployment.store(task.name),
+                                        task.input_path(deployment.input_path))  # fmt: skip
         except LLMInferError as exc:  # the task's own mistake: one line in the tick, not a traceback a minute
             return SkipReason(f"cannot register shards of task {task.name}: {exc}")
         events: list[AssetObservation] = []
@@ -108,9 +109,7 @@ def build_missing_shards_schedule(bundle: TaskAssets) -> ScheduleDefinition:
     """
     task = bundle.task
 
-    def missing_shards(
-        context: ScheduleEvaluationContext, settings: InferenceSettings
-    ) -> list[RunRequest] | SkipReason:
+    def missing_shards(context: ScheduleEvaluationContext) -> list[RunRequest] | SkipReason:
         instance = context.instance
 
         def of_task(r: DagsterRun) -> bool:  # the task's job, or a UI materialization / backfill of its assets
@@ -122,12 +121,12 @@ def build_missing_shards_schedule(bundle: TaskAssets) -> ScheduleDefinition:
         active = [r for r in instance.get_runs(RunsFilter(statuses=ACTIVE)) if of_task(r)]
         if active:
             return SkipReason(f"run {active[0].run_id} of task {task.name} is still going")
-        manifest = ShardManifest.load(settings.store(task.name))
+        manifest = ShardManifest.load(bundle.deployment.store(task.name))
         if manifest is None:
             return SkipReason("no shards registered yet (the new-shards sensor or llm-infer registers them)")
         order = instance.get_dynamic_partitions(partitions_def_for(task).name or "")
         keys = manifest.runnable(order)  # shards whose input shrank keep their results: not redone here
-        graph = Definitions(assets=bundle.all_assets, resources={"settings": settings}).resolve_asset_graph()
+        graph = Definitions(assets=bundle.all_assets, resources={"settings": RunSettings()}).resolve_asset_graph()
         versions = ChainVersions(instance, graph, bundle.input.key, keys)
         # Prompts that are there and up to date (made for another model, or earlier) are not made again.
         done_prompts = instance.get_materialized_partitions(bundle.key("prompts"))

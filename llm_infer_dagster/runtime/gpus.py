@@ -7,14 +7,34 @@ from collections.abc import Sequence
 from llm_infer_dagster.errors import SettingsError
 
 
+def check_gpu_need(
+    need: int,
+    gpu_ids: Sequence[str],
+    *,
+    workers: int | None = None,
+    tensor_parallel_size: int | None = None,
+    source: str = "CUDA_VISIBLE_DEVICES",
+) -> None:
+    """The one GPU rule, wherever it is checked: a run needs workers x tensor_parallel_size of the GPUs it has.
+
+    ``source`` says where ``gpu_ids`` came from, so the message says what to change.
+    """
+    if need <= len(gpu_ids):
+        return
+    what = (
+        f"workers x tensor_parallel_size = {workers} x {tensor_parallel_size} = {need} GPUs"
+        if workers is not None and tensor_parallel_size is not None
+        else f"{need} GPUs (workers x tensor_parallel_size)"
+    )
+    raise SettingsError(
+        f"{what}, but {len(gpu_ids)} are visible ({source}: {','.join(gpu_ids) or 'none'}); "
+        "lower them, or pass --use_cpu"
+    )
+
+
 def split_gpus(gpu_ids: Sequence[str], workers: int, tensor_parallel_size: int) -> list[list[str]]:
     """Worker i gets ``gpu_ids[i*tp:(i+1)*tp]``; asking for more GPUs than given is an error."""
-    need = workers * tensor_parallel_size
-    if need > len(gpu_ids):
-        raise SettingsError(
-            f"workers x tensor_parallel_size = {workers} x {tensor_parallel_size} = {need} GPUs, but only "
-            f"{len(gpu_ids)} ({','.join(gpu_ids) or 'none'}) are available; lower them or pass --use_cpu"
-        )
+    check_gpu_need(workers * tensor_parallel_size, gpu_ids, workers=workers, tensor_parallel_size=tensor_parallel_size)
     tp = tensor_parallel_size
     return [list(gpu_ids[i * tp : (i + 1) * tp]) for i in range(workers)]
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llm_infer_dagster.errors import SettingsError
+from llm_infer_dagster.runtime.gpus import check_gpu_need
 
 DEFAULT_LOCK_DIR = "/tmp/llm-infer-gpu-locks"
 # The step process's lease descriptors, so the engine workers it starts hold the lease too (lease_exec sets it).
@@ -62,12 +62,8 @@ class GpuLeaser:
             self.lock_dir.chmod(0o777)
 
     def check_need(self, n: int) -> None:
-        if n > len(self.gpu_ids):
-            raise SettingsError(
-                f"this step needs {n} GPUs (workers x tensor_parallel_size) but the executor has "
-                f"{len(self.gpu_ids)} ({','.join(self.gpu_ids) or 'none'}); lower workers/tensor_parallel_size, "
-                "set CUDA_VISIBLE_DEVICES or the executor's `gpus` config, or use_cpu"
-            )
+        """The runtime's one GPU rule (:func:`check_gpu_need`) against the GPUs this leaser hands out."""
+        check_gpu_need(n, self.gpu_ids, source="the executor's `gpus` config or CUDA_VISIBLE_DEVICES")
 
     def try_acquire(self, n: int) -> GpuLease | None:
         """``n`` GPUs now, or None (holding nothing) if fewer are free."""

@@ -198,7 +198,10 @@ def resolve_task_folder(task_configs: str | Path, name: str, files: TaskFiles | 
     config_file = files.task_config_fn
     root = Path(task_configs).resolve()
     if not root.is_dir():
-        raise TaskConfigError(f"task config dir {str(task_configs)!r} does not exist (set --config_path)")
+        raise TaskConfigError(
+            f"task config dir {str(task_configs)!r} does not exist: set --config_path or LLM_INFER_TASK_CONFIGS "
+            "(an installed package ships no task folders; the examples are the source repository's task_configs/)"
+        )
     if not TASK_NAME_RE.fullmatch(name) or name in (".", ".."):
         raise TaskConfigError(
             f"task name {name!r} is not a plain folder name (letters, digits, '_', '-', '.'); "

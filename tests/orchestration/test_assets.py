@@ -11,11 +11,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 from dagster import AssetKey, DagsterInstance, Definitions, materialize
+from tests_support import Settings
 
 from llm_infer_dagster.engines.spec import has_chat_template
-from llm_infer_dagster.orchestration.assets.factory import build_task_assets
+from llm_infer_dagster.orchestration.assets.factory import build_task_assets, code_versions
 from llm_infer_dagster.orchestration.registry import register_shards, registered_keys
-from llm_infer_dagster.orchestration.settings import InferenceSettings
 from llm_infer_dagster.tasks.loader import load_task
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,8 +72,8 @@ def task_setup(tmp_path: Path) -> tuple[Path, Path]:
     return configs, data
 
 
-def _settings(configs: Path, data: Path, out: Path, model: str, **kw: object) -> InferenceSettings:
-    return InferenceSettings(
+def _settings(configs: Path, data: Path, out: Path, model: str, **kw: object) -> Settings:
+    return Settings(
         task_configs=str(configs),
         input_path=str(data),
         output_dir=str(out),
@@ -90,13 +90,13 @@ def test_four_assets_over_a_range_load_the_model_once(instance, task_setup, tmp_
     configs, data = task_setup
     task = load_task(configs, "demo")
     settings = _settings(configs, data, tmp_path / "out", tiny_model_path)
-    bundle = build_task_assets(task, settings)
+    bundle = build_task_assets(task, settings.deployment)
     store = settings.store("demo")
     reg = register_shards(instance, task, store, str(data), shard_size=4)
     keys = registered_keys(instance, task)
     assert keys == list(reg.manifest.shards) and len(keys) == 3  # a: 4+3 rows, b: 3 rows
 
-    defs = Definitions(assets=bundle.all_assets, jobs=[bundle.job], resources={"settings": settings})
+    defs = Definitions(assets=bundle.all_assets, jobs=[bundle.job], resources={"settings": settings.run})
     result = defs.resolve_job_def("demo_job").execute_in_process(
         instance=instance,
         tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},
@@ -174,13 +174,17 @@ def test_answers_rematerialize_without_the_model(instance, task_setup, tmp_path)
     configs, data = task_setup
     task = load_task(configs, "demo")
     settings = _settings(configs, data, tmp_path / "out", "/nonexistent/model")
-    bundle = build_task_assets(task, settings)
+    bundle = build_task_assets(task, settings.deployment)
     store = settings.store("demo")
     register_shards(instance, task, store, str(data), shard_size=4)
     key = registered_keys(instance, task)[0]
     raw_and_prompts = [AssetKey(["demo", "raw"]), AssetKey(["demo", "prompts"])]
     assert materialize(
-        bundle.assets, selection=raw_and_prompts, partition_key=key, instance=instance, resources={"settings": settings}
+        bundle.assets,
+        selection=raw_and_prompts,
+        partition_key=key,
+        instance=instance,
+        resources={"settings": settings.run},
     ).success
     ids = store.read_frame("prompts", key)["record_id"].to_list()
     responses = ["A fine answer", "nothing", "EXPLODE", "A"]
@@ -203,7 +207,7 @@ def test_answers_rematerialize_without_the_model(instance, task_setup, tmp_path)
         ),
     )
     result = materialize(bundle.assets, selection=[AssetKey(["demo", "answers"])], partition_key=key,
-                         instance=instance, resources={"settings": settings})  # fmt: skip
+                         instance=instance, resources={"settings": settings.run})  # fmt: skip
     assert result.success
     df = store.read_frame("answers", key)
     assert df["answer"].to_list() == [json.dumps({"length": 13}), None, None, json.dumps({"length": 1})]
@@ -219,32 +223,55 @@ def test_completions_fails_before_loading_a_model_when_prompts_are_missing(
     configs, data = task_setup
     task = load_task(configs, "demo")
     settings = _settings(configs, data, tmp_path / "out", tiny_model_path)
-    bundle = build_task_assets(task, settings)
+    bundle = build_task_assets(task, settings.deployment)
     register_shards(instance, task, settings.store("demo"), str(data), shard_size=4)
     key = registered_keys(instance, task)[0]
     result = materialize(bundle.assets, selection=[AssetKey(["demo", "completions"])], partition_key=key,
-                         instance=instance, resources={"settings": settings}, raise_on_error=False)  # fmt: skip
+                         instance=instance, resources={"settings": settings.run}, raise_on_error=False)  # fmt: skip
     assert not result.success
     assert "prompts are not materialized" in _failure_messages(result)
     assert not (tmp_path / "out" / "logs" / "workers").exists()  # no worker (no model) was started
 
 
-def test_a_run_with_another_model_than_the_code_location_is_refused(instance, task_setup, tmp_path, tiny_model_path):
-    """Code versions are fixed at load: a run naming another model would be recorded under the wrong one."""
+def test_a_launchpad_run_of_another_declared_model_makes_its_own_assets_with_no_refusal(
+    instance, task_setup, tmp_path, tiny_model_path
+):
+    """Models are declared (the default one and the task's named ones); a run only says how fast to make them.
+
+    A run config like the Launchpad's (other workers / batch size) selecting the named model's assets makes
+    them under that model's own code version, with no refusal and no reload; the default model's are untouched.
+    """
     configs, data = task_setup
+    second = tmp_path / "second-model"
+    shutil.copytree(tiny_model_path, second)
+    (configs / "demo" / "task_settings.json").write_text(
+        json.dumps({"models": {"second": {"model_path": str(second), "model_type": "hf", "max_model_len": 64}}})
+    )
     task = load_task(configs, "demo")
-    loaded = _settings(configs, data, tmp_path / "out", tiny_model_path)
-    bundle = build_task_assets(task, loaded)
-    register_shards(instance, task, loaded.store("demo"), str(data), shard_size=4)
-    key = registered_keys(instance, task)[0]
-    other = _settings(configs, data, tmp_path / "out", str(tmp_path / "another-model"))
-    for name, run_settings in (("completions", other), ("raw", _settings(configs, data, tmp_path / "out",
-                                                                          tiny_model_path, limit=2))):  # fmt: skip
-        result = materialize(bundle.assets, selection=[AssetKey(["demo", name])], partition_key=key,
-                             instance=instance, resources={"settings": run_settings}, raise_on_error=False)  # fmt: skip
-        assert not result.success
-        assert "differ from those the code location was loaded with" in _failure_messages(result), name
-    assert not (tmp_path / "out" / "logs" / "workers").exists()  # refused before any model was loaded
+    settings = _settings(configs, data, tmp_path / "out", tiny_model_path)
+    bundle = build_task_assets(task, settings.deployment)
+    register_shards(instance, task, settings.store("demo"), str(data), shard_size=4)
+    key = registered_keys(instance, task)[-1]  # b.jsonl: 3 plain rows
+    defs = Definitions(assets=bundle.all_assets, jobs=[bundle.job], resources={"settings": settings.run})
+    named = [AssetKey(["demo", n]) for n in ("raw", "prompts")] + [AssetKey(["demo", "second", n]) for n in
+                                                                      ("completions", "answers")]  # fmt: skip
+    result = defs.resolve_job_def("demo_job").execute_in_process(
+        instance=instance,
+        partition_key=key,
+        asset_selection=named,
+        run_config={"resources": {"settings": {"config": {"use_cpu": True, "batch_size": 2, "workers": 1}}}},
+    )
+    assert result.success
+    versions = code_versions(task, settings.deployment)
+    assert versions["second"]["completions"] != versions[None]["completions"]
+    for name in ("completions", "answers"):
+        event = instance.get_latest_materialization_event(AssetKey(["demo", "second", name]))
+        assert event is not None and event.asset_materialization.partition == key
+        assert event.asset_materialization.tags["dagster/code_version"] == versions["second"][name]
+    comps = bundle.deployment.store("demo").read_frame("completions", key, model="second")
+    assert set(comps["model"].to_list()) == {str(second)}
+    assert instance.get_materialized_partitions(AssetKey(["demo", "completions"])) == set()  # default untouched
+    assert not any("differ" in m for m in _failure_messages(result).splitlines())
 
 
 def test_chat_prompts_for_a_model_without_a_chat_template_fail_before_loading_it(
@@ -260,12 +287,12 @@ def test_chat_prompts_for_a_model_without_a_chat_template_fail_before_loading_it
 
     task = load_task(configs, "demo")
     settings = _settings(configs, data, tmp_path / "out", str(plain_model))
-    bundle = build_task_assets(task, settings)
+    bundle = build_task_assets(task, settings.deployment)
     register_shards(instance, task, settings.store("demo"), str(data), shard_size=4)
     key = registered_keys(instance, task)[0]  # its row 3 is a chat prompt
     three = [AssetKey(["demo", n]) for n in ("raw", "prompts", "completions")]
     result = materialize(bundle.assets, selection=three, partition_key=key, instance=instance,
-                         resources={"settings": settings}, raise_on_error=False)  # fmt: skip
+                         resources={"settings": settings.run}, raise_on_error=False)  # fmt: skip
     assert not result.success
     assert "has no chat template" in _failure_messages(result)
     assert not (tmp_path / "out" / "logs" / "workers").exists()  # no worker (no model) was started
@@ -282,8 +309,8 @@ def _failure_messages(result) -> str:
 def test_every_example_task_builds_assets_and_jobs():
     from llm_infer_dagster.orchestration.definitions import build_task_bundles
 
-    settings = InferenceSettings(task_configs=str(REPO / "task_configs"), output_dir="/tmp/unused")
-    bundles = build_task_bundles(settings)
+    settings = Settings(task_configs=str(REPO / "task_configs"), output_dir="/tmp/unused")
+    bundles = build_task_bundles(settings.deployment)
     names = {b.task.name for b in bundles}
     assert {"basic_example", "qa_regex", "chat_example"} <= names
     for b in bundles:

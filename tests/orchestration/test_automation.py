@@ -26,11 +26,10 @@ from dagster import (
     build_sensor_context,
 )
 from dagster._core.utils import make_new_run_id
-from tests_support import CONFIGS, REPO, cli_env, instance_at, llm_infer, write_qa_input
+from tests_support import CONFIGS, REPO, Settings, cli_env, instance_at, llm_infer, write_qa_input
 
 from llm_infer_dagster.orchestration.assets.factory import build_task_assets
 from llm_infer_dagster.orchestration.sensors import build_missing_shards_schedule, build_shard_sensor
-from llm_infer_dagster.orchestration.settings import InferenceSettings
 from llm_infer_dagster.tasks.loader import load_task
 
 
@@ -50,14 +49,14 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     (tmp_path / "home").mkdir()
     task = load_task(configs, "qa_regex")
-    bundle = build_task_assets(task)
-    settings = InferenceSettings(task_configs=str(configs), output_dir=str(tmp_path / "out"))
+    settings = Settings(task_configs=str(configs), output_dir=str(tmp_path / "out"))
+    bundle = build_task_assets(task, settings.deployment)
     with DagsterInstance.get() as instance:
         yield instance, bundle, settings, data
 
 
 def _tick(sensor, instance, settings):
-    result = sensor(build_sensor_context(instance=instance, resources={"settings": settings}))
+    result = sensor(build_sensor_context(instance=instance, resources={"settings": settings.run}))
     if isinstance(result, SensorResult):
         for req in result.dynamic_partitions_requests:  # what the daemon does with the result
             instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
@@ -83,7 +82,7 @@ def test_a_shrunk_file_is_reported_and_its_shards_are_kept_out_of_scheduled_runs
     assert report.metadata["kept_shards"].value == ", ".join(keys[1:])  # rows 2..9 are gone: kept, not redone
     assert not [e for e in tick.asset_events if e.asset_key == bundle.key("input")]  # nothing turns stale
     context = build_schedule_context(
-        instance=instance, scheduled_execution_time=datetime.now(UTC), resources={"settings": settings}
+        instance=instance, scheduled_execution_time=datetime.now(UTC), resources={"settings": settings.run}
     )
     assert isinstance(build_missing_shards_schedule(bundle)(context), SkipReason)
     assert isinstance(_tick(build_shard_sensor(bundle), instance, settings), SkipReason)
@@ -134,7 +133,7 @@ def test_schedule_requests_exactly_the_missing_shards(setup) -> None:
         instance.report_runless_asset_event(AssetMaterialization(bundle.key(a), partition=keys[4]))
     schedule = build_missing_shards_schedule(bundle)
     context = build_schedule_context(
-        instance=instance, scheduled_execution_time=datetime.now(UTC), resources={"settings": settings}
+        instance=instance, scheduled_execution_time=datetime.now(UTC), resources={"settings": settings.run}
     )
     requests = schedule(context)
     got = sorted(
@@ -151,7 +150,7 @@ def test_schedule_requests_exactly_the_missing_shards(setup) -> None:
             instance.report_runless_asset_event(AssetMaterialization(bundle.key(a), partition=k))
     done = schedule(
         build_schedule_context(
-            instance=instance, scheduled_execution_time=datetime.now(UTC), resources={"settings": settings}
+            instance=instance, scheduled_execution_time=datetime.now(UTC), resources={"settings": settings.run}
         )
     )
     assert isinstance(done, SkipReason)
@@ -162,7 +161,7 @@ def test_schedule_requests_exactly_the_missing_shards(setup) -> None:
     instance.add_run(ui_run)
     busy = schedule(
         build_schedule_context(
-            instance=instance, scheduled_execution_time=datetime.now(UTC), resources={"settings": settings}
+            instance=instance, scheduled_execution_time=datetime.now(UTC), resources={"settings": settings.run}
         )
     )
     assert isinstance(busy, SkipReason) and ui_run.run_id in str(busy.skip_message)
@@ -175,8 +174,8 @@ def test_schedule_also_backfills_the_tasks_named_models(tmp_path: Path, monkeypa
     configs = _task_copy(tmp_path, {"input_path": str(data), "shard_size": 2, "models": {"qwen": qwen}})
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     (tmp_path / "home").mkdir()
-    bundle = build_task_assets(load_task(configs, "qa_regex"))
-    settings = InferenceSettings(task_configs=str(configs), output_dir=str(tmp_path / "out"))
+    settings = Settings(task_configs=str(configs), output_dir=str(tmp_path / "out"))
+    bundle = build_task_assets(load_task(configs, "qa_regex"), settings.deployment)
     with DagsterInstance.get() as instance:
         _tick(build_shard_sensor(bundle), instance, settings)
         keys = instance.get_dynamic_partitions("qa_regex_shards")
@@ -184,7 +183,7 @@ def test_schedule_also_backfills_the_tasks_named_models(tmp_path: Path, monkeypa
             for a in ("raw", "prompts", "completions", "answers"):
                 instance.report_runless_asset_event(AssetMaterialization(bundle.key(a), partition=k))
         context = build_schedule_context(
-            instance=instance, scheduled_execution_time=datetime.now(UTC), resources={"settings": settings}
+            instance=instance, scheduled_execution_time=datetime.now(UTC), resources={"settings": settings.run}
         )
         requests = build_missing_shards_schedule(bundle)(context)
         assert [
@@ -262,7 +261,7 @@ def test_a_sensor_preview_that_records_nothing_loses_no_appended_row(setup) -> N
     _tick(sensor, instance, settings)
     keys = instance.get_dynamic_partitions("qa_regex_shards")
     write_qa_input(data, files=1, rows=6)  # one row appended: fills the partial last shard
-    preview = sensor(build_sensor_context(instance=instance, resources={"settings": settings}))
+    preview = sensor(build_sensor_context(instance=instance, resources={"settings": settings.run}))
     assert isinstance(preview, SensorResult)  # evaluated (the manifest is saved), nothing recorded
     real = _tick(sensor, instance, settings)
     assert isinstance(real, SensorResult)
@@ -274,7 +273,7 @@ def test_a_task_whose_get_file_list_fails_skips_its_tick_with_one_line(setup) ->
     instance, bundle, settings, data = setup
     for f in data.iterdir():
         f.unlink()
-    result = build_shard_sensor(bundle)(build_sensor_context(instance=instance, resources={"settings": settings}))
+    result = build_shard_sensor(bundle)(build_sensor_context(instance=instance, resources={"settings": settings.run}))
     assert isinstance(result, SkipReason)
     assert "cannot register shards of task qa_regex" in str(result.skip_message)
     assert "returned no files" in str(result.skip_message) and "\n" not in str(result.skip_message)

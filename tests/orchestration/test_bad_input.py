@@ -19,9 +19,9 @@ from typing import Any
 import polars as pl
 import pytest
 
+from llm_infer_dagster.engines import preflight as settings_module
+from llm_infer_dagster.engines.preflight import check_engine_settings
 from llm_infer_dagster.errors import SettingsError, TaskConfigError
-from llm_infer_dagster.orchestration import settings as settings_module
-from llm_infer_dagster.orchestration.settings import check_engine_settings
 from llm_infer_dagster.runtime.completions import COMPLETION_SCHEMA
 from llm_infer_dagster.shards.exports import export_shard
 from llm_infer_dagster.shards.sharding import Shard
@@ -371,7 +371,7 @@ def test_a_model_that_needs_its_own_code_is_refused_without_trust_remote_code(
 ) -> None:
     import shutil
 
-    from llm_infer_dagster.orchestration.settings import check_remote_code
+    from llm_infer_dagster.engines.preflight import check_remote_code
 
     model = tmp_path / "custom"
     shutil.copytree(tiny_model_path, model)

@@ -160,3 +160,35 @@ def test_keyboard_interrupt_is_not_contained(tmp_path: Path) -> None:
 
     with pytest.raises(KeyboardInterrupt):
         load_tasks_contained(tmp_path, ["x"], load)
+
+
+def test_the_code_location_loads_the_good_tasks_beside_a_broken_one(task_configs: Path, tmp_path: Path) -> None:
+    """What the UI, the daemon and `dagster job execute` load: every good task's assets, jobs, sensors and
+    schedules, and each broken folder as a placeholder whose description and check carry its error."""
+    from llm_infer_dagster.deployment import Deployment
+    from llm_infer_dagster.orchestration.definitions import build_definitions
+
+    defs = build_definitions(Deployment.from_env(task_configs=str(task_configs), output_dir=str(tmp_path / "out")))
+    Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    for good in ("qa_regex", "good_two"):
+        assert {f"{good}/{a}" for a in ("input", "raw", "prompts", "completions", "answers")} <= keys
+        assert defs.resolve_job_def(f"{good}_job") is not None
+        assert defs.resolve_sensor_def(f"{good}_new_shards") is not None
+        assert defs.resolve_schedule_def(f"{good}_missing_shards") is not None
+    node = graph.get(AssetKey(["syntax_error", BROKEN_ASSET]))
+    assert "SyntaxError" in (node.description or "")
+    assert AssetCheckKey(AssetKey(["no_extract", BROKEN_ASSET]), BROKEN_CHECK) in graph.asset_check_keys
+
+
+@pytest.mark.slow
+def test_llm_infer_on_a_broken_task_exits_2_with_its_one_line_error(task_configs: Path, tmp_path: Path) -> None:
+    from tests_support import llm_infer
+
+    r = llm_infer("--task_name", "no_extract", "--config_path", str(task_configs), "--output_path",
+                  str(tmp_path / "out"), "--model_path", "/nope", "--use_cpu")  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "missing function(s) extract_answer" in lines[0], r.stderr
+    assert "Traceback" not in r.stderr

@@ -99,7 +99,10 @@ def test_more_gpus_than_exist_fails_at_once_and_cpu_steps_run_in_parallel_withou
     cpu = _start("cpu", tmp, gpus=["g0", "g1"], env_extra={"LEASE_TEST_SLEEP": "5"})
     out = too_many.communicate(timeout=240)[0]
     assert too_many.returncode != 0
-    assert "needs 3 GPUs" in out and "has 2 (g0,g1)" in out
+    assert (
+        "3 GPUs (workers x tensor_parallel_size), but 2 are visible" in out
+        and "config or CUDA_VISIBLE_DEVICES: g0,g1" in out
+    )
     # Checked before any step: the CPU step ahead of the GPU step never started either.
     assert "STEP_START" not in out and "STEP_WORKER_STARTING" not in out, out[-3000:]
     cpu_out = cpu.communicate(timeout=240)[0]
@@ -143,7 +146,7 @@ def test_leases_in_process(tmp_path: Path) -> None:
         assert c.gpu_ids == ["0", "1"]
     with pytest.raises(TimeoutError):
         leaser.acquire(3, timeout=0.3, poll_seconds=0.1)
-    with pytest.raises(SettingsError, match="needs 4 GPUs"):
+    with pytest.raises(SettingsError, match="4 GPUs .workers x tensor_parallel_size., but"):
         leaser.try_acquire(4)
     evil = GpuLeaser(["../../etc/x"], tmp_path)
     with evil.acquire(1) as lease:

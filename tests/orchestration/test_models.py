@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 from dagster import AssetKey, DagsterInstance, Definitions
-from tests_support import CONFIGS, write_qa_input
+from tests_support import CONFIGS, Settings, write_qa_input
 
 from llm_infer_dagster.errors import TaskConfigError
 from llm_infer_dagster.orchestration.assets.factory import build_task_assets
 from llm_infer_dagster.orchestration.registry import register_shards, registered_keys
-from llm_infer_dagster.orchestration.settings import InferenceSettings
 from llm_infer_dagster.tasks.loader import load_task
 
 
@@ -32,10 +31,10 @@ def test_two_models_run_side_by_side_without_overwriting(tmp_path: Path, tiny_mo
     write_qa_input(data, files=1, rows=4)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     (tmp_path / "home").mkdir()
-    s = InferenceSettings(task_configs=str(configs), input_path=str(data), output_dir=str(out),
+    s = Settings(task_configs=str(configs), input_path=str(data), output_dir=str(out),
                           model_path=tiny_model_path, model_type="hf", use_cpu=True)  # fmt: skip
     task = load_task(configs, "qa_regex")
-    bundle = build_task_assets(task, s)
+    bundle = build_task_assets(task, s.deployment)
     keys_by_name = {"/".join(k.path) for a in bundle.assets for k in a.keys}
     assert keys_by_name == {"qa_regex/raw", "qa_regex/prompts", "qa_regex/completions", "qa_regex/answers",
                             "qa_regex/qwen/completions", "qa_regex/qwen/answers"}  # fmt: skip
@@ -45,7 +44,7 @@ def test_two_models_run_side_by_side_without_overwriting(tmp_path: Path, tiny_mo
     with DagsterInstance.get() as instance:
         register_shards(instance, task, s.store("qa_regex"), str(data), shard_size=2)
         keys = registered_keys(instance, task)
-        defs = Definitions(assets=bundle.all_assets, jobs=[bundle.job], resources={"settings": s})
+        defs = Definitions(assets=bundle.all_assets, jobs=[bundle.job], resources={"settings": s.run})
         result = defs.resolve_job_def("qa_regex_job").execute_in_process(
             instance=instance,
             tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},

@@ -12,10 +12,9 @@ import test_automation as automation
 import test_gpu_executor as gpu_executor
 from dagster import AssetKey, DagsterInstance
 from postgres_server import PostgresServer, postgres_yaml
-from tests_support import CONFIGS, cli_env, llm_infer, sigkill_llm_infer_after, write_qa_input
+from tests_support import CONFIGS, Settings, cli_env, llm_infer, sigkill_llm_infer_after, write_qa_input
 
 from llm_infer_dagster.orchestration.assets.factory import build_task_assets
-from llm_infer_dagster.orchestration.settings import InferenceSettings
 from llm_infer_dagster.tasks.loader import load_task
 
 
@@ -75,8 +74,8 @@ def _automation_setup(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     write_qa_input(data, files=1, rows=5)
     configs = automation._task_copy(tmp_path, {"input_path": str(data), "shard_size": 2})
     monkeypatch.setenv("DAGSTER_HOME", str(home))
-    bundle = build_task_assets(load_task(configs, "qa_regex"))
-    settings = InferenceSettings(task_configs=str(configs), output_dir=str(tmp_path / "out"))
+    settings = Settings(task_configs=str(configs), output_dir=str(tmp_path / "out"))
+    bundle = build_task_assets(load_task(configs, "qa_regex"), settings.deployment)
     return _instance(home), bundle, settings, data
 
 

@@ -63,6 +63,7 @@ def test_llm_infer_writes_the_pooled_config_only_where_it_owns_the_file(tmp_path
         ("new", None),
         ("old", OLD_INSTANCE_YAML),
         ("unmonitored", False),
+        ("top_level_module", "top"),  # written before the event log moved into orchestration/
         ("theirs", "telemetry:\n  enabled: true\n"),
     )
     for case, before in cases:
@@ -71,6 +72,8 @@ def test_llm_infer_writes_the_pooled_config_only_where_it_owns_the_file(tmp_path
         if before is not None:
             home.mkdir(parents=True)
             text = instance_yaml(home.resolve(), run_monitoring=False) if before is False else before
+            if before == "top":
+                text = instance_yaml(home.resolve()).replace("llm_infer_dagster.orchestration.", "llm_infer_dagster.")
             (home / "dagster.yaml").write_text(text)
         monkeypatch.delenv("DAGSTER_HOME", raising=False)
         _prepare_instance(out)

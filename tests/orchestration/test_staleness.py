@@ -12,12 +12,11 @@ import pytest
 from dagster import AssetKey, DagsterInstance, Definitions, build_schedule_context
 from dagster._core.definitions.data_version import StaleStatus
 from dagster._core.storage.defs_state.base import set_defs_state_storage
-from tests_support import CONFIGS, write_qa_input
+from tests_support import CONFIGS, Settings, write_qa_input
 
 from llm_infer_dagster.orchestration.assets.factory import build_task_assets
 from llm_infer_dagster.orchestration.registry import register_shards, registered_keys
 from llm_infer_dagster.orchestration.sensors import build_missing_shards_schedule
-from llm_infer_dagster.orchestration.settings import InferenceSettings
 from llm_infer_dagster.orchestration.staleness import ChainVersions, stale_keys, stale_resolver
 from llm_infer_dagster.shards.planning import ALL_ASSETS, plan_runs
 from llm_infer_dagster.tasks.loader import load_task
@@ -42,14 +41,14 @@ def test_each_change_marks_exactly_the_right_assets_stale(tmp_path: Path, tiny_m
     model_copy = tmp_path / "other-model"
     shutil.copytree(tiny_model_path, model_copy)
 
-    def settings(model: str = tiny_model_path) -> InferenceSettings:
-        return InferenceSettings(task_configs=str(configs), input_path=str(data), output_dir=str(out),
+    def settings(model: str = tiny_model_path) -> Settings:
+        return Settings(task_configs=str(configs), input_path=str(data), output_dir=str(out),
                                  model_path=model, model_type="hf", use_cpu=True)  # fmt: skip
 
     def defs(model: str = tiny_model_path) -> Definitions:
         s = settings(model)
-        bundle = build_task_assets(load_task(configs, "qa_regex"), s)
-        d = Definitions(assets=bundle.all_assets, jobs=[bundle.job], resources={"settings": s})
+        bundle = build_task_assets(load_task(configs, "qa_regex"), s.deployment)
+        d = Definitions(assets=bundle.all_assets, jobs=[bundle.job], resources={"settings": s.run})
         # Resolved (and cached) outside any instance's defs-state context: Dagster's definitions load reads the
         # "current" defs state storage, whose instance weakref a run executed in process can leave dead (seen
         # once in CI: "Attempted to resolve undefined DagsterInstance weakref"). These assets keep no defs state.
@@ -117,11 +116,11 @@ def test_a_new_row_makes_only_that_files_last_shard_stale_and_planning_redoes_it
     write_qa_input(data, files=2, rows=3)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     (tmp_path / "home").mkdir()
-    s = InferenceSettings(task_configs=str(configs), input_path=str(data), output_dir=str(out),
+    s = Settings(task_configs=str(configs), input_path=str(data), output_dir=str(out),
                           model_path=tiny_model_path, model_type="hf", use_cpu=True)  # fmt: skip
     task = load_task(configs, "qa_regex")
-    bundle = build_task_assets(task, s)
-    d = Definitions(assets=bundle.all_assets, jobs=[bundle.job], resources={"settings": s})
+    bundle = build_task_assets(task, s.deployment)
+    d = Definitions(assets=bundle.all_assets, jobs=[bundle.job], resources={"settings": s.run})
     with DagsterInstance.get() as instance:
         register_shards(instance, task, s.store("qa_regex"), str(data), shard_size=2)
         keys = registered_keys(instance, task)  # part_000: rows 0-1, 2; part_001: rows 0-1, 2
@@ -154,7 +153,7 @@ def test_a_new_row_makes_only_that_files_last_shard_stale_and_planning_redoes_it
         schedule = build_missing_shards_schedule(bundle)  # the schedule plans the same way
         requests = schedule(
             build_schedule_context(
-                instance=instance, resources={"settings": s}, scheduled_execution_time=datetime.now(UTC)
+                instance=instance, resources={"settings": s.run}, scheduled_execution_time=datetime.now(UTC)
             )
         )
         assert [(r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"],

@@ -501,8 +501,8 @@ def test_split_gpus_too_few() -> None:
     with pytest.raises(SettingsError) as exc:
         split_gpus(["0", "1", "2"], 2, 2)
     msg = str(exc.value)
-    assert "2 x 2 = 4 GPUs" in msg and "only 3 (0,1,2)" in msg and "--use_cpu" in msg
-    with pytest.raises(SettingsError, match=r"only 0 \(none\)"):
+    assert "2 x 2 = 4 GPUs" in msg and "3 are visible (CUDA_VISIBLE_DEVICES: 0,1,2)" in msg and "--use_cpu" in msg
+    with pytest.raises(SettingsError, match=r"0 are visible \(CUDA_VISIBLE_DEVICES: none\)"):
         split_gpus([], 1, 1)
 
 

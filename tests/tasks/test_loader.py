@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from llm_infer_dagster.deployment import SOURCE_TASK_CONFIGS, Deployment
 from llm_infer_dagster.errors import SettingsError, TaskConfigError
 from llm_infer_dagster.orchestration.assets.factory import code_versions
-from llm_infer_dagster.orchestration.settings import PACKAGE_ROOT, InferenceSettings
 from llm_infer_dagster.tasks.loader import TaskConfig, TaskFiles, discover_tasks, load_task, resolve_task_folder
 from llm_infer_dagster.tasks.sampling import SAMPLING_KEYS
 from llm_infer_dagster.tasks.versions import task_code_versions
 
-EXAMPLES = PACKAGE_ROOT / "task_configs"
+EXAMPLES = SOURCE_TASK_CONFIGS
 
 # A complete, valid seed task over ``data.jsonl`` next to it; tests replace one piece at a time.
 GOOD_TASK = """
@@ -515,7 +515,7 @@ def test_settings_carry_the_names_to_every_task_of_the_code_location(tmp_path: P
     make_renamed_task(tmp_path, "one")
     make_renamed_task(tmp_path, "two")
     make_task(tmp_path, "plain")  # a task_config.py folder: not a task under these names
-    settings = InferenceSettings(task_configs=str(tmp_path), output_dir=str(tmp_path / "out"), **RENAMED.__dict__)
+    settings = Deployment.from_env(task_configs=str(tmp_path), output_dir=str(tmp_path / "out"), **RENAMED.__dict__)
     assert TaskFiles.from_settings(settings) == RENAMED
     bundles = build_task_bundles(settings)
     assert [b.task.name for b in bundles] == ["one", "two"]
@@ -565,12 +565,12 @@ def test_unsafe_names_are_refused_in_one_line(field: str, bad: str) -> None:
     assert "\n" not in msg and msg.startswith(f"--{field} / LLM_INFER_{field.upper()}=")
     assert "give" in msg  # how to fix
     with pytest.raises(SettingsError):  # the same from the settings resource
-        TaskFiles.from_settings(InferenceSettings(task_configs=".", output_dir=".", **{field: bad}))
+        TaskFiles.from_settings(Deployment.from_env(task_configs=".", output_dir=".", **{field: bad}))
 
 
 def test_code_versions_hash_the_functions_used(tmp_path: Path) -> None:
     make_renamed_task(tmp_path)
-    settings = InferenceSettings(task_configs=str(tmp_path), output_dir=str(tmp_path / "out"))
+    settings = Deployment.from_env(task_configs=str(tmp_path), output_dir=str(tmp_path / "out"))
     base = code_versions(load_task(tmp_path, "renamed", RENAMED), settings)[None]
     shout = code_versions(load_tasks_with(tmp_path, format_prompt_func="shout_prompt"), settings)[None]
     assert shout["raw"] == base["raw"]
@@ -578,30 +578,15 @@ def test_code_versions_hash_the_functions_used(tmp_path: Path) -> None:
     # A task that never used the flags keeps the versions it had before they existed (no shard goes stale).
     make_task(tmp_path, "seed")
     task = load_task(tmp_path, "seed")
-    before = task_code_versions(task.module, task.folder, task.sampling_params, model_type="hf", model_path=None)
+    before = task_code_versions(task.module, task.folder, task.sampling_params, model_type="vllm", model_path=None)
     assert code_versions(task, settings)[None] == before
 
 
 def test_max_input_length_is_part_of_the_completions_version(tmp_path: Path) -> None:
     make_task(tmp_path, "t")
     task = load_task(tmp_path, "t")
-    plain = InferenceSettings(task_configs=str(tmp_path), output_dir=str(tmp_path / "out"))
-    capped = InferenceSettings(task_configs=str(tmp_path), output_dir=str(tmp_path / "out"), max_input_length=8)
+    plain = Deployment.from_env(task_configs=str(tmp_path), output_dir=str(tmp_path / "out"))
+    capped = Deployment.from_env(task_configs=str(tmp_path), output_dir=str(tmp_path / "out"), max_input_length=8)
     a, b = code_versions(task, plain)[None], code_versions(task, capped)[None]
     assert a["raw"] == b["raw"] and a["prompts"] == b["prompts"]
     assert a["completions"] != b["completions"] and a["answers"] != b["answers"]
-
-
-def test_a_run_naming_other_functions_than_the_loaded_task_is_refused(tmp_path: Path) -> None:
-    """The module and its code versions come from the code location's load; a Launchpad run cannot swap them."""
-    from dagster import Failure
-
-    from llm_infer_dagster.orchestration.assets.factory import check_run_matches_task_files
-
-    make_renamed_task(tmp_path)
-    task = load_task(tmp_path, "renamed", RENAMED)
-    same = InferenceSettings(task_configs=str(tmp_path), output_dir=str(tmp_path), **dataclasses.asdict(RENAMED))
-    check_run_matches_task_files(task, same)
-    other = same.model_copy(update={"format_prompt_func": "shout_prompt"})
-    with pytest.raises(Failure, match="shout_prompt.*but task renamed was loaded with 'my_task.py'"):
-        check_run_matches_task_files(task, other)

@@ -20,7 +20,6 @@ from dagster import (
     BackfillPolicy,
     BetaWarning,
     Config,
-    Failure,
     JobDefinition,
     OpExecutionContext,
     define_asset_job,
@@ -29,15 +28,17 @@ from dagster import (
     multi_asset,
     op,
 )
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
+from llm_infer_dagster.deployment import Deployment
 from llm_infer_dagster.engines.hf_sampling import check_hf_supported
+from llm_infer_dagster.engines.preflight import check_engine_settings
 from llm_infer_dagster.engines.spec import EngineSpec
 from llm_infer_dagster.orchestration.assets.pipeline import ModelTarget, ShardPipeline
+from llm_infer_dagster.orchestration.dagster_private import UnresolvedAssetJobDefinition
 from llm_infer_dagster.orchestration.gpu_executor import GPU_TAG, gpu_executor
 from llm_infer_dagster.orchestration.registry import input_key, partitions_def_for, register_shards
-from llm_infer_dagster.orchestration.settings import InferenceSettings, check_engine_settings
-from llm_infer_dagster.tasks.loader import TaskConfig, TaskFiles
+from llm_infer_dagster.orchestration.settings import RunSettings
+from llm_infer_dagster.tasks.loader import TaskConfig
 from llm_infer_dagster.tasks.task_settings import ModelChoice
 from llm_infer_dagster.tasks.versions import task_code_versions
 
@@ -47,6 +48,7 @@ class TaskAssets:
     """What :func:`build_task_assets` gives ``definitions.py`` to wire."""
 
     task: TaskConfig
+    deployment: Deployment
     input: AssetSpec
     assets: list[AssetsDefinition]
     job: UnresolvedAssetJobDefinition
@@ -65,104 +67,61 @@ class TaskAssets:
         return [self.input, *self.assets]
 
 
-def engine_spec(settings: InferenceSettings, choice: ModelChoice | None = None) -> EngineSpec:
-    """The run's engine, or a task's named model with the run's settings filling what it leaves unset."""
-    c = choice or ModelChoice(model_path=settings.model_path or "")
+def engine_spec(deployment: Deployment, run: RunSettings, choice: ModelChoice | None = None) -> EngineSpec:
+    """The engine of a declared model (the default one for ``None``), run as fast as the run's settings say."""
+    c = deployment.resolve(choice)
     spec = EngineSpec(
-        model_type=c.model_type or settings.model_type,
+        model_type=c.model_type or deployment.model_type,
         model_path=c.model_path,
-        device="cpu" if settings.use_cpu else "cuda",
-        dtype=c.dtype or settings.dtype,
-        max_model_len=c.max_model_len or settings.max_model_len,
-        trust_remote_code=settings.trust_remote_code,
-        batch_size=settings.batch_size,
-        tensor_parallel_size=settings.tensor_parallel_size,
-        engine_args=c.model_args if c.model_args is not None else settings.engine_args,
-        max_input_length=settings.max_input_length,
+        device="cpu" if run.use_cpu else "cuda",
+        dtype=c.dtype or deployment.dtype,
+        max_model_len=c.max_model_len,
+        trust_remote_code=deployment.trust_remote_code,
+        batch_size=run.batch_size,
+        tensor_parallel_size=run.tensor_parallel_size,
+        engine_args={**(c.model_args or {}), **run.engine_args},
+        max_input_length=deployment.max_input_length,
     )
     check_engine_settings(
-        model_path=spec.model_path or None, model_type=spec.model_type, use_cpu=settings.use_cpu, dtype=spec.dtype,
-        workers=settings.workers, tensor_parallel_size=spec.tensor_parallel_size,
+        model_path=spec.model_path or None, model_type=spec.model_type, use_cpu=run.use_cpu, dtype=spec.dtype,
+        workers=run.workers, tensor_parallel_size=spec.tensor_parallel_size,
         trust_remote_code=spec.trust_remote_code, engine_args=spec.engine_args,
     )  # fmt: skip
     return spec
 
 
-def code_versions(task: TaskConfig, settings: InferenceSettings) -> dict[str | None, dict[str, str]]:
-    """Each asset's code version, for the run's model (``None``) and each named model of the task."""
-    models: dict[str | None, ModelChoice] = {None: ModelChoice(model_path=settings.model_path or "")}
-    models.update(task.settings.models)
-    return {
-        model: task_code_versions(
-            task.module,
-            task.folder,
-            task.sampling_params,
-            model_type=c.model_type or settings.model_type,
-            model_path=c.model_path,
-            dtype=c.dtype or settings.dtype,
-            max_model_len=c.max_model_len or settings.max_model_len,
-            limit=settings.limit,
-            functions=task.files.functions,
-            max_input_length=settings.max_input_length,
+def code_versions(task: TaskConfig, deployment: Deployment) -> dict[str | None, dict[str, str]]:
+    """Each asset's code version, for the default model (``None``) and each named model of the task."""
+    models: dict[str | None, ModelChoice | None] = {None: None, **task.settings.models}
+    out: dict[str | None, dict[str, str]] = {}
+    for model, choice in models.items():
+        c = deployment.resolve(choice)
+        out[model] = task_code_versions(
+            task.module, task.folder, task.sampling_params,
+            model_type=c.model_type or deployment.model_type, model_path=c.model_path,
+            dtype=c.dtype or deployment.dtype, max_model_len=c.max_model_len, limit=deployment.limit,
+            functions=task.files.functions, max_input_length=deployment.max_input_length,
         )  # fmt: skip
-        for model, c in models.items()
-    }
+    return out
 
 
-def check_run_matches_task_files(task: TaskConfig, settings: InferenceSettings) -> None:
-    """Refuse a run whose settings name other task files or functions than the task was loaded with.
+def build_task_assets(task: TaskConfig, deployment: Deployment | None = None) -> TaskAssets:
+    """The four assets (two more per named model), the task job and the shard-registration job of one task.
 
-    The task module and its code versions come from the code location's load; a Launchpad run that changed
-    ``format_prompt_func`` would otherwise run the old function and record it as the new one.
+    ``deployment`` (default: from the environment) declares the models whose identity goes into the
+    completions assets' code versions; a run only says how fast to make them.
     """
-    files = TaskFiles.from_settings(settings)
-    if files != task.files:
-        raise Failure(
-            f"this run's settings name task file {files.task_config_fn!r} / functions "
-            f"{', '.join(files.functions.values())}, but task {task.name} was loaded with "
-            f"{task.files.task_config_fn!r} / {', '.join(task.files.functions.values())}. Set them as "
-            "LLM_INFER_* variables and reload the code location (or use llm-infer)"
-        )
-
-
-def check_run_matches_code_version(
-    task: TaskConfig,
-    settings: InferenceSettings,
-    loaded: dict[str | None, dict[str, str]],
-    model: str | None,
-    asset: str,
-) -> None:
-    """Refuse a run whose settings would make results under another code version than the asset carries.
-
-    Code versions are fixed when the code location loads (from the ``LLM_INFER_*`` defaults). A run that
-    changed the model, dtype, context length or limit in its run config (the Launchpad) would otherwise be
-    recorded as made by the loaded settings, and Dagster would call those shards fresh.
-    """
-    if code_versions(task, settings)[model][asset] != loaded[model][asset]:
-        raise Failure(
-            f"this run's settings (model_path={settings.model_path!r}, model_type={settings.model_type!r}, "
-            f"dtype={settings.dtype!r}, max_model_len={settings.max_model_len}, limit={settings.limit}, "
-            f"max_input_length={settings.max_input_length}) differ "
-            f"from those the code location was loaded with, and they change what {task.name}/{asset} holds. "
-            "Set them as LLM_INFER_* variables and reload the code location (or use llm-infer), or list another "
-            "model under `models` in the task's task_settings.json"
-        )
-
-
-def build_task_assets(task: TaskConfig, settings: InferenceSettings | None = None) -> TaskAssets:
-    """The four assets, the task job and the shard-registration job of one task.
-
-    ``settings`` (default: from the environment) name the model whose identity goes into the completions
-    asset's code version.
-    """
-    versions = code_versions(task, settings or InferenceSettings.from_env())
+    deployment = deployment or Deployment.from_env()
+    versions = code_versions(task, deployment)
     # single_run backfills are what make "materialize all" load the model once; Dagster marks them beta.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BetaWarning)
-        return _build_task_assets(task, versions)
+        return _build_task_assets(task, deployment, versions)
 
 
-def _build_task_assets(task: TaskConfig, all_versions: dict[str | None, dict[str, str]]) -> TaskAssets:
+def _build_task_assets(
+    task: TaskConfig, deployment: Deployment, all_versions: dict[str | None, dict[str, str]]
+) -> TaskAssets:
     versions = all_versions[None]
     name = task.dagster_name
     pdef = partitions_def_for(task)
@@ -194,7 +153,14 @@ def _build_task_assets(task: TaskConfig, all_versions: dict[str | None, dict[str
         comp_key = AssetKey([name, "completions"] if model is None else [name, model, "completions"])
         answers_key = AssetKey([name, "answers"] if model is None else [name, model, "answers"])
         models[model] = (comp_key, answers_key)
-        about = f"Completions of model {model!r} (from the task's task_settings.json). " if model else ""
+        declared = deployment.resolve(task.settings.models.get(model) if model else None)
+        about = (
+            f"Completions of model {model!r} ({declared.model_type} {declared.model_path}, from the task's "
+            "task_settings.json). "
+            if model
+            else f"Completions of the deployment's default model ({declared.model_type} "
+            f"{declared.model_path or 'none declared: set LLM_INFER_MODEL_PATH'}). "
+        )
         specs += [
             AssetSpec(
                 comp_key, deps=[prompts_key], code_version=model_versions["completions"], **common,
@@ -216,24 +182,20 @@ def _build_task_assets(task: TaskConfig, all_versions: dict[str | None, dict[str
         op_tags={GPU_TAG: "settings"},  # the executor leases workers x tensor_parallel_size GPUs (0 without a model)
         description=f"Task {task.name}, shard by shard: raw -> prompts -> completions -> answers in one step.",
     )
-    def shards(context: AssetExecutionContext, settings: InferenceSettings) -> Iterator[Any]:
-        check_run_matches_task_files(task, settings)
+    def shards(context: AssetExecutionContext, settings: RunSettings) -> Iterator[Any]:
         selected = context.selected_asset_keys
         targets = []
         for model, (comp_key, answers_key) in models.items():
             make_comp, make_ans = comp_key in selected, answers_key in selected
             if not (make_comp or make_ans):
                 continue
-            if make_comp:
-                check_run_matches_code_version(task, settings, all_versions, model, "completions")
-            spec = engine_spec(settings, task.settings.models.get(model) if model else None) if make_comp else None
+            choice = task.settings.models.get(model) if model else None
+            spec = engine_spec(deployment, settings, choice) if make_comp else None
             if spec is not None and spec.model_type == "hf":
                 check_hf_supported(task.sampling_params)
             targets.append(ModelTarget(model, comp_key, answers_key, all_versions[model], spec, make_comp, make_ans))
-        if raw_key in selected:
-            check_run_matches_code_version(task, settings, all_versions, None, "raw")  # --limit is in raw's version
         ShardPipeline(
-            context, task, settings,
+            context, task, deployment, settings,
             keys={"input": input_spec.key, "raw": raw_key, "prompts": prompts_key},
             versions=versions, targets=targets, make_raw=raw_key in selected, make_prompts=prompts_key in selected,
         ).run()  # fmt: skip
@@ -251,12 +213,12 @@ def _build_task_assets(task: TaskConfig, all_versions: dict[str | None, dict[str
         tasks: int | None = None
 
     @op(name=f"{name}_register_shards_op")
-    def register_op(context: OpExecutionContext, config: RegisterConfig, settings: InferenceSettings) -> None:
+    def register_op(context: OpExecutionContext, config: RegisterConfig) -> None:
         reg = register_shards(
             context.instance,
             task,
-            settings.store(task.name),
-            task.input_path(settings.input_path),
+            deployment.store(task.name),
+            task.input_path(deployment.input_path),
             shard_size=config.shard_size,
             tasks=config.tasks,
         )
@@ -273,4 +235,6 @@ def _build_task_assets(task: TaskConfig, all_versions: dict[str | None, dict[str
     def register_job() -> None:
         register_op()
 
-    return TaskAssets(task=task, input=input_spec, assets=[shards], job=task_job, register_job=register_job)
+    return TaskAssets(
+        task=task, deployment=deployment, input=input_spec, assets=[shards], job=task_job, register_job=register_job
+    )

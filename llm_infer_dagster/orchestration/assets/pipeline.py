@@ -19,14 +19,15 @@ from typing import Any
 
 import polars as pl
 from dagster import AssetExecutionContext, AssetKey, AssetMaterialization, DagsterEventType, DataVersion, Failure
-from dagster._core.definitions.data_version import DATA_VERSION_TAG, DEFAULT_DATA_VERSION
 
+from llm_infer_dagster.deployment import Deployment
 from llm_infer_dagster.engines.spec import EngineSpec, has_chat_template
 from llm_infer_dagster.errors import TaskConfigError
 from llm_infer_dagster.orchestration.assets.metadata import error_summary, preview
 from llm_infer_dagster.orchestration.assets.provenance import shard_tags
+from llm_infer_dagster.orchestration.dagster_private import DATA_VERSION_TAG, DEFAULT_DATA_VERSION
 from llm_infer_dagster.orchestration.registry import ShardManifest, manifest_for
-from llm_infer_dagster.orchestration.settings import InferenceSettings
+from llm_infer_dagster.orchestration.settings import RunSettings
 from llm_infer_dagster.runtime.gpus import split_gpus, visible_gpu_ids
 from llm_infer_dagster.runtime.pool import ShardJob, ShardResult, WorkerPool
 from llm_infer_dagster.shards.exports import export_shard
@@ -69,7 +70,8 @@ class ShardPipeline:
         self,
         context: AssetExecutionContext,
         task: TaskConfig,
-        settings: InferenceSettings,
+        deployment: Deployment,
+        settings: RunSettings,
         *,
         keys: Mapping[str, AssetKey],  # "input", "raw", "prompts"
         versions: Mapping[str, str],  # code versions of raw and prompts
@@ -77,10 +79,10 @@ class ShardPipeline:
         make_raw: bool,
         make_prompts: bool,
     ) -> None:
-        self.context, self.task, self.settings = context, task, settings
+        self.context, self.task, self.deployment, self.settings = context, task, deployment, settings
         self.keys, self.versions, self.targets = keys, versions, targets
         self.make_raw, self.make_prompts = make_raw, make_prompts
-        self.store: TaskStore = settings.store(task.name)
+        self.store: TaskStore = deployment.store(task.name)
         self.shard_keys = list(context.partition_keys)
         self.data_versions = _Versions()
         self.failed: dict[str, str] = {}  # shard -> why it failed (first line is what the CLI shows)
@@ -279,7 +281,7 @@ class ShardPipeline:
                     log.warning(self.failed[s.key])
                     store.log_shard(s.key, f"raw NOT remade: {self.failed[s.key]}")
                     continue
-                raw = raw_frame(s, rows[s.start : s.stop], self.settings.limit)
+                raw = raw_frame(s, rows[s.start : s.stop], self.deployment.limit)
                 store.write_frame("raw", s.key, raw)
                 store.log_shard(s.key, f"raw: {raw.height} rows from {s.file}[{s.start}:{s.stop}]")
                 self._record(raw_key, s.key, self.versions["raw"], self.keys["input"], pointer, {

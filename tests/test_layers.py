@@ -1,0 +1,67 @@
+"""The package's layers, read from the source: each imports only the layers before it, and only
+``orchestration/`` imports Dagster (``definitions.py``, the code location, sits on top of it)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import llm_infer_dagster
+
+PACKAGE = Path(llm_infer_dagster.__file__).parent
+P = "llm_infer_dagster."
+DAGSTER = ("dagster", "dagster_shared", "dagster_webserver", "dagster_postgres")
+
+#: layer -> what it must not import (the later layers, and Dagster for all but orchestration)
+RULES: dict[str, tuple[str, ...]] = {
+    "tasks": (*DAGSTER, P + "shards", P + "engines", P + "runtime", P + "deployment", P + "orchestration"),
+    "shards": (*DAGSTER, P + "engines", P + "runtime", P + "deployment", P + "orchestration"),
+    "engines": (*DAGSTER, P + "tasks", P + "shards", P + "runtime", P + "deployment", P + "orchestration"),
+    "runtime": (*DAGSTER, P + "tasks", P + "deployment", P + "orchestration"),
+    "deployment.py": (*DAGSTER, P + "runtime", P + "orchestration"),
+    "errors.py": (*DAGSTER, "llm_infer_dagster"),
+}
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at the top or inside a function (``from x import y`` gives ``x``)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+    return out
+
+
+def offending(layer: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]:
+    root = PACKAGE / layer
+    files = [root] if root.is_file() else sorted(root.rglob("*.py"))
+    bad = {}
+    for path in files:
+        hits = sorted(m for m in imported_modules(path) if any(m == f or m.startswith(f + ".") for f in forbidden))
+        if hits:
+            bad[str(path.relative_to(PACKAGE))] = hits
+    return bad
+
+
+@pytest.mark.parametrize(("layer", "forbidden"), list(RULES.items()))
+def test_layer_imports(layer: str, forbidden: tuple[str, ...]) -> None:
+    assert offending(layer, forbidden) == {}
+
+
+def test_only_orchestration_imports_dagster() -> None:
+    allowed = {"orchestration", "definitions.py"}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE)
+        if rel.parts[0] in allowed:
+            continue
+        hits = {m for m in imported_modules(path) if m.split(".")[0] in DAGSTER}
+        assert not hits, f"{rel} imports {sorted(hits)}: Dagster belongs in orchestration/"
+
+
+def test_hf_sampling_is_pure() -> None:
+    mods = imported_modules(PACKAGE / "engines" / "hf_sampling.py")
+    assert not {m for m in mods if m.split(".")[0] in {"torch", "transformers", "vllm"}}
