@@ -15,12 +15,11 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
+from llm_infer_dagster.engines.spec import Dtype, ModelType
 from llm_infer_dagster.errors import SettingsError
 
-ModelType = Literal["hf", "vllm"]
-Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 MODEL_TYPES: tuple[ModelType, ...] = get_args(ModelType)
 DTYPES: tuple[Dtype, ...] = get_args(Dtype)
 
