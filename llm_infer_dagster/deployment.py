@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from llm_infer_dagster.engines.preflight import Dtype, ModelType
+from llm_infer_dagster.engines.spec import Dtype, ModelType
 from llm_infer_dagster.errors import SettingsError
 from llm_infer_dagster.shards.store import TaskStore
 from llm_infer_dagster.tasks.task_settings import ModelChoice

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -114,10 +114,14 @@ class HFEngine:
         # Keep only the special-token ids of the checkpoint's generation_config: HF fills every unset
         # sampling knob from it (e.g. a checkpoint's top_k=20), which vLLM's explicit SamplingParams ignore.
         # EOS is passed per call, so ignore_eos can turn it off.
-        model.generation_config = GenerationConfig(
+        # transformers leaves GenerationConfig.__init__(**kwargs) unannotated: typed here by what it builds.
+        new_config = cast("Callable[..., GenerationConfig]", GenerationConfig)
+        model.generation_config = new_config(
             bos_token_id=model.generation_config.bos_token_id, pad_token_id=self._pad_id
         )
-        self._model = model.to(self.device).eval()
+        # transformers wraps PreTrainedModel.to in functools.wraps, whose stub loses the bound self.
+        to_device = cast("Callable[[torch.device], Any]", model.to)
+        self._model = to_device(self.device).eval()
 
         derived = self._derived_max_len(model.config, tokenizer)
         if max_model_len is not None and derived is not None and max_model_len > derived:
@@ -201,7 +205,8 @@ class HFEngine:
                         "template; return a string from format_prompt or use a chat model"
                     )
                 try:
-                    text = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+                    # tokenize=False gives the text; the stub's return type is the union of every mode's.
+                    text = cast(str, tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False))
                 except Exception as exc:  # a template error concerns this prompt only
                     results[i] = Completion(error=f"cannot apply the chat template: {type(exc).__name__}: {exc}")
                     continue
@@ -297,8 +302,10 @@ class HFEngine:
         return per_prompt
 
     def _decode(self, tokens: list[int], skip_special_tokens: bool) -> str:
-        return self._tokenizer.decode(
-            tokens, skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False
+        # One sequence of ids gives one string; the stub's `str | list[str]` also covers a batch of sequences.
+        return cast(
+            str,
+            self._tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False),
         )
 
     def _first_stop_end(self, tokens: list[int], stop_strings: list[str], skip: bool) -> int | None:

@@ -345,7 +345,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{k:<40} {s.rows:>6}  {status:<11} {s.file}[{s.start}:{s.stop}]")
         return 0
 
-    stale_comp, stale_answers = set(), set()
+    stale_comp: set[str] = set()
+    stale_answers: set[str] = set()
     if not (args.rerun or args.extract_only):
         stale_comp, stale_answers = _stale_shards(instance, task.dagster_name, keys, done_comp, done_answers)
         if stale_comp or stale_answers:

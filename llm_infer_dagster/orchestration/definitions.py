@@ -61,7 +61,7 @@ def build_definitions(deployment: Deployment | None = None) -> Definitions:
     bundles, broken = build_task_bundles_contained(deployment, deployment.only_tasks or None)
     placeholders = broken_tasks_definitions(broken, taken={b.task.dagster_name for b in bundles})
     return Definitions(
-        assets=[a for b in bundles for a in b.all_assets] + placeholders.assets,
+        assets=[*(a for b in bundles for a in b.all_assets), *placeholders.assets],
         asset_checks=placeholders.asset_checks,
         jobs=[j for b in bundles for j in (b.job, b.register_job)],
         sensors=[build_shard_sensor(b) for b in bundles],

@@ -38,6 +38,7 @@ BATCH = 500  # events per transaction: bounded memory and lock time, and few com
 
 def runless_entry(event: AssetObservation | AssetMaterialization) -> EventLogEntry:
     """The log entry ``instance.report_runless_asset_event(event)`` would store."""
+    data: StepMaterializationData | AssetObservationData
     if isinstance(event, AssetMaterialization):
         kind, data = DagsterEventType.ASSET_MATERIALIZATION.value, StepMaterializationData(event)
     else:

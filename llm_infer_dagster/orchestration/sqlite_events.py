@@ -63,8 +63,8 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
 
     def _engine(self, shard: str) -> Engine:
         if os.getpid() != self._pid:  # a forked child must not use its parent's connections
-            for engine in self._engines.values():
-                engine.dispose(close=False)
+            for inherited in self._engines.values():
+                inherited.dispose(close=False)
             self._engines.clear()
             self._pid = os.getpid()
         engine = self._engines.get(shard)

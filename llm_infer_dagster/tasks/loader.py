@@ -73,7 +73,8 @@ class TaskFiles:
     @classmethod
     def from_settings(cls, settings: object) -> TaskFiles:
         """The names from anything carrying the six settings (``InferenceSettings``, the CLI's args)."""
-        return cls(**{f.name: getattr(settings, f.name, f.default) for f in fields(cls)})
+        names: dict[str, Any] = {f.name: getattr(settings, f.name, f.default) for f in fields(cls)}
+        return cls(**names)  # __post_init__ checks each value
 
     def function(self, role: str) -> str:
         """The name of the function that plays ``role`` (one of REQUIRED_FUNCTIONS)."""
@@ -119,7 +120,8 @@ class TaskConfig:
 
     def _fn(self, role: str) -> Callable[..., Any]:
         """The task's function for ``role`` (its name may be another, by ``--<role>_func``)."""
-        return getattr(self.module, self.files.function(role))
+        fn: Callable[..., Any] = getattr(self.module, self.files.function(role))  # checked by _check_functions
+        return fn
 
     def list_files(self, input_path: str | None) -> list[str]:
         """``get_file_list(input_path)``, checked to be a list of existing files."""
@@ -322,7 +324,7 @@ def _fallback(value: Any) -> str:
     Their default text (``<Foo object at 0x7f...>``) changes from run to run: it would make every re-read
     row look edited and every answer useless, so such a value is an error, not a string.
     """
-    kind = type(value)
+    kind: type[object] = type(value)
     if kind.__str__ is object.__str__ and kind.__repr__ is object.__repr__:
         raise TypeError(f"Object of type {kind.__name__} is not JSON serializable and has no str() of its own")
     return str(value)

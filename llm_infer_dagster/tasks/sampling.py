@@ -118,7 +118,7 @@ def _unknown_key(key: str, source: str) -> TaskConfigError:
 
 def _one_line(exc: ValidationError, params: Mapping[str, Any], source: str) -> TaskConfigError:
     """The first problem, in the file's key order, as one line naming the file, the key and what it takes."""
-    order = {key: i for i, key in enumerate(params)}
+    order: dict[int | str, int] = {key: i for i, key in enumerate(params)}  # keyed like a pydantic loc
     errors = sorted(exc.errors(), key=lambda e: order.get(e["loc"][0] if e["loc"] else "", len(order)))
     err = errors[0]
     key = str(err["loc"][0]) if err["loc"] else ""

@@ -9,7 +9,7 @@ answers appear as completions do). Shards are Parquet files in the :class:`TaskS
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from dagster import (
     AssetExecutionContext,
@@ -20,6 +20,7 @@ from dagster import (
     BackfillPolicy,
     BetaWarning,
     Config,
+    DynamicPartitionsDefinition,
     JobDefinition,
     OpExecutionContext,
     define_asset_job,
@@ -33,6 +34,7 @@ from llm_infer_dagster.deployment import Deployment
 from llm_infer_dagster.engines.hf_sampling import check_hf_supported
 from llm_infer_dagster.engines.preflight import check_engine_settings
 from llm_infer_dagster.engines.spec import EngineSpec
+from llm_infer_dagster.orchestration.assets.checks import check_specs
 from llm_infer_dagster.orchestration.assets.pipeline import ModelTarget, ShardPipeline
 from llm_infer_dagster.orchestration.dagster_private import UnresolvedAssetJobDefinition
 from llm_infer_dagster.orchestration.gpu_executor import GPU_TAG, gpu_executor
@@ -67,6 +69,15 @@ class TaskAssets:
         return [self.input, *self.assets]
 
 
+class _ShardSpecArgs(TypedDict):
+    """The ``AssetSpec`` arguments every shard asset of a task shares."""
+
+    partitions_def: DynamicPartitionsDefinition
+    group_name: str
+    skippable: bool
+    kinds: set[str]
+
+
 def engine_spec(deployment: Deployment, run: RunSettings, choice: ModelChoice | None = None) -> EngineSpec:
     """The engine of a declared model (the default one for ``None``), run as fast as the run's settings say."""
     c = deployment.resolve(choice)
@@ -92,9 +103,9 @@ def engine_spec(deployment: Deployment, run: RunSettings, choice: ModelChoice | 
 
 def code_versions(task: TaskConfig, deployment: Deployment) -> dict[str | None, dict[str, str]]:
     """Each asset's code version, for the default model (``None``) and each named model of the task."""
-    models: dict[str | None, ModelChoice | None] = {None: None, **task.settings.models}
+    models: list[tuple[str | None, ModelChoice | None]] = [(None, None), *task.settings.models.items()]
     out: dict[str | None, dict[str, str]] = {}
-    for model, choice in models.items():
+    for model, choice in models:
         c = deployment.resolve(choice)
         out[model] = task_code_versions(
             task.module, task.folder, task.sampling_params,
@@ -125,7 +136,7 @@ def _build_task_assets(
     versions = all_versions[None]
     name = task.dagster_name
     pdef = partitions_def_for(task)
-    common = dict(partitions_def=pdef, group_name=name, skippable=True, kinds={"parquet"})
+    common = _ShardSpecArgs(partitions_def=pdef, group_name=name, skippable=True, kinds={"parquet"})
     raw_key, prompts_key = AssetKey([name, "raw"]), AssetKey([name, "prompts"])
     input_spec = AssetSpec(
         key=input_key(task),
@@ -177,6 +188,7 @@ def _build_task_assets(
     @multi_asset(
         name=f"{name}__shards",
         specs=specs,
+        check_specs=check_specs(task.settings.checks, models, pdef),  # per-shard quality checks
         can_subset=True,
         backfill_policy=BackfillPolicy.single_run(),
         op_tags={GPU_TAG: "settings"},  # the executor leases workers x tensor_parallel_size GPUs (0 without a model)
