@@ -26,8 +26,7 @@ from llm_infer_dagster.orchestration.assets.provenance import shard_tags
 from llm_infer_dagster.orchestration.event_batches import report_runless_asset_events
 from llm_infer_dagster.orchestration.sqlite_events import instance_yaml
 from llm_infer_dagster.orchestration.staleness import ChainVersions, stale_keys, stale_resolver
-
-NAMES = ("raw", "prompts", "completions", "answers")
+from llm_infer_dagster.shards.tables import ASSETS
 
 
 def build(work: Path, shards: int) -> tuple[DagsterInstance, Definitions, AssetKey, list[AssetKey], list[str]]:
@@ -42,7 +41,7 @@ def build(work: Path, shards: int) -> tuple[DagsterInstance, Definitions, AssetK
     keys = [f"part_{i // 512:04d}_jsonl-0123abcd-{i % 512:05d}" for i in range(shards)]
     instance.add_dynamic_partitions("bench_shards", keys)
     inp = AssetKey(["bench", "input"])
-    chain = [AssetKey(["bench", n]) for n in NAMES]
+    chain = [AssetKey(["bench", n]) for n in ASSETS]
     specs = [AssetSpec(inp, partitions_def=pdef)]
     parent = inp
     for key in chain:

@@ -9,22 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
-from polars.datatypes import DataType, DataTypeClass
 
 from llm_infer_dagster.engines.base import Completion, Engine, Prompt
-
-COMPLETION_SCHEMA: dict[str, DataType | DataTypeClass] = {
-    "record_id": pl.String,
-    "response": pl.String,
-    "responses": pl.List(pl.String),
-    "finish_reason": pl.String,
-    "finish_reasons": pl.List(pl.String),
-    "prompt_tokens": pl.Int64,
-    "completion_tokens": pl.Int64,
-    "error": pl.String,
-    "model": pl.String,
-    "sampling_params": pl.String,
-}
+from llm_infer_dagster.shards.tables import COMPLETION_SCHEMA
 
 
 @dataclass

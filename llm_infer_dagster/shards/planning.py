@@ -10,8 +10,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from llm_infer_dagster.shards.sharding import contiguous_ranges
-
-ALL_ASSETS = ("raw", "prompts", "completions", "answers")
+from llm_infer_dagster.shards.tables import ASSETS, AssetName
 
 
 @dataclass(frozen=True)
@@ -20,7 +19,7 @@ class RunPlan:
 
     first: str
     last: str
-    assets: tuple[str, ...]
+    assets: tuple[AssetName, ...]
 
     @property
     def tags(self) -> dict[str, str]:
@@ -55,6 +54,6 @@ def plan_runs(
         redo = set(full)
         extract = [k for k in keys if k not in redo and (k not in done_answers or k in stale_answers)]
     ordered = keys if order is None else order
-    plans = [RunPlan(a, b, ALL_ASSETS) for a, b in contiguous_ranges(ordered, full)]
+    plans = [RunPlan(a, b, ASSETS) for a, b in contiguous_ranges(ordered, full)]
     plans += [RunPlan(a, b, ("answers",)) for a, b in contiguous_ranges(ordered, extract)]
     return plans

@@ -15,11 +15,8 @@ from typing import Any
 import polars as pl
 
 from llm_infer_dagster.shards.sharding import Shard
+from llm_infer_dagster.shards.tables import ANSWER_SCHEMA, PROMPT_SCHEMA, RAW_SCHEMA
 from llm_infer_dagster.tasks.loader import JSON_HINT, json_problem, to_json
-
-RAW_SCHEMA = {"record_id": pl.String, "file": pl.String, "index": pl.Int64, "data": pl.String}
-PROMPT_SCHEMA = {"record_id": pl.String, "prompt": pl.String, "is_chat": pl.Boolean, "error": pl.String}
-ANSWER_SCHEMA = {"record_id": pl.String, "answer": pl.String, "error": pl.String}
 
 
 def raw_frame(shard: Shard, rows: Sequence[dict[str, Any]], limit: int | None = None) -> pl.DataFrame:

@@ -22,10 +22,10 @@ import pytest
 from llm_infer_dagster.engines import preflight as settings_module
 from llm_infer_dagster.engines.preflight import check_engine_settings
 from llm_infer_dagster.errors import SettingsError, TaskConfigError
-from llm_infer_dagster.runtime.completions import COMPLETION_SCHEMA
 from llm_infer_dagster.shards.exports import export_shard
 from llm_infer_dagster.shards.sharding import Shard
 from llm_infer_dagster.shards.store import TaskStore, check_output_dir
+from llm_infer_dagster.shards.tables import COMPLETION_SCHEMA
 from llm_infer_dagster.shards.transforms import answers_frame, prompts_frame, raw_frame
 from llm_infer_dagster.tasks.loader import load_task
 

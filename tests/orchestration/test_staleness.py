@@ -18,10 +18,9 @@ from llm_infer_dagster.orchestration.assets.factory import build_task_assets
 from llm_infer_dagster.orchestration.registry import register_shards, registered_keys
 from llm_infer_dagster.orchestration.sensors import build_missing_shards_schedule
 from llm_infer_dagster.orchestration.staleness import ChainVersions, stale_keys, stale_resolver
-from llm_infer_dagster.shards.planning import ALL_ASSETS, plan_runs
+from llm_infer_dagster.shards.planning import plan_runs
+from llm_infer_dagster.shards.tables import ASSETS
 from llm_infer_dagster.tasks.loader import load_task
-
-ASSETS = ("raw", "prompts", "completions", "answers")
 
 
 def batched(d: Definitions, instance: DagsterInstance, keys: list[str]) -> dict[str, set[str]]:
@@ -149,7 +148,7 @@ def test_a_new_row_makes_only_that_files_last_shard_stale_and_planning_redoes_it
                            [bundle.key(a) for a in ("raw", "prompts", "completions")], keys)  # fmt: skip
         plans = plan_runs(keys, done, instance.get_materialized_partitions(bundle.key("answers")),
                           stale_completions=stale)  # fmt: skip
-        assert [(p.first, p.last, p.assets) for p in plans] == [(keys[3], keys[3], ALL_ASSETS)]
+        assert [(p.first, p.last, p.assets) for p in plans] == [(keys[3], keys[3], ASSETS)]
         schedule = build_missing_shards_schedule(bundle)  # the schedule plans the same way
         requests = schedule(
             build_schedule_context(

@@ -10,7 +10,8 @@ import polars as pl
 import pytest
 
 from llm_infer_dagster.shards.sharding import file_id, shard_key
-from llm_infer_dagster.shards.store import ASSETS, TaskStore, atomic_write, atomic_write_json, atomic_write_text
+from llm_infer_dagster.shards.store import TaskStore, atomic_write, atomic_write_json, atomic_write_text
+from llm_infer_dagster.shards.tables import ASSETS
 
 KEY = shard_key(file_id("t", "data.jsonl"), 0)
 KEY2 = shard_key(file_id("t", "data.jsonl"), 1)

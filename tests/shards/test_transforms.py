@@ -7,14 +7,8 @@ import json
 import polars as pl
 
 from llm_infer_dagster.shards.sharding import Shard
-from llm_infer_dagster.shards.transforms import (
-    ANSWER_SCHEMA,
-    PROMPT_SCHEMA,
-    RAW_SCHEMA,
-    answers_frame,
-    prompts_frame,
-    raw_frame,
-)
+from llm_infer_dagster.shards.tables import ANSWER_SCHEMA, PROMPT_SCHEMA, RAW_SCHEMA
+from llm_infer_dagster.shards.transforms import answers_frame, prompts_frame, raw_frame
 
 SHARD = Shard(key="a_jsonl-0123abcd-00001", file="/d/a.jsonl", file_id="a_jsonl-0123abcd", chunk=1, start=4, stop=7)
 

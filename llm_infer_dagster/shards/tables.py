@@ -1,0 +1,49 @@
+"""The one home of a shard's tables: the four asset names and the Parquet schema of each.
+
+``<task>/<asset>/<shard>.parquet`` holds one of these frames (see ``shards/store.py``); the transforms in
+``shards/transforms.py`` and ``runtime/completions.py`` build them with exactly these columns.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+import polars as pl
+from polars.datatypes import DataType, DataTypeClass
+
+#: A task's assets, in the order a shard goes through them.
+AssetName = Literal["raw", "prompts", "completions", "answers"]
+ASSETS: tuple[AssetName, ...] = get_args(AssetName)
+
+Schema = dict[str, DataType | DataTypeClass]
+
+#: ``raw``: one row per input row, ``data`` the row as JSON; ``record_id`` is ``<file id>:<row index>``.
+RAW_SCHEMA: Schema = {"record_id": pl.String, "file": pl.String, "index": pl.Int64, "data": pl.String}
+
+#: ``prompts``: the text to send, or chat messages as JSON (``is_chat``); ``error`` when format_prompt failed.
+PROMPT_SCHEMA: Schema = {"record_id": pl.String, "prompt": pl.String, "is_chat": pl.Boolean, "error": pl.String}
+
+#: ``completions``: the engine's samples of each prompt (``response`` is the first), with token counts.
+COMPLETION_SCHEMA: Schema = {
+    "record_id": pl.String,
+    "response": pl.String,
+    "responses": pl.List(pl.String),
+    "finish_reason": pl.String,
+    "finish_reasons": pl.List(pl.String),
+    "prompt_tokens": pl.Int64,
+    "completion_tokens": pl.Int64,
+    "error": pl.String,
+    "model": pl.String,
+    "sampling_params": pl.String,
+}
+
+#: ``answers``: extract_answer's value as JSON (null when it returned None), ``error`` when there is none.
+ANSWER_SCHEMA: Schema = {"record_id": pl.String, "answer": pl.String, "error": pl.String}
+
+#: asset name -> the schema of its frames
+SCHEMAS: dict[AssetName, Schema] = {
+    "raw": RAW_SCHEMA,
+    "prompts": PROMPT_SCHEMA,
+    "completions": COMPLETION_SCHEMA,
+    "answers": ANSWER_SCHEMA,
+}
