@@ -279,8 +279,8 @@ _ASK_OLD = "(asked == 0 and stream.wants_more())"
 _ASK_SHARDCAP = "False"  # only `prefetch` shards in flight: the worker's behaviour before 4bce975
 _STREAM_OLD = "    stream = as_streaming(engine)\n"
 _STREAM_TRACE = _STREAM_OLD + "    _trace = _start_trace(engine)\n"
-_CLOSE_OLD = "    engine.close()\n"
-_CLOSE_TRACE = "    _dump_trace(engine, _trace)\n" + _CLOSE_OLD
+_CLOSE_OLD = "\n    _close_engine(engine)\n\n\n"  # the end of serve(), where a run that went well closes its engine
+_CLOSE_TRACE = "\n    _dump_trace(engine, _trace)" + _CLOSE_OLD
 _MAIN_GUARD = '\n\nif __name__ == "__main__":'
 _HELPERS = """
 
@@ -293,6 +293,8 @@ def _start_trace(engine):
 
 
 def _dump_trace(engine, records):
+    import json
+
     Path(os.environ["BENCH_TRACE"]).write_text(json.dumps(records))
 """
 
@@ -345,6 +347,7 @@ def _child_platform(cfg: dict[str, Any]) -> dict[str, Any]:
     import polars as pl
 
     from llm_infer_dagster.engines.spec import EngineSpec
+    from llm_infer_dagster.runtime.messages import Loaded, WorkerEvent
     from llm_infer_dagster.runtime.pool import ShardJob, WorkerPool
 
     prompts = make_prompts(cfg["prompts"], cfg["seed"])
@@ -368,11 +371,11 @@ def _child_platform(cfg: dict[str, Any]) -> dict[str, Any]:
 
     marks: dict[str, float] = {}
 
-    def on_message(_worker: int, msg: dict[str, Any]) -> None:
-        if msg.get("type") == "loaded":
+    def on_message(_worker: int, msg: WorkerEvent) -> None:
+        if isinstance(msg, Loaded):
             marks["loaded"] = time.perf_counter()
             marks["t_start"] = time.time()
-            marks["load_s"] = float(msg.get("seconds", 0.0))
+            marks["load_s"] = msg.seconds
 
     if cfg.get("shardcap") or cfg.get("trace"):
         _use_worker_script(_patched_worker(work, shardcap=cfg.get("shardcap", False), trace=cfg.get("trace", False)))

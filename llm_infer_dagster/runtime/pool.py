@@ -3,13 +3,13 @@
 The parent is the only dispatcher: a worker says ``ready`` and gets the next shard or ``stop``, so uneven
 shards balance and the last shard cannot hang (the seed's shared-queue race). Results are yielded the moment
 a worker reports a shard written, which is when the caller records it as materialized. A worker that dies
-fails only its in-flight shards; the others carry on.
+fails only its in-flight shards; the others carry on. What pool and workers say to each other is in
+:mod:`llm_infer_dagster.runtime.messages`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import selectors
@@ -22,10 +22,28 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, assert_never
 
 from llm_infer_dagster.engines.spec import EngineSpec
 from llm_infer_dagster.runtime.leases import inherited_lease_fds
+from llm_infer_dagster.runtime.messages import (
+    FROM_WORKER,
+    Done,
+    Exited,
+    Failed,
+    Fatal,
+    FromWorker,
+    Job,
+    Loaded,
+    ProtocolError,
+    Ready,
+    Setup,
+    Stop,
+    ToWorker,
+    WorkerEvent,
+    decode,
+    encode,
+)
 
 
 @dataclass(frozen=True)
@@ -67,6 +85,7 @@ class _Worker:
     stopping: bool = False
     clock: float = 0.0  # when its oldest in-flight shard started to be the one it works on (for the timeout)
     timed_out: bool = False
+    refused: bool = False  # it said something that is not this version's protocol: nothing more it says is read
 
 
 _PROGRESS_BAR = re.compile(r"\d+%\|.*\|\s*\d+/\d+\s*\[")  # tqdm: "Loading weights: 100%|#####| 21/21 [00:00<...]"
@@ -101,7 +120,7 @@ class WorkerPool:
         workers: int = 1,
         gpu_slices: Sequence[Sequence[str]] | None = None,
         log_dir: Path,
-        on_message: Callable[[int, dict[str, Any]], None] | None = None,
+        on_message: Callable[[int, WorkerEvent], None] | None = None,
         prefetch: int = 2,
         worker_command: Sequence[str] | None = None,
         shard_timeout: float | None = None,
@@ -151,17 +170,16 @@ class WorkerPool:
             )
         os.close(write_fd)
         assert proc.stdin is not None
-        spec = {"worker": index, "engine": self.spec.to_dict(), "sampling": self.sampling, "prefetch": self.prefetch}
-        proc.stdin.write(json.dumps(spec) + "\n")
+        proc.stdin.write(encode(Setup(worker=index, engine=self.spec, sampling=self.sampling, prefetch=self.prefetch)))
         proc.stdin.flush()
         os.set_blocking(read_fd, False)  # drained after the worker exits, while a child of it may hold the pipe
         return _Worker(index, gpus, proc, os.fdopen(read_fd, "rb", buffering=0), log_path)
 
     @staticmethod
-    def _send(w: _Worker, msg: dict[str, Any]) -> None:
+    def _send(w: _Worker, msg: ToWorker) -> None:
         assert w.proc.stdin is not None
         try:
-            w.proc.stdin.write(json.dumps(msg) + "\n")
+            w.proc.stdin.write(encode(msg))
             w.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             pass  # it died; run() notices (EOF on its message pipe, or its exit)
@@ -237,9 +255,24 @@ class WorkerPool:
             w.buffer += chunk
         *lines, w.buffer = w.buffer.split(b"\n")
         for line in lines:
-            if line.strip():
-                yield from self._handle(w, json.loads(line), queue)
+            if line.strip() and not w.refused:
+                try:
+                    msg = decode(line)
+                    if not isinstance(msg, FROM_WORKER):
+                        raise ProtocolError(f"{msg.kind!r} is a message to a worker, not from one")
+                except ProtocolError as exc:
+                    self._refuse(w, exc)
+                    break
+                yield from self._handle(w, msg, queue)
         return eof
+
+    @staticmethod
+    def _refuse(w: _Worker, exc: ProtocolError) -> None:
+        """SIGKILL a worker that does not speak this version's protocol; its reaping fails what it holds."""
+        w.refused = w.stopping = True
+        w.fatal = f"worker {w.index} sent a message this version cannot read: {exc}"
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(w.proc.pid, signal.SIGKILL)
 
     def _retire(self, w: _Worker, sel: selectors.BaseSelector, live: dict[int, _Worker]) -> Iterator[ShardResult]:
         sel.unregister(w.msgs)
@@ -260,7 +293,7 @@ class WorkerPool:
 
     def _stop_if_overdue(self, w: _Worker) -> None:
         """SIGKILL a worker whose current shard has run past ``shard_timeout``; its reaping fails that shard."""
-        if self.shard_timeout is None or not w.inflight or w.timed_out:
+        if self.shard_timeout is None or not w.inflight or w.timed_out or w.refused:
             return
         if time.monotonic() - w.clock <= self.shard_timeout:
             return
@@ -272,38 +305,30 @@ class WorkerPool:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(w.proc.pid, signal.SIGKILL)
 
-    def _handle(self, w: _Worker, msg: dict[str, Any], queue: _Feed) -> Iterator[ShardResult]:
-        kind = msg.get("type")
+    def _handle(self, w: _Worker, msg: FromWorker, queue: _Feed) -> Iterator[ShardResult]:
         self.on_message(w.index, msg)
-        if kind == "ready":
-            job = None if w.stopping else queue.pop()
-            if job is not None:
-                if not w.inflight:
-                    w.clock = time.monotonic()
-                w.inflight.append(job.key)
-                self._send(w, {"type": "job", "shard": job.key, "prompts": job.prompts, "output": job.output})
-            elif not w.stopping:
-                w.stopping = True
-                self._send(w, {"type": "stop"})
-        elif kind in ("done", "failed"):
-            key = msg["shard"]
-            if key in w.inflight:
-                w.inflight.remove(key)
-                w.clock = time.monotonic()  # the next in-flight shard's time starts now
-            yield ShardResult(
-                key=key,
-                worker=w.index,
-                gpus=w.gpus,
-                ok=kind == "done",
-                rows=msg.get("rows", 0),
-                errors=msg.get("errors", 0),
-                prompt_tokens=msg.get("prompt_tokens", 0),
-                completion_tokens=msg.get("completion_tokens", 0),
-                seconds=msg.get("seconds", 0.0),
-                error=msg.get("error"),
-            )
-        elif kind == "fatal":
-            w.fatal = msg.get("error")
+        match msg:
+            case Ready():
+                job = None if w.stopping else queue.pop()
+                if job is not None:
+                    if not w.inflight:
+                        w.clock = time.monotonic()
+                    w.inflight.append(job.key)
+                    self._send(w, Job(shard=job.key, prompts=job.prompts, output=job.output))
+                elif not w.stopping:
+                    w.stopping = True
+                    self._send(w, Stop())
+            case Done() | Failed():
+                if msg.shard in w.inflight:
+                    w.inflight.remove(msg.shard)
+                    w.clock = time.monotonic()  # the next in-flight shard's time starts now
+                yield _result(w, msg)
+            case Fatal():
+                w.fatal = msg.error
+            case Loaded():
+                pass
+            case _:
+                assert_never(msg)
 
     def _reap(self, w: _Worker) -> Iterator[ShardResult]:
         code = w.proc.wait()
@@ -319,7 +344,23 @@ class WorkerPool:
         w.inflight.clear()
         if w.fatal or code != 0:
             w.exit_reason = why
-            self.on_message(w.index, {"type": "exited", "code": code, "error": why, "log": str(w.log_path)})
+            self.on_message(w.index, Exited(code=code, error=why, log=str(w.log_path)))
+
+
+def _result(w: _Worker, msg: Done | Failed) -> ShardResult:
+    if isinstance(msg, Failed):
+        return ShardResult(msg.shard, w.index, w.gpus, ok=False, error=msg.error)
+    return ShardResult(
+        msg.shard,
+        w.index,
+        w.gpus,
+        ok=True,
+        rows=msg.rows,
+        errors=msg.errors,
+        prompt_tokens=msg.prompt_tokens,
+        completion_tokens=msg.completion_tokens,
+        seconds=msg.seconds,
+    )
 
 
 class _Feed:

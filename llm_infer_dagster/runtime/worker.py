@@ -1,8 +1,10 @@
 """The engine worker process: ``python -m llm_infer_dagster.runtime.worker <msg fd> <parent pid>``.
 
 Started by :mod:`llm_infer_dagster.runtime.pool` with ``CUDA_VISIBLE_DEVICES`` already in its environment,
-so torch/vLLM see only this worker's GPUs. It loads the engine once, then serves shard jobs read as JSON
-lines on stdin and reports on the message pipe (JSON lines); stdout/stderr go to the worker's log file.
+so torch/vLLM see only this worker's GPUs. It loads the engine once, then serves the shard jobs it reads on
+stdin and reports on the message pipe, both in the messages of :mod:`llm_infer_dagster.runtime.messages`;
+stdout/stderr go to the worker's log file. A message it cannot read (a pool of another version) is
+``fatal``: it fails what it holds and exits.
 
 It keeps at least ``prefetch`` shards in the engine, and more while the engine reports its batch would be
 fuller (vLLM: fewer than 2 x max_num_seqs requests queued): the next shard's requests are queued before the
@@ -15,7 +17,6 @@ which), and the worker carries on; an engine that is gone (vLLM's ``EngineDeadEr
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import sys
@@ -24,6 +25,22 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from llm_infer_dagster.runtime.messages import (
+    TO_WORKER,
+    Done,
+    Failed,
+    Fatal,
+    FromWorker,
+    Job,
+    Loaded,
+    ProtocolError,
+    Ready,
+    Setup,
+    Stop,
+    ToWorker,
+    decode,
+    encode,
+)
 from llm_infer_dagster.runtime.process_tree import take_group_down_with_parent
 
 if TYPE_CHECKING:
@@ -31,7 +48,7 @@ if TYPE_CHECKING:
 
     from llm_infer_dagster.engines.base import Completion
 
-DEFAULT_PREFETCH = 2
+_PROTOCOL = "the pool sent a message this worker cannot read"
 MAX_STEP_FAILURES = 3  # consecutive failed engine steps after which the engine counts as unusable
 
 
@@ -44,20 +61,22 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _send(out: TextIO, **msg: Any) -> None:
-    out.write(json.dumps(msg) + "\n")
+def _send(out: TextIO, msg: FromWorker) -> None:
+    out.write(encode(msg))
     out.flush()
 
 
 class LineReader:
-    """JSON lines from a raw fd, with an optional wait, so the engine can step while no job is waiting."""
+    """The pool's messages from a raw fd, with an optional wait, so the engine can step while no job waits.
+
+    Raises :class:`ProtocolError` for a line that is not a message to a worker."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.buffer = b""
         self.eof = False
 
-    def read(self, timeout: float | None) -> list[dict[str, Any]]:
+    def read(self, timeout: float | None) -> list[ToWorker]:
         if self.eof:
             return []
         ready, _, _ = select.select([self.fd], [], [], timeout)
@@ -65,43 +84,57 @@ class LineReader:
             chunk = os.read(self.fd, 65536)
             if not chunk:
                 self.eof = True  # the parent is gone: treat as stop
-                return [{"type": "stop"}]
+                return [Stop()]
             self.buffer += chunk
         *lines, self.buffer = self.buffer.split(b"\n")
-        return [json.loads(line) for line in lines if line.strip()]
+        msgs: list[ToWorker] = []
+        for line in lines:
+            if line.strip():
+                msg = decode(line)
+                if not isinstance(msg, TO_WORKER):
+                    raise ProtocolError(f"{msg.kind!r} is a message from a worker, not to one")
+                msgs.append(msg)
+        return msgs
 
 
 def serve(reader: LineReader, out: TextIO) -> None:
     import polars as pl
 
     from llm_infer_dagster.engines.base import BlockingStream, as_streaming
-    from llm_infer_dagster.engines.spec import EngineSpec, load_engine
+    from llm_infer_dagster.engines.spec import load_engine
     from llm_infer_dagster.runtime.completions import ShardRequest, completions_frame, prepare_shard
     from llm_infer_dagster.shards.store import atomic_write
 
-    spec_json: dict[str, Any] = {}
-    while not spec_json:
-        msgs = reader.read(None)
-        if reader.eof:
-            return
-        spec_json = msgs[0] if msgs else {}
-    spec = EngineSpec.from_dict(spec_json["engine"])
-    sampling = spec_json["sampling"]
-    prefetch = int(spec_json.get("prefetch", DEFAULT_PREFETCH))
+    setup: ToWorker | None = None
+    try:
+        while setup is None:
+            first = reader.read(None)
+            if reader.eof:
+                return
+            setup = first[0] if first else None
+        if not isinstance(setup, Setup):
+            raise ProtocolError(f"the first message to a worker is 'setup', got {setup.kind!r}")
+        if len(first) > 1:
+            raise ProtocolError(f"{first[1].kind!r} came before the worker asked for anything")
+    except ProtocolError as exc:
+        _send(out, Fatal(error=f"{_PROTOCOL}: {exc}", trace=traceback.format_exc()))
+        return
+    spec, sampling, prefetch = setup.engine, setup.sampling, setup.prefetch
     t0 = time.perf_counter()
     try:
         engine = load_engine(spec)
     except Exception as exc:
         _send(
             out,
-            type="fatal",
-            error=f"loading {spec.model_type} model {spec.model_path}: {type(exc).__name__}: {exc}",
-            trace=traceback.format_exc(),
+            Fatal(
+                error=f"loading {spec.model_type} model {spec.model_path}: {type(exc).__name__}: {exc}",
+                trace=traceback.format_exc(),
+            ),
         )
         return
-    _send(out, type="loaded", seconds=round(time.perf_counter() - t0, 3), pid=os.getpid())
+    _send(out, Loaded(seconds=round(time.perf_counter() - t0, 3), pid=os.getpid()))
     stream = as_streaming(engine)
-    inflight: dict[str, tuple[dict[str, Any], ShardRequest, float]] = {}
+    inflight: dict[str, tuple[Job, ShardRequest, float]] = {}
     in_engine: list[str] = []  # shards submitted to the engine and not back yet, in submit order
     asked = 0
     stopping = False
@@ -111,7 +144,7 @@ def serve(reader: LineReader, out: TextIO) -> None:
         inflight.pop(key, None)
         if key in in_engine:
             in_engine.remove(key)
-        _send(out, type="failed", shard=key, error=error, trace=trace)
+        _send(out, Failed(shard=key, error=error, trace=trace))
 
     def finish(key: str, completions: Sequence[Completion]) -> None:
         if key in in_engine:
@@ -121,19 +154,20 @@ def serve(reader: LineReader, out: TextIO) -> None:
         job, request, started = inflight.pop(key)
         try:
             df = completions_frame(request, completions, sampling, spec.model_path)
-            atomic_write(Path(job["output"]), lambda tmp: df.write_parquet(tmp))
+            atomic_write(Path(job.output), lambda tmp: df.write_parquet(tmp))
         except Exception as exc:
-            _send(out, type="failed", shard=key, error=_describe(exc), trace=traceback.format_exc())
+            _send(out, Failed(shard=key, error=_describe(exc), trace=traceback.format_exc()))
             return
         _send(
             out,
-            type="done",
-            shard=key,
-            rows=df.height,
-            errors=int(df["error"].is_not_null().sum()),
-            prompt_tokens=int(df["prompt_tokens"].sum()),
-            completion_tokens=int(df["completion_tokens"].sum()),
-            seconds=round(time.perf_counter() - started, 4),
+            Done(
+                shard=key,
+                rows=df.height,
+                errors=int(df["error"].is_not_null().sum()),
+                prompt_tokens=int(df["prompt_tokens"].sum()),
+                completion_tokens=int(df["completion_tokens"].sum()),
+                seconds=round(time.perf_counter() - started, 4),
+            ),
         )
 
     def give_up(exc: BaseException) -> None:
@@ -141,24 +175,41 @@ def serve(reader: LineReader, out: TextIO) -> None:
         error, trace = f"engine unusable: {_describe(exc)}", traceback.format_exc()
         for key in list(inflight):
             fail(key, error, trace)
-        _send(out, type="fatal", error=f"{spec.model_type} engine for {spec.model_path}: {error}", trace=trace)
+        _send(out, Fatal(error=f"{spec.model_type} engine for {spec.model_path}: {error}", trace=trace))
+
+    def refuse(exc: ProtocolError) -> None:
+        """The pool said something this version cannot read: fail what is held, say why, and go."""
+        error, trace = f"{_PROTOCOL}: {exc}", traceback.format_exc()
+        for key in list(inflight):
+            fail(key, error, trace)
+        _send(out, Fatal(error=error, trace=trace))
 
     while True:
         # Ask for a shard while fewer than `prefetch` are held, or (one ask at a time) while the engine says
         # its batch would be fuller with more requests.
         if not stopping and (len(inflight) + asked < prefetch or (asked == 0 and stream.wants_more())):
-            _send(out, type="ready")
+            _send(out, Ready())
             asked += 1
         if stopping and not inflight:
             break
-        for job in reader.read(None if not stream.has_pending() else 0):
+        msgs: list[Job | Stop] = []
+        try:
+            for msg in reader.read(None if not stream.has_pending() else 0):
+                if not isinstance(msg, Job | Stop):
+                    raise ProtocolError(f"a running worker takes 'job' or 'stop', got {msg.kind!r}")
+                msgs.append(msg)
+        except ProtocolError as exc:
+            refuse(exc)
+            _close_engine(engine)
+            return
+        for job in msgs:
             asked -= 1
-            if job.get("type") == "stop":
+            if isinstance(job, Stop):
                 stopping = True
                 continue
-            key = job["shard"]
+            key = job.shard
             try:
-                request = prepare_shard(pl.read_parquet(job["prompts"]))
+                request = prepare_shard(pl.read_parquet(job.prompts))
                 inflight[key] = (job, request, time.perf_counter())
                 if request.to_send:
                     stream.submit(key, request.to_send, sampling)

@@ -23,6 +23,7 @@ from llm_infer_dagster.errors import SettingsError
 from llm_infer_dagster.runtime.completions import COMPLETION_SCHEMA
 from llm_infer_dagster.runtime.gpus import split_gpus, visible_gpu_ids
 from llm_infer_dagster.runtime.leases import GpuLeaser
+from llm_infer_dagster.runtime.messages import Done, Exited, Fatal, Loaded, WorkerEvent
 from llm_infer_dagster.runtime.pool import ShardJob, ShardResult, WorkerPool
 
 PROMPT_SCHEMA = {"record_id": pl.String, "prompt": pl.String, "is_chat": pl.Boolean, "error": pl.String}
@@ -96,7 +97,7 @@ def pid_alive(pid: int) -> bool:
 @pytest.mark.timeout(120)
 def test_two_workers_complete_every_shard(tmp_path: Path, tiny_model_path: str) -> None:
     jobs = make_jobs(tmp_path, 4, rows=3, error_row=1, chat_row=2)
-    msgs: list[tuple[int, dict]] = []
+    msgs: list[tuple[int, WorkerEvent]] = []
     pool = WorkerPool(
         spec(tiny_model_path),
         SAMPLING,
@@ -129,9 +130,9 @@ def test_two_workers_complete_every_shard(tmp_path: Path, tiny_model_path: str) 
         assert json.loads(df["sampling_params"][0]) == SAMPLING
         assert df["model"][0] == tiny_model_path
     # Each worker loaded its model once and reported its pid; none are left running.
-    loaded = {i: m["pid"] for i, m in msgs if m["type"] == "loaded"}
+    loaded = {i: m.pid for i, m in msgs if isinstance(m, Loaded)}
     assert set(loaded) == {0, 1}
-    assert not any(m["type"] == "exited" for _, m in msgs)
+    assert not any(isinstance(m, Exited) for _, m in msgs)
     for pid in loaded.values():
         assert not pid_alive(pid)
     assert {p.name for p in (tmp_path / "logs").iterdir()} == {"worker-0.log", "worker-1.log"}
@@ -145,12 +146,12 @@ def test_both_workers_share_the_queue_and_get_their_gpu_slice(tmp_path: Path, ti
     seen_loaded: set[int] = set()
     waited = [0.0]
 
-    def on_message(i: int, m: dict) -> None:
-        if m["type"] == "loaded":
+    def on_message(i: int, m: WorkerEvent) -> None:
+        if isinstance(m, Loaded):
             seen_loaded.add(i)
         # Hold the dispatcher briefly while only one worker is up, so a fast first worker cannot drain the
         # queue before the other has loaded; the other keeps loading meanwhile.
-        if m["type"] == "done" and len(seen_loaded) < 2 and waited[0] < 60:
+        if isinstance(m, Done) and len(seen_loaded) < 2 and waited[0] < 60:
             time.sleep(0.5)
             waited[0] += 0.5
 
@@ -215,7 +216,7 @@ def test_a_bad_shard_fails_alone(tmp_path: Path, tiny_model_path: str) -> None:
 def test_engine_that_fails_to_load_fails_every_shard_without_hanging(tmp_path: Path) -> None:
     jobs = make_jobs(tmp_path, 3)
     bad_model = str(tmp_path / "no-such-model")
-    msgs: list[tuple[int, dict]] = []
+    msgs: list[tuple[int, WorkerEvent]] = []
     pool = WorkerPool(
         spec(bad_model),
         SAMPLING,
@@ -230,12 +231,12 @@ def test_engine_that_fails_to_load_fails_every_shard_without_hanging(tmp_path: P
     assert all(not r.ok for r in results)
     assert all(r.error for r in results)
     assert not any(Path(j.output).exists() for j in jobs)
-    exited = {i: m for i, m in msgs if m["type"] == "exited"}
+    exited = {i: m for i, m in msgs if isinstance(m, Exited)}
     assert set(exited) == {0, 1}
     for m in exited.values():
-        assert bad_model in m["error"] and "loading hf model" in m["error"]
-        assert m["log"].endswith(".log")
-    assert not any(m["type"] == "loaded" for _, m in msgs)
+        assert bad_model in m.error and "loading hf model" in m.error
+        assert m.log.endswith(".log")
+    assert not any(isinstance(m, Loaded) for _, m in msgs)
 
 
 @pytest.mark.slow
@@ -254,14 +255,14 @@ def test_load_failure_reason_reaches_the_shard_results(tmp_path: Path) -> None:
 @pytest.mark.timeout(120)
 def test_killed_worker_fails_only_its_inflight_shard(tmp_path: Path, tiny_model_path: str) -> None:
     jobs = make_jobs(tmp_path, 8, rows=4)
-    msgs: list[tuple[int, dict]] = []
+    msgs: list[tuple[int, WorkerEvent]] = []
     killed: list[int] = []
 
-    def on_message(i: int, m: dict) -> None:
+    def on_message(i: int, m: WorkerEvent) -> None:
         msgs.append((i, m))
-        if i == 1 and m["type"] == "loaded":
-            os.kill(m["pid"], signal.SIGKILL)
-            killed.append(m["pid"])
+        if i == 1 and isinstance(m, Loaded):
+            os.kill(m.pid, signal.SIGKILL)
+            killed.append(m.pid)
 
     pool = WorkerPool(spec(tiny_model_path), SAMPLING, workers=2, log_dir=tmp_path / "logs", on_message=on_message)
     results = list(pool.run(jobs))
@@ -282,8 +283,8 @@ def test_killed_worker_fails_only_its_inflight_shard(tmp_path: Path, tiny_model_
         job = next(j for j in jobs if j.key == r.key)
         assert pl.read_parquet(job.output)["record_id"].to_list() == [f"{job.key}:{i}" for i in range(4)]
     assert set(by_key) == {j.key for j in jobs}
-    exited = [m for i, m in msgs if i == 1 and m["type"] == "exited"]
-    assert len(exited) == 1 and exited[0]["code"] == -signal.SIGKILL
+    exited = [m for i, m in msgs if i == 1 and isinstance(m, Exited)]
+    assert len(exited) == 1 and exited[0].code == -signal.SIGKILL
     assert not pid_alive(killed[0])
 
 
@@ -297,7 +298,7 @@ def test_abandoning_the_results_stops_the_workers(tmp_path: Path, tiny_model_pat
         SAMPLING,
         workers=2,
         log_dir=tmp_path / "logs",
-        on_message=lambda i, m: pids.append(m["pid"]) if m["type"] == "loaded" else None,
+        on_message=lambda i, m: pids.append(m.pid) if isinstance(m, Loaded) else None,
     )
     gen = pool.run(jobs)
     first = next(gen)
@@ -357,7 +358,7 @@ class FakeEngine:
         pass
 
 
-def fake_pool(tmp_path: Path, mode: str, msgs: list[tuple[int, dict]] | None = None) -> WorkerPool:
+def fake_pool(tmp_path: Path, mode: str, msgs: list[tuple[int, WorkerEvent]] | None = None) -> WorkerPool:
     return WorkerPool(
         EngineSpec(model_type="fake", model_path=mode),
         SAMPLING,
@@ -372,7 +373,7 @@ def fake_pool(tmp_path: Path, mode: str, msgs: list[tuple[int, dict]] | None = N
 @pytest.mark.timeout(60)
 def test_engine_error_on_one_shard_fails_it_alone_and_the_worker_carries_on(tmp_path: Path) -> None:
     jobs = make_jobs(tmp_path, 4)
-    msgs: list[tuple[int, dict]] = []
+    msgs: list[tuple[int, WorkerEvent]] = []
     by_key = one_result_per_job(jobs, list(fake_pool(tmp_path, f"raise:{jobs[1].key}", msgs).run(jobs)))
     bad = by_key[jobs[1].key]
     assert not bad.ok and bad.worker == 0
@@ -382,7 +383,7 @@ def test_engine_error_on_one_shard_fails_it_alone_and_the_worker_carries_on(tmp_
         assert by_key[job.key].ok, by_key[job.key].error
         # Engine processes are spawned, never forked (a forked one would hold the worker's pipes).
         assert pl.read_parquet(job.output)["response"].to_list() == ["spawn"] * 3
-    assert not any(m["type"] in ("exited", "fatal") for _, m in msgs)
+    assert not any(isinstance(m, Exited | Fatal) for _, m in msgs)
 
 
 @pytest.mark.slow
@@ -398,16 +399,16 @@ def test_a_multiproc_method_already_set_is_kept(tmp_path: Path, monkeypatch: pyt
 @pytest.mark.timeout(60)
 def test_a_dead_engine_fails_what_it_holds_and_the_worker_exits(tmp_path: Path) -> None:
     jobs = make_jobs(tmp_path, 3)
-    msgs: list[tuple[int, dict]] = []
+    msgs: list[tuple[int, WorkerEvent]] = []
     results = list(fake_pool(tmp_path, "dead", msgs).run(jobs))
     one_result_per_job(jobs, results)
     assert not any(r.ok for r in results)
     assert any(r.worker == 0 for r in results)
     for r in results:
         assert "engine unusable: EngineDeadError: engine core died" in (r.error or ""), r.error
-    assert [m["type"] for _, m in msgs].count("fatal") == 1
-    exited = [m for _, m in msgs if m["type"] == "exited"]
-    assert len(exited) == 1 and exited[0]["code"] == 0  # it left cleanly
+    assert [m.kind for _, m in msgs].count("fatal") == 1
+    exited = [m for _, m in msgs if isinstance(m, Exited)]
+    assert len(exited) == 1 and exited[0].code == 0  # it left cleanly
 
 
 @pytest.mark.slow
@@ -446,7 +447,7 @@ def test_workers_hold_the_steps_gpu_lease_until_they_exit(tmp_path: Path, monkey
     jobs = make_jobs(tmp_path, 1)
     loaded = threading.Event()
     pool = fake_pool(tmp_path, "sleep:3", [])
-    pool.on_message = lambda _i, m: loaded.set() if m["type"] == "loaded" else None
+    pool.on_message = lambda _i, m: loaded.set() if isinstance(m, Loaded) else None
     results: list = []
     runner = threading.Thread(target=lambda: results.extend(pool.run(jobs)))
     runner.start()
@@ -559,7 +560,7 @@ def test_lazy_jobs_are_made_a_few_ahead_of_the_workers_not_all_at_once(tmp_path:
 def test_a_shard_past_the_timeout_fails_alone_and_a_fresh_worker_takes_the_rest(tmp_path: Path) -> None:
     """The seed's --timeout: the hung shard fails with the reason; the shards after it still run."""
     jobs = make_jobs(tmp_path, 3)
-    msgs: list[tuple[int, dict]] = []
+    msgs: list[tuple[int, WorkerEvent]] = []
     pool = fake_pool(tmp_path, f"slow:{jobs[1].key}@60", msgs)
     pool.shard_timeout = 2
     pool.prefetch = 1  # one shard at a time: the hung one is the only one in flight
@@ -567,4 +568,59 @@ def test_a_shard_past_the_timeout_fails_alone_and_a_fresh_worker_takes_the_rest(
     assert by_key[jobs[0].key].ok and by_key[jobs[2].key].ok
     bad = by_key[jobs[1].key]
     assert not bad.ok and "still generating after 2 s (--timeout" in (bad.error or "")
-    assert sum(1 for _i, m in msgs if m["type"] == "loaded") == 2  # the replacement loaded its engine once
+    assert sum(1 for _i, m in msgs if isinstance(m, Loaded)) == 2  # the replacement loaded its engine once
+
+
+# ------------------------------------------------------------------------------------- protocol
+
+_OLD_READY = """
+import os, sys, time
+os.write(int(sys.argv[1]), b'{"type": "ready"}\\n')  # the protocol before runtime/messages.py
+time.sleep(60)
+"""
+_SHORT_DONE = """
+import json, os, sys, time
+fd = int(sys.argv[1])
+sys.stdin.readline()  # setup
+os.write(fd, b'{"kind": "ready"}\\n')
+job = json.loads(sys.stdin.readline())
+os.write(fd, json.dumps({"kind": "done", "shard": job["shard"], "rows": 3}).encode() + b"\\n")
+time.sleep(60)
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("script", "reason", "in_flight"),
+    [
+        (_OLD_READY, "message without a 'kind' field: '{\"type\": \"ready\"}'", False),
+        (_SHORT_DONE, "'done' message: missing field(s) 'errors', 'prompt_tokens', 'completion_tokens'", True),
+    ],
+)
+def test_a_worker_speaking_another_protocol_is_stopped_not_misread(
+    tmp_path: Path, script: str, reason: str, in_flight: bool
+) -> None:
+    jobs = make_jobs(tmp_path, 3)
+    msgs: list[tuple[int, WorkerEvent]] = []
+    pool = WorkerPool(
+        EngineSpec(model_type="hf", model_path="/none"),
+        SAMPLING,
+        workers=1,
+        log_dir=tmp_path / "logs",
+        on_message=lambda i, m: msgs.append((i, m)),
+        worker_command=[sys.executable, "-c", script],
+    )
+    t0 = time.monotonic()
+    by_key = one_result_per_job(jobs, list(pool.run(jobs)))
+    assert time.monotonic() - t0 < 30  # stopped at once, not waited for
+    assert not any(r.ok for r in by_key.values())
+    why = "worker 0 sent a message this version cannot read: "
+    first = by_key[jobs[0].key].error or ""
+    if in_flight:  # the shard it held fails with the reason; the rest were not run
+        assert first.startswith(why) and reason in first and "while running this shard" in first, first
+    for job in jobs[1:] if in_flight else jobs:
+        error = by_key[job.key].error or ""
+        assert error.startswith("not run: every engine worker exited (" + why) and reason in error, error
+    exited = [m for _, m in msgs if isinstance(m, Exited)]
+    assert len(exited) == 1 and exited[0].code == -signal.SIGKILL and reason in exited[0].error
+    assert not any(isinstance(m, Done) for _, m in msgs)  # the short 'done' was never taken for one

@@ -29,6 +29,7 @@ from llm_infer_dagster.orchestration.dagster_private import DATA_VERSION_TAG, DE
 from llm_infer_dagster.orchestration.registry import ShardManifest, manifest_for
 from llm_infer_dagster.orchestration.settings import RunSettings
 from llm_infer_dagster.runtime.gpus import split_gpus, visible_gpu_ids
+from llm_infer_dagster.runtime.messages import Exited, Loaded, WorkerEvent
 from llm_infer_dagster.runtime.pool import ShardJob, ShardResult, WorkerPool
 from llm_infer_dagster.shards.exports import export_shard
 from llm_infer_dagster.shards.locks import ShardLeases
@@ -337,11 +338,11 @@ class ShardPipeline:
             None if settings.use_cpu else split_gpus(visible_gpu_ids(), settings.workers, settings.tensor_parallel_size)
         )
 
-        def on_message(worker: int, msg: dict) -> None:
-            if msg["type"] == "loaded":
-                log.info(f"worker {worker}: model loaded in {msg['seconds']} s (pid {msg['pid']})")
-            elif msg["type"] == "exited":
-                log.error(f"worker {worker} stopped: {msg['error']} (log: {msg['log']})")
+        def on_message(worker: int, msg: WorkerEvent) -> None:
+            if isinstance(msg, Loaded):
+                log.info(f"worker {worker}: model loaded in {msg.seconds} s (pid {msg.pid})")
+            elif isinstance(msg, Exited):
+                log.error(f"worker {worker} stopped: {msg.error} (log: {msg.log})")
 
         pool = WorkerPool(
             spec,
