@@ -20,13 +20,12 @@ import pytest
 from llm_infer_dagster.engines.base import Completion
 from llm_infer_dagster.engines.spec import EngineSpec
 from llm_infer_dagster.errors import SettingsError
-from llm_infer_dagster.runtime.completions import COMPLETION_SCHEMA
 from llm_infer_dagster.runtime.gpus import split_gpus, visible_gpu_ids
 from llm_infer_dagster.runtime.leases import GpuLeaser
 from llm_infer_dagster.runtime.messages import Done, Exited, Fatal, Loaded, WorkerEvent
 from llm_infer_dagster.runtime.pool import ShardJob, ShardResult, WorkerPool
+from llm_infer_dagster.shards.tables import COMPLETION_SCHEMA, PROMPT_SCHEMA
 
-PROMPT_SCHEMA = {"record_id": pl.String, "prompt": pl.String, "is_chat": pl.Boolean, "error": pl.String}
 SAMPLING = {"temperature": 0, "max_tokens": 8}
 
 
