@@ -16,6 +16,9 @@ from dagster._core.asset_graph_view.asset_graph_view import (
     AssetGraphView,  # staleness.stale_resolver: the loading context of Dagster's own stale resolver
     TemporalContext,  # staleness.stale_resolver: "now, latest events" for that AssetGraphView
 )
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData,  # pipeline: the shard materialization a check evaluation judged
+)
 from dagster._core.definitions.data_version import (
     CODE_VERSION_TAG,  # provenance: the code-version tag a per-shard materialization carries
     DATA_VERSION_IS_USER_PROVIDED_TAG,  # registry: marks an input observation's data version as ours
@@ -75,6 +78,7 @@ __all__ = [
     "RUNLESS_JOB_NAME",
     "RUNLESS_RUN_ID",
     "SQLITE_BUSY_TIMEOUT_SECONDS",
+    "AssetCheckEvaluationTargetMaterializationData",
     "AssetGraphView",
     "AssetObservationData",
     "CachingStaleStatusResolver",

@@ -8,7 +8,8 @@ here, in one place next to the task's code::
       "shard_size": 512,                        # rows per shard when shards are first cut
       "sensor": {"enabled": true, "interval_seconds": 60},    # register shards of new/grown files
       "schedule": {"enabled": false, "cron": "0 * * * *"},    # materialize missing shards
-      "models": {"qwen7b": {"model_path": "/models/qwen7b", "model_type": "vllm"}}  # also run these
+      "models": {"qwen7b": {"model_path": "/models/qwen7b", "model_type": "vllm"}},  # also run these
+      "checks": {"error_rows": {"warn": 0.05, "error": 0.5, "blocking": true}}   # per-shard quality checks
     }
 
 The file is :class:`TaskSettings` (pydantic, strict JSON types, unknown keys refused); a mistake is one
@@ -23,17 +24,34 @@ import difflib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 
 from llm_infer_dagster.errors import TaskConfigError
 
 __all__ = [
+    "ANSWERS_CHECKS",
+    "CHECK_NAMES",
+    "COMPLETIONS_CHECKS",
     "CRON_ALIASES",
+    "DEFAULT_CHECKS",
     "DEFAULT_CRON",
     "MODEL_NAME_RE",
     "SETTINGS_FILE",
+    "CheckName",
+    "CheckSettings",
+    "CheckThreshold",
     "ModelChoice",
     "ScheduleSettings",
     "SensorSettings",
@@ -95,6 +113,73 @@ class ScheduleSettings(_Section):
     cron: Annotated[str, AfterValidator(_cron_shape)] = DEFAULT_CRON
 
 
+#: The per-shard quality checks (``shards/quality.py`` computes them), on completions and on answers.
+CheckName = Literal["error_rows", "empty_completions", "cut_at_max_tokens", "extraction_failed"]
+CHECK_NAMES: tuple[CheckName, ...] = get_args(CheckName)
+COMPLETIONS_CHECKS: tuple[CheckName, ...] = ("error_rows", "empty_completions", "cut_at_max_tokens")
+ANSWERS_CHECKS: tuple[CheckName, ...] = ("extraction_failed",)
+
+Share = Annotated[float, Field(ge=0, le=1)]
+
+
+class CheckThreshold(_Section):
+    """One check's thresholds: a share of rows above ``error`` fails it with ERROR, above ``warn`` with WARN.
+
+    A share can never be above 1, so ``1`` turns a level off. ``blocking`` on a completions check keeps a
+    shard that fails it with ERROR from flowing downstream (its answers are not made, the shard fails).
+    """
+
+    warn: Share
+    error: Share
+    blocking: bool = False
+
+
+#: name -> (warn, error): what a check left out of the file (or a level left out of a check) gets.
+DEFAULT_CHECKS: dict[CheckName, tuple[float, float]] = {
+    "error_rows": (0.05, 0.5),
+    "empty_completions": (0.05, 0.5),
+    "cut_at_max_tokens": (0.1, 0.5),
+    "extraction_failed": (0.1, 0.5),
+}
+
+
+def _default(name: CheckName) -> CheckThreshold:
+    warn, error = DEFAULT_CHECKS[name]
+    return CheckThreshold(warn=warn, error=error)
+
+
+class CheckSettings(_Section):
+    """``checks``: per-check thresholds; each key given replaces that check's default, key by key."""
+
+    error_rows: CheckThreshold = _default("error_rows")
+    empty_completions: CheckThreshold = _default("empty_completions")
+    cut_at_max_tokens: CheckThreshold = _default("cut_at_max_tokens")
+    extraction_failed: CheckThreshold = _default("extraction_failed")
+
+    @field_validator(*CHECK_NAMES, mode="wrap")
+    @classmethod
+    def _over_defaults(cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> CheckThreshold:
+        """``{"warn": 0.2}`` keeps the check's default ``error``; warn above error is refused, naming both."""
+        name = info.field_name
+        assert name in DEFAULT_CHECKS
+        given = dict(value) if isinstance(value, dict) else None
+        if given is not None:
+            value = {**_default(name).model_dump(), **given}
+        threshold: CheckThreshold = handler(value)
+        if threshold.warn > threshold.error:
+
+            def level(k: str) -> str:
+                return f"{k} {_show(getattr(threshold, k))}" + ("" if given and k in given else " (the default)")
+
+            raise ValueError(f"must have warn <= error, got {level('warn')} > {level('error')}")
+        return threshold
+
+    def threshold(self, name: CheckName) -> CheckThreshold:
+        value = getattr(self, name)
+        assert isinstance(value, CheckThreshold)
+        return value
+
+
 class TaskSettings(_Section):
     """The whole ``task_settings.json``; ``TaskSettings()`` is a folder without one."""
 
@@ -103,6 +188,7 @@ class TaskSettings(_Section):
     sensor: SensorSettings = SensorSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     models: dict[ModelName, ModelChoice] = Field(default_factory=dict)
+    checks: CheckSettings = CheckSettings()
 
     @property
     def sensor_enabled(self) -> bool:
@@ -126,6 +212,7 @@ class TaskSettings(_Section):
 # What a value must be, by pydantic error type (strict mode: no coercion, so one word per JSON kind).
 _KINDS = {
     "int_type": "an integer",
+    "float_type": "a number",
     "bool_type": "true or false",
     "string_type": "a string",
     "dict_type": "a JSON object",
@@ -203,6 +290,8 @@ def _one_line(path: Path, exc: ValidationError) -> str:
         return f"{path}: {key} must be {allowed} (or left out), got {got}"
     if kind in _BOUNDS:
         bound = next(iter(err.get("ctx", {}).values()), "?")
+        if loc[:1] == ("checks",):  # a check's levels are shares of rows
+            return f"{path}: {key} must be a number from 0 to 1 (a share of the shard's rows), got {got}"
         return f"{path}: {key} must be an integer {_BOUNDS[kind]} {bound}, got {got}"
     if kind in _KINDS:
         return f"{path}: {key} must be {_KINDS[kind]}, got {got}"

@@ -10,7 +10,16 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from dagster import AssetKey, DagsterInstance, Definitions, materialize
+from dagster import (
+    AssetCheckKey,
+    AssetKey,
+    AssetRecordsFilter,
+    AssetSelection,
+    DagsterInstance,
+    Definitions,
+    define_asset_job,
+    materialize,
+)
 from tests_support import Settings
 
 from llm_infer_dagster.engines.spec import has_chat_template
@@ -167,6 +176,135 @@ def test_four_assets_over_a_range_load_the_model_once(instance, task_setup, tmp_
     assert set(extract[0]) >= {"file_name", "file_idx", "origin_data", "prompt", "model_response", "extracted_answer"}
     assert extract[3]["prompt"] == [{"role": "user", "content": "hi"}]
     assert store.result_path("infer", first).is_file()
+
+
+def _checks_by_partition(instance: DagsterInstance, asset: AssetKey, name: str) -> dict[str, object]:
+    """partition -> the latest execution record of check ``name`` on ``asset`` (records come newest first)."""
+    records = instance.event_log_storage.get_asset_check_execution_history(AssetCheckKey(asset, name), limit=100)
+    latest: dict[str, object] = {}
+    for rec in records:
+        latest.setdefault(rec.partition, rec)
+    return latest
+
+
+def _evaluation(rec):
+    return rec.event.dagster_event.event_specific_data
+
+
+@pytest.mark.slow
+def test_quality_checks_are_recorded_per_shard_and_a_blocking_error_keeps_answers_back(
+    instance, task_setup, tmp_path, tiny_model_path
+):
+    configs, data = task_setup
+    # Every completion runs to max_tokens: cut_at_max_tokens fails with ERROR on every shard (not blocking).
+    (configs / "demo" / "sampling_params.json").write_text(
+        json.dumps({"temperature": 0, "max_tokens": 2, "ignore_eos": True})
+    )
+    # error_rows per shard (see task_setup): a[0:4] 1 of 4 (a prompt error) -> WARN, a[4:7] 1 of 3 (too long)
+    # -> ERROR, blocking: no answers; b 0 of 3 -> passed.
+    (configs / "demo" / "task_settings.json").write_text(
+        json.dumps({"checks": {"error_rows": {"warn": 0.1, "error": 0.3, "blocking": True}}})
+    )
+    task = load_task(configs, "demo")
+    settings = _settings(configs, data, tmp_path / "out", tiny_model_path)
+    bundle = build_task_assets(task, settings.deployment)
+    store = settings.store("demo")
+    register_shards(instance, task, store, str(data), shard_size=4)
+    warned, blocked, clean = keys = registered_keys(instance, task)
+    defs = Definitions(assets=bundle.all_assets, jobs=[bundle.job], resources={"settings": settings.run})
+    result = defs.resolve_job_def("demo_job").execute_in_process(
+        instance=instance,
+        tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},
+        raise_on_error=False,
+    )
+    assert not result.success
+    comp_key, answers_key = AssetKey(["demo", "completions"]), AssetKey(["demo", "answers"])
+    assert instance.get_materialized_partitions(comp_key) == set(keys)
+    assert instance.get_materialized_partitions(answers_key) == {warned, clean}  # the blocked shard stops here
+    assert not store.has("answers", blocked) and not store.result_path("extract", blocked).exists()
+
+    # The step's failure (what llm-infer's last line reads) names the shard and the check.
+    failure = next(e.step_failure_data for e in result.all_events if e.is_step_failure)
+    failed = json.loads(failure.user_failure_data.metadata["failed_shards"].value)
+    assert list(failed) == [blocked]
+    assert failed[blocked].startswith("blocking check error_rows failed with ERROR on demo/completions")
+    assert failure.user_failure_data.metadata["bad_input"].value is True
+    assert blocked in _failure_messages(result) and "error_rows" in _failure_messages(result)
+
+    errors = _checks_by_partition(instance, comp_key, "error_rows")
+    assert {k: (r.status.name, _evaluation(r).severity.name) for k, r in errors.items()} == {
+        warned: ("FAILED", "WARN"),
+        blocked: ("FAILED", "ERROR"),
+        clean: ("SUCCEEDED", "ERROR"),  # Dagster's default severity; it only matters on failure
+    }
+    md = _evaluation(errors[blocked]).metadata
+    assert (md["count"].value, md["rows"].value, md["threshold_error"].value) == (1, 3, 0.3)
+    assert md["blocking"].value is True and _evaluation(errors[blocked]).blocking is True
+    cut = _checks_by_partition(instance, comp_key, "cut_at_max_tokens")
+    assert {k: r.status.name for k, r in cut.items()} == dict.fromkeys(keys, "FAILED")
+    assert all(_evaluation(r).metadata["share"].value == 1.0 for r in cut.values())
+    empty = _checks_by_partition(instance, comp_key, "empty_completions")
+    assert set(empty) == set(keys) and all(r.status.name in ("SUCCEEDED", "FAILED") for r in empty.values())
+    # Each evaluation targets the shard's materialization, so the UI shows it as the shard's current check.
+    for shard, rec in cut.items():
+        latest = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=comp_key, asset_partitions=[shard]), limit=1
+        ).records[0]
+        assert _evaluation(rec).target_materialization_data.storage_id == latest.storage_id
+
+    extraction = _checks_by_partition(instance, answers_key, "extraction_failed")
+    evaluated = {k for k, r in extraction.items() if r.status.name in ("SUCCEEDED", "FAILED")}
+    assert evaluated == {warned, clean}  # no answers for the blocked shard, so no check on them
+    assert _evaluation(extraction[clean]).metadata["rows"].value == 3  # rows with a completion
+    assert _evaluation(extraction[warned]).metadata["rows"].value == 3  # 4 rows, 1 without a completion
+
+    # Re-extracting later (answers alone, no model) still keeps the blocked shard's answers back.
+    again = materialize(bundle.assets, selection=[answers_key], partition_key=blocked, instance=instance,
+                        resources={"settings": settings.run}, raise_on_error=False)  # fmt: skip
+    assert not again.success and "blocking check error_rows failed" in _failure_messages(again)
+    assert not store.has("answers", blocked)
+
+    # A check run alone (the UI's "Execute" on a check) judges the stored shard with the current thresholds.
+    (configs / "demo" / "task_settings.json").write_text(
+        json.dumps({"checks": {"cut_at_max_tokens": {"warn": 1, "error": 1}}})
+    )
+    relaxed = build_task_assets(load_task(configs, "demo"), settings.deployment)
+    check_job = define_asset_job(
+        "demo_cut_check",
+        selection=AssetSelection.checks(AssetCheckKey(comp_key, "cut_at_max_tokens")),
+    )
+    alone = Definitions(assets=relaxed.all_assets, jobs=[check_job], resources={"settings": settings.run})
+    alone = alone.resolve_job_def("demo_cut_check").execute_in_process(
+        instance=instance, tags={"dagster/partition": warned}
+    )
+    assert alone.success
+    rec = _checks_by_partition(instance, comp_key, "cut_at_max_tokens")[warned]
+    assert (rec.run_id, rec.status.name) == (alone.run_id, "SUCCEEDED")
+
+
+def test_every_model_gets_the_checks(task_setup, tmp_path):
+    configs, data = task_setup
+    (configs / "demo" / "task_settings.json").write_text(
+        json.dumps({"models": {"second": {"model_path": "/nonexistent/second", "model_type": "hf"}},
+                    "checks": {"cut_at_max_tokens": {"blocking": True}}})
+    )  # fmt: skip
+    task = load_task(configs, "demo")
+    bundle = build_task_assets(task, _settings(configs, data, tmp_path / "out", "/nonexistent/model").deployment)
+    (shards,) = bundle.assets
+    want = {
+        AssetCheckKey(AssetKey(["demo", *model, asset]), name)
+        for model in ([], ["second"])
+        for asset, names in (
+            ("completions", ("error_rows", "empty_completions", "cut_at_max_tokens")),
+            ("answers", ("extraction_failed",)),
+        )
+        for name in names
+    }
+    assert set(shards.check_keys) == want
+    spec = next(
+        s for s in shards.check_specs if s.key == AssetCheckKey(AssetKey(["demo", "completions"]), "cut_at_max_tokens")
+    )
+    assert spec.blocking and spec.partitions_def is not None and "ERROR above 0.5" in (spec.description or "")
 
 
 def test_answers_rematerialize_without_the_model(instance, task_setup, tmp_path):

@@ -90,6 +90,16 @@ def _stale_resolver() -> None:
     assert context.last_event_id is None and context.effective_dt.tzinfo is not None
 
 
+# --- asset checks
+
+
+def _check_target_materialization() -> None:
+    # The UI shows a shard's check only while it targets the shard's latest materialization (its storage id).
+    target = dp.AssetCheckEvaluationTargetMaterializationData(storage_id=7, run_id="r", timestamp=1.0)
+    assert (target.storage_id, target.run_id, target.timestamp) == (7, "r", 1.0)
+    _takes(dagster.AssetCheckEvaluation, "target_materialization_data", "partition", "blocking", "severity")
+
+
 # --- jobs and code locations
 
 
@@ -201,6 +211,7 @@ def _db_result() -> None:
 
 
 CONTRACTS: dict[str, Callable[[], None]] = {
+    "AssetCheckEvaluationTargetMaterializationData": _check_target_materialization,
     "AssetGraphView": _stale_resolver,
     "AssetObservationData": _event_data,
     "CODE_VERSION_TAG": _data_version_tags,

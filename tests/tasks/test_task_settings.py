@@ -10,8 +10,11 @@ import pytest
 
 from llm_infer_dagster.errors import TaskConfigError
 from llm_infer_dagster.tasks.task_settings import (
+    CHECK_NAMES,
+    DEFAULT_CHECKS,
     DEFAULT_CRON,
     SETTINGS_FILE,
+    CheckThreshold,
     ModelChoice,
     TaskSettings,
     load_task_settings,
@@ -106,8 +109,8 @@ def test_invalid_json_and_not_an_object(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        ({"shardsize": 4}, 'unknown key(s) shardsize (did you mean "shard_size"?); valid: input_path, models, '),
-        ({"zzz": 1}, "unknown key(s) zzz; valid: input_path, models, schedule, sensor, shard_size"),
+        ({"shardsize": 4}, 'unknown key(s) shardsize (did you mean "shard_size"?); valid: checks, input_path, '),
+        ({"zzz": 1}, "unknown key(s) zzz; valid: checks, input_path, models, schedule, sensor, shard_size"),
         ({"sensor": {"enable": True}}, 'unknown key(s) enable in "sensor" (did you mean "enabled"?); valid: enabled,'),
         ({"schedule": {"crn": "x"}}, 'unknown key(s) crn in "schedule" (did you mean "cron"?)'),
         (
@@ -182,6 +185,72 @@ def test_bad_cron_shape(tmp_path: Path, cron: str) -> None:
     message = error_for(tmp_path, {"schedule": {"cron": cron}})
     assert f'"schedule.cron" {json.dumps(cron)} is not a valid cron string' in message
     assert "5 space-separated fields" in message and DEFAULT_CRON in message
+
+
+# ------------------------------------------------------------------------------------------ quality checks
+
+
+def test_checks_default_when_left_out(tmp_path: Path) -> None:
+    checks = load_task_settings(tmp_path).checks
+    for name in CHECK_NAMES:
+        warn, error = DEFAULT_CHECKS[name]
+        assert checks.threshold(name) == CheckThreshold(warn=warn, error=error, blocking=False)
+    assert DEFAULT_CHECKS["error_rows"] == (0.05, 0.5)
+
+
+def test_checks_override_the_defaults_key_by_key(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        {
+            "checks": {
+                "error_rows": {"warn": 0.05, "error": 0.5, "blocking": True},
+                "cut_at_max_tokens": {"warn": 0.2},  # keeps the default error level
+                "extraction_failed": {"warn": 1, "error": 1},  # JSON integers are shares too; 1 is "off"
+            }
+        },
+    )
+    checks = load_task_settings(tmp_path).checks
+    assert checks.error_rows == CheckThreshold(warn=0.05, error=0.5, blocking=True)
+    assert checks.cut_at_max_tokens == CheckThreshold(warn=0.2, error=DEFAULT_CHECKS["cut_at_max_tokens"][1])
+    assert checks.extraction_failed == CheckThreshold(warn=1.0, error=1.0)
+    warn, error = DEFAULT_CHECKS["empty_completions"]
+    assert checks.empty_completions == CheckThreshold(warn=warn, error=error)  # untouched
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (
+            {"checks": {"eror_rows": {"warn": 0.1}}},
+            'unknown key(s) eror_rows in "checks" (did you mean "error_rows"?); valid: cut_at_max_tokens, '
+            "empty_completions, error_rows, extraction_failed",
+        ),
+        (
+            {"checks": {"error_rows": {"wrn": 0.1}}},
+            'unknown key(s) wrn in "checks.error_rows" (did you mean "warn"?); valid: blocking, error, warn',
+        ),
+        ({"checks": []}, '"checks" must be a JSON object, got []'),
+        ({"checks": {"error_rows": 0.1}}, '"checks.error_rows" must be a JSON object, got 0.1'),
+        ({"checks": {"error_rows": {"warn": "0.1"}}}, '"checks.error_rows.warn" must be a number, got "0.1"'),
+        ({"checks": {"error_rows": {"warn": True}}}, '"checks.error_rows.warn" must be a number, got true'),
+        ({"checks": {"error_rows": {"blocking": 1}}}, '"checks.error_rows.blocking" must be true or false, got 1'),
+        (
+            {"checks": {"error_rows": {"error": 1.5}}},
+            '"checks.error_rows.error" must be a number from 0 to 1 (a share of the shard\'s rows), got 1.5',
+        ),
+        ({"checks": {"cut_at_max_tokens": {"warn": -0.1}}}, '"checks.cut_at_max_tokens.warn" must be a number from 0'),
+        (
+            {"checks": {"error_rows": {"warn": 0.7, "error": 0.6}}},
+            '"checks.error_rows" must have warn <= error, got warn 0.7 > error 0.6',
+        ),
+        (  # a level left out is the default: say so, it is not in the file
+            {"checks": {"error_rows": {"warn": 0.7}}},
+            '"checks.error_rows" must have warn <= error, got warn 0.7 > error 0.5 (the default)',
+        ),
+    ],
+)
+def test_bad_checks_name_the_key_path(tmp_path: Path, content: dict, expected: str) -> None:
+    assert expected in error_for(tmp_path, content)
 
 
 # ------------------------------------------------------------------- Dagster judges the cron string itself

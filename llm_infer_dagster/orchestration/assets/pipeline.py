@@ -23,6 +23,7 @@ from dagster import AssetExecutionContext, AssetKey, AssetMaterialization, Dagst
 from llm_infer_dagster.deployment import Deployment
 from llm_infer_dagster.engines.spec import EngineSpec, has_chat_template
 from llm_infer_dagster.errors import TaskConfigError
+from llm_infer_dagster.orchestration.assets.checks import check_key, evaluation, latest_target
 from llm_infer_dagster.orchestration.assets.metadata import error_summary, preview
 from llm_infer_dagster.orchestration.assets.provenance import shard_tags
 from llm_infer_dagster.orchestration.dagster_private import DATA_VERSION_TAG, DEFAULT_DATA_VERSION
@@ -33,9 +34,11 @@ from llm_infer_dagster.runtime.messages import Exited, Loaded, WorkerEvent
 from llm_infer_dagster.runtime.pool import ShardJob, ShardResult, WorkerPool
 from llm_infer_dagster.shards.exports import export_shard
 from llm_infer_dagster.shards.locks import ShardLeases
+from llm_infer_dagster.shards.quality import CheckResult, answers_checks, completions_checks
 from llm_infer_dagster.shards.store import TaskStore, atomic_write_text
 from llm_infer_dagster.shards.transforms import answers_frame, prompts_frame, raw_frame
 from llm_infer_dagster.tasks.loader import TaskConfig
+from llm_infer_dagster.tasks.task_settings import SETTINGS_FILE
 
 
 @dataclass
@@ -95,6 +98,8 @@ class ShardPipeline:
         self._started = time.time()
         # raw and prompts of the shards made here and not yet answered, so the seed export reads neither again
         self._frames: dict[str, tuple[pl.DataFrame, pl.DataFrame]] = {}
+        self.checks = task.settings.checks  # the per-shard quality checks' thresholds
+        self.selected_checks = set(context.selected_asset_check_keys)
 
     # -- reporting -------------------------------------------------------------------------------------------
 
@@ -194,7 +199,13 @@ class ShardPipeline:
             if target.make_answers and not target.make_completions:
                 for shard in self.shard_keys:
                     if shard not in self.failed and self._claim(shard):
-                        self._answer(target, shard, self.store.read_frame("completions", shard, target.name))
+                        comps = self.store.read_frame("completions", shard, target.name)
+                        blocked = [c for c in completions_checks(comps, self.checks) if c.blocks]
+                        if blocked:  # made earlier, and its blocking check fails: it still must not flow on
+                            self._block(target, shard, blocked)
+                        else:
+                            self._answer(target, shard, comps)
+        self._checks_alone()
         log.info(
             f"step done: {len(self.shard_keys)} shard(s) in {time.perf_counter() - t0:.1f} s, {len(self.failed)} failed"
             + (f", {len(self.skipped)} skipped (another run had them)" if self.skipped else "")
@@ -390,13 +401,18 @@ class ShardPipeline:
         )
         self.context.log.info(msg)
         self.store.log_shard(r.key, f"completions[{target.name or 'default'}]: " + msg)
+        blocked = [
+            c for c in self._check(target.completions, r.key, completions_checks(comps, self.checks)) if c.blocks
+        ]
         if target.name is None:  # the seed's layout holds the run's model
             held = self._frames.get(r.key) if target.make_answers else self._frames.pop(r.key, None)
             raw, prompts = held or (None, None)
             export_shard(self.store, r.key, with_answers=False, save_text=False, completions=comps, raw=raw,
                          prompts=prompts)  # fmt: skip
             atomic_write_text(self.store.marker_path(r.key), "")  # the seed's marker: inference of it is done
-        if target.make_answers:
+        if blocked:
+            self._block(target, r.key, blocked)
+        elif target.make_answers:
             self._answer(target, r.key, comps)
         else:
             self.leases.release(r.key)
@@ -424,7 +440,52 @@ class ShardPipeline:
             "model_name": target.name or "default",
             "preview": preview(df, ["record_id", "answer", "error"]),
         })  # fmt: skip
+        self._check(target.answers, shard, answers_checks(comps, df, self.checks))  # blocking or not: nothing after
         self.leases.release(shard)
+
+    # -- quality checks (shards/quality.py computes them; checks.py maps them to Dagster) -------------------
+
+    def _check(self, asset: AssetKey, shard: str, results: list[CheckResult]) -> list[CheckResult]:
+        """Log the selected checks' evaluations of ``asset``'s shard, just recorded; return ``results``."""
+        chosen = [r for r in results if check_key(asset, r) in self.selected_checks]
+        target = latest_target(self.instance, asset, shard) if chosen else None
+        model = asset.path[1] if len(asset.path) == 3 else "default"
+        for r in chosen:
+            self.context.log_event(evaluation(asset, shard, r, model, target))
+            if not r.passed:
+                self.store.log_shard(shard, f"check {r.description} [{r.severity}]")
+        return results
+
+    def _block(self, target: ModelTarget, shard: str, blocked: list[CheckResult]) -> None:
+        """A blocking check on ``shard``'s completions failed with ERROR: no answers, and the shard fails."""
+        names = ", ".join(c.name for c in blocked)
+        levels = ", ".join(f"{c.error:g}" for c in blocked)
+        plural = "s" if len(blocked) > 1 else ""
+        why = (  # the same for every shard it blocks, so llm-infer's last line groups them
+            f"blocking check{plural} {names} failed with ERROR on {target.completions.to_user_string()} (share of "
+            f'rows above {levels}): its answers were not made; fix the cause or change "checks" in '
+            f"{self.task.folder / SETTINGS_FILE}"
+        )
+        self._fail(shard, why, bad_input=True)
+        self.context.log.error(f"shard {shard}: " + "; ".join(c.description for c in blocked) + ": answers not made")
+        self.store.log_shard(shard, f"answers NOT made: blocking check{plural} {names} failed")
+
+    def _checks_alone(self) -> None:
+        """Checks selected without their asset (the UI's "Execute" on a check): judge the stored shards."""
+        made = {t.completions for t in self.targets if t.make_completions}
+        made |= {t.answers for t in self.targets if t.make_answers}
+        for key in sorted((k for k in self.selected_checks if k.asset_key not in made), key=str):
+            asset = key.asset_key
+            model = asset.path[1] if len(asset.path) == 3 else None
+            for shard in self.shard_keys:
+                if not self.store.has(asset.path[-1], shard, model):
+                    continue
+                comps = self.store.read_frame("completions", shard, model)
+                if asset.path[-1] == "completions":
+                    results = completions_checks(comps, self.checks)
+                else:
+                    results = answers_checks(comps, self.store.read_frame("answers", shard, model), self.checks)
+                self._check(asset, shard, [r for r in results if r.name == key.name])
 
 
 def _summary(why: str) -> str:
