@@ -11,6 +11,21 @@ from postgres_server import REQUIRE_ENV, PostgresServer, find_bin_dir
 from llm_infer_dagster.testing.tiny_model import build_tiny_model
 
 
+@pytest.fixture(autouse=True)
+def _no_defs_state_from_earlier_tests() -> Iterator[None]:
+    """Each test starts with no Dagster defs-state storage set.
+
+    A DagsterInstance sets its storage in a context variable when created and clears it only when disposed;
+    a test whose instance is garbage-collected undisposed would leave later tests resolving Definitions
+    against a dead instance ("Attempted to resolve undefined DagsterInstance weakref"). The product makes
+    one instance per process, so this is a test-isolation concern only.
+    """
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
+
+    with set_defs_state_storage(None):
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A tiny real Llama (random weights, BPE tokenizer, chat template) on disk, built once per session."""

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from dagster import (
     AssetKey,
     AssetObservation,
@@ -34,15 +36,11 @@ from dagster import (
 
 from llm_infer_dagster.errors import LLMInferError, TaskConfigError
 from llm_infer_dagster.orchestration.assets.factory import TaskAssets
-from llm_infer_dagster.orchestration.registry import (
-    ShardManifest,
-    input_observations,
-    partitions_def_for,
-    sync_manifest,
-)
+from llm_infer_dagster.orchestration.registry import input_observations, partitions_def_for, sync_manifest
 from llm_infer_dagster.orchestration.run_health import mark_dead_runs_failed
 from llm_infer_dagster.orchestration.settings import RunSettings
 from llm_infer_dagster.orchestration.staleness import ChainVersions, stale_shards
+from llm_infer_dagster.shards.manifest import ShardManifest
 from llm_infer_dagster.shards.planning import RunPlan, plan_runs
 from llm_infer_dagster.tasks.task_settings import DEFAULT_CRON, SETTINGS_FILE
 
@@ -89,13 +87,20 @@ def build_shard_sensor(bundle: TaskAssets) -> SensorDefinition:
         observations = input_observations(task, reg)
         if not to_add and not events and not observations:
             return SkipReason(f"no new input ({reg.files_read} file(s) re-read)")
-        context.log.info(
-            f"registering {len(to_add)} new shard(s) of task {task.name}; "
-            f"{len(observations) - len(reg.new_keys)} existing shard(s) have new rows (now stale)"
+        grown = len(observations) - len(reg.new_keys)
+        what = f"registered {len(to_add)} new shard(s)" + (
+            f", {grown} shard(s) with new rows (now stale)" if grown else ""
         )
+        what += f" ({reg.files_read} file(s) read)"
+        context.log.info(f"task {task.name}: {what}")
+        # Dagster calls a tick without run requests "skipped"; its reason then says what this tick did.
         return SensorResult(
             dynamic_partitions_requests=[pdef.build_add_request(to_add)] if to_add else [],
             asset_events=[*events, *observations],
+            skip_reason=SkipReason(
+                f"{what}; no run launched: materialize them with the {task.dagster_name}_missing_shards schedule "
+                "or the asset graph's Materialize (missing)"
+            ),
         )
 
     return new_shards
@@ -171,7 +176,7 @@ def _model_plans(
     versions: ChainVersions,
     keys: list[str],
     ready: set[str],
-    order: list[str],
+    order: Sequence[str],
 ) -> list[tuple[RunPlan, list[AssetKey]]]:
     """The runs that bring one model's completions and answers up to date, with their asset selections.
 

@@ -26,9 +26,8 @@ import polars as pl
 from llm_infer_dagster.errors import SettingsError
 from llm_infer_dagster.shards.seed_index import SeedIndex
 from llm_infer_dagster.shards.sharding import is_shard_key
+from llm_infer_dagster.shards.tables import ASSETS
 from llm_infer_dagster.tasks.task_settings import MODEL_NAME_RE
-
-ASSETS = ("raw", "prompts", "completions", "answers")
 
 
 def _umask() -> int:

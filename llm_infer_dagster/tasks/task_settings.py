@@ -138,7 +138,7 @@ class CheckThreshold(_Section):
 DEFAULT_CHECKS: dict[CheckName, tuple[float, float]] = {
     "error_rows": (0.05, 0.5),
     "empty_completions": (0.05, 0.5),
-    "cut_at_max_tokens": (0.1, 0.5),
+    "cut_at_max_tokens": (0.5, 1.0),  # short max_tokens cut most rows on purpose: a warning, never an error
     "extraction_failed": (0.1, 0.5),
 }
 
@@ -259,8 +259,8 @@ def _unknown_keys(path: Path, errors: list[Any]) -> str:
     names = [str(e["loc"][-1]) for e in errors if tuple(e["loc"][:-1]) == parent]
     model = _model_at(parent)
     valid = sorted(model.model_fields) if model else []
-    hints = [(n, difflib.get_close_matches(n, valid, n=1, cutoff=0.6)) for n in names]
-    hints = [(n, close[0]) for n, close in hints if close]
+    matches = [(n, difflib.get_close_matches(n, valid, n=1, cutoff=0.6)) for n in names]
+    hints = [(n, close[0]) for n, close in matches if close]
     if len(names) == 1 and hints:
         hint = f' (did you mean "{hints[0][1]}"?)'
     elif hints:

@@ -286,7 +286,7 @@ def test_every_model_gets_the_checks(task_setup, tmp_path):
     configs, data = task_setup
     (configs / "demo" / "task_settings.json").write_text(
         json.dumps({"models": {"second": {"model_path": "/nonexistent/second", "model_type": "hf"}},
-                    "checks": {"cut_at_max_tokens": {"blocking": True}}})
+                    "checks": {"cut_at_max_tokens": {"error": 0.5, "blocking": True}}})
     )  # fmt: skip
     task = load_task(configs, "demo")
     bundle = build_task_assets(task, _settings(configs, data, tmp_path / "out", "/nonexistent/model").deployment)

@@ -95,6 +95,9 @@ def test_sensor_adds_exactly_the_new_shards_and_nothing_on_a_second_tick(setup) 
     assert isinstance(first, SensorResult)
     keys = instance.get_dynamic_partitions("qa_regex_shards")
     assert len(keys) == 3  # 5 rows in 2-row shards (task_settings.json sets the shard size)
+    # The tick history says what the tick did (Dagster calls a tick without runs "skipped").
+    said = first.skip_reason.skip_message if first.skip_reason else ""
+    assert said.startswith("registered 3 new shard(s) (1 file(s) read); no run launched"), said
     assert isinstance(_tick(sensor, instance, settings), SkipReason)
 
     write_qa_input(data, files=2, rows=5)  # rewrites part-000 identically (new mtime), adds part-001

@@ -1,83 +1,36 @@
-"""Shard registration against a real Dagster instance: one read per new or changed file, stable keys."""
+"""Shard registration against a real Dagster instance: partitions, input observations, the re-cut's wipe.
+
+The manifest itself (reads, ranges, digests, no Dagster) is tested in ``tests/shards/test_manifest.py``.
+"""
 
 from __future__ import annotations
 
 import json
-import logging
-import math
-import os
-import textwrap
 from pathlib import Path
 
 import polars as pl
 import pytest
+from counted_task import CountedTask
 from dagster import AssetKey, AssetMaterialization, DagsterInstance
 
 from llm_infer_dagster.errors import TaskConfigError
 from llm_infer_dagster.orchestration.registry import (
-    ShardManifest,
-    manifest_for,
     partitions_def_for,
     register_shards,
     registered_keys,
+    sync_manifest,
 )
-from llm_infer_dagster.shards.sharding import DEFAULT_SHARD_SIZE, is_shard_key
-from llm_infer_dagster.shards.store import ASSETS, TaskStore
-from llm_infer_dagster.tasks.loader import TaskConfig, load_task
-
-TASK = "counted"
-
-# A seed-style task that appends the base name of every file it reads to reads.log next to it.
-COUNTING_TASK = """
-import json
-import os
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+from llm_infer_dagster.shards.manifest import Registration, ShardManifest, manifest_for
+from llm_infer_dagster.shards.sharding import is_shard_key
+from llm_infer_dagster.shards.tables import ASSETS
 
 
-def get_file_list(input_path):
-    return sorted(os.path.join(input_path, f) for f in os.listdir(input_path) if f.endswith(".jsonl"))
-
-
-def read_file(file_path):
-    with open(os.path.join(HERE, "reads.log"), "a", encoding="utf-8") as log:
-        log.write(os.path.basename(file_path) + "\\n")
-    with open(file_path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def format_prompt(org_data):
-    return org_data["q"]
-
-
-def extract_answer(model_response):
-    return None
-"""
-
-
-class Env:
+class Env(CountedTask):
     def __init__(self, root: Path) -> None:
-        self.cfg = root / "cfg"
-        self.input = root / "in"
-        self.out = root / "out"
-        folder = self.cfg / TASK
-        folder.mkdir(parents=True)
-        (folder / "task_config.py").write_text(textwrap.dedent(COUNTING_TASK))
-        self.input.mkdir()
-        self.reads_log = folder / "reads.log"
-        self.task: TaskConfig = load_task(self.cfg, TASK)
-        self.store = TaskStore(self.out, TASK)
+        super().__init__(root)
         self.instance = DagsterInstance.ephemeral()
 
-    def write(self, name: str, rows: int, start: int = 0, append: bool = False) -> None:
-        with (self.input / name).open("a" if append else "w") as f:
-            for i in range(start, start + rows):
-                f.write(json.dumps({"q": f"{name}-{i}"}) + "\n")
-
-    def reads(self) -> list[str]:
-        return self.reads_log.read_text().splitlines() if self.reads_log.exists() else []
-
-    def register(self, **kwargs):
+    def register(self, **kwargs) -> Registration:
         return register_shards(self.instance, self.task, self.store, str(self.input), **kwargs)
 
     def keys(self) -> list[str]:
@@ -116,11 +69,6 @@ def test_first_registration_adds_dynamic_partitions_and_manifest(env: Env) -> No
     on_disk = manifest_for(env.store)
     assert ranges(on_disk) == ranges(reg.manifest)
     assert {e.rows for e in on_disk.files.values()} == {10, 3}
-
-
-def test_default_shard_size(env: Env) -> None:
-    env.write("a.jsonl", 3)
-    assert env.register().manifest.shard_size == DEFAULT_SHARD_SIZE
 
 
 def test_second_call_reads_nothing_and_adds_nothing(env: Env) -> None:
@@ -180,68 +128,6 @@ def test_growing_a_file_rereads_only_it(env: Env) -> None:
     assert manifest_for(env.store).files[first.manifest.shards[old_keys[0]].file_id].rows == 17
 
 
-def test_same_size_rewrite_with_new_mtime_is_reread(env: Env) -> None:
-    env.write("a.jsonl", 4)
-    env.register(shard_size=4)
-    env.reads_log.unlink()
-    path = env.input / "a.jsonl"
-    st = path.stat()
-    path.write_text(path.read_text().replace("a.jsonl-0", "a.jsonl-9"))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
-    reg = env.register(shard_size=4)
-    assert reg.files_read == 1 and env.reads() == ["a.jsonl"]
-    assert reg.new_keys == []
-
-
-def test_shrunk_file_is_reported(env: Env) -> None:
-    env.write("a.jsonl", 10)
-    env.write("b.jsonl", 3)
-    env.register(shard_size=4)
-    env.write("a.jsonl", 2)
-    reg = env.register(shard_size=4)
-    assert [Path(p).name for p in reg.shrunk_files] == ["a.jsonl"]
-    assert reg.new_keys == []
-    # Shards are never silently re-cut: their ranges stay, and the shrink is reported for a person to decide.
-    a_ranges = sorted((s.start, s.stop) for s in reg.manifest.shards.values() if s.file.endswith("a.jsonl"))
-    assert a_ranges == [(0, 4), (4, 8), (8, 10)]
-
-
-@pytest.mark.parametrize("tasks", [1, 3, 5, 13])
-def test_tasks_picks_the_shard_size(env: Env, tasks: int) -> None:
-    env.write("a.jsonl", 13)
-    reg = env.register(tasks=tasks)
-    assert reg.manifest.shard_size == math.ceil(13 / tasks)
-    assert len(env.keys()) == math.ceil(13 / reg.manifest.shard_size) <= tasks
-
-
-def test_tasks_counts_rows_over_all_files(env: Env) -> None:
-    env.write("a.jsonl", 6)
-    env.write("b.jsonl", 6)
-    reg = env.register(tasks=4)
-    assert reg.manifest.shard_size == 3
-    assert len(env.keys()) == 4
-
-
-def test_explicit_shard_size_wins_over_tasks(env: Env) -> None:
-    env.write("a.jsonl", 12)
-    assert env.register(shard_size=5, tasks=2).manifest.shard_size == 5
-
-
-def test_later_call_with_other_size_keeps_old_size(env: Env, caplog: pytest.LogCaptureFixture) -> None:
-    env.write("a.jsonl", 10)
-    first = env.register(shard_size=4)
-    keys = env.keys()
-    with caplog.at_level(logging.WARNING, logger="llm_infer_dagster.orchestration.registry"):
-        reg = env.register(shard_size=2)
-    assert reg.manifest.shard_size == 4
-    assert reg.new_keys == [] and reg.files_read == 0
-    assert env.keys() == keys
-    assert ranges(reg.manifest) == ranges(first.manifest)
-    assert "keeps its 4-row shards" in caplog.text
-    assert env.register(tasks=10).manifest.shard_size == 4
-    assert manifest_for(env.store).shard_size == 4
-
-
 def test_recut_at_another_size_wipes_and_reregisters(env: Env) -> None:
     env.write("a.jsonl", 10)
     env.write("b.jsonl", 3)
@@ -295,19 +181,6 @@ def test_recut_at_the_same_size_keeps_every_finished_shard(env: Env) -> None:
     assert env.store.has("completions", keys[0])
 
 
-def test_a_vanished_file_is_reported_once_and_its_shards_are_not_runnable(env: Env) -> None:
-    env.write("a.jsonl", 4)
-    env.write("b.jsonl", 4)
-    env.register(shard_size=4)
-    a_key, b_key = env.keys()
-    (env.input / "b.jsonl").unlink()
-    reg = env.register()
-    assert [Path(p).name for p in reg.vanished_files] == ["b.jsonl"]
-    assert reg.manifest.runnable(env.keys()) == [a_key]
-    assert b_key in reg.manifest.shards  # its shard and results are kept, not silently deleted
-    assert env.register().vanished_files == []  # reported once, not on every sensor tick
-
-
 def test_a_grown_file_fills_its_last_shard_and_only_that_shard_gets_a_new_input_version(env: Env) -> None:
     """Appended rows fill the partial last shard (same key, new digest) before new shards start."""
     env.write("a.jsonl", 10)
@@ -331,17 +204,6 @@ def test_a_grown_file_fills_its_last_shard_and_only_that_shard_gets_a_new_input_
     assert latest[last_a] == reg.observed[last_a] and latest[keys[0]] == first.observed[keys[0]]
 
 
-def test_an_edited_row_changes_only_its_shards_digest(env: Env) -> None:
-    env.write("a.jsonl", 10)
-    first = env.register(shard_size=4)
-    path = env.input / "a.jsonl"
-    path.write_text(path.read_text().replace("a.jsonl-5", "a.jsonl-five"))  # row 5: the second shard
-    reg = env.register()
-    assert [Path(p).name for p in reg.modified_files] == ["a.jsonl"]
-    assert list(reg.observed) == [env.keys()[1]]
-    assert reg.observed[env.keys()[1]] != first.observed[env.keys()[1]]
-
-
 def test_no_files_is_an_error(env: Env) -> None:
     with pytest.raises(TaskConfigError, match="returned no files"):
         env.register()
@@ -356,13 +218,6 @@ def test_bad_row_in_a_file_registers_nothing(env: Env) -> None:
         env.register()
     assert env.keys() == []
     assert not env.store.manifest_path.exists()
-
-
-def test_manifest_for_without_registration_says_what_to_do(env: Env) -> None:
-    with pytest.raises(TaskConfigError, match="register_shards job first"):
-        manifest_for(env.store)
-    with pytest.raises(TaskConfigError, match="not in the manifest"):
-        ShardManifest(task=TASK, shard_size=4).shard("nope-00000000-00000")
 
 
 def _latest_input_versions(env: Env) -> dict[str, str]:
@@ -404,38 +259,8 @@ def test_an_emptied_file_keeps_every_shard_and_a_restored_file_is_unchanged(env:
     assert _latest_input_versions(env) == first.observed
 
 
-def test_edited_rows_in_a_shrunk_file_still_make_their_shard_stale(env: Env) -> None:
-    env.write("a.jsonl", 10)
-    first = env.register(shard_size=4)
-    a0 = env.keys()[0]
-    path = env.input / "a.jsonl"
-    path.write_text("".join(path.read_text().splitlines(keepends=True)[:6]).replace("a.jsonl-1", "a.jsonl-one"))
-    reg = env.register()
-    assert list(reg.observed) == [a0] and reg.observed[a0] != first.observed[a0]
-    assert reg.short_keys == env.keys()[1:]
-
-
-def test_trim_short_cuts_shrunk_shards_back_so_they_are_redone_and_a_regrown_file_is_covered(env: Env) -> None:
-    env.write("a.jsonl", 10)
-    env.register(shard_size=4)
-    a0, a1, a2 = env.keys()
-    env.write("a.jsonl", 5)
-    env.register()  # kept, reported
-    reg = env.register(trim_short=True)  # the explicit choice (--rerun)
-    assert [(reg.manifest.shards[k].start, reg.manifest.shards[k].stop) for k in (a0, a1, a2)] == [
-        (0, 4), (4, 5), (5, 5),
-    ]  # fmt: skip
-    assert reg.short_keys == [] and set(reg.observed) == {a1, a2}
-    env.write("a.jsonl", 7)  # grows again: the last shard takes the new rows, none is left out
-    grown = env.register()
-    covered = sorted((s.start, s.stop) for s in grown.manifest.shards.values())
-    assert covered == [(0, 4), (4, 5), (5, 7)]
-
-
 def test_a_registration_killed_before_dagster_recorded_it_is_completed_by_the_next(env: Env) -> None:
     """Issue 13: shards.json saved, then killed before partitions and observations: the resume records both."""
-    from llm_infer_dagster.orchestration.registry import sync_manifest
-
     env.write("a.jsonl", 10)
     sync_manifest(env.instance, env.task, env.store, str(env.input), shard_size=4)  # saves the manifest only
     assert env.keys() == [] and _latest_input_versions(env) == {}

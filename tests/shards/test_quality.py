@@ -60,8 +60,9 @@ def test_defaults_warn_and_error() -> None:
     results = by_name(completions_checks(COMPS, CheckSettings()))
     # error_rows 0.2: above warn 0.05, not above error 0.5
     assert (results["error_rows"].passed, results["error_rows"].severity) == (False, "WARN")
-    # exactly at the error level is not above it
-    assert results["cut_at_max_tokens"].severity == "WARN"
+    # cut_at_max_tokens 0.5: exactly at its warn level is not above it (and it never errors by default)
+    assert results["cut_at_max_tokens"].passed and results["cut_at_max_tokens"].severity is None
+    assert CheckSettings().cut_at_max_tokens.error == 1.0
     clean = by_name(completions_checks(completions([("A", "stop", None)] * 3), CheckSettings()))
     assert all(r.passed and r.severity is None for r in clean.values())
 

@@ -54,8 +54,9 @@ def check_specs(
                         asset=asset,
                         partitions_def=partitions_def,
                         blocking=t.blocking,
-                        description=f"Per shard: the {ABOUT[name]}. WARN above {t.warn:g}, ERROR above "
-                        f"{t.error:g} (checks.{name} in the task's {SETTINGS_FILE}).{blocks}",
+                        description=f"Per shard: the {ABOUT[name]}. WARN above {t.warn:g}, "
+                        + (f"ERROR above {t.error:g}" if t.error < 1 else "never ERROR")
+                        + f" (checks.{name} in the task's {SETTINGS_FILE}).{blocks}",
                     )
                 specs.append(spec)
     return specs

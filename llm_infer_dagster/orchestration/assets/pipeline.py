@@ -27,13 +27,13 @@ from llm_infer_dagster.orchestration.assets.checks import check_key, evaluation,
 from llm_infer_dagster.orchestration.assets.metadata import error_summary, preview
 from llm_infer_dagster.orchestration.assets.provenance import shard_tags
 from llm_infer_dagster.orchestration.dagster_private import DATA_VERSION_TAG, DEFAULT_DATA_VERSION
-from llm_infer_dagster.orchestration.registry import ShardManifest, manifest_for
 from llm_infer_dagster.orchestration.settings import RunSettings
 from llm_infer_dagster.runtime.gpus import split_gpus, visible_gpu_ids
 from llm_infer_dagster.runtime.messages import Exited, Loaded, WorkerEvent
 from llm_infer_dagster.runtime.pool import ShardJob, ShardResult, WorkerPool
 from llm_infer_dagster.shards.exports import export_shard
 from llm_infer_dagster.shards.locks import ShardLeases
+from llm_infer_dagster.shards.manifest import ShardManifest, manifest_for
 from llm_infer_dagster.shards.quality import CheckResult, answers_checks, completions_checks
 from llm_infer_dagster.shards.store import TaskStore, atomic_write_text
 from llm_infer_dagster.shards.transforms import answers_frame, prompts_frame, raw_frame
