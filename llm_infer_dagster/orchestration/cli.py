@@ -335,16 +335,6 @@ def run(args: argparse.Namespace) -> int:
     done_comp = instance.get_materialized_partitions(comp_key)
     done_answers = instance.get_materialized_partitions(answers_key)
 
-    if args.plan_only:
-        print(f"{'shard':<40} {'rows':>6}  {'status':<11} file[start:stop]")
-        short = set(reg.short_keys)
-        for k in reg.manifest.runnable(ordered, include_short=True):
-            s = reg.manifest.shards[k]
-            status = "done" if k in done_answers else "completed" if k in done_comp else "pending"
-            status = f"{status}, kept (input shrank)" if k in short else status
-            print(f"{k:<40} {s.rows:>6}  {status:<11} {s.file}[{s.start}:{s.stop}]")
-        return 0
-
     stale_comp: set[str] = set()
     stale_answers: set[str] = set()
     if not (args.rerun or args.extract_only):
@@ -356,6 +346,18 @@ def run(args: argparse.Namespace) -> int:
             )
             log.info(note)
             print(note, file=sys.stderr)
+
+    if args.plan_only:
+        print(f"{'shard':<40} {'rows':>6}  {'status':<11} file[start:stop]")
+        short = set(reg.short_keys)
+        for k in reg.manifest.runnable(ordered, include_short=True):
+            s = reg.manifest.shards[k]
+            status = "done" if k in done_answers else "completed" if k in done_comp else "pending"
+            status = "stale" if k in stale_comp else "stale answers" if k in stale_answers else status
+            status = f"{status}, kept (input shrank)" if k in short else status
+            print(f"{k:<40} {s.rows:>6}  {status:<11} {s.file}[{s.start}:{s.stop}]")
+        return 0
+
     plans = plan_runs(
         keys, done_comp, done_answers, stale_completions=stale_comp, stale_answers=stale_answers,
         rerun=args.rerun, extract_only=args.extract_only, order=ordered,

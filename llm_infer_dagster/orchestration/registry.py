@@ -69,7 +69,12 @@ def input_observations(task: TaskConfig, reg: Registration) -> list[AssetObserva
             asset_key=input_key(task),
             partition=key,
             tags={DATA_VERSION_TAG: digest, DATA_VERSION_IS_USER_PROVIDED_TAG: "true"},
-            metadata={"rows": reg.manifest.shards[key].rows, "file": reg.manifest.shards[key].file},
+            metadata={
+                "rows": reg.manifest.shards[key].rows,
+                "file": reg.manifest.shards[key].file,
+                "chunk": reg.manifest.shards[key].chunk,
+                "row_range": f"{reg.manifest.shards[key].start}..{reg.manifest.shards[key].stop}",
+            },
         )
         for key, digest in reg.observed.items()
     ]

@@ -60,6 +60,9 @@ def test_run_resume_rerun_extract_only_and_seed_layout(tmp_path, tiny_model_path
     mats_before = len(inst.fetch_materializations(comp, limit=1000).records)
 
     # Without --limit, the limited shards are stale (raw's code version holds the limit): they are redone.
+    plan = llm_infer(*base, "--plan_only")  # the plan says so first, and changes nothing
+    assert plan.returncode == 0 and "5 shard(s) to redo" in plan.stderr, plan.stderr
+    assert sum(" stale " in line for line in plan.stdout.splitlines()) == 5, plan.stdout
     full = llm_infer(*base)
     assert full.returncode == 0, full.stderr
     assert "5 shard(s) to redo" in full.stderr

@@ -35,11 +35,13 @@ from llm_infer_dagster.engines.hf_sampling import check_hf_supported
 from llm_infer_dagster.engines.preflight import check_engine_settings
 from llm_infer_dagster.engines.spec import EngineSpec
 from llm_infer_dagster.orchestration.assets.checks import check_specs
+from llm_infer_dagster.orchestration.assets.metadata import shard_table
 from llm_infer_dagster.orchestration.assets.pipeline import ModelTarget, ShardPipeline
 from llm_infer_dagster.orchestration.dagster_private import UnresolvedAssetJobDefinition
 from llm_infer_dagster.orchestration.gpu_executor import GPU_TAG, gpu_executor
 from llm_infer_dagster.orchestration.registry import input_key, partitions_def_for, register_shards
 from llm_infer_dagster.orchestration.settings import RunSettings
+from llm_infer_dagster.shards.manifest import ShardManifest
 from llm_infer_dagster.tasks.loader import TaskConfig
 from llm_infer_dagster.tasks.task_settings import ModelChoice
 from llm_infer_dagster.tasks.versions import task_code_versions
@@ -138,6 +140,7 @@ def _build_task_assets(
     pdef = partitions_def_for(task)
     common = _ShardSpecArgs(partitions_def=pdef, group_name=name, skippable=True, kinds={"parquet"})
     raw_key, prompts_key = AssetKey([name, "raw"]), AssetKey([name, "prompts"])
+    store = deployment.store(task.name)
     input_spec = AssetSpec(
         key=input_key(task),
         partitions_def=pdef,
@@ -146,8 +149,10 @@ def _build_task_assets(
         description=(
             f"The input rows of task {task.name}, observed per shard when shards are registered (sensor, "
             "llm-infer, register job). Its data version is a digest of the shard's rows: a shard whose rows "
-            "grew or changed shows raw (and so the shard) stale."
+            "grew or changed shows raw (and so the shard) stale. Its metadata holds the shard -> file and row "
+            "range table as of the code location's load (each shard's observation has its own)."
         ),
+        metadata=shard_table(ShardManifest.load(store), str(store.manifest_path)),
     )
     specs = [
         AssetSpec(

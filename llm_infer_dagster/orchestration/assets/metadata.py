@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
 import polars as pl
 from dagster import MetadataValue
+
+from llm_infer_dagster.shards.manifest import ShardManifest
 
 
 def preview(df: pl.DataFrame, columns: list[str], rows: int = 5, width: int = 80) -> MetadataValue:
@@ -43,3 +46,19 @@ def error_summary(errors: list[str | None], limit: int = 3) -> str:
             shown.setdefault(cause, head)
     top = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
     return "; ".join(f"{n}x {shown[cause]}" for cause, n in top)
+
+
+def shard_table(manifest: ShardManifest | None, manifest_path: str, limit: int = 500) -> dict[str, MetadataValue]:
+    """The task's shard -> file and row range table (as of the code location's load), for the input asset."""
+    if manifest is None:
+        return {"shards_json": MetadataValue.path(manifest_path)}
+    lines = ["| # | shard | file | rows |", "|---|---|---|---|"]
+    for n, s in enumerate(list(manifest.shards.values())[:limit]):
+        lines.append(f"| {n} | `{s.key}` | {os.path.basename(s.file)} (chunk {s.chunk}) | {s.start}..{s.stop} |")
+    if len(manifest.shards) > limit:
+        lines.append(f"| ... | {len(manifest.shards) - limit} more | see shards_json | |")
+    return {
+        "shards": MetadataValue.int(len(manifest.shards)),
+        "shard_table": MetadataValue.md("\n".join(lines)),
+        "shards_json": MetadataValue.path(manifest_path),
+    }

@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
-from dagster import AssetExecutionContext, AssetKey, AssetMaterialization, DagsterEventType, DataVersion, Failure
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetMaterialization,
+    DagsterEventType,
+    DataVersion,
+    Failure,
+    MetadataValue,
+)
 
 from llm_infer_dagster.deployment import Deployment
 from llm_infer_dagster.engines.spec import EngineSpec, has_chat_template
@@ -102,6 +110,13 @@ class ShardPipeline:
         self.selected_checks = set(context.selected_asset_check_keys)
 
     # -- reporting -------------------------------------------------------------------------------------------
+
+    def _paths(self, asset: str, shard: str, model: str | None, seed_kind: str) -> dict[str, MetadataValue]:
+        """Where a person finds the shard: its Parquet file, and for the default model the seed-layout result."""
+        out: dict[str, MetadataValue] = {"parquet": MetadataValue.path(str(self.store.shard_path(asset, shard, model)))}
+        if model is None:
+            out["seed_result"] = MetadataValue.path(str(self.store.result_path(seed_kind, shard)))
+        return out
 
     def _pointer(self) -> int | None:
         """A storage id at or after every record written so far: what a shard made now was made from."""
@@ -300,6 +315,7 @@ class ShardPipeline:
                     "rows": raw.height,
                     "file": s.file,
                     "row_range": f"{s.start}..{s.stop}",
+                    "parquet": MetadataValue.path(str(store.shard_path("raw", s.key))),
                     "preview": preview(raw, ["record_id", "data"]),
                 })  # fmt: skip
             else:
@@ -316,6 +332,7 @@ class ShardPipeline:
                     "rows": prompts.height,
                     "errors": n_err,
                     "chat_prompts": int(prompts["is_chat"].sum()),
+                    "parquet": MetadataValue.path(str(store.shard_path("prompts", s.key))),
                     "preview": preview(prompts, ["record_id", "prompt", "error"]),
                 })  # fmt: skip
                 if first_model is not None and first_model.name is None:
@@ -393,6 +410,7 @@ class ShardPipeline:
             "gpus": r.gpus or "cpu",
             "model": target.spec.model_path if target.spec else "",
             "model_name": target.name or "default",
+            **self._paths("completions", r.key, target.name, "infer"),
             "preview": preview(comps, ["record_id", "response", "finish_reason", "error"]),
         })  # fmt: skip
         msg = (
@@ -438,6 +456,7 @@ class ShardPipeline:
             "errors": n_err,
             "extraction_rate": round(extracted / df.height, 4) if df.height else 0.0,
             "model_name": target.name or "default",
+            **self._paths("answers", shard, target.name, "extract"),
             "preview": preview(df, ["record_id", "answer", "error"]),
         })  # fmt: skip
         self._check(target.answers, shard, answers_checks(comps, df, self.checks))  # blocking or not: nothing after
