@@ -324,7 +324,7 @@ def run(args: argparse.Namespace) -> int:
     )
     log.info(msg)
     print(msg, file=sys.stderr)
-    warnings = [f"input file {path} was edited" for path in reg.modified_files]
+    warnings = [*reg.notes, *(f"input file {path} was edited" for path in reg.modified_files)]
     warnings += [f"input file {path} is gone; its shards keep their results and are skipped" for path in
                  reg.vanished_files]  # fmt: skip
     warnings += _short_warnings(reg.manifest)

@@ -64,6 +64,8 @@ def build_shard_sensor(bundle: TaskAssets) -> SensorDefinition:
                                         task.input_path(deployment.input_path))  # fmt: skip
         except LLMInferError as exc:  # the task's own mistake: one line in the tick, not a traceback a minute
             return SkipReason(f"cannot register shards of task {task.name}: {exc}")
+        for note in reg.notes:
+            context.log.warning(note)
         events: list[AssetObservation] = []
         short = set(reg.short_keys)
         for kind, paths in (("shrunk", reg.shrunk_files), ("modified", reg.modified_files),

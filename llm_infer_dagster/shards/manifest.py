@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 from collections.abc import Iterable
@@ -35,8 +34,6 @@ from llm_infer_dagster.shards.sharding import (
 from llm_infer_dagster.shards.store import TaskStore, atomic_write_json
 from llm_infer_dagster.shards.tables import ASSETS
 from llm_infer_dagster.tasks.loader import TaskConfig, to_json
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -123,6 +120,7 @@ class Registration:
     # shard key -> digest, for new or changed rows; registration replaces it with unrecorded_digests
     observed: dict[str, str] = field(default_factory=dict)
     resharded: bool = False  # shards were re-cut at another size: old keys and results are gone
+    notes: list[str] = field(default_factory=list)  # warnings for the caller's channel (terminal, Dagster log)
 
     @property
     def short_keys(self) -> list[str]:
@@ -206,13 +204,12 @@ def plan_registration(
     total = sum(e.rows for e in entries)
     requested = shard_size or (shard_size_for_tasks(total, tasks) if tasks else None)
     resharded = bool(old is not None and recut and requested and requested != old.shard_size)
+    notes: list[str] = []
     if old is not None and not resharded:
         if requested and requested != old.shard_size:
-            log.warning(
-                "task %s keeps its %d-row shards (asked for %d); re-cut them with --rerun",
-                task.name,
-                old.shard_size,
-                requested,
+            notes.append(
+                f"task {task.name} keeps its {old.shard_size}-row shards (asked for {requested}); "
+                "re-cut them with --rerun"
             )
         size_ = old.shard_size
     else:
@@ -267,6 +264,7 @@ def plan_registration(
         changed_keys=changed,
         observed=observed,
         resharded=resharded,
+        notes=notes,
     )
 
 

@@ -239,6 +239,8 @@ def _build_task_assets(
             shard_size=config.shard_size,
             tasks=config.tasks,
         )
+        for note in reg.notes:
+            context.log.warning(note)
         context.log.info(
             f"{len(reg.manifest.shards)} shards ({len(reg.new_keys)} new), "
             f"{reg.files_read} file(s) read, shard size {reg.manifest.shard_size}"
