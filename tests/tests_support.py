@@ -91,6 +91,14 @@ def orphaned_engine_processes() -> set[int]:
     return found
 
 
+def new_orphans_after(before: set[int], timeout: float = 30.0) -> set[int]:
+    """Engine processes orphaned since ``before`` that are still alive ``timeout`` s on (dying takes a moment)."""
+    deadline = time.monotonic() + timeout
+    while (left := orphaned_engine_processes() - before) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
 class Settings:
     """A test's deployment and run settings, made from one set of keyword arguments (split by field name)."""
 
