@@ -374,8 +374,10 @@ def test_unknown_task_lists_available(tmp_path: Path) -> None:
 
 
 def test_missing_config_dir(tmp_path: Path) -> None:
-    with pytest.raises(TaskConfigError, match="does not exist"):
+    """What a wheel install without the source checkout's examples meets: where to point, in one line."""
+    with pytest.raises(TaskConfigError, match="does not exist: set --config_path or LLM_INFER_TASK_CONFIGS") as e:
         load_task(tmp_path / "nope", "t")
+    assert "the examples are the source repository's task_configs/" in str(e.value) and "\n" not in str(e.value)
 
 
 # ------------------------------------------------------------------------------------------------ sampling
