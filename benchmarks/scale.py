@@ -2,7 +2,7 @@
 bookkeeping, the whole run, a no-op resume, and peak RSS per process.
 
     python benchmarks/scale.py --rows 1000000 --files 100 [--shard-size 512] [--full-run] \
-        [--model-type hf] [--work-dir /tmp/scale-bench] [--overhead-rows 400]
+        [--model-type hf] [--work-dir /tmp/scale-bench] [--overhead-rows 400] [--no-checks]
 
 Everything runs through the real command (`python -m llm_infer_dagster`) on a task folder written into the
 work dir (JSON Lines of questions, a string prompt, a regex answer) with a tiny random-weight model built
@@ -70,11 +70,13 @@ def extract_answer(model_response):
 '''
 
 
-def write_task(configs: Path, max_tokens: int) -> None:
+def write_task(configs: Path, max_tokens: int, checks: bool = True) -> None:
     folder = configs / "bench"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "task_config.py").write_text(TASK_CONFIG)
     (folder / "sampling_params.json").write_text(json.dumps({"temperature": 0, "max_tokens": max_tokens}))
+    if not checks:  # versions without per-shard quality checks ignore the file's absence
+        (folder / "task_settings.json").write_text(json.dumps({"checks": {"enabled": False}}))
 
 
 def write_input(path: Path, rows: int, files: int) -> Path:
@@ -97,7 +99,7 @@ def write_input(path: Path, rows: int, files: int) -> Path:
 
 def role(cmdline: list[str]) -> str:
     line = " ".join(cmdline)
-    if "workers.worker" in line:
+    if "runtime.worker" in line:
         return "worker"
     if "execute_step" in line:
         return "step"
@@ -227,6 +229,7 @@ def main() -> None:
     ap.add_argument("--full-run", action="store_true", help="run to the end, then time a no-op resume")
     ap.add_argument("--overhead-rows", type=int, default=0, help="also measure per-shard cost with this many rows")
     ap.add_argument("--postgres", action="store_true", help="each output's instance in a Postgres database")
+    ap.add_argument("--no-checks", action="store_true", help='the task turns its quality checks off ("enabled": false)')
     ap.add_argument("--event-batch-size", type=int, default=0, help="DAGSTER_EVENT_BATCH_SIZE for every process")
     args = ap.parse_args()
     if args.event_batch_size:
@@ -245,7 +248,7 @@ def measure(args: argparse.Namespace, instances: Instances) -> None:
     work = args.work_dir.resolve()
     args.model = build_tiny_model(work / "model")
     configs = work / "configs"
-    write_task(configs, args.max_tokens)
+    write_task(configs, args.max_tokens, checks=not args.no_checks)
     data = write_input(work / f"input-{args.rows}-{args.files}", args.rows, args.files)
     tag = f"{args.rows}-{args.files}-{args.shard_size}-{args.model_type}" + ("-pg" if args.postgres else "")
     out = work / f"out-{tag}-{int(time.time())}"
@@ -266,13 +269,13 @@ def measure(args: argparse.Namespace, instances: Instances) -> None:
         result["resume"] = timed(llm_infer_cmd(args, configs, data, out, *size))
     if args.overhead_rows:
         small = write_input(work / f"input-{args.overhead_rows}-1", args.overhead_rows, 1)
-        write_task(configs, 1)
+        write_task(configs, 1, checks=not args.no_checks)
         row_out, shard_out = work / f"out-1row-{int(time.time())}", work / f"out-1shard-{int(time.time())}"
         instances.prepare(row_out)
         instances.prepare(shard_out)
         one_row = timed(llm_infer_cmd(args, configs, small, row_out, "--shard_size", "1"))
         one_shard = timed(llm_infer_cmd(args, configs, small, shard_out, "--shard_size", str(args.overhead_rows)))
-        write_task(configs, args.max_tokens)
+        write_task(configs, args.max_tokens, checks=not args.no_checks)
         result["overhead"] = {
             "one_row_shards": one_row, "one_shard": one_shard,
             "per_shard_ms": round((one_row["wall_s"] - one_shard["wall_s"]) / (args.overhead_rows - 1) * 1000, 1),

@@ -306,6 +306,11 @@ def test_every_model_gets_the_checks(task_setup, tmp_path):
     )
     assert spec.blocking and spec.partitions_def is not None and "ERROR above 0.5" in (spec.description or "")
 
+    # A task of many tiny shards may turn them off: no checks declared, none evaluated.
+    (configs / "demo" / "task_settings.json").write_text(json.dumps({"checks": {"enabled": False}}))
+    off = build_task_assets(load_task(configs, "demo"), _settings(configs, data, tmp_path / "out", "/m").deployment)
+    assert set(off.assets[0].check_keys) == set()
+
 
 def test_answers_rematerialize_without_the_model(instance, task_setup, tmp_path):
     """answers reads completions from disk and calls extract_answer; it never needs a model."""

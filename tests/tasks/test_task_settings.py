@@ -223,7 +223,7 @@ def test_checks_override_the_defaults_key_by_key(tmp_path: Path) -> None:
         (
             {"checks": {"eror_rows": {"warn": 0.1}}},
             'unknown key(s) eror_rows in "checks" (did you mean "error_rows"?); valid: cut_at_max_tokens, '
-            "empty_completions, error_rows, extraction_failed",
+            "empty_completions, enabled, error_rows, extraction_failed",
         ),
         (
             {"checks": {"error_rows": {"wrn": 0.1}}},

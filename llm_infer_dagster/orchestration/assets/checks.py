@@ -36,7 +36,9 @@ def check_specs(
     partitions_def: PartitionsDefinition,
 ) -> list[AssetCheckSpec]:
     """Every model's completions and answers checks, with the task's thresholds in their descriptions."""
-    specs = []
+    specs: list[AssetCheckSpec] = []
+    if not checks.enabled:
+        return specs
     for comp_key, answers_key in models.values():
         for asset, names in ((comp_key, COMPLETIONS_CHECKS), (answers_key, ANSWERS_CHECKS)):
             for name in names:
