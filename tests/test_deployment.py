@@ -57,8 +57,9 @@ def test_named_models_fall_back_to_the_default_models_engine_dtype_and_length() 
 def test_exported_variables_read_back_the_same_deployment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     d = Deployment.from_env(task_configs=str(tmp_path), output_dir=str(tmp_path / "out"), model_path="/m",
                             limit=3, tasks="qa", format_prompt_func="build")  # fmt: skip
-    for var in d.env():
-        monkeypatch.delenv(var, raising=False)
+    for var in d.env():  # setenv first: monkeypatch then restores each (export_env writes os.environ itself)
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
     monkeypatch.setenv("LLM_INFER_INPUT_PATH", "/stale")  # set before, None now: export removes it
     d.export_env()
     assert "LLM_INFER_INPUT_PATH" not in os.environ

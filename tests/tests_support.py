@@ -112,6 +112,3 @@ class Settings:
 
     def store(self, task_name: str):  # noqa: ANN201 - a TaskStore
         return self.deployment.store(task_name)
-
-
-settings_for = Settings

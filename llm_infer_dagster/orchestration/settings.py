@@ -8,6 +8,7 @@ carry: which model, dtype, context length and task files is the :class:`~llm_inf
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -72,6 +73,7 @@ class RunSettings(ConfigurableResource):
         return 0 if self.use_cpu else self.workers * self.tensor_parallel_size
 
 
+@functools.cache  # built once: the executor resolves run settings for every step
 def _from_env_model() -> type[BaseSettings]:
     """A pydantic-settings twin of :class:`RunSettings` (same fields), reading ``LLM_INFER_*``."""
 
