@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from dagster import AssetKey, AssetObservation, DagsterEventType, DagsterInstance, DynamicPartitionsDefinition
+from dagster import (
+    AssetKey,
+    AssetMaterialization,
+    AssetObservation,
+    DagsterEventType,
+    DagsterInstance,
+    DynamicPartitionsDefinition,
+)
 
 from llm_infer_dagster.orchestration.dagster_private import DATA_VERSION_IS_USER_PROVIDED_TAG, DATA_VERSION_TAG
 from llm_infer_dagster.orchestration.event_batches import report_runless_asset_events
@@ -53,39 +60,40 @@ def register_shards(
         )
         if to_add:
             instance.add_dynamic_partitions(_pdef_name(task), to_add)
-        report_runless_asset_events(instance, input_observations(task, reg))  # one transaction per 500 shards
+        report_runless_asset_events(instance, input_events(task, reg))  # one transaction per 500 shards
     return reg
 
 
 def input_key(task: TaskConfig) -> AssetKey:
-    """The task's input rows, an external asset observed per shard; ``raw`` depends on it."""
+    """The task's input rows, an external asset recorded per shard; ``raw`` depends on it."""
     return AssetKey([task.dagster_name, "input"])
 
 
-def input_observations(task: TaskConfig, reg: Registration) -> list[AssetObservation]:
-    """One observation per shard whose rows are new or changed, its data version the rows' digest."""
-    return [
-        AssetObservation(
-            asset_key=input_key(task),
-            partition=key,
-            tags={DATA_VERSION_TAG: digest, DATA_VERSION_IS_USER_PROVIDED_TAG: "true"},
-            metadata={
-                "rows": reg.manifest.shards[key].rows,
-                "file": reg.manifest.shards[key].file,
-                "chunk": reg.manifest.shards[key].chunk,
-                "row_range": f"{reg.manifest.shards[key].start}..{reg.manifest.shards[key].stop}",
-            },
-        )
-        for key, digest in reg.observed.items()
-    ]
+def input_events(task: TaskConfig, reg: Registration) -> list[AssetObservation | AssetMaterialization]:
+    """Two events per shard whose rows are new or changed: an observation and a materialization of the input.
+
+    The observation carries the data version (the rows' digest): Dagster's per-shard staleness reads a
+    partitioned external asset's versions from observations only. The materialization, the event Dagster
+    documents for data made outside it, carries none and only says the rows are there: the UI counts
+    materializations, so the input node then reads ``100% filled`` instead of looking like missing data.
+    """
+    events: list[AssetObservation | AssetMaterialization] = []
+    for key, digest in reg.observed.items():
+        shard = reg.manifest.shards[key]
+        metadata: dict[str, Any] = {"rows": shard.rows, "file": shard.file, "chunk": shard.chunk,
+                                    "row_range": f"{shard.start}..{shard.stop}"}  # fmt: skip
+        tags = {DATA_VERSION_TAG: digest, DATA_VERSION_IS_USER_PROVIDED_TAG: "true"}
+        events.append(AssetObservation(asset_key=input_key(task), partition=key, tags=tags, metadata=metadata))
+        events.append(AssetMaterialization(asset_key=input_key(task), partition=key, metadata=metadata))
+    return events
 
 
-def recorded_input_versions(instance: DagsterInstance, task: TaskConfig, keys: list[str]) -> dict[str, str]:
-    """Shard key -> the input data version Dagster last recorded for it (one query for all shards)."""
-    if not keys:
+def recorded_input_versions(instance: DagsterInstance, key: AssetKey, shards: list[str]) -> dict[str, str]:
+    """Shard -> the input data version Dagster last recorded for it (one query for all shards)."""
+    if not shards:
         return {}
     tags = instance.event_log_storage.get_latest_tags_by_partition(
-        input_key(task), DagsterEventType.ASSET_OBSERVATION, [DATA_VERSION_TAG], asset_partitions=keys
+        key, DagsterEventType.ASSET_OBSERVATION, [DATA_VERSION_TAG], asset_partitions=shards
     )
     return {k: t[DATA_VERSION_TAG] for k, t in tags.items() if DATA_VERSION_TAG in t}
 
@@ -140,7 +148,7 @@ def _sync_manifest(
         old_keys = _delete_dagster_records(instance, task)
         delete_results_for_recut(store, old_keys)
         reg.new_keys = list(reg.manifest.shards)
-    recorded = recorded_input_versions(instance, task, list(reg.manifest.shards))
+    recorded = recorded_input_versions(instance, input_key(task), list(reg.manifest.shards))
     reg.observed = unrecorded_digests(reg.manifest, recorded)
     save_manifest(store, reg.manifest)
     known = set(instance.get_dynamic_partitions(_pdef_name(task)))

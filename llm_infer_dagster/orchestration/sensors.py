@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from dagster import (
     AssetKey,
+    AssetMaterialization,
     AssetObservation,
     DagsterInstance,
     DagsterInvalidDefinitionError,
@@ -36,7 +37,7 @@ from dagster import (
 
 from llm_infer_dagster.errors import LLMInferError, TaskConfigError
 from llm_infer_dagster.orchestration.assets.factory import TaskAssets
-from llm_infer_dagster.orchestration.registry import input_observations, partitions_def_for, sync_manifest
+from llm_infer_dagster.orchestration.registry import input_events, partitions_def_for, sync_manifest
 from llm_infer_dagster.orchestration.run_health import mark_dead_runs_failed
 from llm_infer_dagster.orchestration.settings import RunSettings
 from llm_infer_dagster.orchestration.staleness import ChainVersions, stale_shards
@@ -66,7 +67,7 @@ def build_shard_sensor(bundle: TaskAssets) -> SensorDefinition:
             return SkipReason(f"cannot register shards of task {task.name}: {exc}")
         for note in reg.notes:
             context.log.warning(note)
-        events: list[AssetObservation] = []
+        events: list[AssetObservation | AssetMaterialization] = []
         short = set(reg.short_keys)
         for kind, paths in (("shrunk", reg.shrunk_files), ("modified", reg.modified_files),
                             ("vanished", reg.vanished_files)):  # fmt: skip
@@ -86,10 +87,10 @@ def build_shard_sensor(bundle: TaskAssets) -> SensorDefinition:
                     metadata={"input_change": kind, "file": path, "shards": ", ".join(keys),
                               "kept_shards": ", ".join(k for k in keys if k in short)},
                 ))  # fmt: skip
-        observations = input_observations(task, reg)
-        if not to_add and not events and not observations:
+        recorded = input_events(task, reg)
+        if not to_add and not events and not recorded:
             return SkipReason(f"no new input ({reg.files_read} file(s) re-read)")
-        grown = len(observations) - len(reg.new_keys)
+        grown = len(reg.observed) - len(reg.new_keys)
         what = f"registered {len(to_add)} new shard(s)" + (
             f", {grown} shard(s) with new rows (now stale)" if grown else ""
         )
@@ -98,7 +99,7 @@ def build_shard_sensor(bundle: TaskAssets) -> SensorDefinition:
         # Dagster calls a tick without run requests "skipped"; its reason then says what this tick did.
         return SensorResult(
             dynamic_partitions_requests=[pdef.build_add_request(to_add)] if to_add else [],
-            asset_events=[*events, *observations],
+            asset_events=[*events, *recorded],
             skip_reason=SkipReason(
                 f"{what}; no run launched: materialize them with the {task.dagster_name}_missing_shards schedule "
                 "or the asset graph's Materialize (missing)"

@@ -31,6 +31,7 @@ from llm_infer_dagster.orchestration.dagster_private import (
     TemporalContext,
     compute_logical_data_version,
 )
+from llm_infer_dagster.orchestration.registry import recorded_input_versions
 
 
 class AssetNodes(Protocol):
@@ -95,7 +96,7 @@ class ChainVersions:
     def __init__(self, instance: DagsterInstance, graph: AssetNodes, input_key: AssetKey, keys: Sequence[str]):
         self.instance, self.graph, self.input_key, self.keys = instance, graph, input_key, list(keys)
         self._recorded: dict[AssetKey, dict[str, str]] = {}
-        self.source = self._read(input_key, DagsterEventType.ASSET_OBSERVATION)
+        self.source = recorded_input_versions(instance, input_key, self.keys)
 
     def _read(self, asset: AssetKey, kind: DagsterEventType) -> dict[str, str]:
         if not self.keys:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from llm_infer_dagster.errors import TaskConfigError
 from llm_infer_dagster.shards.sharding import (
     DEFAULT_SHARD_SIZE,
     Shard,
-    file_id,
+    assign_file_ids,
     grow_file_shards,
     plan_file_shards,
     relative_name,
@@ -44,6 +44,7 @@ class FileEntry:
     size: int
     mtime_ns: int
     sha256: str = ""  # of the whole file when it was last read
+    rel: str = ""  # path relative to the input root (keeps a readable id when the input folder moves)
 
 
 @dataclass
@@ -128,6 +129,15 @@ class Registration:
         return self.manifest.short_keys()
 
 
+def _known_files(old: ShardManifest | None, roots: Sequence[str | Path]) -> dict[str, str]:
+    """File id -> relative path of every file the manifest has shards or an entry for (vanished ones too)."""
+    if old is None:
+        return {}
+    known = {s.file_id: relative_name(s.file, roots) for s in old.shards.values()}
+    known.update({fid: e.rel or relative_name(e.path, roots) for fid, e in old.files.items()})
+    return known
+
+
 def _stat(path: str) -> tuple[int, int]:
     st = os.stat(path)
     return st.st_size, st.st_mtime_ns
@@ -182,8 +192,9 @@ def plan_registration(
         return len(rows)
 
     modified: list[str] = []
-    for path in files:
-        fid = file_id(task.name, relative_name(path, roots))
+    rels = [relative_name(path, roots) for path in files]
+    fids = assign_file_ids(task.name, rels, _known_files(old, roots))
+    for path, rel, fid in zip(files, rels, fids, strict=True):
         size, mtime = _stat(path)
         prev = old.files.get(fid) if old else None
         if prev is not None and (prev.size, prev.mtime_ns) == (size, mtime):
@@ -196,7 +207,7 @@ def plan_registration(
                 rows = read(path, fid)
                 if prev is not None and prev.sha256 and (size < prev.size or prefix_digest != prev.sha256):
                     modified.append(path)  # rows already sharded may differ: their digests say which
-        entries.append(FileEntry(path=path, file_id=fid, rows=rows, size=size, mtime_ns=mtime, sha256=digest))
+        entries.append(FileEntry(path=path, file_id=fid, rows=rows, size=size, mtime_ns=mtime, sha256=digest, rel=rel))
     current = {e.file_id for e in entries}
     gone = [fid for fid in (old.files if old else {}) if fid not in current]
     vanished = [old.files[fid].path for fid in gone] if old else []

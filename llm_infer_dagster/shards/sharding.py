@@ -3,9 +3,14 @@
 A shard is a fixed-size chunk of rows *within one file*, keyed ``<file id>-<chunk number>``. Adding a file
 adds shards; growing a file fills its partial last shard up to the shard size and puts the other new rows in
 new shards. No key is ever renumbered. Each shard carries a digest of its rows: the data version of its input,
-so a shard whose rows changed (grown, edited) shows as stale in Dagster and nothing else does. The file id
-is a readable slug of the file name plus a hash of (task, path relative to the input root), so two tasks that
-read the same file never share a key, and moving the whole input folder keeps the keys.
+so a shard whose rows changed (grown, edited) shows as stale in Dagster and nothing else does.
+
+The file id is what a person reads in Dagster's partition pickers, so it is short: a slug of the file's path
+relative to the input root (``part_000_jsonl``, giving keys like ``part_000_jsonl-00003``), the same whatever
+machine or folder the input lives in. Keys are per task (each task has its own partitions), so a slug only
+has to be unique within its task; a file whose slug is taken (``a-b.jsonl`` after ``a_b.jsonl``, or two long
+paths cut to the same 40 characters) gets the hashed id :func:`file_id` instead, which is also the id every
+file had in manifests written before readable ids (those keep their ids: :func:`assign_file_ids`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-SHARD_KEY_RE = re.compile(r"^[a-z0-9_]{1,40}-[0-9a-f]{8}-[0-9]{5,}$")
+SHARD_KEY_RE = re.compile(r"^[a-z0-9_]{1,40}(-[0-9a-f]{8})?-[0-9]{5,}$")
+SLUG_CHARS = 40
 DEFAULT_SHARD_SIZE = 512
 
 
@@ -52,12 +58,49 @@ def relative_name(path: str, roots: Sequence[str | Path]) -> str:
     return p.as_posix()
 
 
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
 def file_id(task: str, rel_path: str) -> str:
-    """Readable, stable, collision-resistant id of one input file of one task."""
-    stem = Path(rel_path).name.lower()
-    slug = re.sub(r"[^a-z0-9]+", "_", stem).strip("_")[:40] or "file"
+    """The hashed id of one input file of one task: ``<file name slug>-<8 hex>``, unique across tasks.
+
+    Given to a file whose readable id is taken, and the id of every file in manifests written before
+    readable ids.
+    """
+    slug = _slug(Path(rel_path).name)[:SLUG_CHARS] or "file"
     digest = hashlib.sha1(f"{task}\0{rel_path}".encode()).hexdigest()[:8]
     return f"{slug}-{digest}"
+
+
+def readable_file_id(rel_path: str) -> str:
+    """The id a person reads: the slug of the path relative to the input root, its last 40 characters."""
+    return _slug(rel_path)[-SLUG_CHARS:].strip("_") or "file"
+
+
+def assign_file_ids(task: str, rel_paths: Sequence[str], known: dict[str, str]) -> list[str]:
+    """The id of each of ``rel_paths``; ``known`` maps an id already in the task's manifest to its path.
+
+    A file keeps the id it has (by its relative path; for a manifest written before readable ids, by its
+    hashed id); a new file gets its readable id, or its hashed id when another file holds the readable one.
+    A path listed twice gets one id.
+    """
+    by_path = {rel: fid for fid, rel in known.items() if rel}
+    taken = set(known)
+    out: list[str] = []
+    for rel in rel_paths:
+        hashed = file_id(task, rel)
+        if rel in by_path:
+            fid = by_path[rel]
+        elif hashed in known:
+            fid = hashed
+        else:
+            readable = readable_file_id(rel)
+            fid = hashed if readable in taken else readable
+        by_path[rel] = fid
+        taken.add(fid)
+        out.append(fid)
+    return out
 
 
 def shard_key(fid: str, chunk: int) -> str:

@@ -16,6 +16,7 @@ from dagster import AssetKey, AssetMaterialization, DagsterInstance
 from llm_infer_dagster.errors import TaskConfigError
 from llm_infer_dagster.orchestration.registry import (
     partitions_def_for,
+    recorded_input_versions,
     register_shards,
     registered_keys,
     sync_manifest,
@@ -196,11 +197,7 @@ def test_a_grown_file_fills_its_last_shard_and_only_that_shard_gets_a_new_input_
     assert [(reg.manifest.shards[k].start, reg.manifest.shards[k].stop) for k in reg.new_keys] == [(12, 13)]
     assert set(reg.observed) == {last_a, *reg.new_keys}
     assert reg.observed[last_a] != first.observed[last_a]
-    observed = env.instance.fetch_observations(AssetKey([env.task.dagster_name, "input"]), limit=100).records
-    latest = {}
-    for rec in sorted(observed, key=lambda r: r.storage_id):
-        obs = rec.asset_observation
-        latest[obs.partition] = obs.tags["dagster/data_version"]
+    latest = _latest_input_versions(env)
     assert latest[last_a] == reg.observed[last_a] and latest[keys[0]] == first.observed[keys[0]]
 
 
@@ -272,3 +269,18 @@ def test_a_registration_killed_before_dagster_recorded_it_is_completed_by_the_ne
     path.write_text(path.read_text().replace("a.jsonl-5", "a.jsonl-five"))
     edited = env.register()
     assert list(edited.observed) == [env.keys()[1]]
+
+
+def test_each_recorded_shard_is_an_input_observation_and_a_materialization(env: Env) -> None:
+    """The observation holds the data version (Dagster's staleness reads it); the materialization makes the UI
+    read the input as there (Materialized, ``100% filled``)."""
+    env.write("a.jsonl", 6)
+    first = env.register(shard_size=4)
+    key = AssetKey([env.task.dagster_name, "input"])
+    assert env.instance.get_materialized_partitions(key) == set(env.keys())
+    assert recorded_input_versions(env.instance, key, [*env.keys(), "never"]) == first.observed
+    env.write("a.jsonl", 1, start=6, append=True)
+    grown = env.register()
+    mats = env.instance.fetch_materializations(key, limit=100).records
+    assert sorted(r.partition_key or "" for r in mats) == sorted([*env.keys(), *grown.observed])
+    assert all(not (r.asset_materialization and r.asset_materialization.tags) for r in mats)  # no data version

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -20,7 +21,7 @@ from llm_infer_dagster.shards.manifest import (
     save_manifest,
     unrecorded_digests,
 )
-from llm_infer_dagster.shards.sharding import DEFAULT_SHARD_SIZE
+from llm_infer_dagster.shards.sharding import DEFAULT_SHARD_SIZE, file_id
 from llm_infer_dagster.shards.store import TaskStore
 from llm_infer_dagster.shards.tables import ASSETS
 
@@ -156,6 +157,39 @@ def test_a_vanished_file_is_reported_once_and_its_shards_are_not_runnable(env: E
     assert reg.manifest.runnable(env.keys()) == [a_key]
     assert b_key in reg.manifest.shards  # its shard and results are kept, not silently deleted
     assert env.register().vanished_files == []  # reported once, not on every sensor tick
+
+
+def test_shard_keys_read_as_file_and_chunk_and_survive_a_moved_input_folder(env: Env) -> None:
+    env.write("part-1.jsonl", 5)
+    env.write("part_1.jsonl", 2)  # slugs like part-1.jsonl: listed after it, it gets the hashed id
+    env.register(shard_size=4)
+    clash = file_id(TASK, "part_1.jsonl")
+    assert env.keys() == ["part_1_jsonl-00000", "part_1_jsonl-00001", f"{clash}-00000"]
+    moved = env.input.with_name("moved")
+    env.input.rename(moved)
+    env.input = moved
+    env.write("part-1.jsonl", 9)  # grown after the move: the same file, its shards extended
+    reg = env.register()
+    assert reg.new_keys == ["part_1_jsonl-00002"] and reg.changed_keys == ["part_1_jsonl-00001"]
+    assert [f.rel for f in reg.manifest.files.values()] == ["part-1.jsonl", "part_1.jsonl"]
+
+
+def test_a_manifest_from_before_readable_ids_keeps_its_keys(env: Env) -> None:
+    env.write("a.jsonl", 4)
+    env.register(shard_size=2)
+    m = manifest_for(env.store)
+    legacy = file_id(TASK, "a.jsonl")
+    # shards.json as written before readable ids: hashed file ids, no relative paths
+    data = m.to_json()
+    [entry] = [{k: v for k, v in vars(f).items() if k != "rel"} for f in m.files.values()]
+    data["files"] = {legacy: {**entry, "file_id": legacy}}
+    data["shards"] = [{**s.to_dict(), "file_id": legacy, "key": f"{legacy}-{s.chunk:05d}"} for s in m.shards.values()]
+    env.store.manifest_path.write_text(json.dumps(data))
+    env.write("a.jsonl", 5)
+    env.write("b.jsonl", 1)
+    reg = env.register()
+    assert reg.new_keys == [f"{legacy}-00002", "b_jsonl-00000"]
+    assert list(reg.manifest.files) == [legacy, "b_jsonl"]
 
 
 def test_an_edited_row_changes_only_its_shards_digest(env: Env) -> None:

@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 
 from llm_infer_dagster.shards.sharding import (
+    assign_file_ids,
     contiguous_ranges,
     file_id,
     is_shard_key,
     plan_file_shards,
     plan_shards,
+    readable_file_id,
     relative_name,
     shard_key,
     shard_size_for_tasks,
@@ -69,6 +71,26 @@ def test_file_ids_differ_between_tasks_and_paths_but_are_deterministic() -> None
     assert file_id("task_a", "data/My File.JSONL").startswith("my_file_jsonl-")
 
 
+def test_new_files_get_readable_ids_unless_taken() -> None:
+    assert readable_file_id("part_000.jsonl") == "part_000_jsonl"
+    assert readable_file_id("sub/My File.JSONL") == "sub_my_file_jsonl"
+    assert readable_file_id("/abs/x.csv") == "abs_x_csv"
+    assert readable_file_id("d/" + "y" * 60 + ".txt") == ("y" * 60 + "_txt")[-40:]  # the file name's end stays
+    ids = assign_file_ids("t", ["a-b.jsonl", "a_b.jsonl", "c.jsonl", "c.jsonl"], {})
+    # a_b.jsonl slugs like a-b.jsonl: the second gets the hashed id; a path listed twice gets one id.
+    assert ids == ["a_b_jsonl", file_id("t", "a_b.jsonl"), "c_jsonl", "c_jsonl"]
+    assert all(is_shard_key(shard_key(fid, 0)) for fid in ids)
+
+
+def test_known_files_keep_their_ids_old_hashed_ones_included() -> None:
+    legacy = file_id("t", "old.jsonl")
+    known = {legacy: "", "new_jsonl": "new.jsonl", "gone_jsonl": "gone.jsonl"}
+    ids = assign_file_ids("t", ["new.jsonl", "old.jsonl", "other/gone.jsonl", "gone.jsonl"], known)
+    assert ids == ["new_jsonl", legacy, "other_gone_jsonl", "gone_jsonl"]
+    # another file whose readable id a known file holds (even one whose entry is gone) gets its hashed id
+    assert assign_file_ids("t", ["gone.JSONL"], known) == [file_id("t", "gone.JSONL")]
+
+
 def test_moving_the_input_folder_keeps_file_ids(tmp_path: Path) -> None:
     for root in ("in1", "in2"):
         (tmp_path / root / "sub").mkdir(parents=True)
@@ -97,6 +119,7 @@ def test_relative_name_uses_first_containing_root_else_absolute(tmp_path: Path) 
 def test_generated_keys_are_shard_keys(name: str) -> None:
     fid = file_id("some task", f"dir/{name}")
     for chunk in (0, 7, 99999, 123456):
+        assert is_shard_key(shard_key(readable_file_id(f"dir/{name}"), chunk))
         key = shard_key(fid, chunk)
         assert is_shard_key(key), key
     assert all(is_shard_key(s.key) for s in plan_file_shards("/x", fid, 25, 4))

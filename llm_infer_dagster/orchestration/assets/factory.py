@@ -147,8 +147,10 @@ def _build_task_assets(
         group_name=name,
         kinds={"file"},
         description=(
-            f"The input rows of task {task.name}, observed per shard when shards are registered (sensor, "
-            "llm-infer, register job). Its data version is a digest of the shard's rows: a shard whose rows "
+            f"The input rows of task {task.name}, made outside Dagster: each shard is recorded when it is "
+            "registered or its rows change (sensor, llm-infer, register job), as a materialization (Materialized "
+            "here means the shard's rows are there) and an observation whose data version is a digest of the "
+            "shard's rows: a shard whose rows "
             "grew or changed shows raw (and so the shard) stale. Its metadata holds the shard -> file and row "
             "range table as of the code location's load (each shard's observation has its own)."
         ),

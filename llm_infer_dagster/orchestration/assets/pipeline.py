@@ -35,6 +35,7 @@ from llm_infer_dagster.orchestration.assets.checks import check_key, evaluation,
 from llm_infer_dagster.orchestration.assets.metadata import error_summary, preview
 from llm_infer_dagster.orchestration.assets.provenance import shard_tags
 from llm_infer_dagster.orchestration.dagster_private import DATA_VERSION_TAG, DEFAULT_DATA_VERSION
+from llm_infer_dagster.orchestration.registry import recorded_input_versions
 from llm_infer_dagster.orchestration.settings import RunSettings
 from llm_infer_dagster.runtime.gpus import split_gpus, visible_gpu_ids
 from llm_infer_dagster.runtime.messages import Exited, Loaded, WorkerEvent
@@ -130,15 +131,17 @@ class ShardPipeline:
         self.data_versions.set(asset, shard, version)
         self.context.log_event(AssetMaterialization(asset_key=asset, partition=shard, metadata=md, tags=tags))
 
-    def _load_versions(self, asset: AssetKey, observed: bool = False) -> None:
+    def _load_versions(self, asset: AssetKey) -> None:
         """What Dagster recorded for ``asset``'s shards before this step (one query for all of them)."""
-        kind = DagsterEventType.ASSET_OBSERVATION if observed else DagsterEventType.ASSET_MATERIALIZATION
-        tags = self.instance.event_log_storage.get_latest_tags_by_partition(
-            asset, kind, [DATA_VERSION_TAG], asset_partitions=self.shard_keys
-        )
-        for shard, t in tags.items():
-            if DATA_VERSION_TAG in t:
-                self.data_versions.set(asset, shard, DataVersion(t[DATA_VERSION_TAG]))
+        if asset == self.keys["input"]:
+            versions = recorded_input_versions(self.instance, asset, self.shard_keys)
+        else:
+            tags = self.instance.event_log_storage.get_latest_tags_by_partition(
+                asset, DagsterEventType.ASSET_MATERIALIZATION, [DATA_VERSION_TAG], asset_partitions=self.shard_keys
+            )
+            versions = {shard: t[DATA_VERSION_TAG] for shard, t in tags.items() if DATA_VERSION_TAG in t}
+        for shard, version in versions.items():
+            self.data_versions.set(asset, shard, DataVersion(version))
 
     # -- the step --------------------------------------------------------------------------------------------
 
@@ -190,7 +193,7 @@ class ShardPipeline:
         manifest = manifest_for(self.store)
         for shard in self.shard_keys:
             manifest.shard(shard)  # every shard is registered: fail before any work otherwise
-        self._load_versions(self.keys["input"], observed=True)
+        self._load_versions(self.keys["input"])
         for asset, made_here in ((self.keys["raw"], self.make_raw), (self.keys["prompts"], self.make_prompts)):
             if not made_here:
                 self._load_versions(asset)
@@ -314,6 +317,7 @@ class ShardPipeline:
                 self._record(raw_key, s.key, self.versions["raw"], self.keys["input"], pointer, {
                     "rows": raw.height,
                     "file": s.file,
+                    "chunk": s.chunk,
                     "row_range": f"{s.start}..{s.stop}",
                     "parquet": MetadataValue.path(str(store.shard_path("raw", s.key))),
                     "preview": preview(raw, ["record_id", "data"]),
