@@ -9,6 +9,11 @@ PEFT LoRA adapter); the engine spec carries them by name -> folder, and a job na
 - HF: the model is wrapped in a ``peft.PeftModel`` with every adapter loaded; a call sets its adapter, and a
   call with none runs with the adapters disabled (the base model's own output).
 
+On vLLM's CPU build, requests without an adapter must not share an engine with adapter requests: its CPU LoRA
+ops index the adapter slots with the request's slot id, and "no adapter" is id -1, so a base request batched
+with adapter requests gets the last loaded adapter (found by ``tests/engines/test_lora.py``; the GPU kernels
+skip -1). There the base model runs in an engine of its own (:func:`base_shares_engine_with_adapters`).
+
 Importing this module imports neither torch, peft nor vLLM.
 """
 
@@ -20,12 +25,26 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from llm_infer_dagster.engines.spec import EngineSpec
 from llm_infer_dagster.errors import SettingsError
 
-__all__ = ["VLLM_LORA_RANKS", "adapter_rank", "hf_with_adapters", "use_adapter", "vllm_lora_args", "vllm_requests"]
+__all__ = [
+    "VLLM_LORA_RANKS",
+    "adapter_rank",
+    "base_shares_engine_with_adapters",
+    "hf_with_adapters",
+    "use_adapter",
+    "vllm_lora_args",
+    "vllm_requests",
+]
 
 #: The ranks vLLM's ``max_lora_rank`` takes (``vllm.config.lora.MaxLoRARanks``).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def base_shares_engine_with_adapters(spec: EngineSpec) -> bool:
+    """Whether requests without an adapter may run in one engine with adapter requests (all but vLLM on CPU)."""
+    return not (spec.model_type == "vllm" and spec.device.split(":")[0] == "cpu")
 
 
 def adapter_rank(folder: str) -> int:

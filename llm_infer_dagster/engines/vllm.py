@@ -92,7 +92,7 @@ class VLLMEngine:
             raise SettingsError(f"tensor_parallel_size must be at least 1, got {tensor_parallel_size}")
         check_max_input_length(max_input_length)
         self.max_input_length = max_input_length
-        on_cpu = self.device.split(":")[0] == "cpu"
+        on_cpu = self._on_cpu = self.device.split(":")[0] == "cpu"
         args: dict[str, Any] = dict(engine_args or {})
         if on_cpu:
             # "auto" turns an fp32 checkpoint into bf16 on CPU; keep what HF would load.
@@ -177,6 +177,11 @@ class VLLMEngine:
         if adapter is not None and adapter not in self._lora:
             known = ", ".join(sorted(self._lora)) or "none"
             raise ValueError(f"LoRA adapter {adapter!r} is not loaded in this engine (loaded: {known})")
+        if adapter is None and self._lora and self._on_cpu:
+            raise ValueError(
+                "a request without a LoRA adapter cannot share vLLM's CPU engine with adapter requests (its CPU "
+                "LoRA ops apply the last adapter to it): run the base model in an engine without lora_adapters"
+            )
         lora = self._lora.get(adapter) if adapter is not None else None
         params = self.sampling_params(sampling)
         shard = _Shard(results=[None] * len(prompts))

@@ -34,6 +34,7 @@ from dagster import (
 )
 
 from llm_infer_dagster.deployment import Deployment
+from llm_infer_dagster.engines.lora import base_shares_engine_with_adapters
 from llm_infer_dagster.engines.spec import EngineSpec, has_chat_template
 from llm_infer_dagster.errors import TaskConfigError
 from llm_infer_dagster.orchestration.assets.checks import check_key, evaluation, latest_target
@@ -69,12 +70,24 @@ class ModelTarget:
 
 
 def engine_groups(targets: list[ModelTarget]) -> list[list[ModelTarget]]:
-    """The targets that make completions, grouped by base engine (first appearance order): one pool each."""
+    """The targets that make completions, grouped by base engine (first appearance order): one pool each.
+
+    Models on one base share an engine: its LoRA adapters, and the base itself where the engine allows
+    (not vLLM on CPU: ``base_shares_engine_with_adapters``).
+    """
+
+    def fits(t: ModelTarget, group: list[ModelTarget]) -> bool:
+        assert t.spec is not None and group[0].spec is not None
+        if group[0].spec.base() != t.spec.base():
+            return False
+        same_kind = all((m.adapter is None) == (t.adapter is None) for m in group)
+        return same_kind or base_shares_engine_with_adapters(t.spec)
+
     groups: list[list[ModelTarget]] = []
     for t in targets:
         if not t.make_completions or t.spec is None:
             continue
-        group = next((g for g in groups if g[0].spec is not None and g[0].spec.base() == t.spec.base()), None)
+        group = next((g for g in groups if fits(t, g)), None)
         if group is None:
             groups.append([t])
         else:
