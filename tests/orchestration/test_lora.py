@@ -142,3 +142,25 @@ def test_vllm_adapters_share_one_engine_and_the_base_runs_apart_on_cpu(
     assert sum(m.endswith("with LoRA adapter(s) lora_a, lora_b") for m in loads) == 1, loads
     assert_adapters_differ(comps, configs)
     instance.dispose()
+
+
+def test_engine_groups_put_models_of_one_base_in_one_pool() -> None:
+    from llm_infer_dagster.engines.spec import EngineSpec
+    from llm_infer_dagster.orchestration.assets.pipeline import ModelTarget, engine_groups
+
+    def target(name: str | None, model_type: str, path: str = "/m", adapter: str | None = None, *,
+               device: str = "cpu", make: bool = True) -> ModelTarget:  # fmt: skip
+        spec = EngineSpec(model_type=model_type, model_path=path, device=device)  # type: ignore[arg-type]
+        return ModelTarget(name, key(name, "completions"), key(name, "answers"), {}, spec, make, True, adapter)
+
+    def names(groups: list[list[ModelTarget]]) -> list[list[str | None]]:
+        return [[t.name for t in g] for g in groups]
+
+    hf = [target(None, "hf"), target("other", "hf", "/o"), target("a", "hf", adapter="/a")]
+    hf += [target("b", "hf", adapter="/b"), target("c", "hf", "/o", adapter="/c"), target("off", "hf", make=False)]
+    assert names(engine_groups(hf)) == [[None, "a", "b"], ["other", "c"]]
+    cpu = [target(None, "vllm"), target("a", "vllm", adapter="/a"), target("b", "vllm", adapter="/b")]
+    assert names(engine_groups(cpu)) == [[None], ["a", "b"]]  # vLLM's CPU LoRA ops: the base runs apart
+    gpu = [target(None, "vllm", device="cuda"), target("a", "vllm", adapter="/a", device="cuda")]
+    assert names(engine_groups(gpu)) == [[None, "a"]]
+    assert names(engine_groups([target(None, "hf"), target("v", "vllm")])) == [[None], ["v"]]
