@@ -97,12 +97,13 @@ class Deployment(BaseSettings):
         """A task's named model with the default model's engine, dtype and context length where it sets none."""
         if choice is None:
             return self.default_model()
-        return ModelChoice(
-            model_path=choice.model_path,
-            model_type=choice.model_type or self.model_type,
-            dtype=choice.dtype or self.dtype,
-            max_model_len=choice.max_model_len or self.max_model_len,
-            model_args=choice.model_args,
+        # a copy, so a LoRA adapter (AdapterChoice) keeps its adapter folder
+        return choice.model_copy(
+            update={
+                "model_type": choice.model_type or self.model_type,
+                "dtype": choice.dtype or self.dtype,
+                "max_model_len": choice.max_model_len or self.max_model_len,
+            }
         )
 
     def env(self) -> dict[str, str]:

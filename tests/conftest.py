@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 from postgres_server import REQUIRE_ENV, PostgresServer, find_bin_dir
 
+from llm_infer_dagster.testing.tiny_lora import build_tiny_adapter
 from llm_infer_dagster.testing.tiny_model import build_tiny_model
 
 
@@ -30,6 +31,13 @@ def _no_defs_state_from_earlier_tests() -> Iterator[None]:
 def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A tiny real Llama (random weights, BPE tokenizer, chat template) on disk, built once per session."""
     return str(build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_adapters(tiny_model_path: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Two LoRA adapters of the tiny model (random non-zero weights, seeds 1 and 2), built once per session."""
+    root = tmp_path_factory.mktemp("adapters")
+    return {n: str(build_tiny_adapter(tiny_model_path, root / n, seed=seed)) for n, seed in (("a", 1), ("b", 2))}
 
 
 @pytest.fixture(scope="session")

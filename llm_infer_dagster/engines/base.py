@@ -3,7 +3,8 @@
 A prompt is either plain text (sent as is) or a list of chat messages
 (``[{"role": ..., "content": ...}]``), which the engine renders with the model's own chat template.
 An engine never raises for one bad prompt (e.g. longer than the model accepts): that prompt comes back
-as a :class:`Completion` with ``error`` set, so one row cannot sink a shard.
+as a :class:`Completion` with ``error`` set, so one row cannot sink a shard. An engine loaded with LoRA
+adapters runs a call with the one it names (``adapter=``), or the base model without any.
 """
 
 from __future__ import annotations
@@ -58,8 +59,10 @@ class Engine(Protocol):
     name: str  # "hf" | "vllm"
     model_path: str
 
-    def generate(self, prompts: Sequence[Prompt], sampling: Mapping[str, Any]) -> list[Completion]:
-        """Return one Completion per prompt, in input order."""
+    def generate(
+        self, prompts: Sequence[Prompt], sampling: Mapping[str, Any], *, adapter: str | None = None
+    ) -> list[Completion]:
+        """Return one Completion per prompt, in input order (with LoRA adapter ``adapter``, if named)."""
         ...
 
     def close(self) -> None:
@@ -75,7 +78,9 @@ class StreamingEngine(Engine, Protocol):
     while the current one drains.
     """
 
-    def submit(self, tag: str, prompts: Sequence[Prompt], sampling: Mapping[str, Any]) -> None: ...
+    def submit(
+        self, tag: str, prompts: Sequence[Prompt], sampling: Mapping[str, Any], *, adapter: str | None = None
+    ) -> None: ...
 
     def has_pending(self) -> bool: ...
 
@@ -91,10 +96,12 @@ class BlockingStream:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._queue: list[tuple[str, Sequence[Prompt], Mapping[str, Any]]] = []
+        self._queue: list[tuple[str, Sequence[Prompt], Mapping[str, Any], str | None]] = []
 
-    def submit(self, tag: str, prompts: Sequence[Prompt], sampling: Mapping[str, Any]) -> None:
-        self._queue.append((tag, prompts, sampling))
+    def submit(
+        self, tag: str, prompts: Sequence[Prompt], sampling: Mapping[str, Any], *, adapter: str | None = None
+    ) -> None:
+        self._queue.append((tag, prompts, sampling, adapter))
 
     def has_pending(self) -> bool:
         return bool(self._queue)
@@ -105,8 +112,10 @@ class BlockingStream:
     def step(self) -> list[tuple[str, list[Completion]]]:
         if not self._queue:
             return []
-        tag, prompts, sampling = self._queue.pop(0)
-        return [(tag, self.engine.generate(prompts, sampling))]
+        tag, prompts, sampling, adapter = self._queue.pop(0)
+        if adapter is None:  # an engine without adapters need not know the keyword
+            return [(tag, self.engine.generate(prompts, sampling))]
+        return [(tag, self.engine.generate(prompts, sampling, adapter=adapter))]
 
 
 def as_streaming(engine: Engine) -> StreamingEngine:

@@ -12,6 +12,8 @@ gives the same kind of answer on either backend:
 - A prompt longer than the model accepts, or than ``max_input_length`` (the seed's ``--max_input_length``),
   comes back as an error ``Completion``; ``max_tokens`` is capped at ``max_model_len - prompt_len``
   ("length"), as vLLM does.
+- LoRA adapters (``lora_adapters``) are loaded once with ``peft`` on top of the base model; ``generate``
+  runs the one it names, or the base model (see :mod:`llm_infer_dagster.engines.lora`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 
 from llm_infer_dagster.engines.base import Completion, Prompt, check_max_input_length, too_long_error
 from llm_infer_dagster.engines.hf_sampling import check_hf_supported, normalize_stop, to_hf_generate_kwargs
+from llm_infer_dagster.engines.lora import hf_with_adapters, use_adapter
 from llm_infer_dagster.errors import SettingsError, TaskConfigError
 
 __all__ = ["HFEngine"]
@@ -67,6 +70,7 @@ class HFEngine:
         trust_remote_code: bool = False,
         batch_size: int = 32,
         max_input_length: int | None = None,
+        lora_adapters: Mapping[str, str] | None = None,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
@@ -121,7 +125,8 @@ class HFEngine:
         )
         # transformers wraps PreTrainedModel.to in functools.wraps, whose stub loses the bound self.
         to_device = cast("Callable[[torch.device], Any]", model.to)
-        self._model = to_device(self.device).eval()
+        self.lora_adapters = dict(lora_adapters or {})
+        self._model = hf_with_adapters(to_device(self.device).eval(), self.lora_adapters, str(self.device))
 
         derived = self._derived_max_len(model.config, tokenizer)
         if max_model_len is not None and derived is not None and max_model_len > derived:
@@ -155,8 +160,10 @@ class HFEngine:
 
     # ------------------------------------------------------------------------------------- generation
 
-    def generate(self, prompts: Sequence[Prompt], sampling: Mapping[str, Any]) -> list[Completion]:
-        """One Completion per prompt, in input order, each with all ``n`` samples.
+    def generate(
+        self, prompts: Sequence[Prompt], sampling: Mapping[str, Any], *, adapter: str | None = None
+    ) -> list[Completion]:
+        """One Completion per prompt, in input order, each with all ``n`` samples (with LoRA ``adapter``).
 
         Raises :class:`TaskConfigError` for parameters HF cannot honour, before any work. With ``seed``,
         the RNG is reseeded before every batch: the same prompts and settings give the same samples.
@@ -178,7 +185,8 @@ class HFEngine:
         encoded.sort(key=lambda e: len(e.ids), reverse=True)
         per_batch = max(1, self.batch_size // seqs_per_prompt)
         for batch in self._batches(encoded, max_tokens, per_batch):
-            samples = self._generate_batch(batch, max_tokens, seqs_per_prompt, kwargs, sampling)
+            with use_adapter(self._model, self.lora_adapters, adapter):
+                samples = self._generate_batch(batch, max_tokens, seqs_per_prompt, kwargs, sampling)
             for item, item_samples in zip(batch, samples, strict=True):
                 if seqs_per_prompt != n:
                     item_samples = item_samples * n

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +26,12 @@ class EngineSpec:
     tensor_parallel_size: int = 1
     engine_args: dict[str, Any] = field(default_factory=dict)
     max_input_length: int | None = None  # the seed's --max_input_length: longer prompts are error rows
+    # LoRA adapters loaded with the base model, by name -> folder; a job names the one it runs (or none)
+    lora_adapters: dict[str, str] = field(default_factory=dict)
+
+    def base(self) -> EngineSpec:
+        """This engine without its adapters: specs with the same base can share one loaded engine."""
+        return replace(self, lora_adapters={})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,6 +71,7 @@ def load_engine(spec: EngineSpec) -> Engine:
             trust_remote_code=spec.trust_remote_code,
             batch_size=spec.batch_size,
             max_input_length=spec.max_input_length,
+            lora_adapters=dict(spec.lora_adapters),
         )
     if spec.model_type == "vllm":
         from llm_infer_dagster.engines.vllm import VLLMEngine
@@ -78,5 +85,6 @@ def load_engine(spec: EngineSpec) -> Engine:
             tensor_parallel_size=spec.tensor_parallel_size,
             engine_args=dict(spec.engine_args),
             max_input_length=spec.max_input_length,
+            lora_adapters=dict(spec.lora_adapters),
         )
     raise ValueError(f"unknown model type {spec.model_type!r}")

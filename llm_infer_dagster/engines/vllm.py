@@ -19,6 +19,9 @@ Conventions shared with the HF backend (see :mod:`llm_infer_dagster.engines.hf`)
 - ``completion_tokens`` counts the generated token ids (the terminating EOS / stop token included),
   summed over the ``n`` samples; ``finish_reasons`` are vLLM's ("stop", "length", "abort").
 
+LoRA adapters (``lora_adapters``) load with the base model (``enable_lora``); each submitted shard names
+the one its requests run with (a ``LoRARequest``), or none for the base model.
+
 Importing this module imports neither vLLM nor torch: the engine (and its CPU/GPU setup) lives in the
 worker process that builds it.
 """
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_infer_dagster.engines.base import Completion, Prompt, check_max_input_length, too_long_error
+from llm_infer_dagster.engines.lora import vllm_lora_args, vllm_requests
 from llm_infer_dagster.engines.spec import Dtype
 from llm_infer_dagster.errors import SettingsError, TaskConfigError
 
@@ -78,6 +82,7 @@ class VLLMEngine:
         tensor_parallel_size: int = 1,
         engine_args: dict[str, Any] | None = None,
         max_input_length: int | None = None,
+        lora_adapters: Mapping[str, str] | None = None,
     ) -> None:
         self.model_path = str(model_path)
         self.device = str(device)
@@ -87,7 +92,7 @@ class VLLMEngine:
             raise SettingsError(f"tensor_parallel_size must be at least 1, got {tensor_parallel_size}")
         check_max_input_length(max_input_length)
         self.max_input_length = max_input_length
-        on_cpu = self.device.split(":")[0] == "cpu"
+        on_cpu = self._on_cpu = self.device.split(":")[0] == "cpu"
         args: dict[str, Any] = dict(engine_args or {})
         if on_cpu:
             # "auto" turns an fp32 checkpoint into bf16 on CPU; keep what HF would load.
@@ -96,6 +101,8 @@ class VLLMEngine:
             if not any(k in args for k in _KV_SIZE_ARGS) and not os.environ.get(_KV_SIZE_ENV):
                 args["kv_cache_memory_bytes"] = DEFAULT_CPU_KV_CACHE_BYTES
         self.dtype = dtype
+        self.lora_adapters = dict(lora_adapters or {})
+        args.update(vllm_lora_args(self.lora_adapters, args))
 
         from vllm import LLM
 
@@ -132,6 +139,7 @@ class VLLMEngine:
                 )
         self._shards: dict[str, _Shard] = {}
         self._ready: list[tuple[str, list[Completion]]] = []
+        self._lora = vllm_requests(self.lora_adapters) if self.lora_adapters else {}
 
     # ------------------------------------------------------------------------------------- sampling
 
@@ -158,12 +166,23 @@ class VLLMEngine:
 
     # ------------------------------------------------------------------------------------ streaming
 
-    def submit(self, tag: str, prompts: Sequence[Prompt], sampling: Mapping[str, Any]) -> None:
-        """Queue a whole shard under ``tag``; bad prompts become error Completions at once."""
+    def submit(
+        self, tag: str, prompts: Sequence[Prompt], sampling: Mapping[str, Any], *, adapter: str | None = None
+    ) -> None:
+        """Queue a whole shard under ``tag`` (run with LoRA ``adapter``); bad prompts become error Completions."""
         if self._llm is None:
             raise RuntimeError("VLLMEngine.submit called after close()")
         if tag in self._shards or any(t == tag for t, _ in self._ready):
             raise ValueError(f"shard {tag!r} is already in the engine")
+        if adapter is not None and adapter not in self._lora:
+            known = ", ".join(sorted(self._lora)) or "none"
+            raise ValueError(f"LoRA adapter {adapter!r} is not loaded in this engine (loaded: {known})")
+        if adapter is None and self._lora and self._on_cpu:
+            raise ValueError(
+                "a request without a LoRA adapter cannot share vLLM's CPU engine with adapter requests (its CPU "
+                "LoRA ops apply the last adapter to it): run the base model in an engine without lora_adapters"
+            )
+        lora = self._lora.get(adapter) if adapter is not None else None
         params = self.sampling_params(sampling)
         shard = _Shard(results=[None] * len(prompts))
         self._shards[tag] = shard
@@ -176,7 +195,7 @@ class VLLMEngine:
                     continue
                 request_id = f"{tag}{_SEP}{i}"
                 try:
-                    self._engine.add_request(request_id, engine_input, params)
+                    self._engine.add_request(request_id, engine_input, params, lora_request=lora)
                 except Exception as exc:
                     if _is_engine_failure(exc):
                         raise
@@ -226,9 +245,11 @@ class VLLMEngine:
             done.append((tag, [r if r is not None else Completion(error="internal: no output") for r in shard.results]))
         return done
 
-    def generate(self, prompts: Sequence[Prompt], sampling: Mapping[str, Any]) -> list[Completion]:
+    def generate(
+        self, prompts: Sequence[Prompt], sampling: Mapping[str, Any], *, adapter: str | None = None
+    ) -> list[Completion]:
         """One Completion per prompt, in input order, each with all ``n`` samples (the streaming path)."""
-        self.submit(_GENERATE_TAG, prompts, sampling)
+        self.submit(_GENERATE_TAG, prompts, sampling, adapter=adapter)
         while True:
             for tag, completions in self.step():
                 if tag == _GENERATE_TAG:

@@ -37,11 +37,15 @@ class Setup:
 
 @dataclass(frozen=True)
 class Job:
-    """One shard to run: read its prompts from ``prompts``, write its completions to ``output``."""
+    """One shard to run: read its prompts from ``prompts``, write its completions to ``output``.
+
+    ``adapter``: the LoRA adapter (a name in the setup's engine spec) it runs with; None for the base model.
+    """
 
     shard: str
     prompts: str
     output: str
+    adapter: str | None = None
     kind: Literal["job"] = "job"
 
 

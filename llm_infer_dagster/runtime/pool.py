@@ -48,9 +48,10 @@ from llm_infer_dagster.runtime.messages import (
 
 @dataclass(frozen=True)
 class ShardJob:
-    key: str
+    key: str  # unique among the run's jobs (one shard may be a job per LoRA adapter)
     prompts: str  # path of the prompts shard
     output: str  # where the completions shard goes
+    adapter: str | None = None  # the LoRA adapter of the pool's engine spec it runs with (None: the base model)
 
 
 @dataclass
@@ -314,7 +315,7 @@ class WorkerPool:
                     if not w.inflight:
                         w.clock = time.monotonic()
                     w.inflight.append(job.key)
-                    self._send(w, Job(shard=job.key, prompts=job.prompts, output=job.output))
+                    self._send(w, Job(shard=job.key, prompts=job.prompts, output=job.output, adapter=job.adapter))
                 elif not w.stopping:
                     w.stopping = True
                     self._send(w, Stop())

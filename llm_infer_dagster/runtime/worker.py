@@ -152,8 +152,10 @@ def serve(reader: LineReader, out: TextIO) -> None:
         if key not in inflight:
             return  # already failed (an engine error that could not be pinned on one shard)
         job, request, started = inflight.pop(key)
+        # an adapter's rows name the adapter folder applied to the base model
+        model = spec.model_path if job.adapter is None else spec.lora_adapters.get(job.adapter, job.adapter)
         try:
-            df = completions_frame(request, completions, sampling, spec.model_path)
+            df = completions_frame(request, completions, sampling, model)
             atomic_write(Path(job.output), lambda tmp: df.write_parquet(tmp))
         except Exception as exc:
             _send(out, Failed(shard=key, error=_describe(exc), trace=traceback.format_exc()))
@@ -212,7 +214,8 @@ def serve(reader: LineReader, out: TextIO) -> None:
                 request = prepare_shard(pl.read_parquet(job.prompts))
                 inflight[key] = (job, request, time.perf_counter())
                 if request.to_send:
-                    stream.submit(key, request.to_send, sampling)
+                    # the base model is loaded once; each job picks its LoRA adapter (or none)
+                    stream.submit(key, request.to_send, sampling, adapter=job.adapter)
                     in_engine.append(key)
                 else:
                     finish(key, [])

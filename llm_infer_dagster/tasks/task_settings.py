@@ -9,6 +9,7 @@ here, in one place next to the task's code::
       "sensor": {"enabled": true, "interval_seconds": 60},    # register shards of new/grown files
       "schedule": {"enabled": false, "cron": "0 * * * *"},    # materialize missing shards
       "models": {"qwen7b": {"model_path": "/models/qwen7b", "model_type": "vllm"}},  # also run these
+                                                # ... each may add "lora_adapters": {"<name>": "<adapter folder>"}
       "checks": {"error_rows": {"warn": 0.05, "error": 0.5, "blocking": true}}   # per-shard quality checks
     }
 
@@ -41,6 +42,7 @@ from pydantic import (
 from llm_infer_dagster.errors import TaskConfigError
 
 __all__ = [
+    "ADAPTER_CONFIG",
     "ANSWERS_CHECKS",
     "CHECK_NAMES",
     "COMPLETIONS_CHECKS",
@@ -51,6 +53,7 @@ __all__ = [
     "SETTINGS_FILE",
     "CheckName",
     "CheckSettings",
+    "AdapterChoice",
     "CheckThreshold",
     "ModelChoice",
     "ScheduleSettings",
@@ -89,7 +92,9 @@ class ModelChoice(_Section):
     """A named model this task also runs on, side by side with the run's default model.
 
     Unset fields fall back to the run's settings (model type, dtype, context length, engine arguments).
-    A relative ``model_path`` in the file is relative to the task folder.
+    A relative ``model_path`` in the file is relative to the task folder, and so is each folder of
+    ``lora_adapters`` (adapter name -> PEFT LoRA adapter folder of this base model): each adapter becomes a
+    model of the task of its own, named by its key (an :class:`AdapterChoice` in ``TaskSettings.models``).
     """
 
     model_path: str
@@ -97,6 +102,27 @@ class ModelChoice(_Section):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] | None = None
     max_model_len: Annotated[int, Field(ge=1)] | None = None
     model_args: dict[str, Any] | None = None
+    lora_adapters: dict[ModelName, str] | None = None
+
+    @property
+    def adapter_path(self) -> str | None:
+        """The LoRA adapter folder this model applies to its base (None: the model as it is)."""
+        return None
+
+
+class AdapterChoice(ModelChoice):
+    """One LoRA adapter of a declared model, as a model of its own (made by :func:`load_task_settings`).
+
+    Never read from the file (where adapters sit under their base's ``lora_adapters``): the base's fields,
+    plus the adapter's folder (absolute, checked to be a PEFT LoRA adapter) and the base model's name.
+    """
+
+    adapter: str
+    base_model: str
+
+    @property
+    def adapter_path(self) -> str | None:
+        return self.adapter
 
 
 class SensorSettings(_Section):
@@ -284,7 +310,8 @@ def _one_line(path: Path, exc: ValidationError) -> str:
     err = errors[0]
     loc, kind, got = tuple(err["loc"]), err["type"], _show(err.get("input"))
     if kind == "string_pattern_mismatch" and loc[:1] == ("models",) and loc[-1:] == ("[key]",):
-        return f'{path}: "{_dotted(loc[:2])}": {_MODEL_NAME_RULE}, got {_show(loc[1])}'
+        # a model's name, or an adapter's under models.<model>.lora_adapters
+        return f'{path}: "{_dotted(loc[:-1])}": {_MODEL_NAME_RULE}, got {_show(loc[-2])}'
     if kind == "missing":
         where = f' in "{_dotted(loc[:-1])}"' if loc[:-1] else ""
         return f'{path}: "{loc[-1]}" is required{where}'
@@ -312,6 +339,60 @@ def _in_folder(folder: Path, p: str) -> Path:
     return Path(p) if Path(p).is_absolute() else (folder / p).resolve()
 
 
+#: What makes a folder a PEFT adapter: its config (and one of the weight files next to it).
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def _adapter_problem(folder: Path) -> str | None:
+    """Why ``folder`` is not a PEFT LoRA adapter both engines can load, or None if it is one."""
+    if not folder.is_dir():
+        return "no such folder" if not folder.exists() else "is not a folder"
+    config_path = folder / ADAPTER_CONFIG
+    if not config_path.is_file():
+        return f"has no {ADAPTER_CONFIG}: not a PEFT adapter folder (save one with peft's save_pretrained)"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"{ADAPTER_CONFIG} is not valid JSON ({exc})"
+    if not isinstance(config, dict):
+        return f"{ADAPTER_CONFIG} must hold a JSON object"
+    if config.get("peft_type") != "LORA":
+        return f'{ADAPTER_CONFIG} has peft_type {_show(config.get("peft_type"))}; only "LORA" adapters are supported'
+    rank = config.get("r")
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        return f'{ADAPTER_CONFIG} has "r" (the LoRA rank) {_show(rank)}; it must be a positive integer'
+    if not any((folder / w).is_file() for w in ADAPTER_WEIGHTS):
+        return f"has no adapter weights ({' or '.join(ADAPTER_WEIGHTS)})"
+    return None
+
+
+def _expand_adapters(path: Path, folder: Path, models: dict[str, ModelChoice]) -> dict[str, ModelChoice]:
+    """Each model's LoRA adapters as models of their own, after their base; a bad adapter is one line."""
+    out: dict[str, ModelChoice] = dict(models)
+    for base, choice in models.items():
+        adapters: dict[str, str] = {}
+        for name, given in (choice.lora_adapters or {}).items():
+            key = f'"{_dotted(("models", base, "lora_adapters", name))}"'
+            if name in out:
+                taken = "a model" if name in models else "an adapter"
+                raise TaskConfigError(
+                    f"{path}: {key}: {_show(name)} is already {taken} of this task; adapters are models of their "
+                    "own (assets [<task>, <adapter>, completions]), so give it a name no other model has"
+                )
+            resolved = Path(_in_folder(folder, given))
+            problem = _adapter_problem(resolved)
+            if problem is not None:
+                raise TaskConfigError(f"{path}: {key}: {resolved} {problem}")
+            adapters[name] = str(resolved)
+            out[name] = AdapterChoice(
+                **{**choice.model_dump(), "lora_adapters": None}, adapter=str(resolved), base_model=base
+            )
+        if adapters:
+            out[base] = choice.model_copy(update={"lora_adapters": adapters})
+    return out
+
+
 def load_task_settings(folder: Path) -> TaskSettings:
     """``<folder>/task_settings.json``, or the defaults when there is none; raises :class:`TaskConfigError`."""
     path = folder / SETTINGS_FILE
@@ -331,7 +412,7 @@ def load_task_settings(folder: Path) -> TaskSettings:
         name: m.model_copy(update={"model_path": str(_in_folder(folder, m.model_path))})
         for name, m in settings.models.items()
     }
-    update: dict[str, Any] = {"models": models}
+    update: dict[str, Any] = {"models": _expand_adapters(path, folder, models)}
     if settings.input_path is not None:
         # an absolute input_path stays as written (glob patterns and trailing slashes included)
         update["input_path"] = (

@@ -4,7 +4,8 @@ right shards stale when a task's code, prompt files, sampling parameters or mode
 - raw:          ``get_file_list`` and ``read_file``
 - prompts:      raw's, plus ``format_prompt`` and the task folder's prompt files (templates it reads)
 - completions:  prompts', plus the merged sampling parameters, the model identity (path + weights) and the
-                engine settings that change outputs (dtype, context length, ``--max_input_length``)
+                engine settings that change outputs (dtype, context length, ``--max_input_length``); for a
+                LoRA adapter also the content of its files, so new adapter weights make only its shards stale
 - answers:      completions', plus ``extract_answer``
 
 Each role's fingerprint is of the function actually used for it (the seed's ``--*_func`` flags may name
@@ -97,6 +98,21 @@ def model_fingerprint(model_path: str | None) -> str:
     return _digest(parts)
 
 
+def adapter_fingerprint(adapter_path: str) -> str:
+    """A LoRA adapter's identity: the content of every file in its folder (adapters are small: MBs, not GBs).
+
+    Hidden files and peft's model card (``README.md``, which nothing loads) are left out, so editing the card
+    changes nothing; new weights or a new ``adapter_config.json`` change the version.
+    """
+    root = Path(adapter_path)
+    parts: list[str | bytes] = []
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if p.is_file() and not any(part.startswith(".") for part in rel.parts) and rel.as_posix() != "README.md":
+            parts += [rel.as_posix(), p.read_bytes()]
+    return _digest(parts)
+
+
 def sampling_fingerprint(sampling: Mapping[str, Any]) -> str:
     return _digest([json.dumps(dict(sampling), sort_keys=True)])
 
@@ -117,6 +133,7 @@ def task_code_versions(
     limit: int | None = None,
     functions: Mapping[str, str] | None = None,
     max_input_length: int | None = None,
+    adapter_path: str | None = None,
 ) -> dict[str, str]:
     """The code version of each of a task's four assets.
 
@@ -125,7 +142,8 @@ def task_code_versions(
     makes a new prompt template show prompts, completions and answers stale at once, and lets "materialize
     stale" redo exactly those.
 
-    ``functions``: role -> the function name used for it (default: the role's own name). Settings at their
+    ``functions``: role -> the function name used for it (default: the role's own name). ``adapter_path``: the
+    LoRA adapter applied to the model (its files' content joins the model's identity). Settings at their
     default add nothing, so versions made before a setting existed stay valid.
     """
     used = {role: role for role in ("get_file_list", "read_file", "format_prompt", "extract_answer")}
@@ -143,6 +161,8 @@ def task_code_versions(
     engine = combine(model_type, model_fingerprint(model_path), dtype, str(max_model_len))
     if max_input_length is not None:  # a shorter allowance turns rows into errors
         engine = combine(engine, f"max_input_length={max_input_length}")
+    if adapter_path is not None:  # the base model's identity plus the adapter's files
+        engine = combine(engine, f"lora={adapter_fingerprint(adapter_path)}")
     completions = combine(prompts, sampling_fingerprint(sampling), engine)
     answers = combine(completions, fingerprint("extract_answer"))
     return {"raw": raw, "prompts": prompts, "completions": completions, "answers": answers}

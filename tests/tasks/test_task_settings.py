@@ -115,7 +115,7 @@ def test_invalid_json_and_not_an_object(tmp_path: Path) -> None:
         ({"schedule": {"crn": "x"}}, 'unknown key(s) crn in "schedule" (did you mean "cron"?)'),
         (
             {"models": {"m": {"model_path": "/m", "dtyp": "auto"}}},
-            'unknown key(s) dtyp in "models.m" (did you mean "dtype"?); valid: dtype, max_model_len, model_args,',
+            'unknown key(s) dtyp in "models.m" (did you mean "dtype"?); valid: dtype, lora_adapters, max_model_len,',
         ),
         ({"shardsize": 4, "inputpath": "x"}, 'did you mean "shard_size" for shardsize, "input_path" for inputpath?'),
     ],

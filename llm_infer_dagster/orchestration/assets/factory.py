@@ -114,6 +114,7 @@ def code_versions(task: TaskConfig, deployment: Deployment) -> dict[str | None, 
             model_type=c.model_type or deployment.model_type, model_path=c.model_path,
             dtype=c.dtype or deployment.dtype, max_model_len=c.max_model_len, limit=deployment.limit,
             functions=task.files.functions, max_input_length=deployment.max_input_length,
+            adapter_path=c.adapter_path,
         )  # fmt: skip
     return out
 
@@ -173,7 +174,10 @@ def _build_task_assets(
         models[model] = (comp_key, answers_key)
         declared = deployment.resolve(task.settings.models.get(model) if model else None)
         about = (
-            f"Completions of model {model!r} ({declared.model_type} {declared.model_path}, from the task's "
+            f"Completions of LoRA adapter {model!r} ({declared.adapter_path}) on {declared.model_type} "
+            f"{declared.model_path}, from the task's task_settings.json. "
+            if model and declared.adapter_path
+            else f"Completions of model {model!r} ({declared.model_type} {declared.model_path}, from the task's "
             "task_settings.json). "
             if model
             else f"Completions of the deployment's default model ({declared.model_type} "
@@ -212,7 +216,10 @@ def _build_task_assets(
             spec = engine_spec(deployment, settings, choice) if make_comp else None
             if spec is not None and spec.model_type == "hf":
                 check_hf_supported(task.sampling_params)
-            targets.append(ModelTarget(model, comp_key, answers_key, all_versions[model], spec, make_comp, make_ans))
+            adapter = choice.adapter_path if choice else None  # a LoRA adapter runs on its base's engine
+            targets.append(
+                ModelTarget(model, comp_key, answers_key, all_versions[model], spec, make_comp, make_ans, adapter)
+            )
         ShardPipeline(
             context, task, deployment, settings,
             keys={"input": input_spec.key, "raw": raw_key, "prompts": prompts_key},

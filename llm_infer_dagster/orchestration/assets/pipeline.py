@@ -7,10 +7,15 @@ the moment its completions land. Each shard of each asset is recorded in Dagster
 file is in place (with the provenance tags Dagster's stale status reads), so a killed run keeps every shard it
 finished and nothing is recorded twice. Pure row transforms live in ``transforms.py``; this module reads,
 writes and reports.
+
+Models whose engines differ only in their LoRA adapters (a base model and its adapters, or several
+adapters of one base) share one worker pool: each worker loads the base once with every adapter of the
+group, and each shard becomes one job per model, recorded as it lands like any other.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterator, Mapping
@@ -29,6 +34,7 @@ from dagster import (
 )
 
 from llm_infer_dagster.deployment import Deployment
+from llm_infer_dagster.engines.lora import base_shares_engine_with_adapters
 from llm_infer_dagster.engines.spec import EngineSpec, has_chat_template
 from llm_infer_dagster.errors import TaskConfigError
 from llm_infer_dagster.orchestration.assets.checks import check_key, evaluation, latest_target
@@ -61,6 +67,38 @@ class ModelTarget:
     spec: EngineSpec | None  # None when this step runs no model for it
     make_completions: bool
     make_answers: bool
+    adapter: str | None = None  # the LoRA adapter folder applied to spec's (base) model; None: the model itself
+
+
+def engine_groups(targets: list[ModelTarget]) -> list[list[ModelTarget]]:
+    """The targets that make completions, grouped by base engine (first appearance order): one pool each.
+
+    Models on one base share an engine: its LoRA adapters, and the base itself where the engine allows
+    (not vLLM on CPU: ``base_shares_engine_with_adapters``).
+    """
+
+    def fits(t: ModelTarget, group: list[ModelTarget]) -> bool:
+        assert t.spec is not None and group[0].spec is not None
+        if group[0].spec.base() != t.spec.base():
+            return False
+        same_kind = all((m.adapter is None) == (t.adapter is None) for m in group)
+        return same_kind or base_shares_engine_with_adapters(t.spec)
+
+    groups: list[list[ModelTarget]] = []
+    for t in targets:
+        if not t.make_completions or t.spec is None:
+            continue
+        group = next((g for g in groups if fits(t, g)), None)
+        if group is None:
+            groups.append([t])
+        else:
+            group.append(t)
+    return groups
+
+
+def _adapter_name(target: ModelTarget) -> str | None:
+    """The name a target's LoRA adapter has in its group's engine (its model name), or None."""
+    return (target.name or "default") if target.adapter is not None else None
 
 
 @dataclass
@@ -109,6 +147,8 @@ class ShardPipeline:
         self._frames: dict[str, tuple[pl.DataFrame, pl.DataFrame]] = {}
         self.checks = task.settings.checks  # the per-shard quality checks' thresholds
         self.selected_checks = set(context.selected_asset_check_keys)
+        self.groups = engine_groups(targets)  # one worker pool (one base model load per worker) each
+        self._jobs_left: dict[str, int] = {}  # shard -> its jobs still running in the current pool
 
     # -- reporting -------------------------------------------------------------------------------------------
 
@@ -186,6 +226,15 @@ class ShardPipeline:
         self._frames.pop(shard, None)
         if bad_input:
             self.bad_input.add(shard)
+        self._release(shard)
+
+    def _release(self, shard: str) -> None:
+        """Drop ``shard``'s lease, once no job of the current pool (one per model of the group) still runs it."""
+        left = self._jobs_left.get(shard, 0) - 1
+        if left > 0:
+            self._jobs_left[shard] = left
+            return
+        self._jobs_left.pop(shard, None)
         self.leases.release(shard)
 
     def _run(self) -> None:
@@ -205,11 +254,10 @@ class ShardPipeline:
         t0 = time.perf_counter()
         prep = self._prepare(manifest) if (self.make_raw or self.make_prompts) else None
         ran_model = False
-        for target in self.targets:
-            if target.make_completions:
-                jobs = prep if (prep is not None and not ran_model) else self._existing_prompts(target)
-                self._complete(target, jobs)
-                ran_model = True
+        for group in self.groups:
+            shards = prep if (prep is not None and not ran_model) else self._existing_prompts()
+            self._complete(group, shards)
+            ran_model = True
         if prep is not None and not ran_model:
             for _ in prep:  # no model in this step: just make raw and prompts
                 pass
@@ -278,13 +326,14 @@ class ShardPipeline:
                 f"{spec.model_path} has no chat template; return a string from format_prompt or use a chat model"
             )
 
-    def _prepare(self, manifest: ShardManifest) -> Iterator[ShardJob]:
-        """Make raw and prompts shard by shard (one read per input file), recording each; yield its job."""
+    def _prepare(self, manifest: ShardManifest) -> Iterator[str]:
+        """Make raw and prompts shard by shard (one read per input file), recording each; yield its key."""
         log, store = self.context.log, self.store
         raw_key, prompts_key = self.keys["raw"], self.keys["prompts"]
         cached: tuple[str, list[dict[str, Any]] | TaskConfigError] | None = None
         checked_chat = False
-        first_model = next((t for t in self.targets if t.make_completions), None)
+        first_group = self.groups[0] if self.groups else []
+        first_model = first_group[0] if first_group else None
         for shard_key in self.shard_keys:
             s = manifest.shard(shard_key)
             if not self._claim(shard_key):
@@ -339,7 +388,7 @@ class ShardPipeline:
                     "parquet": MetadataValue.path(str(store.shard_path("prompts", s.key))),
                     "preview": preview(prompts, ["record_id", "prompt", "error"]),
                 })  # fmt: skip
-                if first_model is not None and first_model.name is None:
+                if any(t.name is None for t in first_group):
                     self._frames[s.key] = (raw, prompts)  # for the seed export (run's model only)
                 spec = first_model.spec if first_model is not None else None
                 if not checked_chat and spec is not None and self._is_chat(prompts):
@@ -347,32 +396,51 @@ class ShardPipeline:
                     checked_chat = True
             if first_model is None:
                 self.leases.release(s.key)  # nothing more to make for it in this step
-            yield self._job(s.key, first_model)
+            yield s.key
 
-    def _job(self, shard: str, target: ModelTarget | None) -> ShardJob:
-        out = self.store.shard_path("completions", shard, target.name if target else None)
-        return ShardJob(shard, str(self.store.shard_path("prompts", shard)), str(out))
-
-    def _existing_prompts(self, target: ModelTarget) -> Iterator[ShardJob]:
+    def _existing_prompts(self) -> Iterator[str]:
         for k in self.shard_keys:
             if k not in self.failed and self._claim(k):
-                yield self._job(k, target)
+                yield k
 
-    def _complete(self, target: ModelTarget, jobs: Iterator[ShardJob]) -> None:
-        """Run the model over ``jobs``; record each shard's completions (and answers) as it lands."""
-        assert target.spec is not None
-        spec, log, settings = target.spec, self.context.log, self.settings
+    def _complete(self, group: list[ModelTarget], shards: Iterator[str]) -> None:
+        """Run one engine over ``shards`` for every model of ``group``; record each shard as it lands.
+
+        The group's models share a base model (``engine_groups``): the workers load it once with every LoRA
+        adapter of the group, and each shard is one job per model (keyed ``<shard>@<model>`` when there are
+        several), its lease held until the last of them is back.
+        """
+        first = group[0]
+        assert first.spec is not None
+        log, settings = self.context.log, self.settings
+        adapters = {name: t.adapter for t in group if (name := _adapter_name(t)) and t.adapter}
+        spec = dataclasses.replace(first.spec, lora_adapters=adapters)
+        by_job: dict[str, tuple[ModelTarget, str]] = {}
+
+        def jobs() -> Iterator[ShardJob]:
+            for shard in shards:
+                self._jobs_left[shard] = len(group)
+                for t in group:
+                    key = shard if len(group) == 1 else f"{shard}@{t.name or 'default'}"
+                    by_job[key] = (t, shard)
+                    out = self.store.shard_path("completions", shard, t.name)
+                    prompts = self.store.shard_path("prompts", shard)
+                    yield ShardJob(key, str(prompts), str(out), adapter=_adapter_name(t))
+
+        feed: Iterator[ShardJob] = jobs()
         if self.make_prompts:
             # The first shard is made before any worker starts: a chat task on a model without a chat
             # template fails here, before a model loads, and the engine's first job is ready when it is.
-            jobs = _prime(jobs)
+            feed = _prime(feed)
         slices = (
             None if settings.use_cpu else split_gpus(visible_gpu_ids(), settings.workers, settings.tensor_parallel_size)
         )
 
+        with_adapters = f" with LoRA adapter(s) {', '.join(adapters)}" if adapters else ""
+
         def on_message(worker: int, msg: WorkerEvent) -> None:
             if isinstance(msg, Loaded):
-                log.info(f"worker {worker}: model loaded in {msg.seconds} s (pid {msg.pid})")
+                log.info(f"worker {worker}: model loaded in {msg.seconds} s (pid {msg.pid}){with_adapters}")
             elif isinstance(msg, Exited):
                 log.error(f"worker {worker} stopped: {msg.error} (log: {msg.log})")
 
@@ -386,17 +454,21 @@ class ShardPipeline:
             shard_timeout=settings.timeout,
         )
         out_tokens, t0 = 0, time.perf_counter()
-        for r in pool.run(jobs, count=len(self.shard_keys)):
+        for r in pool.run(feed, count=len(self.shard_keys) * len(group)):
+            target, shard = by_job.get(r.key, (first, r.key))
+            r = dataclasses.replace(r, key=shard)
             if not r.ok:
                 self._fail(r.key, r.error or "unknown error")
-                log.error(f"shard {r.key} failed on worker {r.worker}: {r.error}")
-                self.store.log_shard(r.key, f"completions FAILED on worker {r.worker}: {r.error}")
+                model = f" (model {target.name or 'default'})" if len(group) > 1 else ""
+                log.error(f"shard {r.key}{model} failed on worker {r.worker}: {r.error}")
+                self.store.log_shard(r.key, f"completions{model} FAILED on worker {r.worker}: {r.error}")
                 continue
             out_tokens += r.completion_tokens
             self._landed(target, r)
+        self._jobs_left.clear()
         elapsed = time.perf_counter() - t0
         log.info(
-            f"model {target.name or 'default'}: {out_tokens} tokens out in {elapsed:.1f} s "
+            f"model {', '.join(t.name or 'default' for t in group)}: {out_tokens} tokens out in {elapsed:.1f} s "
             f"({out_tokens / elapsed if elapsed > 0 else 0:.0f} tok/s including engine start)"
         )
 
@@ -413,6 +485,7 @@ class ShardPipeline:
             "worker": r.worker,
             "gpus": r.gpus or "cpu",
             "model": target.spec.model_path if target.spec else "",
+            **({"lora_adapter": MetadataValue.path(target.adapter)} if target.adapter else {}),
             "model_name": target.name or "default",
             **self._paths("completions", r.key, target.name, "infer"),
             "preview": preview(comps, ["record_id", "response", "finish_reason", "error"]),
@@ -437,7 +510,7 @@ class ShardPipeline:
         elif target.make_answers:
             self._answer(target, r.key, comps)
         else:
-            self.leases.release(r.key)
+            self._release(r.key)
 
     def _answer(self, target: ModelTarget, shard: str, comps: pl.DataFrame) -> None:
         pointer = self._pointer()
@@ -464,7 +537,7 @@ class ShardPipeline:
             "preview": preview(df, ["record_id", "answer", "error"]),
         })  # fmt: skip
         self._check(target.answers, shard, answers_checks(comps, df, self.checks))  # blocking or not: nothing after
-        self.leases.release(shard)
+        self._release(shard)
 
     # -- quality checks (shards/quality.py computes them; checks.py maps them to Dagster) -------------------
 
