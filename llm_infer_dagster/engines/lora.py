@@ -11,7 +11,7 @@ PEFT LoRA adapter); the engine spec carries them by name -> folder, and a job na
 
 On vLLM's CPU build, requests without an adapter must not share an engine with adapter requests: its CPU LoRA
 ops index the adapter slots with the request's slot id, and "no adapter" is id -1, so a base request batched
-with adapter requests gets the last loaded adapter (found by ``tests/engines/test_lora.py``; the GPU kernels
+with adapter requests gets the last loaded adapter (found by ``tests/engines/test_lora_engines.py``; the GPU kernels
 skip -1). There the base model runs in an engine of its own (:func:`base_shares_engine_with_adapters`).
 
 Importing this module imports neither torch, peft nor vLLM.
