@@ -212,7 +212,7 @@ def serve(reader: LineReader, out: TextIO) -> None:
                 request = prepare_shard(pl.read_parquet(job.prompts))
                 inflight[key] = (job, request, time.perf_counter())
                 if request.to_send:
-                    stream.submit(key, request.to_send, sampling)
+                    stream.submit(key, request.to_send, request.sampling(sampling))
                     in_engine.append(key)
                 else:
                     finish(key, [])
