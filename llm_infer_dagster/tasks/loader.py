@@ -120,6 +120,10 @@ class RowSamplingError(TaskConfigError):
 
 #: The keys a dict from format_prompt may hold: one of the first two, optionally the third.
 ROW_PROMPT_KEYS = ("prompt", "messages", "sampling_params")
+_RETURNS = (
+    "must return a str or a list of {'role': str, 'content': str} messages, or a dict with 'prompt' (text) or "
+    "'messages' (chat) and optionally 'sampling_params'"
+)
 
 
 def _is_messages(value: Any) -> bool:
@@ -221,20 +225,13 @@ class TaskConfig:
             return prompt  # type: ignore[no-any-return]
         if isinstance(prompt, dict):
             return self._row_prompt(prompt)
-        raise ValueError(
-            f"{self.files.format_prompt_func} must return a str, a list of {{'role': str, 'content': str}} "
-            f"messages or a dict {{'prompt' or 'messages': ..., 'sampling_params': {{...}}}}, "
-            f"got {type(prompt).__name__}"
-        )
+        raise ValueError(f"{self.files.format_prompt_func} {_RETURNS}, got {type(prompt).__name__}")
 
     def _row_prompt(self, value: dict[Any, Any]) -> RowPrompt:
         fn = self.files.format_prompt_func
         unknown = [k for k in value if k not in ROW_PROMPT_KEYS]
         if unknown:
-            raise ValueError(
-                f"{fn} returned a dict with the unknown key {unknown[0]!r}; a dict holds 'prompt' (text) or "
-                "'messages' (chat), and optionally 'sampling_params'"
-            )
+            raise ValueError(f"{fn} {_RETURNS}, got dict with the unknown key {unknown[0]!r}")
         if ("prompt" in value) == ("messages" in value):
             raise ValueError(f"{fn} returned a dict with {'both' if 'prompt' in value else 'neither'} of 'prompt' "
                              "and 'messages'; give exactly one")  # fmt: skip
