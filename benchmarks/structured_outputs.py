@@ -41,7 +41,7 @@ SCHEMA = {
     "additionalProperties": False,
 }
 
-WORDS = "the a capital city river number answer question model data what which how many is of in on".split()
+WORDS = ["the", "a", "capital", "city", "river", "number", "answer", "question", "model", "data", "what", "which"]
 
 
 def prompts(n: int) -> list[str]:

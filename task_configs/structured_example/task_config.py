@@ -26,7 +26,8 @@ def format_prompt(org_data):
     ]
     if org_data.get("triage_only"):
         # This row only needs the category: one of three words, a few tokens, instead of the task's JSON.
-        return {"messages": messages, "sampling_params": {"max_tokens": 12, "structured_outputs": {"choice": CATEGORIES}}}
+        own = {"max_tokens": 12, "structured_outputs": {"choice": CATEGORIES}}
+        return {"messages": messages, "sampling_params": own}
     return {"messages": messages}
 
 

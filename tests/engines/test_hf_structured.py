@@ -32,7 +32,8 @@ def test_every_completion_satisfies_the_constraint(engine: HFEngine, kind: str) 
 
 def test_sampled_and_n_samples_all_satisfy_it(engine: HFEngine) -> None:
     spec = {"json": SCHEMA, "disable_any_whitespace": True}
-    out = engine.generate(PROMPTS, {"temperature": 1.0, "n": 3, "seed": 3, "max_tokens": 64, "structured_outputs": spec})
+    sampling = {"temperature": 1.0, "n": 3, "seed": 3, "max_tokens": 64, "structured_outputs": spec}
+    out = engine.generate(PROMPTS, sampling)
     assert all(len(c.responses) == 3 and all(matches(spec, r) for r in c.responses) for c in out)
 
 

@@ -110,5 +110,3 @@ def test_an_invalid_constraint_in_sampling_params_json_is_one_line_before_any_mo
     assert lines[-1].startswith(f"llm-infer: error: {sampling}: ") and says in lines[-1], r.stderr[-2000:]
     assert "Traceback" not in r.stderr
     assert not (out / "logs" / "workers").exists()
-
-
