@@ -5,10 +5,15 @@ A prompt is either plain text (sent as is) or a list of chat messages
 An engine never raises for one bad prompt (e.g. longer than the model accepts): that prompt comes back
 as a :class:`Completion` with ``error`` set, so one row cannot sink a shard. An engine loaded with LoRA
 adapters runs a call with the one it names (``adapter=``), or the base model without any.
+
+Sampling parameters are one mapping for every prompt of a call, or one mapping per prompt (rows whose
+``format_prompt`` set their own): :data:`Sampling`. vLLM gives each request its own ``SamplingParams``; HF
+generates each group of prompts that share parameters together (:func:`sampling_groups`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -17,6 +22,32 @@ from llm_infer_dagster.errors import SettingsError
 
 ChatMessages = list[dict[str, str]]
 Prompt = str | ChatMessages
+#: One set of sampling parameters for every prompt, or one per prompt (in prompt order).
+Sampling = Mapping[str, Any] | Sequence[Mapping[str, Any]]
+
+
+def per_prompt(sampling: Sampling, count: int) -> list[Mapping[str, Any]]:
+    """The parameters of each of ``count`` prompts."""
+    if isinstance(sampling, Mapping):
+        return [sampling] * count
+    if len(sampling) != count:
+        raise ValueError(f"{len(sampling)} sets of sampling parameters for {count} prompts")
+    return list(sampling)
+
+
+def sampling_key(params: Mapping[str, Any]) -> str:
+    """A stable key of one parameter set: prompts with the same key can share a batch."""
+    return json.dumps(dict(params), sort_keys=True, default=str)
+
+
+def sampling_groups(sampling: Sampling, count: int) -> list[tuple[Mapping[str, Any], list[int]]]:
+    """The distinct parameter sets of ``count`` prompts, each with its prompts' indices, in first-seen order."""
+    if isinstance(sampling, Mapping):
+        return [(sampling, list(range(count)))]
+    groups: dict[str, tuple[Mapping[str, Any], list[int]]] = {}
+    for i, params in enumerate(per_prompt(sampling, count)):
+        groups.setdefault(sampling_key(params), (params, []))[1].append(i)
+    return list(groups.values())
 
 
 def check_max_input_length(max_input_length: int | None) -> None:
@@ -60,7 +91,7 @@ class Engine(Protocol):
     model_path: str
 
     def generate(
-        self, prompts: Sequence[Prompt], sampling: Mapping[str, Any], *, adapter: str | None = None
+        self, prompts: Sequence[Prompt], sampling: Sampling, *, adapter: str | None = None
     ) -> list[Completion]:
         """Return one Completion per prompt, in input order (with LoRA adapter ``adapter``, if named)."""
         ...
@@ -79,7 +110,7 @@ class StreamingEngine(Engine, Protocol):
     """
 
     def submit(
-        self, tag: str, prompts: Sequence[Prompt], sampling: Mapping[str, Any], *, adapter: str | None = None
+        self, tag: str, prompts: Sequence[Prompt], sampling: Sampling, *, adapter: str | None = None
     ) -> None: ...
 
     def has_pending(self) -> bool: ...
@@ -96,11 +127,9 @@ class BlockingStream:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._queue: list[tuple[str, Sequence[Prompt], Mapping[str, Any], str | None]] = []
+        self._queue: list[tuple[str, Sequence[Prompt], Sampling, str | None]] = []
 
-    def submit(
-        self, tag: str, prompts: Sequence[Prompt], sampling: Mapping[str, Any], *, adapter: str | None = None
-    ) -> None:
+    def submit(self, tag: str, prompts: Sequence[Prompt], sampling: Sampling, *, adapter: str | None = None) -> None:
         self._queue.append((tag, prompts, sampling, adapter))
 
     def has_pending(self) -> bool:

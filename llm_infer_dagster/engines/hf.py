@@ -14,6 +14,8 @@ gives the same kind of answer on either backend:
   ("length"), as vLLM does.
 - LoRA adapters (``lora_adapters``) are loaded once with ``peft`` on top of the base model; ``generate``
   runs the one it names, or the base model (see :mod:`llm_infer_dagster.engines.lora`).
+- Prompts with their own sampling parameters are generated in groups of equal parameters;
+  ``structured_outputs`` masks logits with xgrammar (``hf_structured.py``).
 """
 
 from __future__ import annotations
@@ -26,9 +28,18 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+from transformers import LogitsProcessorList
 
-from llm_infer_dagster.engines.base import Completion, Prompt, check_max_input_length, too_long_error
+from llm_infer_dagster.engines.base import (
+    Completion,
+    Prompt,
+    Sampling,
+    check_max_input_length,
+    sampling_groups,
+    too_long_error,
+)
 from llm_infer_dagster.engines.hf_sampling import check_hf_supported, normalize_stop, to_hf_generate_kwargs
+from llm_infer_dagster.engines.hf_structured import GrammarCompilerCache, GrammarLogitsProcessor
 from llm_infer_dagster.engines.lora import hf_with_adapters, use_adapter
 from llm_infer_dagster.errors import SettingsError, TaskConfigError
 
@@ -136,6 +147,7 @@ class HFEngine:
                 derived,
             )
         self.max_model_len = int(max_model_len or derived or 2048)
+        self._grammars: GrammarCompilerCache | None = None  # made when a prompt first asks for structured outputs
 
     # ----------------------------------------------------------------------------------------- set-up
 
@@ -161,16 +173,32 @@ class HFEngine:
     # ------------------------------------------------------------------------------------- generation
 
     def generate(
-        self, prompts: Sequence[Prompt], sampling: Mapping[str, Any], *, adapter: str | None = None
+        self, prompts: Sequence[Prompt], sampling: Sampling, *, adapter: str | None = None
     ) -> list[Completion]:
         """One Completion per prompt, in input order, each with all ``n`` samples (with LoRA ``adapter``).
 
         Raises :class:`TaskConfigError` for parameters HF cannot honour, before any work. With ``seed``,
         the RNG is reseeded before every batch: the same prompts and settings give the same samples.
+        Prompts with different parameters (one mapping per prompt) run in groups of equal parameters.
         """
         if self._model is None:
             raise RuntimeError("HFEngine.generate called after close()")
-        check_hf_supported(sampling)
+        groups = sampling_groups(sampling, len(prompts))
+        for params, _ in groups:
+            check_hf_supported(params)
+        if len(groups) == 1:
+            return self._generate_group(prompts, groups[0][0], adapter)
+        results: list[Completion] = [Completion()] * len(prompts)
+        for params, indices in groups:
+            group = self._generate_group([prompts[i] for i in indices], params, adapter)
+            for i, completion in zip(indices, group, strict=True):
+                results[i] = completion
+        return results
+
+    def _generate_group(
+        self, prompts: Sequence[Prompt], sampling: Mapping[str, Any], adapter: str | None
+    ) -> list[Completion]:
+        """Every prompt with the same parameters (and LoRA ``adapter``, or the base model)."""
         kwargs = to_hf_generate_kwargs(sampling)
         max_tokens = int(kwargs.pop("max_new_tokens"))
         n = int(sampling.get("n", 1))
@@ -290,6 +318,9 @@ class HFEngine:
         seed = sampling.get("seed")
         if seed is not None:
             torch.manual_seed(int(seed))
+        structured = sampling.get("structured_outputs")
+        if structured:
+            call["logits_processor"] = LogitsProcessorList([GrammarLogitsProcessor(self._grammar(structured))])
 
         with torch.inference_mode():
             out = self._model.generate(
@@ -308,6 +339,15 @@ class HFEngine:
             rows = generated[p * seqs_per_prompt : (p + 1) * seqs_per_prompt]
             per_prompt.append([self._finish(tokens, options) for tokens in rows])
         return per_prompt
+
+    def _grammar(self, spec: Mapping[str, Any]) -> Any:
+        """The spec compiled for this tokenizer (cached): masks the full vocabulary, padding ids included."""
+        if self._grammars is None:
+            config = self._model.config if self._model is not None else None
+            text_config = config.get_text_config() if config is not None else None
+            vocab = int(getattr(text_config, "vocab_size", 0) or len(self._tokenizer))
+            self._grammars = GrammarCompilerCache(self._tokenizer, vocab, self._eos_ids)
+        return self._grammars.compiled(spec)
 
     def _decode(self, tokens: list[int], skip_special_tokens: bool) -> str:
         # One sequence of ids gives one string; the stub's `str | list[str]` also covers a batch of sequences.

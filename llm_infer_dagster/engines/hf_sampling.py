@@ -34,6 +34,7 @@ HF_SUPPORTED_KEYS: frozenset[str] = frozenset(
         "min_tokens",
         "skip_special_tokens",
         "include_stop_str_in_output",
+        "structured_outputs",  # hf_structured.py
     }
 )
 

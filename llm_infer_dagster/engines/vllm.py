@@ -15,7 +15,9 @@ Conventions shared with the HF backend (see :mod:`llm_infer_dagster.engines.hf`)
   template failure, or any request vLLM refuses comes back as an error :class:`Completion`; the rest of
   the shard runs.
 - Sampling keys are vLLM ``SamplingParams`` names already; a combination vLLM refuses raises
-  :class:`TaskConfigError` before anything is queued.
+  :class:`TaskConfigError` before anything is queued. ``structured_outputs`` (``json`` / ``regex`` /
+  ``choice`` / ``grammar``) becomes vLLM's ``StructuredOutputsParams``. Rows with their own parameters get
+  their own ``SamplingParams`` (one per distinct set).
 - ``completion_tokens`` counts the generated token ids (the terminating EOS / stop token included),
   summed over the ``n`` samples; ``finish_reasons`` are vLLM's ("stop", "length", "abort").
 
@@ -37,9 +39,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llm_infer_dagster.engines.base import Completion, Prompt, check_max_input_length, too_long_error
+from llm_infer_dagster.engines.base import (
+    Completion,
+    Prompt,
+    Sampling,
+    check_max_input_length,
+    per_prompt,
+    sampling_key,
+    too_long_error,
+)
 from llm_infer_dagster.engines.lora import vllm_lora_args, vllm_requests
 from llm_infer_dagster.engines.spec import Dtype
+from llm_infer_dagster.engines.structured import compact_json_ebnf
 from llm_infer_dagster.errors import SettingsError, TaskConfigError
 
 __all__ = ["DEFAULT_CPU_KV_CACHE_BYTES", "VLLMEngine"]
@@ -55,6 +66,7 @@ _KV_SIZE_ENV = "VLLM_CPU_KVCACHE_SPACE"
 _SEP = "\x1f"
 BATCH_WATERMARK = 2  # requests queued per scheduler slot before a worker asks for another shard
 _GENERATE_TAG = "\x00generate"
+STRUCTURED_KINDS = ("json", "regex", "choice", "grammar")  # vLLM's StructuredOutputsParams kinds
 
 
 @dataclass
@@ -146,9 +158,10 @@ class VLLMEngine:
     def sampling_params(self, sampling: Mapping[str, Any]) -> Any:
         """``SamplingParams`` for the merged task parameters; :class:`TaskConfigError` if vLLM refuses them."""
         from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         params = dict(sampling)
+        structured = params.pop("structured_outputs", None)
         n = params.get("n", 1)
         if params.get("temperature", 1.0) == 0 and isinstance(n, int) and n > 1:
             raise TaskConfigError(
@@ -156,6 +169,14 @@ class VLLMEngine:
                 'for greedy sampling; set "n" to 1, or "temperature" above 0, in sampling_params.json'
             )
         try:
+            if structured is not None:
+                compact = compact_json_ebnf(structured)  # vLLM reads disable_any_whitespace engine-wide only
+                kind = (
+                    {"grammar": compact}
+                    if compact is not None
+                    else {k: structured[k] for k in STRUCTURED_KINDS if structured.get(k) is not None}
+                )
+                params["structured_outputs"] = StructuredOutputsParams(**kind)
             return SamplingParams(**params, output_kind=RequestOutputKind.FINAL_ONLY)
         except Exception as exc:  # VLLMValidationError is no ValueError; msgspec raises TypeError
             key = getattr(exc, "parameter", None)
@@ -166,9 +187,7 @@ class VLLMEngine:
 
     # ------------------------------------------------------------------------------------ streaming
 
-    def submit(
-        self, tag: str, prompts: Sequence[Prompt], sampling: Mapping[str, Any], *, adapter: str | None = None
-    ) -> None:
+    def submit(self, tag: str, prompts: Sequence[Prompt], sampling: Sampling, *, adapter: str | None = None) -> None:
         """Queue a whole shard under ``tag`` (run with LoRA ``adapter``); bad prompts become error Completions."""
         if self._llm is None:
             raise RuntimeError("VLLMEngine.submit called after close()")
@@ -183,7 +202,13 @@ class VLLMEngine:
                 "LoRA ops apply the last adapter to it): run the base model in an engine without lora_adapters"
             )
         lora = self._lora.get(adapter) if adapter is not None else None
-        params = self.sampling_params(sampling)
+        built: dict[str, Any] = {}  # one SamplingParams per distinct set, all built before anything is queued
+        row_params = []
+        for row_sampling in per_prompt(sampling, len(prompts)):
+            key = sampling_key(row_sampling)
+            if key not in built:
+                built[key] = self.sampling_params(row_sampling)
+            row_params.append(built[key])
         shard = _Shard(results=[None] * len(prompts))
         self._shards[tag] = shard
         added: list[str] = []
@@ -195,7 +220,7 @@ class VLLMEngine:
                     continue
                 request_id = f"{tag}{_SEP}{i}"
                 try:
-                    self._engine.add_request(request_id, engine_input, params, lora_request=lora)
+                    self._engine.add_request(request_id, engine_input, row_params[i], lora_request=lora)
                 except Exception as exc:
                     if _is_engine_failure(exc):
                         raise
@@ -246,7 +271,7 @@ class VLLMEngine:
         return done
 
     def generate(
-        self, prompts: Sequence[Prompt], sampling: Mapping[str, Any], *, adapter: str | None = None
+        self, prompts: Sequence[Prompt], sampling: Sampling, *, adapter: str | None = None
     ) -> list[Completion]:
         """One Completion per prompt, in input order, each with all ``n`` samples (the streaming path)."""
         self.submit(_GENERATE_TAG, prompts, sampling, adapter=adapter)

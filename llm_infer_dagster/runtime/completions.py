@@ -1,17 +1,21 @@
 """Turn one prompts shard into one completions frame: what to send to the engine, and the frame built
-from what came back. Pure data shaping; rows with a prompt error are carried through, never sent."""
+from what came back. Pure data shaping; rows with a prompt error are carried through, never sent.
+
+A row whose ``format_prompt`` set its own sampling parameters (the prompts' ``sampling_params`` column) is
+sent with the task's parameters under its own, and those effective parameters are stored with its completion.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
 
-from llm_infer_dagster.engines.base import Completion, Engine, Prompt
-from llm_infer_dagster.shards.tables import COMPLETION_SCHEMA
+from llm_infer_dagster.engines.base import Completion, Engine, Prompt, Sampling
+from llm_infer_dagster.shards.tables import COMPLETION_SCHEMA, ROW_SAMPLING_COLUMN
 
 
 @dataclass
@@ -21,6 +25,21 @@ class ShardRequest:
     prompts: pl.DataFrame
     rows: list[int]  # indices into ``prompts`` of the rows sent
     to_send: list[Prompt]
+    overrides: list[dict[str, Any] | None] = field(default_factory=list)  # per prompts row; [] when none has any
+
+    def sampling(self, task: Mapping[str, Any]) -> Sampling:
+        """What the engine gets: the task's parameters, or (when a row has its own) one set per sent prompt."""
+        if not any(self.overrides):
+            return task
+        return [effective_sampling(task, self.overrides[i]) for i in self.rows]
+
+
+def effective_sampling(task: Mapping[str, Any], override: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The task's parameters under a row's own, key by key; ``"structured_outputs": null`` turns it off."""
+    merged = {**task, **(override or {})}
+    if merged.get("structured_outputs", 0) is None:
+        del merged["structured_outputs"]
+    return merged
 
 
 def prepare_shard(prompts: pl.DataFrame) -> ShardRequest:
@@ -30,16 +49,26 @@ def prepare_shard(prompts: pl.DataFrame) -> ShardRequest:
         if row["error"] is None:
             rows.append(i)
             to_send.append(json.loads(row["prompt"]) if row["is_chat"] else row["prompt"])
-    return ShardRequest(prompts, rows, to_send)
+    overrides: list[dict[str, Any] | None] = []
+    if ROW_SAMPLING_COLUMN in prompts.columns:
+        overrides = [json.loads(v) if v is not None else None for v in prompts[ROW_SAMPLING_COLUMN].to_list()]
+    return ShardRequest(prompts, rows, to_send, overrides)
 
 
 def completions_frame(
     request: ShardRequest, completions: Sequence[Completion], sampling: Mapping[str, Any], model: str
 ) -> pl.DataFrame:
+    """The shard's completions; ``sampling`` is the task's, each row's own are applied over it."""
     results = [Completion(error=f"prompt: {e}") for e in request.prompts["error"].to_list()]
     for i, c in zip(request.rows, completions, strict=True):
         results[i] = c
-    sampling_json = json.dumps(dict(sampling), sort_keys=True)
+    task_json = json.dumps(dict(sampling), sort_keys=True)
+    if any(request.overrides):
+        per_row = [
+            json.dumps(effective_sampling(sampling, o), sort_keys=True) if o else task_json for o in request.overrides
+        ]
+    else:
+        per_row = [task_json] * len(results)
     return pl.DataFrame(
         {
             "record_id": request.prompts["record_id"].to_list(),
@@ -51,7 +80,7 @@ def completions_frame(
             "completion_tokens": [c.completion_tokens for c in results],
             "error": [c.error for c in results],
             "model": [model] * len(results),
-            "sampling_params": [sampling_json] * len(results),
+            "sampling_params": per_row,
         },
         schema=COMPLETION_SCHEMA,
     )
@@ -60,4 +89,4 @@ def completions_frame(
 def complete_shard(engine: Engine, prompts: pl.DataFrame, sampling: Mapping[str, Any], model: str) -> pl.DataFrame:
     """One shard, start to finish, with a blocking ``generate`` call."""
     request = prepare_shard(prompts)
-    return completions_frame(request, engine.generate(request.to_send, sampling), sampling, model)
+    return completions_frame(request, engine.generate(request.to_send, request.sampling(sampling)), sampling, model)

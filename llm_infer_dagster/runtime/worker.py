@@ -215,7 +215,7 @@ def serve(reader: LineReader, out: TextIO) -> None:
                 inflight[key] = (job, request, time.perf_counter())
                 if request.to_send:
                     # the base model is loaded once; each job picks its LoRA adapter (or none)
-                    stream.submit(key, request.to_send, sampling, adapter=job.adapter)
+                    stream.submit(key, request.to_send, request.sampling(sampling), adapter=job.adapter)
                     in_engine.append(key)
                 else:
                     finish(key, [])

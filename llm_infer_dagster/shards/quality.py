@@ -16,18 +16,31 @@ What each share counts, and over which rows (its ``rows``):
 
 A share above the check's ``error`` level fails it with ERROR, above ``warn`` with WARN; otherwise it passes.
 A check over no rows passes with share 0.
+
+:func:`structured_outputs_matched` counts the rows whose completion satisfies their ``structured_outputs``
+(reported with each answers shard; not a check).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import polars as pl
 
+from llm_infer_dagster.tasks.structured import matches
 from llm_infer_dagster.tasks.task_settings import ANSWERS_CHECKS, COMPLETIONS_CHECKS, CheckName, CheckSettings
 
-__all__ = ["ABOUT", "CheckResult", "Severity", "answers_checks", "completions_checks", "judge"]
+__all__ = [
+    "ABOUT",
+    "CheckResult",
+    "Severity",
+    "answers_checks",
+    "completions_checks",
+    "judge",
+    "structured_outputs_matched",
+]
 
 Severity = Literal["WARN", "ERROR"]
 
@@ -111,3 +124,21 @@ def answers_checks(completions: pl.DataFrame, answers: pl.DataFrame, checks: Che
     failed = with_completion.filter(pl.col("answer").is_null()).height
     assert ANSWERS_CHECKS == ("extraction_failed",)
     return [judge("extraction_failed", failed, with_completion.height, checks)]
+
+
+def structured_outputs_matched(completions: pl.DataFrame) -> tuple[int, int]:
+    """(rows whose every sample satisfies their ``structured_outputs``, rows that had one), over the rows with
+    a completion; the row's effective parameters are its ``sampling_params``. (0, 0) when no row had one."""
+    matched = constrained = 0
+    specs: dict[str, dict[str, Any] | None] = {}  # a shard's rows mostly share one parameter set
+    for row in completions.filter(pl.col("error").is_null()).iter_rows(named=True):
+        key = row["sampling_params"] or "{}"
+        if key not in specs:
+            specs[key] = json.loads(key).get("structured_outputs")
+        spec = specs[key]
+        if not spec:
+            continue
+        constrained += 1
+        responses = row["responses"] or []
+        matched += bool(responses) and all(matches(spec, r) for r in responses)
+    return matched, constrained

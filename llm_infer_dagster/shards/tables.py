@@ -23,7 +23,13 @@ RAW_SCHEMA: Schema = {"record_id": pl.String, "file": pl.String, "index": pl.Int
 #: ``prompts``: the text to send, or chat messages as JSON (``is_chat``); ``error`` when format_prompt failed.
 PROMPT_SCHEMA: Schema = {"record_id": pl.String, "prompt": pl.String, "is_chat": pl.Boolean, "error": pl.String}
 
-#: ``completions``: the engine's samples of each prompt (``response`` is the first), with token counts.
+#: ``prompts`` of a shard where some row's format_prompt returned its own ``sampling_params`` (JSON of just
+#: the keys it overrides, null for the other rows); a shard without any keeps :data:`PROMPT_SCHEMA`.
+ROW_SAMPLING_COLUMN = "sampling_params"
+PROMPT_ROW_SAMPLING_SCHEMA: Schema = {**PROMPT_SCHEMA, ROW_SAMPLING_COLUMN: pl.String}
+
+#: ``completions``: the engine's samples of each prompt (``response`` is the first), with token counts;
+#: ``sampling_params`` is the row's effective parameters (the task's, under the row's own overrides), as JSON.
 COMPLETION_SCHEMA: Schema = {
     "record_id": pl.String,
     "response": pl.String,

@@ -14,9 +14,16 @@ from typing import Any
 
 import polars as pl
 
+from llm_infer_dagster.errors import TaskConfigError
 from llm_infer_dagster.shards.sharding import Shard
-from llm_infer_dagster.shards.tables import ANSWER_SCHEMA, PROMPT_SCHEMA, RAW_SCHEMA
-from llm_infer_dagster.tasks.loader import JSON_HINT, json_problem, to_json
+from llm_infer_dagster.shards.tables import (
+    ANSWER_SCHEMA,
+    PROMPT_ROW_SAMPLING_SCHEMA,
+    PROMPT_SCHEMA,
+    RAW_SCHEMA,
+    ROW_SAMPLING_COLUMN,
+)
+from llm_infer_dagster.tasks.loader import JSON_HINT, RowPrompt, RowSamplingError, json_problem, to_json
 
 
 def raw_frame(shard: Shard, rows: Sequence[dict[str, Any]], limit: int | None = None) -> pl.DataFrame:
@@ -34,19 +41,32 @@ def raw_frame(shard: Shard, rows: Sequence[dict[str, Any]], limit: int | None = 
 
 
 def prompts_frame(raw: pl.DataFrame, format_prompt: Callable[[dict[str, Any]], Any]) -> pl.DataFrame:
-    """``format_prompt`` per row: a string, or chat messages stored as JSON with ``is_chat``."""
+    """``format_prompt`` per row: a string, or chat messages stored as JSON with ``is_chat``.
+
+    A :class:`RowPrompt` (format_prompt returned a dict) gives its prompt, and its sampling overrides go to
+    the ``sampling_params`` column, which only a shard with such a row has. Invalid overrides raise
+    :class:`TaskConfigError` naming the row: the task's code is wrong, so the shard fails, not the row.
+    """
     texts: list[str | None] = []
     is_chat: list[bool] = []
     errors: list[str | None] = []
+    overrides: list[str | None] = []
     for row in raw.iter_rows(named=True):
         where = f"row {row['index']} of {row['file']}"
+        overrides.append(None)
         try:
             p = format_prompt(json.loads(row["data"]))
+        except RowSamplingError as exc:
+            raise TaskConfigError(f"{exc} ({where}); fix the sampling_params format_prompt returns") from None
         except Exception as exc:
             texts.append(None)
             is_chat.append(False)
             errors.append(f"format_prompt raised {type(exc).__name__}: {exc} ({where})")
             continue
+        if isinstance(p, RowPrompt):
+            if p.sampling_params is not None:
+                overrides[-1] = json.dumps(p.sampling_params, sort_keys=True, ensure_ascii=False)
+            p = p.prompt
         empty = _empty_prompt(p)
         if empty is not None:
             texts.append(None)
@@ -56,9 +76,10 @@ def prompts_frame(raw: pl.DataFrame, format_prompt: Callable[[dict[str, Any]], A
         texts.append(p if isinstance(p, str) else json.dumps(p, ensure_ascii=False))
         is_chat.append(not isinstance(p, str))
         errors.append(None)
-    return pl.DataFrame(
-        {"record_id": raw["record_id"], "prompt": texts, "is_chat": is_chat, "error": errors}, schema=PROMPT_SCHEMA
-    )
+    columns: dict[str, Any] = {"record_id": raw["record_id"], "prompt": texts, "is_chat": is_chat, "error": errors}
+    if any(o is not None for o in overrides):
+        return pl.DataFrame({**columns, ROW_SAMPLING_COLUMN: overrides}, schema=PROMPT_ROW_SAMPLING_SCHEMA)
+    return pl.DataFrame(columns, schema=PROMPT_SCHEMA)
 
 
 def _empty_prompt(prompt: Any) -> str | None:

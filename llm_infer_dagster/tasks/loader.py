@@ -23,7 +23,12 @@ from types import ModuleType
 from typing import Any
 
 from llm_infer_dagster.errors import SettingsError, TaskConfigError
-from llm_infer_dagster.tasks.sampling import SAMPLING_FILE, load_sampling_params
+from llm_infer_dagster.tasks.sampling import (
+    SAMPLING_FILE,
+    check_combination,
+    load_sampling_params,
+    validate_sampling_params,
+)
 from llm_infer_dagster.tasks.task_settings import TaskSettings, load_task_settings
 
 REQUIRED_FUNCTIONS = ("get_file_list", "read_file", "format_prompt", "extract_answer")
@@ -92,6 +97,39 @@ class TaskFiles:
 
 def _describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class RowPrompt:
+    """What ``format_prompt`` returned as a dict: the prompt, and the row's own sampling parameters.
+
+    ``sampling_params`` holds only the keys the row overrides (validated, the task's merged parameters
+    under them); None when it overrides none, so such a row is stored exactly like a plain prompt.
+    """
+
+    prompt: str | Messages
+    sampling_params: dict[str, Any] | None = None
+
+
+class RowSamplingError(TaskConfigError):
+    """A row's ``"sampling_params"`` are not valid: the task's code is wrong, so its shard fails (not the row)."""
+
+
+#: The keys a dict from format_prompt may hold: one of the first two, optionally the third.
+ROW_PROMPT_KEYS = ("prompt", "messages", "sampling_params")
+_RETURNS = (
+    "must return a str or a list of {'role': str, 'content': str} messages, or a dict with 'prompt' (text) or "
+    "'messages' (chat) and optionally 'sampling_params'"
+)
+
+
+def _is_messages(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+    )
 
 
 @dataclass
@@ -176,19 +214,44 @@ class TaskConfig:
             )
         return rows
 
-    def format_prompt(self, row: dict[str, Any]) -> str | list[dict[str, str]]:
-        """``format_prompt(row)``: text, or chat messages. Raises ValueError on a bad return value."""
+    def format_prompt(self, row: dict[str, Any]) -> str | Messages | RowPrompt:
+        """``format_prompt(row)``: text, chat messages, or (from a dict) a :class:`RowPrompt`.
+
+        Raises ValueError on a bad return value (that row's error) and :class:`RowSamplingError` on a dict
+        whose ``"sampling_params"`` are not valid (its shard's failure).
+        """
         prompt = self._fn("format_prompt")(row)
-        if isinstance(prompt, str):
-            return prompt
-        if isinstance(prompt, list) and all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in prompt
-        ):
-            return prompt
-        raise ValueError(
-            f"{self.files.format_prompt_func} must return a str or a list of {{'role': str, 'content': str}} "
-            f"messages, got {type(prompt).__name__}"
-        )
+        if isinstance(prompt, str) or _is_messages(prompt):
+            return prompt  # type: ignore[no-any-return]
+        if isinstance(prompt, dict):
+            return self._row_prompt(prompt)
+        raise ValueError(f"{self.files.format_prompt_func} {_RETURNS}, got {type(prompt).__name__}")
+
+    def _row_prompt(self, value: dict[Any, Any]) -> RowPrompt:
+        fn = self.files.format_prompt_func
+        unknown = [k for k in value if k not in ROW_PROMPT_KEYS]
+        if unknown:
+            raise ValueError(f"{fn} {_RETURNS}, got dict with the unknown key {unknown[0]!r}")
+        if ("prompt" in value) == ("messages" in value):
+            raise ValueError(f"{fn} returned a dict with {'both' if 'prompt' in value else 'neither'} of 'prompt' "
+                             "and 'messages'; give exactly one")  # fmt: skip
+        if "prompt" in value and not isinstance(value["prompt"], str):
+            raise ValueError(f"{fn} returned a 'prompt' of type {type(value['prompt']).__name__}; it must be a str")
+        if "messages" in value and not _is_messages(value["messages"]):
+            raise ValueError(f"{fn} returned 'messages' that are not a list of {{'role': str, 'content': str}}")
+        prompt: str | Messages = value["prompt"] if "prompt" in value else value["messages"]
+        overrides = value.get("sampling_params")
+        if overrides is None or overrides == {}:
+            return RowPrompt(prompt)
+        source = f'{self.config_file}: {fn} returned "sampling_params"'
+        if not isinstance(overrides, dict):
+            raise RowSamplingError(f"{source} of type {type(overrides).__name__}; it must be a dict of sampling keys")
+        try:
+            checked = validate_sampling_params(overrides, source)
+            check_combination({**self.sampling_params, **checked}, source)
+        except TaskConfigError as exc:
+            raise RowSamplingError(str(exc)) from None
+        return RowPrompt(prompt, checked)
 
     def extract_answer(self, response: str) -> Any:
         return self._fn("extract_answer")(response)

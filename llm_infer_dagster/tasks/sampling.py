@@ -23,12 +23,14 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from llm_infer_dagster.errors import TaskConfigError
+from llm_infer_dagster.tasks.structured import validate_structured_outputs
 
 __all__ = [
     "BUILTIN_DEFAULTS",
     "SAMPLING_FILE",
     "SAMPLING_KEYS",
     "TaskSamplingParams",
+    "check_combination",
     "load_sampling_params",
     "validate_sampling_params",
 ]
@@ -90,6 +92,8 @@ class TaskSamplingParams(BaseModel):
     spaces_between_special_tokens: Annotated[bool, _Says("true or false")] = True
     include_stop_str_in_output: Annotated[bool, _Says("true or false")] = False
     bad_words: Annotated[list[str], _Says("a list of strings")] = Field(default_factory=list)
+    # Checked by tasks/structured.py (one of json / regex / choice / grammar), not by this model.
+    structured_outputs: Annotated[dict[str, Any] | None, _Says("an object or null")] = None
 
 
 #: The keys a sampling file may hold, in vLLM's order (the order error messages list them in).
@@ -143,14 +147,19 @@ def validate_sampling_params(params: Mapping[str, Any], source: str) -> dict[str
     for key in params:
         if not isinstance(key, str):
             raise _unknown_key(str(key), source)
+    rest = {k: v for k, v in params.items() if k != "structured_outputs"}
     try:
-        model = TaskSamplingParams.model_validate(dict(params))
+        model = TaskSamplingParams.model_validate(rest)
     except ValidationError as exc:
-        raise _one_line(exc, params, source) from None
-    return {key: getattr(model, key) for key in params}
+        raise _one_line(exc, rest, source) from None
+    out = {key: getattr(model, key) for key in rest}
+    if "structured_outputs" in params:  # in the file's key order
+        out = {key: out.get(key) for key in params}
+        out["structured_outputs"] = validate_structured_outputs(params["structured_outputs"], source)
+    return out
 
 
-def _check_combination(params: Mapping[str, Any], source: str) -> None:
+def check_combination(params: Mapping[str, Any], source: str) -> None:
     """Constraints between keys, checked on the merged parameters."""
     max_tokens = params.get("max_tokens")
     min_tokens = params.get("min_tokens", 0)
@@ -207,5 +216,5 @@ def load_sampling_params(defaults_path: Path | None, task_path: Path | None) -> 
             task = validate_sampling_params(_read_json_object(task_file), task_source)
 
     merged = {**defaults, **task}
-    _check_combination(merged, task_source if task else defaults_source)
+    check_combination(merged, task_source if task else defaults_source)
     return merged

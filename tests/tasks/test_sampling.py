@@ -87,6 +87,7 @@ def test_every_vllm_key_is_accepted(task_dir: Path) -> None:
         "spaces_between_special_tokens": True,
         "include_stop_str_in_output": False,
         "bad_words": ["foo"],
+        "structured_outputs": {"choice": ["a", "b"]},
     }
     assert set(sample) == set(SAMPLING_KEYS)
     write(task_dir / "sampling_params.json", sample)

@@ -49,7 +49,12 @@ from llm_infer_dagster.runtime.pool import ShardJob, ShardResult, WorkerPool
 from llm_infer_dagster.shards.exports import export_shard
 from llm_infer_dagster.shards.locks import ShardLeases
 from llm_infer_dagster.shards.manifest import ShardManifest, manifest_for
-from llm_infer_dagster.shards.quality import CheckResult, answers_checks, completions_checks
+from llm_infer_dagster.shards.quality import (
+    CheckResult,
+    answers_checks,
+    completions_checks,
+    structured_outputs_matched,
+)
 from llm_infer_dagster.shards.store import TaskStore, atomic_write_text
 from llm_infer_dagster.shards.transforms import answers_frame, prompts_frame, raw_frame
 from llm_infer_dagster.tasks.loader import TaskConfig
@@ -375,7 +380,13 @@ class ShardPipeline:
                 raw = store.read_frame("raw", s.key)
             if self.make_prompts:
                 pointer = self._pointer()
-                prompts = prompts_frame(raw, self.task.format_prompt)
+                try:
+                    prompts = prompts_frame(raw, self.task.format_prompt)
+                except TaskConfigError as exc:  # a row's own sampling_params are not valid: the shard fails
+                    self._fail(s.key, str(exc), bad_input=True)
+                    log.error(f"shard {s.key}: {exc}")
+                    store.log_shard(s.key, f"prompts FAILED: {exc}")
+                    continue
                 store.write_frame("prompts", s.key, prompts)
                 n_err = int(prompts["error"].is_not_null().sum())
                 if n_err:
@@ -521,6 +532,11 @@ class ShardPipeline:
             export_shard(self.store, shard, with_answers=True, save_text=self.settings.save_text,
                          completions=comps, answers=df, raw=raw, prompts=prompts)  # fmt: skip
         extracted = int(df["answer"].is_not_null().sum())
+        matched, constrained = structured_outputs_matched(comps)
+        structured: dict[str, Any] = {}
+        if constrained:  # rows generated with structured_outputs: the share whose completion satisfies it
+            structured = {"structured_outputs_rows": constrained, "structured_outputs_matched": matched,
+                          "structured_outputs_match_rate": round(matched / constrained, 4)}  # fmt: skip
         n_err = int(df["error"].is_not_null().sum())
         if n_err:
             self.context.log.warning(
@@ -532,6 +548,7 @@ class ShardPipeline:
             "extracted": extracted,
             "errors": n_err,
             "extraction_rate": round(extracted / df.height, 4) if df.height else 0.0,
+            **structured,
             "model_name": target.name or "default",
             **self._paths("answers", shard, target.name, "extract"),
             "preview": preview(df, ["record_id", "answer", "error"]),
