@@ -63,7 +63,7 @@ def build_definitions(deployment: Deployment | None = None) -> Definitions:
     return Definitions(
         assets=[*(a for b in bundles for a in b.all_assets), *placeholders.assets],
         asset_checks=placeholders.asset_checks,
-        jobs=[j for b in bundles for j in (b.job, b.register_job)],
+        jobs=[j for b in bundles for j in (b.job, b.register_job, b.report_job)],
         sensors=[build_shard_sensor(b) for b in bundles],
         schedules=[build_missing_shards_schedule(b) for b in bundles],
         resources={RESOURCE_KEY: RunSettings.from_env()},
