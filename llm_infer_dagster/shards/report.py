@@ -282,7 +282,7 @@ def chart_svg(reports: Sequence[ModelReport]) -> str:
     panels.append(("tokens/s", [(s, None, _fmt(s, 1)) for s in speeds], (0.0, top * 1.1 if top > 0 else 1.0)))
     width = _PAD * 2 + _LABEL_W + _PLOT_W + _VALUE_W
     rows_h = len(reports) * (_BAR_H + _GAP)
-    panel_h = 28 + rows_h
+    panel_h = 40 + rows_h
     height = _PAD * 2 + panel_h * len(panels)
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
@@ -324,9 +324,18 @@ def chart_svg(reports: Sequence[ModelReport]) -> str:
             out.append(
                 f'<text x="{x_plot + _PLOT_W + 8}" y="{y + _BAR_H * 0.7:.1f}" fill="#374151">{escape(label)}</text>'
             )
+        for v, anchor in ((lo, "start"), (hi, "end")):  # the axis' ends, so a bar reads against its scale
+            out.append(
+                f'<text x="{x_of(v):.1f}" y="{axis_bottom + 11}" text-anchor="{anchor}" font-size="10" '
+                f'fill="#6b7280">{_tick(v)}</text>'
+            )
         y0 += panel_h
     out.append("</svg>")
     return "\n".join(out)
+
+
+def _tick(v: float) -> str:
+    return f"{v:.0f}" if abs(v) >= 100 or v == int(v) else f"{v:.2g}"
 
 
 def _score_label(r: ModelReport) -> str:

@@ -65,6 +65,31 @@ def report_key(task: TaskConfig) -> AssetKey:
     return AssetKey([task.dagster_name, "report"])
 
 
+def answers_keys(task: TaskConfig) -> list[AssetKey]:
+    """The answers asset of every model of the task: the default model's, then each named model's."""
+    name = task.dagster_name
+    return [AssetKey([name, "answers"]), *(AssetKey([name, m, "answers"]) for m in task.settings.models)]
+
+
+def report_line(instance: DagsterInstance, task: TaskConfig) -> str:
+    """One line of the last report, per model: mean score and interval (or extraction rate), for the terminal."""
+    event = instance.get_latest_materialization_event(report_key(task))
+    mat = event.asset_materialization if event is not None else None
+    table = mat.metadata.get("models") if mat is not None else None
+    if mat is None or table is None:
+        return f"report: task {task.name} has none yet"
+    parts = []
+    for rec in table.value.records:  # type: ignore[union-attr]
+        r = rec.data
+        if r.get("mean_score") is not None:
+            ci = f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}] ({r['ci_method']})" if r.get("ci_low") is not None else ""
+            parts.append(f"{r['model']} mean score {r['mean_score']:.4f}{ci} over {r['scored']} rows")
+        else:
+            parts.append(f"{r['model']} {r['extraction_rate']:.1%} of {r['rows']} rows extracted")
+    path = mat.metadata.get("report_md")
+    return "report: " + "; ".join(parts) + (f" ({path.value})" if path is not None else "")
+
+
 def latest_answers_id(instance: DagsterInstance, answers: list[AssetKey]) -> int:
     """The storage id of the newest answers materialization of any model (0 if none)."""
     newest = 0
@@ -134,6 +159,7 @@ def build_report_asset(
     """The task's ``report`` asset over ``models`` (model -> its completions and answers keys)."""
     pdef = partitions_def_for(task)
     answers = [ans for _comp, ans in models.values()]
+    assert answers == answers_keys(task), "the report's deps are answers_keys(task)"
     store = deployment.store(task.name)
 
     @asset(
@@ -177,6 +203,7 @@ def build_report_asset(
             metadata={
                 **report_metadata(reports),
                 ANSWERS_CURSOR: MetadataValue.int(cursor),
+                "report_md": MetadataValue.path(str(base.with_suffix(".md"))),
                 "report_json": MetadataValue.path(str(base.with_suffix(".json"))),
             }
         )
