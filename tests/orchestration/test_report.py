@@ -156,3 +156,126 @@ def test_the_report_has_a_row_per_model_and_a_chart_even_before_a_model_ran(
     report_dir = s.store(TASK).task_dir
     assert json.loads((report_dir / "report.json").read_text()) == records
     assert (report_dir / "report.svg").read_text().startswith("<svg")
+
+
+CONTROLLED = """
+import json
+import os
+
+
+def get_file_list(input_path):
+    return sorted(os.path.join(input_path, f) for f in os.listdir(input_path))
+
+
+def read_file(file_path):
+    with open(file_path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def format_prompt(org_data):
+    return "Question: " + org_data["question"]
+
+
+def extract_answer(model_response):
+    return len(model_response)
+
+
+def score(answer, org_data):
+    if org_data["gold"] == 3:
+        raise ValueError("no gold for 3")
+    return (answer % 7) / 7 + org_data["gold"] / 100
+"""
+
+
+def _expected_score(response: str, gold: int) -> float | None:
+    return None if gold == 3 else (len(response) % 7) / 7 + gold / 100
+
+
+@pytest.mark.slow
+def test_two_real_models_are_scored_per_row_and_reported_side_by_side(
+    tmp_path: Path, tiny_model_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llm_infer_dagster.testing.tiny_model import build_tiny_model
+
+    other = build_tiny_model(tmp_path / "other-model", arch="qwen2", seed=1)
+    s, task, bundle, defs, data = _setup(tmp_path, monkeypatch, rows=6, models={"qwen": {"model_path": str(other)}})
+    (Path(task.folder) / "task_config.py").write_text(CONTROLLED)
+    s = Settings(task_configs=str(task.folder.parent), input_path=data, output_dir=str(tmp_path / "out"),
+                 model_path=tiny_model_path, model_type="hf", use_cpu=True)  # fmt: skip
+    task = load_task(task.folder.parent, TASK)
+    bundle = build_task_assets(task, s.deployment)
+    defs = Definitions(assets=bundle.all_assets, jobs=[bundle.job, bundle.report_job], resources={"settings": s.run})
+    store = s.store(TASK)
+    with DagsterInstance.get() as instance:
+        register_shards(instance, task, store, data, shard_size=4)
+        keys = registered_keys(instance, task)
+        assert len(keys) == 2
+        result = defs.resolve_job_def(bundle.job.name).execute_in_process(
+            instance=instance,
+            tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},
+        )
+        assert result.success
+        expected: dict[str, list[float]] = {}
+        for model in (None, "qwen"):
+            name = model or "default"
+            for k in keys:
+                comps = store.read_frame("completions", k, model)
+                answers = store.read_frame("answers", k, model)
+                raw = store.read_frame("raw", k)
+                assert dict(answers.schema) == SCORED_ANSWER_SCHEMA
+                golds = [json.loads(d)["gold"] for d in raw["data"]]
+                want = [_expected_score(r, g) for r, g in zip(comps["response"], golds, strict=True)]
+                assert answers["score"].to_list() == pytest.approx(want)
+                for rid, g, err in zip(answers["record_id"], golds, answers["error"], strict=True):
+                    assert err == (f"score raised ValueError: no gold for 3 (record {rid})" if g == 3 else None)
+                assert answers["answer"].null_count() == 0  # a failed score keeps its answer
+                got = [v for v in want if v is not None]
+                expected.setdefault(name, []).extend(got)
+                md = next(
+                    r.asset_materialization.metadata
+                    for r in instance.fetch_materializations(bundle.model_key("answers", model), limit=10).records
+                    if r.asset_materialization and r.asset_materialization.partition == k
+                )
+                assert md["scored"].value == len(got)
+                assert md["mean_score"].value == pytest.approx(sum(got) / len(got), abs=1e-6)
+        assert expected["default"] != expected["qwen"]  # two models, two sets of responses
+
+        assert report_behind(instance, task, answers_keys(task))
+        mat = _materialize_report(defs, bundle, instance)
+    records = {r.data["model"]: r.data for r in mat.metadata["models"].value.records}
+    assert list(records) == ["default", "qwen"]
+    for name, scores in expected.items():
+        r = records[name]
+        model = None if name == "default" else name
+        comps = pl.concat([store.read_frame("completions", k, model) for k in keys])
+        assert (r["shards"], r["rows"], r["errors"], r["scored"]) == (2, 6, 1, 5)
+        assert r["mean_score"] == pytest.approx(sum(scores) / len(scores), abs=1e-4)
+        assert r["ci_method"] == "t" and r["ci_low"] < r["mean_score"] < r["ci_high"]
+        assert r["prompt_tokens"] == comps["prompt_tokens"].sum()
+        assert r["completion_tokens"] == comps["completion_tokens"].sum() and r["tokens_per_s"] > 0
+    svg = base64.b64decode(mat.metadata["chart"].value.split("base64,", 1)[1][:-1]).decode()
+    texts = [t.text for t in ET.fromstring(svg).iter("{http://www.w3.org/2000/svg}text")]
+    assert "mean score (95% CI)" in texts and texts.count("qwen") == 2
+    assert "| qwen | 2 | 6 | 1 |" in mat.metadata["report"].value
+
+
+@pytest.mark.slow
+def test_llm_infer_makes_the_report_when_answers_changed(tmp_path: Path, tiny_model_path: str) -> None:
+    from tests_support import instance_at, llm_infer
+
+    out = tmp_path / "out"
+    args = ["--task_name", TASK, "--config_path", str(CONFIGS), "--output_path", str(out), "--model_path",
+            tiny_model_path, "--model_type", "hf", "--use_cpu", "--limit", "2", "--shard_size", "4"]  # fmt: skip
+    first = llm_infer(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert f"report: default 0.0% of 6 rows extracted ({out / TASK / 'report.md'})" in first.stderr
+    assert first.stdout.strip().splitlines()[-1].startswith("3/3 shards done")  # the last line is as it was
+    with instance_at(out) as instance:
+        assert len(instance.fetch_materializations(AssetKey([TASK, "report"]), limit=10).records) == 1
+    assert json.loads((out / TASK / "report.json").read_text())[0]["rows"] == 6
+    again = llm_infer(*args)  # nothing changed: no run, no new report
+    assert again.returncode == 0 and "report:" not in again.stderr
+    extract = llm_infer(*args, "--extract_only")  # new answers: a new report
+    assert extract.returncode == 0 and "report: default" in extract.stderr
+    with instance_at(out) as instance:
+        assert len(instance.fetch_materializations(AssetKey([TASK, "report"]), limit=10).records) == 2
