@@ -159,7 +159,7 @@ def test_ui_new_shards_and_stale_redo_in_browser(chromium, tmp_path, tiny_model_
         wait_http(base + "/server_info", server, log)
         pw = sync_playwright().start()
         browser = pw.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1500, "height": 1000})
+        page = browser.new_page(viewport={"width": 1900, "height": 1000})
         page.set_default_timeout(WAIT_MS)
         expect.set_options(timeout=WAIT_MS)
 
