@@ -239,6 +239,8 @@ def test_two_real_models_are_scored_per_row_and_reported_side_by_side(
                 assert md["scored"].value == len(got)
                 assert md["mean_score"].value == pytest.approx(sum(got) / len(got), abs=1e-6)
         assert expected["default"] != expected["qwen"]  # two models, two sets of responses
+        seed = [r for k in keys for r in json.loads(store.result_path("extract", k).read_text())]
+        assert [r["score"] for r in seed if r["score"] is not None] == pytest.approx(expected["default"])
 
         assert report_behind(instance, task, answers_keys(task))
         mat = _materialize_report(defs, bundle, instance)
