@@ -371,7 +371,36 @@ def run(args: argparse.Namespace) -> int:
     leases = ShardLeases(store)
     planned = [k for p in plans for k in ordered[ordered.index(p.first) : ordered.index(p.last) + 1]]
     outcome.busy = {k: who for k in planned if not store.has("answers", k) and (who := leases.holder_of(k))}
+    _make_report(instance, task, outcome)
     return _report(store, reg.manifest.runnable(ordered, include_short=True), outcome, output, len(reg.short_keys))
+
+
+def _make_report(instance: Any, task: Any, outcome: _Outcome) -> None:
+    """Materialize ``[<task>, report]`` when any model's answers changed since it was made (or it was never made).
+
+    One in-process run of the ``<task>_report`` job: it runs no model and takes a second. Its one line goes to
+    stderr, before the command's last line; a report that cannot be made fails the command like a step would.
+    """
+    from llm_infer_dagster.definitions import defs  # built for this task with this command's settings
+    from llm_infer_dagster.orchestration.assets.report import answers_keys, report_behind, report_line
+    from llm_infer_dagster.orchestration.run_health import process_tags
+
+    if not report_behind(instance, task, answers_keys(task)):
+        return
+    job = defs.resolve_job_def(f"{task.dagster_name}_report")
+    with contextlib.redirect_stderr(_ToLog()):
+        result = job.execute_in_process(
+            instance=instance,
+            run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
+            tags={**process_tags(), "llm_infer/launched_by": "llm-infer"},
+            raise_on_error=False,
+        )
+    if result.success:
+        line = report_line(instance, task)
+        log.info(line)
+        print(line, file=sys.stderr)
+    else:
+        outcome.read_failures(result.run_id, result.all_events)
 
 
 def _short_warnings(manifest: Any) -> list[str]:

@@ -15,7 +15,11 @@ from llm_infer_dagster.errors import TaskConfigError
 from llm_infer_dagster.orchestration.assets.factory import TaskAssets, build_task_assets
 from llm_infer_dagster.orchestration.broken_tasks import BrokenTask, broken_tasks_definitions, load_tasks_contained
 from llm_infer_dagster.orchestration.gpu_executor import gpu_executor
-from llm_infer_dagster.orchestration.sensors import build_missing_shards_schedule, build_shard_sensor
+from llm_infer_dagster.orchestration.sensors import (
+    build_missing_shards_schedule,
+    build_report_sensor,
+    build_shard_sensor,
+)
 from llm_infer_dagster.orchestration.settings import RESOURCE_KEY, RunSettings
 from llm_infer_dagster.tasks.loader import TaskFiles, discover_tasks, load_task
 
@@ -63,8 +67,8 @@ def build_definitions(deployment: Deployment | None = None) -> Definitions:
     return Definitions(
         assets=[*(a for b in bundles for a in b.all_assets), *placeholders.assets],
         asset_checks=placeholders.asset_checks,
-        jobs=[j for b in bundles for j in (b.job, b.register_job)],
-        sensors=[build_shard_sensor(b) for b in bundles],
+        jobs=[j for b in bundles for j in (b.job, b.register_job, b.report_job)],
+        sensors=[s for b in bundles for s in (build_shard_sensor(b), build_report_sensor(b))],
         schedules=[build_missing_shards_schedule(b) for b in bundles],
         resources={RESOURCE_KEY: RunSettings.from_env()},
         executor=gpu_executor,  # also for `dagster asset materialize` and the UI's materialize buttons

@@ -6,11 +6,15 @@
 - ``<task>_missing_shards`` (schedule): requests runs for every shard not yet answered or stale (grown input
   rows, another prompt, model or sampling), as few runs as partition ranges allow (the model starts once per
   run), and skips a tick while a run of the task is going.
+- ``<task>_report_refresh`` (sensor, on when the schedule is): once no run of the task is going and an answers
+  shard of any model was recorded after the report last read them, requests one run of ``<task>_report``.
+  (The schedule cannot: it targets the shard job, and the report cannot share a run with the shards step,
+  which records every shard itself and yields no output, so Dagster would skip the report's step.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from dagster import (
     AssetKey,
@@ -37,6 +41,7 @@ from dagster import (
 
 from llm_infer_dagster.errors import LLMInferError, TaskConfigError
 from llm_infer_dagster.orchestration.assets.factory import TaskAssets
+from llm_infer_dagster.orchestration.assets.report import answers_keys, latest_answers_id, report_behind
 from llm_infer_dagster.orchestration.registry import input_events, partitions_def_for, sync_manifest
 from llm_infer_dagster.orchestration.run_health import mark_dead_runs_failed
 from llm_infer_dagster.orchestration.settings import RunSettings
@@ -107,6 +112,39 @@ def build_shard_sensor(bundle: TaskAssets) -> SensorDefinition:
         )
 
     return new_shards
+
+
+def _of_task(bundle: TaskAssets) -> Callable[[DagsterRun], bool]:
+    """Whether a run belongs to the task: its jobs, or a UI materialization / backfill of its assets."""
+    jobs = {bundle.job.name, bundle.report_job.name}
+    name = bundle.task.dagster_name
+    return lambda r: r.job_name in jobs or any(k.path[0] == name for k in r.asset_selection or ())
+
+
+def build_report_sensor(bundle: TaskAssets) -> SensorDefinition:
+    """``<task>_report_refresh``: the report follows the answers, a run after the task's runs are done."""
+    task = bundle.task
+    answers = answers_keys(task)
+
+    @sensor(
+        name=f"{task.dagster_name}_report_refresh",
+        job=bundle.report_job,
+        minimum_interval_seconds=task.settings.sensor_interval_seconds,
+        default_status=DefaultSensorStatus.RUNNING if task.settings.schedule_enabled else DefaultSensorStatus.STOPPED,
+        description=f"Materialize the report of task {task.name} once its answers changed and its runs are done.",
+    )
+    def report_refresh(context: SensorEvaluationContext) -> RunRequest | SkipReason:
+        instance = context.instance
+        of_task = _of_task(bundle)
+        active = [r for r in instance.get_runs(RunsFilter(statuses=ACTIVE)) if of_task(r)]
+        if active:
+            return SkipReason(f"run {active[0].run_id} of task {task.name} is still going")
+        if not report_behind(instance, task, answers):
+            return SkipReason("the report is up to date with every model's answers")
+        newest = latest_answers_id(instance, answers)
+        return RunRequest(run_key=f"answers-{newest}", tags={"llm_infer/launched_by": "sensor"})
+
+    return report_refresh
 
 
 def build_missing_shards_schedule(bundle: TaskAssets) -> ScheduleDefinition:

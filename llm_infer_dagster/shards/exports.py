@@ -23,16 +23,20 @@ def seed_records(
 
     The seed's keys: file_name, file_idx, origin_data, prompt, model_response (always a string, stripped as
     the seed stripped it; ``""`` for a row that failed, its reason in ``error``) and, once answers exist,
-    extracted_answer (inference-only records have no such key, as the seed's had none).
+    extracted_answer (inference-only records have no such key, as the seed's had none), and ``score`` for a
+    task that defines one.
     """
     df = raw.join(prompts.rename({"error": "prompt_error"}), on="record_id", how="left").join(
         completions.select("record_id", "response", "responses", "finish_reason", "error"),
         on="record_id",
         how="left",
     )
+    scored = answers is not None and "score" in answers.columns  # a task with score(answer, org_data)
     if answers is not None:
         df = df.join(
-            answers.select("record_id", "answer", pl.col("error").alias("answer_error")),
+            answers.select(
+                "record_id", "answer", pl.col("error").alias("answer_error"), *(["score"] if scored else [])
+            ),
             on="record_id",
             how="left",
         )
@@ -53,6 +57,8 @@ def seed_records(
         if answers is not None:
             answer = r.get("answer")
             record["extracted_answer"] = json.loads(answer) if answer is not None else None
+            if scored:
+                record["score"] = r["score"]
         out.append(record)
     return out
 

@@ -46,6 +46,10 @@ COMPLETION_SCHEMA: Schema = {
 #: ``answers``: extract_answer's value as JSON (null when it returned None), ``error`` when there is none.
 ANSWER_SCHEMA: Schema = {"record_id": pl.String, "answer": pl.String, "error": pl.String}
 
+#: ``answers`` of a task with a ``score(answer, org_data)``: also ``score`` (null where the row has no answer,
+#: the scorer returned None or failed). A task without a scorer keeps ANSWER_SCHEMA: the seed's tables as they were.
+SCORED_ANSWER_SCHEMA: Schema = {**ANSWER_SCHEMA, "score": pl.Float64}
+
 #: asset name -> the schema of its frames
 SCHEMAS: dict[AssetName, Schema] = {
     "raw": RAW_SCHEMA,

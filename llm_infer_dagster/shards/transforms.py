@@ -3,13 +3,17 @@
 No Dagster, no engine, no files: each takes a frame (or rows) and the task's function and returns a frame,
 so the streaming step in ``orchestration/assets/pipeline.py`` only calls these, writes the result and reports it. A row
 whose user function raises, or returns what cannot be used (an empty prompt, an answer JSON cannot encode),
-keeps its error in the ``error`` column; it never fails the shard.
+keeps its error in the ``error`` column; it never fails the shard. The same holds for the optional
+``score(answer, org_data)``: one that raises, or returns what is not a finite number (nor None), is that row's
+``error`` (naming the record), with its answer kept and its score null.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+import math
+import numbers
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import polars as pl
@@ -22,6 +26,7 @@ from llm_infer_dagster.shards.tables import (
     PROMPT_SCHEMA,
     RAW_SCHEMA,
     ROW_SAMPLING_COLUMN,
+    SCORED_ANSWER_SCHEMA,
 )
 from llm_infer_dagster.tasks.loader import JSON_HINT, RowPrompt, RowSamplingError, json_problem, to_json
 
@@ -91,11 +96,33 @@ def _empty_prompt(prompt: Any) -> str | None:
     return None
 
 
-def answers_frame(completions: pl.DataFrame, extract_answer: Callable[[str], Any]) -> pl.DataFrame:
-    """``extract_answer`` on each row's first sample; rows without a completion keep why."""
+#: How to fix a score that is not a number; ends the row errors that report one.
+SCORE_HINT = "return an int, float or bool (True counts 1), or None for a row that has no score"
+
+
+def answers_frame(
+    completions: pl.DataFrame,
+    extract_answer: Callable[[str], Any],
+    score: Callable[[Any, dict[str, Any]], Any] | None = None,
+    raw: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """``extract_answer`` on each row's first sample; rows without a completion keep why.
+
+    ``score`` (the task's optional scorer) is called as ``score(answer, org_data)`` on each row with an answer
+    (not None), ``answer`` being what extract_answer returned and ``org_data`` the row read_file returned (from
+    ``raw``, the shard's raw frame, which it then needs); the frame then has a ``score`` column. Without a
+    scorer it is the seed's answers table, as before.
+    """
     values: list[str | None] = []
     errors: list[str | None] = []
+    scores: list[float | None] = []
+    rows: Mapping[str, str] = {}
+    if score is not None:
+        if raw is None:
+            raise ValueError("answers_frame: a score function needs the shard's raw rows (raw=)")
+        rows = dict(zip(raw["record_id"].to_list(), raw["data"].to_list(), strict=True))
     for row in completions.select("record_id", "response", "error").iter_rows(named=True):
+        scores.append(None)
         if row["error"] is not None:
             values.append(None)
             errors.append(f"no completion: {row['error']}")
@@ -120,6 +147,32 @@ def answers_frame(completions: pl.DataFrame, extract_answer: Callable[[str], Any
             )
         else:
             errors.append(None)
-    return pl.DataFrame(
-        {"record_id": completions["record_id"], "answer": values, "error": errors}, schema=ANSWER_SCHEMA
-    )
+            if score is not None:
+                scores[-1], errors[-1] = _score(score, ans, row["record_id"], rows)
+    columns: dict[str, Any] = {"record_id": completions["record_id"], "answer": values, "error": errors}
+    if score is None:  # the seed's table, as it was
+        return pl.DataFrame(columns, schema=ANSWER_SCHEMA)
+    return pl.DataFrame({**columns, "score": scores}, schema=SCORED_ANSWER_SCHEMA)
+
+
+def _score(
+    score: Callable[[Any, dict[str, Any]], Any], answer: Any, record_id: str, rows: Mapping[str, str]
+) -> tuple[float | None, str | None]:
+    """(the row's score, None) or (None, why it has none): one row's ``score(answer, org_data)``."""
+    data = rows.get(record_id)
+    if data is None:
+        return None, f"score: record {record_id} is not in the shard's raw rows; materialize raw for the shard again"
+    try:
+        value = score(answer, json.loads(data))
+    except Exception as exc:
+        return None, f"score raised {type(exc).__name__}: {exc} (record {record_id})"
+    if value is None:
+        return None, None
+    if not isinstance(value, numbers.Real):  # int, float, bool, numpy's and Fraction; not str, Decimal, complex
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return None, f"score returned {type(value).__name__} {shown}, not a number (record {record_id}); {SCORE_HINT}"
+    number = float(value)
+    if not math.isfinite(number):
+        return None, f"score returned {number}, not a finite number (record {record_id}); {SCORE_HINT}"
+    return number, None

@@ -6,6 +6,10 @@ A task folder is ``<task_configs>/<name>/task_config.py`` defining ``get_file_li
 
 The seed's ``--task_config_fn``, ``--sampling_params_fn`` and ``--*_func`` flags pick other file and function
 names inside the folder (:class:`TaskFiles`); every message names the file and function actually used.
+
+Beyond the seed, a task file may also define ``score(answer, org_data)`` (:data:`SCORE_FUNCTION`): a number
+per answered row, stored in the answers' ``score`` column and aggregated by the task's report. A folder
+without it loads and runs as before.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from llm_infer_dagster.tasks.sampling import (
 from llm_infer_dagster.tasks.task_settings import TaskSettings, load_task_settings
 
 REQUIRED_FUNCTIONS = ("get_file_list", "read_file", "format_prompt", "extract_answer")
+#: The optional scorer: ``score(answer, org_data) -> number | None`` (beyond the seed; no flag renames it).
+SCORE_FUNCTION = "score"
 TASK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 CONFIG_FILE = "task_config.py"
 DEFAULTS_FILE = "default_sampling_params.json"
@@ -256,6 +262,12 @@ class TaskConfig:
     def extract_answer(self, response: str) -> Any:
         return self._fn("extract_answer")(response)
 
+    @property
+    def score(self) -> Callable[[Any, dict[str, Any]], Any] | None:
+        """The task's ``score(answer, org_data)``, or None when the task file defines none (a seed folder)."""
+        fn = getattr(self.module, SCORE_FUNCTION, None)
+        return fn if callable(fn) else None
+
 
 def resolve_task_folder(task_configs: str | Path, name: str, files: TaskFiles | None = None) -> Path:
     """The folder of task ``name``; refuses names that are not a plain folder name inside task_configs."""
@@ -353,6 +365,25 @@ def _check_functions(module: ModuleType, path: Path, files: TaskFiles) -> None:
             raise TaskConfigError(f"{path}: {fn} must take exactly one argument") from None
         except ValueError:  # builtins without signatures: trust them
             continue
+    _check_score(module, path)
+
+
+def _check_score(module: ModuleType, path: Path) -> None:
+    """An optional ``score`` must be a function of (answer, org_data): said at load, not on the first row."""
+    fn = getattr(module, SCORE_FUNCTION, None)
+    if fn is None:
+        return
+    fix = f"define {SCORE_FUNCTION}(answer, org_data) returning a number (or None), or rename it"
+    if not callable(fn):
+        raise TaskConfigError(f"{path}: {SCORE_FUNCTION} is a {type(fn).__name__}, not a function; {fix}")
+    try:
+        inspect.signature(fn).bind(object(), object())
+    except TypeError:
+        raise TaskConfigError(
+            f"{path}: {SCORE_FUNCTION} must take exactly two arguments (answer, org_data); {fix}"
+        ) from None
+    except ValueError:  # builtins without signatures: trust them
+        pass
 
 
 def load_task(task_configs: str | Path, name: str, files: TaskFiles | None = None) -> TaskConfig:

@@ -6,7 +6,7 @@ right shards stale when a task's code, prompt files, sampling parameters or mode
 - completions:  prompts', plus the merged sampling parameters, the model identity (path + weights) and the
                 engine settings that change outputs (dtype, context length, ``--max_input_length``); for a
                 LoRA adapter also the content of its files, so new adapter weights make only its shards stale
-- answers:      completions', plus ``extract_answer``
+- answers:      completions', plus ``extract_answer`` (and ``score``, when the task defines one)
 
 Each role's fingerprint is of the function actually used for it (the seed's ``--*_func`` flags may name
 another), so pointing ``--format_prompt_func`` at another function makes prompts and what follows stale.
@@ -24,6 +24,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import FunctionType, ModuleType
 from typing import Any
+
+from llm_infer_dagster.tasks.loader import SCORE_FUNCTION
 
 PROMPT_FILE_SUFFIXES = {".txt", ".md", ".jinja", ".j2", ".tmpl", ".template", ".prompt", ".yaml", ".yml"}
 WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".gguf"}
@@ -165,4 +167,6 @@ def task_code_versions(
         engine = combine(engine, f"lora={adapter_fingerprint(adapter_path)}")
     completions = combine(prompts, sampling_fingerprint(sampling), engine)
     answers = combine(completions, fingerprint("extract_answer"))
+    if callable(getattr(module, SCORE_FUNCTION, None)):  # the optional scorer; a task without one keeps its versions
+        answers = combine(answers, "score=" + function_fingerprint(module, [SCORE_FUNCTION]))
     return {"raw": raw, "prompts": prompts, "completions": completions, "answers": answers}

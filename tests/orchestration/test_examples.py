@@ -16,7 +16,7 @@ EXAMPLES = discover_tasks(CONFIGS)
 
 
 def test_the_examples_are_the_ones_documented() -> None:
-    assert {"basic_example", "chat_example", "qa_regex"} <= set(EXAMPLES)
+    assert {"basic_example", "chat_example", "qa_regex", "score_example"} <= set(EXAMPLES)
 
 
 @pytest.mark.slow

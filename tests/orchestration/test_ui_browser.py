@@ -159,7 +159,7 @@ def test_ui_new_shards_and_stale_redo_in_browser(chromium, tmp_path, tiny_model_
         wait_http(base + "/server_info", server, log)
         pw = sync_playwright().start()
         browser = pw.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1500, "height": 1000})
+        page = browser.new_page(viewport={"width": 1900, "height": 1000})
         page.set_default_timeout(WAIT_MS)
         expect.set_options(timeout=WAIT_MS)
 
@@ -207,6 +207,14 @@ def test_ui_new_shards_and_stale_redo_in_browser(chromium, tmp_path, tiny_model_
         # every node 100% filled, the input too: its registered shards are recorded as there, not missing
         expect(page.get_by_text("100% filled", exact=True)).to_have_count(len(ASSETS))
         shot("01_group_graph")
+        # The task's report (llm-infer made it): its chart, an SVG data URI in Markdown, renders as an image.
+        page.goto(f"{base}/assets/{TASK}/report")
+        page.get_by_text("[Show Markdown]").first.click()  # Dagster folds long Markdown metadata behind this
+        chart = page.get_by_role("dialog").last.locator("img[src^='data:image/svg+xml;base64,']")
+        expect(chart).to_have_count(1)
+        assert chart.evaluate("e => e.decode().then(() => e.naturalWidth)") > 300
+        shot("01b_report_chart")
+        page.keyboard.press("Escape")
         # 2. The completions asset's Partitions tab.
         page.goto(f"{base}/assets/{TASK}/completions?view=partitions")
         expect(page.get_by_text("Materialized (3)")).to_be_visible()

@@ -7,7 +7,7 @@ import json
 import polars as pl
 
 from llm_infer_dagster.shards.sharding import Shard
-from llm_infer_dagster.shards.tables import ANSWER_SCHEMA, PROMPT_SCHEMA, RAW_SCHEMA
+from llm_infer_dagster.shards.tables import ANSWER_SCHEMA, PROMPT_SCHEMA, RAW_SCHEMA, SCORED_ANSWER_SCHEMA
 from llm_infer_dagster.shards.transforms import answers_frame, prompts_frame, raw_frame
 
 SHARD = Shard(key="a_jsonl-0123abcd-00001", file="/d/a.jsonl", file_id="a_jsonl-0123abcd", chunk=1, start=4, stop=7)
@@ -56,3 +56,53 @@ def test_answers_frame_separates_no_answer_from_errors():
     assert df["answer"].to_list() == ["4", None, None, None]
     assert df["error"].to_list() == [None, None, "extract_answer raised ValueError: cannot parse",
                                      "no completion: prompt too long"]  # fmt: skip
+
+
+def test_answers_frame_without_a_scorer_is_the_seeds_table():
+    comps = pl.DataFrame({"record_id": ["r0"], "response": ["answer is 4"], "error": [None]})
+    df = answers_frame(comps, lambda text: 4)
+    assert dict(df.schema) == ANSWER_SCHEMA and "score" not in df.columns
+
+
+def test_answers_frame_scores_each_answer_against_its_row_and_a_bad_score_is_that_rows_error():
+    import numpy as np
+
+    cases = ("right", "wrong", "none", "raise", "text", "nan", "bool", "numpy", "noanswer", "noresp")
+    raw = raw_frame(SHARD, [{"gold": 4, "case": c} for c in cases])
+    comps = pl.DataFrame(
+        {"record_id": raw["record_id"], "response": ["4", "5", "4", "4", "4", "4", "4", "4", "?", None],
+         "error": [None] * 9 + ["prompt too long"]}
+    )  # fmt: skip
+    seen: list[tuple[object, dict]] = []
+
+    def score(answer: object, org_data: dict) -> object:
+        seen.append((answer, org_data))
+        case = org_data["case"]
+        if case == "raise":
+            raise KeyError("label")
+        return {"none": None, "text": "yes", "nan": float("nan"), "bool": True, "numpy": np.float32(0.25)}.get(
+            case, float(answer == org_data["gold"])
+        )
+
+    df = answers_frame(comps, lambda text: int(text) if text.isdigit() else None, score, raw)
+    assert dict(df.schema) == SCORED_ANSWER_SCHEMA
+    assert df["score"].to_list() == [1.0, 0.0, None, None, None, None, 1.0, 0.25, None, None]
+    assert df["answer"].to_list() == ["4", "5", "4", "4", "4", "4", "4", "4", None, None]  # answers are kept
+    ids = raw["record_id"].to_list()
+    errors = df["error"].to_list()
+    assert errors[:3] == [None, None, None] and errors[6:9] == [None, None, None]
+    assert errors[3] == f"score raised KeyError: 'label' (record {ids[3]})"
+    assert errors[4] == (f"score returned str 'yes', not a number (record {ids[4]}); return an int, float or bool "
+                         "(True counts 1), or None for a row that has no score")  # fmt: skip
+    assert errors[5].startswith(f"score returned nan, not a finite number (record {ids[5]})")
+    assert errors[9] == "no completion: prompt too long"
+    # score gets what extract_answer returned and the row read_file returned; rows without an answer are not scored
+    assert seen[0] == (4, {"gold": 4, "case": "right"}) and len(seen) == 8
+
+
+def test_a_scorer_needs_the_raw_rows():
+    import pytest
+
+    comps = pl.DataFrame({"record_id": ["r0"], "response": ["4"], "error": [None]})
+    with pytest.raises(ValueError, match="raw rows"):
+        answers_frame(comps, int, lambda a, r: 1.0)

@@ -592,3 +592,53 @@ def test_max_input_length_is_part_of_the_completions_version(tmp_path: Path) -> 
     a, b = code_versions(task, plain)[None], code_versions(task, capped)[None]
     assert a["raw"] == b["raw"] and a["prompts"] == b["prompts"]
     assert a["completions"] != b["completions"] and a["answers"] != b["answers"]
+
+
+SCORER = """
+
+def score(answer, org_data):
+    return float(answer == org_data["q"])
+"""
+
+
+def test_score_is_optional_and_loaded_when_defined(tmp_path: Path) -> None:
+    make_task(tmp_path, "seed")
+    make_task(tmp_path, "scored", GOOD_TASK + SCORER)
+    assert load_task(tmp_path, "seed").score is None
+    score = load_task(tmp_path, "scored").score
+    assert score is not None and score("q1", {"q": "q1"}) == 1.0 and score("x", {"q": "q1"}) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("source", "msg"),
+    [
+        ("\nscore = 0.5\n", "score is a float, not a function"),
+        ("\ndef score(answer):\n    return 1\n", "score must take exactly two arguments (answer, org_data)"),
+        ("\ndef score(a, b, c):\n    return 1\n", "score must take exactly two arguments (answer, org_data)"),
+    ],
+)
+def test_a_bad_score_is_refused_at_load_naming_the_file(tmp_path: Path, source: str, msg: str) -> None:
+    make_task(tmp_path, "t", GOOD_TASK + source)
+    with pytest.raises(TaskConfigError) as err:
+        load_task(tmp_path, "t")
+    assert str(tmp_path / "t" / "task_config.py") in str(err.value) and msg in str(err.value)
+    assert "define score(answer, org_data)" in str(err.value)
+
+
+def test_score_is_part_of_the_answers_version_only_and_absent_adds_nothing(tmp_path: Path) -> None:
+    from llm_infer_dagster.tasks.versions import combine, function_fingerprint
+
+    folder = make_task(tmp_path, "t")
+    settings = Deployment.from_env(task_configs=str(tmp_path), output_dir=str(tmp_path / "out"))
+    versions = []
+    for source in (GOOD_TASK, GOOD_TASK + SCORER, GOOD_TASK + SCORER.replace("float(", "0.5 * float(")):
+        (folder / "task_config.py").write_text(textwrap.dedent(source), encoding="utf-8")
+        versions.append(code_versions(load_task(tmp_path, "t"), settings)[None])
+    seed, scored, rescored = versions
+    # Without a scorer the answers version is what it always was: completions' + extract_answer.
+    (folder / "task_config.py").write_text(textwrap.dedent(GOOD_TASK), encoding="utf-8")
+    task = load_task(tmp_path, "t")
+    assert seed["answers"] == combine(seed["completions"], function_fingerprint(task.module, ["extract_answer"]))
+    for a in ("raw", "prompts", "completions"):
+        assert seed[a] == scored[a] == rescored[a]
+    assert len({seed["answers"], scored["answers"], rescored["answers"]}) == 3

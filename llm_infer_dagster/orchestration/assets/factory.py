@@ -37,6 +37,7 @@ from llm_infer_dagster.engines.spec import EngineSpec
 from llm_infer_dagster.orchestration.assets.checks import check_specs
 from llm_infer_dagster.orchestration.assets.metadata import shard_table
 from llm_infer_dagster.orchestration.assets.pipeline import ModelTarget, ShardPipeline
+from llm_infer_dagster.orchestration.assets.report import build_report_asset, report_key
 from llm_infer_dagster.orchestration.dagster_private import UnresolvedAssetJobDefinition
 from llm_infer_dagster.orchestration.gpu_executor import GPU_TAG, gpu_executor
 from llm_infer_dagster.orchestration.registry import input_key, partitions_def_for, register_shards
@@ -57,6 +58,8 @@ class TaskAssets:
     assets: list[AssetsDefinition]
     job: UnresolvedAssetJobDefinition
     register_job: JobDefinition
+    report: AssetsDefinition  # [<task>, report]: every model side by side (unpartitioned)
+    report_job: UnresolvedAssetJobDefinition
 
     def key(self, asset_name: str) -> AssetKey:
         return AssetKey([self.task.dagster_name, asset_name])
@@ -67,8 +70,8 @@ class TaskAssets:
 
     @property
     def all_assets(self) -> list[AssetsDefinition | AssetSpec]:
-        """What a ``Definitions`` needs: the observed input, then the materializable assets."""
-        return [self.input, *self.assets]
+        """What a ``Definitions`` needs: the observed input, then the materializable assets, then the report."""
+        return [self.input, *self.assets, self.report]
 
 
 class _ShardSpecArgs(TypedDict):
@@ -263,6 +266,14 @@ def _build_task_assets(
     def register_job() -> None:
         register_op()
 
-    return TaskAssets(
-        task=task, deployment=deployment, input=input_spec, assets=[shards], job=task_job, register_job=register_job
+    report = build_report_asset(task, deployment, models)
+    report_job = define_asset_job(
+        f"{name}_report",
+        selection=[report_key(task)],
+        executor_def=in_process_executor,  # reads Parquet and the event log; no model, no GPU
+        description=f"The report of task {task.name}: every model's answers side by side (runs no model).",
     )
+    return TaskAssets(
+        task=task, deployment=deployment, input=input_spec, assets=[shards], job=task_job, register_job=register_job,
+        report=report, report_job=report_job,
+    )  # fmt: skip

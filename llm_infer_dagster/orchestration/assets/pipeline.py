@@ -55,6 +55,7 @@ from llm_infer_dagster.shards.quality import (
     completions_checks,
     structured_outputs_matched,
 )
+from llm_infer_dagster.shards.report import score_metadata
 from llm_infer_dagster.shards.store import TaskStore, atomic_write_text
 from llm_infer_dagster.shards.transforms import answers_frame, prompts_frame, raw_frame
 from llm_infer_dagster.tasks.loader import TaskConfig
@@ -525,7 +526,12 @@ class ShardPipeline:
 
     def _answer(self, target: ModelTarget, shard: str, comps: pl.DataFrame) -> None:
         pointer = self._pointer()
-        df = answers_frame(comps, self.task.extract_answer)
+        score = self.task.score
+        raw = None
+        if score is not None:  # score(answer, org_data) needs the shard's rows
+            held = self._frames.get(shard) if target.name is None else None
+            raw = held[0] if held is not None else self.store.read_frame("raw", shard)
+        df = answers_frame(comps, self.task.extract_answer, score, raw)
         self.store.write_frame("answers", shard, df, target.name)
         if target.name is None:
             raw, prompts = self._frames.pop(shard, (None, None))
@@ -549,9 +555,10 @@ class ShardPipeline:
             "errors": n_err,
             "extraction_rate": round(extracted / df.height, 4) if df.height else 0.0,
             **structured,
+            **(score_metadata(df) if score is not None else {}),
             "model_name": target.name or "default",
             **self._paths("answers", shard, target.name, "extract"),
-            "preview": preview(df, ["record_id", "answer", "error"]),
+            "preview": preview(df, ["record_id", "answer", *(["score"] if score is not None else []), "error"]),
         })  # fmt: skip
         self._check(target.answers, shard, answers_checks(comps, df, self.checks))  # blocking or not: nothing after
         self._release(shard)
