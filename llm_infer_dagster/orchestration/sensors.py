@@ -114,11 +114,20 @@ def build_shard_sensor(bundle: TaskAssets) -> SensorDefinition:
     return new_shards
 
 
-def _of_task(bundle: TaskAssets) -> Callable[[DagsterRun], bool]:
-    """Whether a run belongs to the task: its jobs, or a UI materialization / backfill of its assets."""
-    jobs = {bundle.job.name, bundle.report_job.name}
-    name = bundle.task.dagster_name
-    return lambda r: r.job_name in jobs or any(k.path[0] == name for k in r.asset_selection or ())
+def _of_task(bundle: TaskAssets, *, report: bool = True) -> Callable[[DagsterRun], bool]:
+    """Whether a run belongs to the task: its jobs, or a UI materialization / backfill of its assets.
+
+    ``report=False`` leaves out runs of the report alone: they read answers and write no shard, so they must
+    not hold back the shard work (the missing-shards schedule).
+    """
+    jobs = {bundle.job.name, *([bundle.report_job.name] if report else [])}
+    name, report_key = bundle.task.dagster_name, bundle.report.key
+
+    def of_task(r: DagsterRun) -> bool:
+        selected = [k for k in r.asset_selection or () if k.path[0] == name]
+        return r.job_name in jobs or any(k != report_key or report for k in selected)
+
+    return of_task
 
 
 def build_report_sensor(bundle: TaskAssets) -> SensorDefinition:
@@ -136,6 +145,8 @@ def build_report_sensor(bundle: TaskAssets) -> SensorDefinition:
     def report_refresh(context: SensorEvaluationContext) -> RunRequest | SkipReason:
         instance = context.instance
         of_task = _of_task(bundle)
+        for run_id in mark_dead_runs_failed(instance, of_task):  # a SIGKILLed run stays STARTED for ever
+            context.log.warning(f"run {run_id}: its process is gone; marked failed")
         active = [r for r in instance.get_runs(RunsFilter(statuses=ACTIVE)) if of_task(r)]
         if active:
             return SkipReason(f"run {active[0].run_id} of task {task.name} is still going")
@@ -158,9 +169,7 @@ def build_missing_shards_schedule(bundle: TaskAssets) -> ScheduleDefinition:
     def missing_shards(context: ScheduleEvaluationContext) -> list[RunRequest] | SkipReason:
         instance = context.instance
 
-        def of_task(r: DagsterRun) -> bool:  # the task's job, or a UI materialization / backfill of its assets
-            return r.job_name == bundle.job.name or any(k.path[0] == task.dagster_name for k in r.asset_selection or ())
-
+        of_task = _of_task(bundle, report=False)
         # A run whose process was SIGKILLed stays STARTED for ever and would make every tick skip.
         for run_id in mark_dead_runs_failed(instance, of_task):
             context.log.warning(f"run {run_id}: its process is gone; marked failed")

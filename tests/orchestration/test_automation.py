@@ -29,7 +29,11 @@ from dagster._core.utils import make_new_run_id
 from tests_support import CONFIGS, REPO, Settings, cli_env, instance_at, llm_infer, write_qa_input
 
 from llm_infer_dagster.orchestration.assets.factory import build_task_assets
-from llm_infer_dagster.orchestration.sensors import build_missing_shards_schedule, build_shard_sensor
+from llm_infer_dagster.orchestration.sensors import (
+    build_missing_shards_schedule,
+    build_report_sensor,
+    build_shard_sensor,
+)
 from llm_infer_dagster.tasks.loader import load_task
 
 
@@ -280,3 +284,23 @@ def test_a_task_whose_get_file_list_fails_skips_its_tick_with_one_line(setup) ->
     assert isinstance(result, SkipReason)
     assert "cannot register shards of task qa_regex" in str(result.skip_message)
     assert "returned no files" in str(result.skip_message) and "\n" not in str(result.skip_message)
+
+
+def test_a_report_run_does_not_hold_back_the_shard_schedule_but_holds_back_the_report_sensor(setup) -> None:
+    """A report run reads answers and writes no shard: shard work goes on; a second report waits for it."""
+    instance, bundle, settings, data = setup
+    _tick(build_shard_sensor(bundle), instance, settings)
+    report_run = DagsterRun(
+        job_name=bundle.report_job.name,
+        run_id=make_new_run_id(),
+        status=DagsterRunStatus.STARTED,
+        asset_selection=frozenset({bundle.report.key}),
+    )
+    instance.add_run(report_run)
+    context = build_schedule_context(
+        instance=instance, scheduled_execution_time=datetime.now(UTC), resources={"settings": settings.run}
+    )
+    requests = build_missing_shards_schedule(bundle)(context)
+    assert isinstance(requests, list) and requests  # every shard is missing: runs requested despite the report
+    waiting = build_report_sensor(bundle)(build_sensor_context(instance=instance))
+    assert isinstance(waiting, SkipReason) and report_run.run_id in str(waiting.skip_message)

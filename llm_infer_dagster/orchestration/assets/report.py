@@ -11,7 +11,7 @@ is a dependency, and an answers shard recorded with a new data version after the
 stale. From 100 shards on, Dagster skips such an edge for performance
 (``SKIP_PARTITION_DATA_VERSION_DEPENDENCY_THRESHOLD``): the report then shows stale only for its own code
 version, never for new answers. :func:`report_behind` is this project's own answer at any size (the report's
-metadata records the newest answers record it read), which ``llm-infer`` and the missing-shards schedule use.
+metadata records the newest answers record it read), which ``llm-infer`` and the ``<task>_report_refresh`` sensor use.
 """
 
 import base64
