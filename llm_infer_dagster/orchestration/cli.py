@@ -384,11 +384,13 @@ def _batch_output(args: argparse.Namespace, instance: Any, task: Any, store: Any
     from llm_infer_dagster.orchestration.run_batch import write_batch_output
 
     dest = Path(getattr(args, "batch_output", None) or output / "results" / "openai_batch" / f"{task.name}.jsonl")
-    lines, errors, not_run = write_batch_output(instance, task, store, keys, args.model_path or "", dest, input_path)
+    lines, errors, not_run = write_batch_output(
+        instance, task, store, keys, args.model_path or "", dest, input_path, args.limit
+    )
     note = f"wrote {lines} responses to {dest} ({errors} request error(s), {not_run} not run)"
     log.info(note)
     print(note)
-    return 1 if not_run else 0
+    return 1 if not_run and args.limit is None else 0  # requests past --limit are left out on purpose
 
 
 def _short_warnings(manifest: Any) -> list[str]:

@@ -93,7 +93,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_batch_output(
-    instance: Any, task: Any, store: Any, keys: list[str], model: str, dest: Path, input_path: str | None
+    instance: Any,
+    task: Any,
+    store: Any,
+    keys: list[str],
+    model: str,
+    dest: Path,
+    input_path: str | None,
+    limit: int | None = None,
 ) -> tuple[int, int, int]:
     """Write the output file from the shards that are done and current; (lines, error lines, not run).
 
@@ -135,7 +142,12 @@ def write_batch_output(
             found = made.get(cid)
             if found is None or found[0] != to_json(request):
                 not_run += 1
-                lines.append(error_line(cid, "not run: its shard did not finish; run the same command again", NOT_RUN))
+                why = (
+                    f"past --limit {limit}"
+                    if limit is not None
+                    else "its shard did not finish; run the same command again"
+                )
+                lines.append(error_line(cid, f"not run: {why}", NOT_RUN))
                 continue
             _, row, created = found
             if row["error"] is not None:
