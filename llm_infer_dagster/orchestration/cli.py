@@ -372,10 +372,9 @@ def run(args: argparse.Namespace) -> int:
     planned = [k for p in plans for k in ordered[ordered.index(p.first) : ordered.index(p.last) + 1]]
     outcome.busy = {k: who for k in planned if not store.has("answers", k) and (who := leases.holder_of(k))}
     shown = reg.manifest.runnable(ordered, include_short=True)
-    code = _report(store, shown, outcome, output, len(reg.short_keys))
-    if task.is_openai_batch:  # the OpenAI batch output file, whole and in input order (orchestration/run_batch.py)
-        code = _batch_output(args, instance, task, store, shown, output, input_path) or code
-    return code
+    # The OpenAI batch output file, whole and in input order (orchestration/run_batch.py), before the last line.
+    batch_code = _batch_output(args, instance, task, store, shown, output, input_path) if task.is_openai_batch else 0
+    return _report(store, shown, outcome, output, len(reg.short_keys)) or batch_code
 
 
 def _batch_output(args: argparse.Namespace, instance: Any, task: Any, store: Any, keys: list[str], output: Path,

@@ -21,7 +21,12 @@ from llm_infer_dagster.deployment import Deployment
 from llm_infer_dagster.orchestration.definitions import build_definitions
 
 CHAT, TEXT = "/v1/chat/completions", "/v1/completions"
-SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": False}
+SCHEMA = {
+    "type": "object",
+    "properties": {"ok": {"type": "boolean"}},
+    "required": ["ok"],
+    "additionalProperties": False,
+}
 
 
 def line(cid: str, url: str, **body: Any) -> str:
@@ -36,8 +41,17 @@ def hi(text: str = "Hello") -> list[dict[str, str]]:
 MIXED: list[tuple[str, str]] = [
     (line("chat", CHAT, messages=hi(), max_tokens=6, temperature=0), "chat"),
     (line("two", TEXT, prompt="Once upon", n=2, max_tokens=5, temperature=0.8, seed=1), "text"),
-    (line("json", CHAT, messages=hi("JSON please"), max_tokens=200, temperature=0,
-          response_format={"type": "json_schema", "json_schema": {"name": "ok", "schema": SCHEMA}}), "chat"),  # fmt: skip
+    (
+        line(
+            "json",
+            CHAT,
+            messages=hi("JSON please"),
+            max_tokens=200,
+            temperature=0,
+            response_format={"type": "json_schema", "json_schema": {"name": "ok", "schema": SCHEMA}},
+        ),
+        "chat",
+    ),  # fmt: skip
     (json.dumps({"custom_id": "nobody", "method": "POST", "url": CHAT}), "no body"),
     (line("embed", "/v1/embeddings", input="x"), 'url "/v1/embeddings" is not supported'),
     (line("hot", TEXT, prompt="x", temperature=-1), '"temperature" must be at least 0'),
