@@ -373,18 +373,22 @@ def run(args: argparse.Namespace) -> int:
     outcome.busy = {k: who for k in planned if not store.has("answers", k) and (who := leases.holder_of(k))}
     shown = reg.manifest.runnable(ordered, include_short=True)
     # The OpenAI batch output file, whole and in input order (orchestration/run_batch.py), before the last line.
-    batch_code = _batch_output(args, instance, task, store, shown, output, input_path) if task.is_openai_batch else 0
+    batch_code = (
+        _batch_output(args, instance, task, store, shown, output, input_path, outcome.failed_shards)
+        if task.is_openai_batch
+        else 0
+    )
     return _report(store, shown, outcome, output, len(reg.short_keys)) or batch_code
 
 
 def _batch_output(args: argparse.Namespace, instance: Any, task: Any, store: Any, keys: list[str], output: Path,
-                  input_path: str | None) -> int:  # fmt: skip
+                  input_path: str | None, failed: dict[str, str]) -> int:  # fmt: skip
     """Write the batch output (run-batch's -o, else results/openai_batch/<task>.jsonl); 1 if requests did not run."""
     from llm_infer_dagster.orchestration.run_batch import write_batch_output
 
     dest = Path(getattr(args, "batch_output", None) or output / "results" / "openai_batch" / f"{task.name}.jsonl")
     lines, errors, not_run = write_batch_output(
-        instance, task, store, keys, args.model_path or "", dest, input_path, args.limit
+        instance, task, store, keys, args.model_path or "", dest, input_path, args.limit, failed
     )
     note = f"wrote {lines} responses to {dest} ({errors} request error(s), {not_run} not run)"
     log.info(note)

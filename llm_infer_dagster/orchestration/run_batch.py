@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,15 +101,18 @@ def write_batch_output(
     dest: Path,
     input_path: str | None,
     limit: int | None = None,
+    failed: Mapping[str, str] | None = None,
 ) -> tuple[int, int, int]:
     """Write the output file from the shards that are done and current; (lines, error lines, not run).
 
     A request's result is used only if its shard's completions are materialized and not stale in Dagster and
-    the request it was made from is the one in the file now (matched by ``custom_id``).
+    the request it was made from is the one in the file now (matched by ``custom_id``). ``failed``: shard key ->
+    why it failed in this run, the message of its requests' lines.
     """
     from dagster import AssetKey
 
     from llm_infer_dagster.orchestration.cli import _stale_shards
+    from llm_infer_dagster.shards.manifest import ShardManifest
     from llm_infer_dagster.shards.store import atomic_write
     from llm_infer_dagster.tasks.loader import to_json
     from llm_infer_dagster.tasks.openai_batch import read_requests
@@ -130,11 +133,17 @@ def write_batch_output(
             if data is not None:
                 made[str(json.loads(data).get("custom_id"))] = (data, row, created)
 
+    manifest = ShardManifest.load(store)
+    failed_at: dict[tuple[str, int], str] = {}
+    for key, why in (failed or {}).items():
+        shard = manifest.shards.get(key) if manifest is not None else None
+        if shard is not None:
+            failed_at.update({(shard.file, i): why for i in range(shard.start, shard.stop)})
     lines: list[dict[str, Any]] = []
     errors = not_run = 0
     seen: dict[str, str] = {}
     for path in task.list_files(input_path):
-        for request in read_requests(path):
+        for index, request in enumerate(read_requests(path)):
             cid = request["custom_id"]
             if cid in seen:
                 raise TaskConfigError(f"{path}: custom_id {json.dumps(cid)} is in {seen[cid]} too; make them unique")
@@ -142,11 +151,12 @@ def write_batch_output(
             found = made.get(cid)
             if found is None or found[0] != to_json(request):
                 not_run += 1
-                why = (
-                    f"past --limit {limit}"
-                    if limit is not None
-                    else "its shard did not finish; run the same command again"
-                )
+                if (path, index) in failed_at:
+                    why = f"its shard failed: {failed_at[(path, index)]}; fix the cause and run the same command again"
+                elif limit is not None:
+                    why = f"past --limit {limit}"
+                else:
+                    why = "its shard did not finish; run the same command again"
                 lines.append(error_line(cid, f"not run: {why}", NOT_RUN))
                 continue
             _, row, created = found

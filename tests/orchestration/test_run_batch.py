@@ -229,3 +229,25 @@ def test_a_folder_holding_only_requests_jsonl_is_a_task(tmp_path: Path, tiny_mod
     defs = build_definitions(Deployment.from_env(task_configs=str(configs), output_dir=str(out)))
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert {f"my_batch/{a}" for a in ("input", "raw", "prompts", "completions", "answers")} <= keys
+
+
+@pytest.mark.slow
+def test_a_failed_shard_gives_its_requests_500_lines_with_the_cause_and_a_non_zero_exit(
+    tmp_path: Path, tiny_model_path: str
+) -> None:
+    # presence_penalty is vLLM's only: on HF the shard holding that request fails; the other shard is answered.
+    requests = write_requests(tmp_path / "requests.jsonl", [
+        line("a", TEXT, prompt="x", max_tokens=4), line("b", TEXT, prompt="y", max_tokens=4),
+        line("c", TEXT, prompt="z", max_tokens=4, presence_penalty=0.5), line("d", TEXT, prompt="w", max_tokens=4),
+    ])  # fmt: skip
+    out = tmp_path / "results.jsonl"
+    r = run_batch("-i", str(requests), "-o", str(out), "--model_path", tiny_model_path, "--model_type", "hf",
+                  "--use_cpu", "--shard_size", "2")  # fmt: skip
+    assert r.returncode != 0
+    assert f"wrote 4 responses to {out} (0 request error(s), 2 not run)" in r.stdout
+    lines = read_lines(out)
+    assert [o["response"]["status_code"] for o in lines] == [200, 200, 500, 500]
+    for o in lines[2:]:
+        message = o["error"]["error"]["message"]
+        assert message.startswith("not run: its shard failed: ") and '"presence_penalty"' in message, message
+        assert message.endswith("fix the cause and run the same command again")
