@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llm-infer",
         description="Offline LLM batch inference over a seed task folder, run as partitioned Dagster assets.",
+        epilog="OpenAI batch files: llm-infer run-batch -i requests.jsonl -o results.jsonl --model_path M [flags].",
     )
     p.add_argument("--model_path", help="local model folder (required unless --extract_only/--plan_only)")
     p.add_argument("--model_type", default="vllm", choices=["vllm", "hf"], help="engine (default: vllm)")
