@@ -132,6 +132,18 @@ def test_mixed_requests_on_hf_give_one_line_each_in_order_and_a_rerun_redoes_not
     assert out.read_bytes() == first  # same lines, same ids
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
+    # An edited request makes only its shard stale: that shard is redone, and its line says what it asks now.
+    edited = [x for x, _ in MIXED]
+    edited[-1] = line("short", TEXT, prompt="Two words", max_completion_tokens=1)
+    write_requests(requests, edited)
+    third = run_batch(*args)
+    assert third.returncode == 0, third.stderr[-3000:]
+    redone = {p for p in stamps if p.stat().st_mtime_ns != stamps[p]}
+    assert len(redone) == 1  # the last shard, which holds only that request
+    final = read_lines(out)
+    assert final[:-1] == json.loads("[" + ",".join(first.decode().splitlines()[:-1]) + "]")
+    assert final[-1]["response"]["body"]["usage"]["completion_tokens"] == 1
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
