@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llm-infer",
         description="Offline LLM batch inference over a seed task folder, run as partitioned Dagster assets.",
+        epilog="OpenAI batch files: llm-infer run-batch -i requests.jsonl -o results.jsonl --model_path M [flags].",
     )
     p.add_argument("--model_path", help="local model folder (required unless --extract_only/--plan_only)")
     p.add_argument("--model_type", default="vllm", choices=["vllm", "hf"], help="engine (default: vllm)")
@@ -372,7 +373,29 @@ def run(args: argparse.Namespace) -> int:
     planned = [k for p in plans for k in ordered[ordered.index(p.first) : ordered.index(p.last) + 1]]
     outcome.busy = {k: who for k in planned if not store.has("answers", k) and (who := leases.holder_of(k))}
     _make_report(instance, task, outcome)
-    return _report(store, reg.manifest.runnable(ordered, include_short=True), outcome, output, len(reg.short_keys))
+    shown = reg.manifest.runnable(ordered, include_short=True)
+    # The OpenAI batch output file, whole and in input order (orchestration/run_batch.py), before the last line.
+    batch_code = (
+        _batch_output(args, instance, task, store, shown, output, input_path, outcome.failed_shards)
+        if task.is_openai_batch
+        else 0
+    )
+    return _report(store, shown, outcome, output, len(reg.short_keys)) or batch_code
+
+
+def _batch_output(args: argparse.Namespace, instance: Any, task: Any, store: Any, keys: list[str], output: Path,
+                  input_path: str | None, failed: dict[str, str]) -> int:  # fmt: skip
+    """Write the batch output (run-batch's -o, else results/openai_batch/<task>.jsonl); 1 if requests did not run."""
+    from llm_infer_dagster.orchestration.run_batch import write_batch_output
+
+    dest = Path(getattr(args, "batch_output", None) or output / "results" / "openai_batch" / f"{task.name}.jsonl")
+    lines, errors, not_run = write_batch_output(
+        instance, task, store, keys, args.model_path or "", dest, input_path, args.limit, failed
+    )
+    note = f"wrote {lines} responses to {dest} ({errors} request error(s), {not_run} not run)"
+    log.info(note)
+    print(note)
+    return 1 if not_run and args.limit is None else 0  # requests past --limit are left out on purpose
 
 
 def _make_report(instance: Any, task: Any, outcome: _Outcome) -> None:
@@ -614,10 +637,19 @@ def _report(store: Any, keys: list[str], outcome: _Outcome, output: Path, kept: 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run-batch"]:  # llm-infer run-batch -i requests.jsonl -o results.jsonl ...
+        from llm_infer_dagster.orchestration import run_batch
+
+        return _execute(run_batch.parse(argv[1:]), run_batch.run)
+    return _execute(build_parser().parse_args(argv), run)
+
+
+def _execute(args: argparse.Namespace, command: Any) -> int:
+    """``command(args)``, with every user-fixable error, full disk and interrupt as one line and an exit code."""
     logging.raiseExceptions = False  # a main.log write on a full disk must not print logging tracebacks
     try:
-        return run(args)
+        return int(command(args))
     except LLMInferError as exc:
         if log.handlers:  # main.log exists once the output dir is known
             log.error("%s", exc)

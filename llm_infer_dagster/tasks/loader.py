@@ -10,6 +10,9 @@ names inside the folder (:class:`TaskFiles`); every message names the file and f
 Beyond the seed, a task file may also define ``score(answer, org_data)`` (:data:`SCORE_FUNCTION`): a number
 per answered row, stored in the answers' ``score`` column and aggregated by the task's report. A folder
 without it loads and runs as before.
+
+A folder with no task file and a ``requests.jsonl`` is the built-in OpenAI batch task (``tasks/openai_batch.py``
+is its four functions; its own sampling defaults, see there).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from types import ModuleType
 from typing import Any
 
 from llm_infer_dagster.errors import SettingsError, TaskConfigError
+from llm_infer_dagster.tasks import openai_batch
 from llm_infer_dagster.tasks.sampling import (
     SAMPLING_FILE,
     check_combination,
@@ -148,6 +152,8 @@ class TaskConfig:
     sampling_params: dict[str, Any]
     settings: TaskSettings = field(default_factory=TaskSettings)
     files: TaskFiles = field(default_factory=TaskFiles)
+    #: The built-in OpenAI batch task (a folder holding only requests.jsonl): its functions are the package's.
+    is_openai_batch: bool = False
 
     def input_path(self, configured: str | None) -> str | None:
         """The input path for get_file_list: the run's setting if given, else the task's own."""
@@ -155,6 +161,8 @@ class TaskConfig:
 
     @property
     def config_file(self) -> Path:
+        if self.is_openai_batch:
+            return Path(str(self.module.__file__))
         return self.folder / self.files.task_config_fn
 
     @property
@@ -200,6 +208,8 @@ class TaskConfig:
         try:
             rows = self._fn("read_file")(file_path)
         except Exception as exc:
+            if self.is_openai_batch and isinstance(exc, TaskConfigError):
+                raise  # it names the requests file and line already
             raise TaskConfigError(f"{self.config_file}: {fn}({file_path!r}) raised {_describe_error(exc)}") from exc
         if not isinstance(rows, list):
             raise TaskConfigError(
@@ -287,13 +297,19 @@ def resolve_task_folder(task_configs: str | Path, name: str, files: TaskFiles | 
     folder = (root / name).resolve()
     if folder.parent != root:
         raise TaskConfigError(f"task name {name!r} leaves the task config dir {root}")
-    if not (folder / config_file).is_file():
+    if not (folder / config_file).is_file() and not is_openai_batch_folder(folder, files):
         flag = "" if config_file == CONFIG_FILE else " (--task_config_fn)"
         raise TaskConfigError(
-            f"no task {name!r}: {folder / config_file}{flag} does not exist; "
+            f"no task {name!r}: {folder / config_file}{flag} does not exist (nor {openai_batch.REQUESTS_FILE}); "
             f"tasks in {root}: {', '.join(discover_tasks(root, files)) or '(none)'}"
         )
     return folder
+
+
+def is_openai_batch_folder(folder: Path, files: TaskFiles | None = None) -> bool:
+    """A folder holding a requests.jsonl and no task file: the built-in OpenAI batch task."""
+    config_file = (files or TaskFiles()).task_config_fn
+    return not (folder / config_file).is_file() and (folder / openai_batch.REQUESTS_FILE).is_file()
 
 
 def discover_tasks(task_configs: str | Path, files: TaskFiles | None = None) -> list[str]:
@@ -302,7 +318,11 @@ def discover_tasks(task_configs: str | Path, files: TaskFiles | None = None) -> 
     root = Path(task_configs)
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if (p / config_file).is_file() and TASK_NAME_RE.fullmatch(p.name))
+    return sorted(
+        p.name
+        for p in root.iterdir()
+        if ((p / config_file).is_file() or is_openai_batch_folder(p, files)) and TASK_NAME_RE.fullmatch(p.name)
+    )
 
 
 def _local_module_names(folder: Path, config_file: str) -> set[str]:
@@ -393,6 +413,8 @@ def load_task(task_configs: str | Path, name: str, files: TaskFiles | None = Non
     """
     files = files or TaskFiles()
     folder = resolve_task_folder(task_configs, name, files)
+    if is_openai_batch_folder(folder, files):
+        return _load_openai_batch(name, folder)
     module = _import_config(folder, name, files.task_config_fn)
     _check_functions(module, folder / files.task_config_fn, files)
     sampling = load_sampling_params(Path(task_configs) / DEFAULTS_FILE, folder / files.sampling_params_fn)
@@ -404,6 +426,20 @@ def load_task(task_configs: str | Path, name: str, files: TaskFiles | None = Non
         settings=load_task_settings(folder),
         files=files,
     )
+
+
+def _load_openai_batch(name: str, folder: Path) -> TaskConfig:
+    """The built-in OpenAI batch task on ``folder``: the seed's own names, OpenAI's sampling defaults, and the
+    folder's requests.jsonl as the input unless task_settings.json (or --input_path) names another."""
+    files = TaskFiles()  # the package's functions: the seed's renaming flags are for task files
+    sampling = load_sampling_params(None, folder / files.sampling_params_fn, builtin=openai_batch.BASE_SAMPLING)
+    settings = load_task_settings(folder)
+    if settings.input_path is None:
+        settings = settings.model_copy(update={"input_path": str(folder / openai_batch.REQUESTS_FILE)})
+    return TaskConfig(
+        name=name, folder=folder, module=openai_batch, sampling_params=sampling, settings=settings, files=files,
+        is_openai_batch=True,
+    )  # fmt: skip
 
 
 #: How to fix a row or an answer that JSON cannot encode; ends the one-line messages that report one.

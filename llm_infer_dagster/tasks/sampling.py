@@ -190,20 +190,22 @@ def _read_json_object(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_sampling_params(defaults_path: Path | None, task_path: Path | None) -> dict[str, Any]:
+def load_sampling_params(
+    defaults_path: Path | None, task_path: Path | None, builtin: Mapping[str, Any] = BUILTIN_DEFAULTS
+) -> dict[str, Any]:
     """Merge a task's sampling parameters over the defaults, key by key, and validate both.
 
-    ``defaults_path``: the defaults JSON; :data:`BUILTIN_DEFAULTS` when None or absent (the file replaces
-    the built-ins, it is not merged with them). ``task_path``: the task's ``sampling_params.json`` or the
-    task folder holding it; optional, like in the seed. Raises :class:`TaskConfigError` naming the file
-    and key at fault.
+    ``defaults_path``: the defaults JSON; ``builtin`` (:data:`BUILTIN_DEFAULTS`, or a built-in task's own) when
+    None or absent (the file replaces the built-ins, it is not merged with them). ``task_path``: the task's
+    ``sampling_params.json`` or the task folder holding it; optional, like in the seed. Raises
+    :class:`TaskConfigError` naming the file and key at fault.
     """
     if defaults_path is not None and Path(defaults_path).is_file():
         defaults_source = str(defaults_path)
         defaults = validate_sampling_params(_read_json_object(Path(defaults_path)), defaults_source)
     else:
         defaults_source = "built-in default sampling parameters"
-        defaults = validate_sampling_params(BUILTIN_DEFAULTS, defaults_source)
+        defaults = validate_sampling_params(builtin, defaults_source)
 
     task: dict[str, Any] = {}
     task_source = defaults_source

@@ -1,0 +1,183 @@
+"""``llm-infer run-batch -i requests.jsonl -o results.jsonl --model_path M``: vLLM's ``run-batch``, as Dagster runs.
+
+The requests file becomes the built-in OpenAI batch task (``tasks/openai_batch.py``) in a work dir next to the
+output (``<output_file>.llm-infer/`` unless ``--output_path`` says where): ``task_configs/batch/requests.jsonl``
+is a link to the input, and the work dir is an ``llm-infer`` output dir (shards, logs, the Dagster instance at
+``.dagster``). So the requests are shards like any task's, a crash or ``kill -9`` loses only the shards in flight,
+the same command again redoes only the unfinished ones, and ``dagster dev`` shows it all.
+
+At the end the output file is written whole, in input order, atomically (temp file then rename): one line per
+request (``tasks/openai_responses.py``), matched to its request by ``custom_id``. A request whose shard did not
+finish gets an error line (status 500) and the command exits non-zero; running it again finishes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from llm_infer_dagster.errors import SettingsError, TaskConfigError
+
+#: The task's name in the work dir (its Dagster group, asset key prefix and job: ``batch_job``).
+TASK = "batch"
+#: The seed flags run-batch sets itself, or that would leave requests out of the output.
+REFUSED_FLAGS = (
+    "--task_name", "--config_path", "--input_path", "--task_config_fn", "--sampling_params_fn",
+    "--get_file_list_func", "--read_file_func", "--format_prompt_func", "--extract_answer_func", "--limit",
+)  # fmt: skip
+_BAD_REQUEST_PREFIX = "prompt: format_prompt raised BadRequest: "
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="llm-infer run-batch",
+        description="Run an OpenAI batch file (vLLM run-batch's format) as Dagster runs; every other flag is "
+        "llm-infer's (--model_path, --model_type, --use_cpu, --workers, --shard_size, --model_args, ...).",
+    )
+    p.add_argument("-i", "--input_file", required=True, help="the requests, one JSON object per line")
+    p.add_argument("-o", "--output_file", required=True, help="the results, one line per request, in input order")
+    p.add_argument(
+        "--output_path",
+        default=None,
+        help="llm-infer's output dir: shards, logs and the Dagster instance (default: <output_file>.llm-infer); "
+        "run the same command again to resume",
+    )
+    return p
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """run-batch's own flags plus llm-infer's: the seed's Namespace for this task, with ``batch_output`` set."""
+    from llm_infer_dagster.orchestration.cli import build_parser as seed_parser
+
+    parser = build_parser()
+    own, rest = parser.parse_known_args(list(argv))
+    for flag in rest:
+        if flag.split("=", 1)[0] in REFUSED_FLAGS:
+            parser.error(f"{flag.split('=', 1)[0]} is set by run-batch itself (or would leave requests out)")
+    work = Path(own.output_path or f"{own.output_file}.llm-infer").resolve()
+    configs = work / "task_configs"
+    args = seed_parser().parse_args(
+        [*rest, "--task_name", TASK, "--config_path", str(configs), "--output_path", str(work)]
+    )
+    args.batch_input = str(Path(own.input_file).resolve())
+    args.batch_output = str(Path(own.output_file).resolve())
+    return args
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check the requests file (before any model loads), link it into the work dir's task folder, run the task."""
+    from llm_infer_dagster.orchestration.cli import run as run_task
+    from llm_infer_dagster.tasks.openai_batch import REQUESTS_FILE, read_requests
+
+    source = Path(args.batch_input)
+    if not source.is_file():
+        raise SettingsError(f"-i {source}: no such file; give the requests file (one JSON request per line)")
+    requests = read_requests(source)  # a line that is not JSON, no custom_id, a custom_id twice: refused here
+    if not requests:
+        raise TaskConfigError(f"{source}: no requests (every line is blank); give one JSON request per line")
+    if Path(args.batch_output) == source:
+        raise SettingsError(f"-o {args.batch_output} is the input file; write the results somewhere else")
+    folder = Path(args.config_path) / TASK
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / REQUESTS_FILE
+    if not (link.is_symlink() and Path(os.readlink(link)) == source):
+        tmp = folder / f".{REQUESTS_FILE}.{os.getpid()}.tmp"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(source)
+        os.replace(tmp, link)  # another input on a resumed work dir: its rows differ, its shards are redone
+    return run_task(args)
+
+
+def write_batch_output(
+    instance: Any,
+    task: Any,
+    store: Any,
+    keys: list[str],
+    model: str,
+    dest: Path,
+    input_path: str | None,
+    limit: int | None = None,
+    failed: Mapping[str, str] | None = None,
+) -> tuple[int, int, int]:
+    """Write the output file from the shards that are done and current; (lines, error lines, not run).
+
+    A request's result is used only if its shard's completions are materialized and not stale in Dagster and
+    the request it was made from is the one in the file now (matched by ``custom_id``). ``failed``: shard key ->
+    why it failed in this run, the message of its requests' lines.
+    """
+    from dagster import AssetKey
+
+    from llm_infer_dagster.orchestration.cli import _stale_shards
+    from llm_infer_dagster.shards.manifest import ShardManifest
+    from llm_infer_dagster.shards.store import atomic_write
+    from llm_infer_dagster.tasks.loader import to_json
+    from llm_infer_dagster.tasks.openai_batch import read_requests
+    from llm_infer_dagster.tasks.openai_responses import NOT_RUN, error_line, response_line
+
+    name = task.dagster_name
+    done = instance.get_materialized_partitions(AssetKey([name, "completions"])) & set(keys)
+    answers = instance.get_materialized_partitions(AssetKey([name, "answers"])) & set(keys)
+    stale, _ = _stale_shards(instance, name, keys, done, answers)
+    made: dict[str, tuple[str, dict[str, Any], int]] = {}
+    for key in keys:
+        if key not in done or key in stale or not store.has("completions", key) or not store.has("raw", key):
+            continue
+        created = int(store.shard_path("completions", key).stat().st_mtime)
+        raw = dict(store.read_frame("raw", key).select("record_id", "data").iter_rows())
+        for row in store.read_frame("completions", key).iter_rows(named=True):
+            data = raw.get(row["record_id"])
+            if data is not None:
+                made[str(json.loads(data).get("custom_id"))] = (data, row, created)
+
+    manifest = ShardManifest.load(store)
+    failed_at: dict[tuple[str, int], str] = {}
+    for key, why in (failed or {}).items():
+        shard = manifest.shards.get(key) if manifest is not None else None
+        if shard is not None:
+            failed_at.update({(shard.file, i): why for i in range(shard.start, shard.stop)})
+    lines: list[dict[str, Any]] = []
+    errors = not_run = 0
+    seen: dict[str, str] = {}
+    for path in task.list_files(input_path):
+        for index, request in enumerate(read_requests(path)):
+            cid = request["custom_id"]
+            if cid in seen:
+                raise TaskConfigError(f"{path}: custom_id {json.dumps(cid)} is in {seen[cid]} too; make them unique")
+            seen[cid] = path
+            found = made.get(cid)
+            if found is None or found[0] != to_json(request):
+                not_run += 1
+                if (path, index) in failed_at:
+                    why = f"its shard failed: {failed_at[(path, index)]}; fix the cause and run the same command again"
+                elif limit is not None:
+                    why = f"past --limit {limit}"
+                else:
+                    why = "its shard did not finish; run the same command again"
+                lines.append(error_line(cid, f"not run: {why}", NOT_RUN))
+                continue
+            _, row, created = found
+            if row["error"] is not None:
+                errors += 1
+                message = str(row["error"])
+                if message.startswith(_BAD_REQUEST_PREFIX):
+                    message = message[len(_BAD_REQUEST_PREFIX) :].rsplit(" (row ", 1)[0]
+                lines.append(error_line(cid, message))
+                continue
+            lines.append(
+                response_line(
+                    request, row["responses"], row["finish_reasons"], int(row["prompt_tokens"] or 0),
+                    int(row["completion_tokens"] or 0), model=model, created=created,
+                )
+            )  # fmt: skip
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", encoding="utf-8") as fh:
+            for line in lines:
+                fh.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+    atomic_write(dest, write)
+    return len(lines), errors, not_run
