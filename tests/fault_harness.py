@@ -297,7 +297,7 @@ def check_exact(job: Job) -> list[str]:
     return problems
 
 
-OWN_STDERR = ("task ", "llm-infer: ", "warning: ", "nothing to do", "report: ")  # what llm-infer itself writes to stderr
+OWN_STDERR = ("task ", "llm-infer: ", "warning: ", "nothing to do", "report: ")  # what llm-infer writes to stderr
 
 
 def stderr_noise(cmd: Command) -> list[str]:
