@@ -133,8 +133,10 @@ def _known_files(old: ShardManifest | None, roots: Sequence[str | Path]) -> dict
     """File id -> relative path of every file the manifest has shards or an entry for (vanished ones too)."""
     if old is None:
         return {}
-    known = {s.file_id: relative_name(s.file, roots) for s in old.shards.values()}
-    known.update({fid: e.rel or relative_name(e.path, roots) for fid, e in old.files.items()})
+    known = {fid: e.rel or relative_name(e.path, roots) for fid, e in old.files.items()}
+    for s in old.shards.values():  # a vanished file has shards but no entry: its path, once per file
+        if s.file_id not in known:
+            known[s.file_id] = relative_name(s.file, roots)
     return known
 
 
