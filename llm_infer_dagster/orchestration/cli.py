@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         help='JSON of extra engine arguments, e.g. \'{"enforce_eager": true, "gpu_memory_utilization": 0.8}\'; '
         "tensor_parallel_size, max_model_len, dtype and trust_remote_code there count as their flags",
     )
+    p.add_argument(
+        "--ray_address",
+        default=None,
+        help="run the engine workers as Ray actors: 'local' (a Ray instance on this machine), 'auto' or "
+        "'ray://host:port' (a cluster); default: local processes (LLM_INFER_RAY_ADDRESS)",
+    )
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     seed = p.add_argument_group("the seed's other flags")
     seed.add_argument("--task_config_fn", default="task_config.py", help="the task folder's Python file")
@@ -127,6 +133,7 @@ def _run_settings(args: argparse.Namespace) -> dict[str, Any]:
         "model_args": args.model_args,
         "timeout": args.timeout,
         "save_text": args.save_text,
+        **({"ray_address": args.ray_address} if args.ray_address else {}),
     }
 
 
@@ -264,7 +271,12 @@ def run(args: argparse.Namespace) -> int:
             trust_remote_code=args.trust_remote_code,
             engine_args=parse_model_args(args.model_args),
         )
-        if not args.use_cpu:
+        if ray_address := args.ray_address or os.environ.get("LLM_INFER_RAY_ADDRESS"):
+            from llm_infer_dagster.runtime.ray_pool import check_ray_address, import_ray
+
+            check_ray_address(ray_address)
+            import_ray()  # installed, or one line saying how, before anything starts
+        elif not args.use_cpu:
             tp = args.tensor_parallel_size or 1
             check_gpu_need(args.workers * tp, visible_gpu_ids(), workers=args.workers, tensor_parallel_size=tp)
         if args.model_type == "hf":

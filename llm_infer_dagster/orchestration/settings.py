@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dagster import ConfigurableResource
-from pydantic import Field, ValidationError, create_model
+from pydantic import Field, ValidationError, create_model, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from llm_infer_dagster.deployment import ENV_PREFIX
@@ -41,6 +41,11 @@ class RunSettings(ConfigurableResource):
     timeout: int | None = Field(
         default=None, ge=1, description="Seconds a shard may generate before it fails (retried next run)"
     )
+    ray_address: str | None = Field(
+        default=None,
+        description="Run the engine workers as Ray actors: 'local' (a Ray instance on this machine), 'auto' or "
+        "'ray://host:port' (a cluster); unset: local processes; LLM_INFER_RAY_ADDRESS",
+    )
     save_text: bool = Field(default=False, description="Also write results/text/<shard>.txt; LLM_INFER_SAVE_TEXT")
 
     @classmethod
@@ -63,14 +68,26 @@ class RunSettings(ConfigurableResource):
         configured = ((run_config.get("resources") or {}).get(RESOURCE_KEY) or {}).get("config") or {}
         return cls.from_env(**configured)
 
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from llm_infer_dagster.runtime.ray_pool import check_ray_address  # no Ray import: only the check
+
+        try:
+            return check_ray_address(value)
+        except SettingsError as exc:
+            raise ValueError(str(exc)) from None
+
     @property
     def engine_args(self) -> dict[str, Any]:
         return parse_model_args(self.model_args)
 
     @property
     def gpus_per_run(self) -> int:
-        """GPUs a model step leases: workers x tensor_parallel_size, none on CPU."""
-        return 0 if self.use_cpu else self.workers * self.tensor_parallel_size
+        """GPUs a model step leases: workers x tensor_parallel_size; none on CPU or on Ray (Ray places GPUs)."""
+        return 0 if self.use_cpu or self.ray_address else self.workers * self.tensor_parallel_size
 
 
 @functools.cache  # built once: the executor resolves run settings for every step

@@ -66,6 +66,7 @@ class ShardResult:
     completion_tokens: int = 0
     seconds: float = 0.0
     error: str | None = None
+    node: str = ""  # on Ray: which actor on which node ran it (empty for a local worker)
 
     @property
     def tokens_per_s(self) -> float:
@@ -394,6 +395,10 @@ class _Feed:
 
     def pop(self) -> ShardJob | None:
         return self._made.popleft() if self.peek() else None
+
+    def put_back(self, job: ShardJob) -> None:
+        """``job`` goes first again (its worker was lost: another takes it next)."""
+        self._made.appendleft(job)
 
 
 POLL_SECONDS = 1.0  # how often the pool checks for workers that exited without closing their pipe

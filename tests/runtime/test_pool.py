@@ -343,6 +343,13 @@ class FakeEngine:
             text, _, seconds = arg.partition("@")
             if any(text in str(p) for p in prompts):
                 time.sleep(float(seconds))
+        if mode == "die" and any(arg in str(p) for p in prompts):  # the worker process dies on that shard
+            os._exit(9)
+        if mode == "die-once":  # die-once:<text>@<marker file>: dies on that shard the first time only
+            text, _, marker = arg.partition("@")
+            if any(text in str(p) for p in prompts) and not Path(marker).exists():
+                Path(marker).write_text("died")
+                os._exit(9)
         if mode == "fork-and-die":
             child = os.fork()
             if child == 0:  # as a forked vLLM EngineCore would: holds the message pipe, outlives the worker

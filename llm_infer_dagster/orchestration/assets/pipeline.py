@@ -15,12 +15,13 @@ group, and each shard becomes one job per model, recorded as it lands like any o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 from dagster import (
@@ -46,6 +47,9 @@ from llm_infer_dagster.orchestration.settings import RunSettings
 from llm_infer_dagster.runtime.gpus import split_gpus, visible_gpu_ids
 from llm_infer_dagster.runtime.messages import Exited, Loaded, WorkerEvent
 from llm_infer_dagster.runtime.pool import ShardJob, ShardResult, WorkerPool
+
+if TYPE_CHECKING:
+    from llm_infer_dagster.runtime.ray_pool import RayWorkerPool
 from llm_infer_dagster.shards.exports import export_shard
 from llm_infer_dagster.shards.locks import ShardLeases
 from llm_infer_dagster.shards.manifest import ShardManifest, manifest_for
@@ -445,7 +449,9 @@ class ShardPipeline:
             # template fails here, before a model loads, and the engine's first job is ready when it is.
             feed = _prime(feed)
         slices = (
-            None if settings.use_cpu else split_gpus(visible_gpu_ids(), settings.workers, settings.tensor_parallel_size)
+            None
+            if settings.use_cpu or settings.ray_address
+            else split_gpus(visible_gpu_ids(), settings.workers, settings.tensor_parallel_size)
         )
 
         with_adapters = f" with LoRA adapter(s) {', '.join(adapters)}" if adapters else ""
@@ -456,27 +462,47 @@ class ShardPipeline:
             elif isinstance(msg, Exited):
                 log.error(f"worker {worker} stopped: {msg.error} (log: {msg.log})")
 
-        pool = WorkerPool(
-            spec,
-            self.task.sampling_params,
-            workers=settings.workers,
-            gpu_slices=slices,
-            log_dir=self.store.output_dir / "logs" / "workers" / self.context.run.run_id[:8],
-            on_message=on_message,
-            shard_timeout=settings.timeout,
-        )
-        out_tokens, t0 = 0, time.perf_counter()
-        for r in pool.run(feed, count=len(self.shard_keys) * len(group)):
-            target, shard = by_job.get(r.key, (first, r.key))
-            r = dataclasses.replace(r, key=shard)
-            if not r.ok:
-                self._fail(r.key, r.error or "unknown error")
-                model = f" (model {target.name or 'default'})" if len(group) > 1 else ""
-                log.error(f"shard {r.key}{model} failed on worker {r.worker}: {r.error}")
-                self.store.log_shard(r.key, f"completions{model} FAILED on worker {r.worker}: {r.error}")
-                continue
-            out_tokens += r.completion_tokens
-            self._landed(target, r)
+        log_dir = self.store.output_dir / "logs" / "workers" / self.context.run.run_id[:8]
+        with contextlib.ExitStack() as session:
+            pool: WorkerPool | RayWorkerPool
+            if settings.ray_address:  # the workers are Ray actors, placed (and given GPUs) by Ray
+                from llm_infer_dagster.runtime.ray_pool import RayWorkerPool, ray_session
+
+                local_gpus = 0 if settings.use_cpu else len(visible_gpu_ids())
+                session.enter_context(ray_session(settings.ray_address, num_gpus=local_gpus))
+                log.info(f"engine workers: {settings.workers} Ray actor(s) via ray_address={settings.ray_address}")
+                pool = RayWorkerPool(
+                    spec,
+                    self.task.sampling_params,
+                    workers=settings.workers,
+                    log_dir=log_dir,
+                    on_message=on_message,
+                    on_placed=lambda i, where: log.info(f"worker {i}: {where}"),
+                    shard_timeout=settings.timeout,
+                    num_gpus=0 if settings.use_cpu else settings.tensor_parallel_size,
+                )
+            else:
+                pool = WorkerPool(
+                    spec,
+                    self.task.sampling_params,
+                    workers=settings.workers,
+                    gpu_slices=slices,
+                    log_dir=log_dir,
+                    on_message=on_message,
+                    shard_timeout=settings.timeout,
+                )
+            out_tokens, t0 = 0, time.perf_counter()
+            for r in pool.run(feed, count=len(self.shard_keys) * len(group)):
+                target, shard = by_job.get(r.key, (first, r.key))
+                r = dataclasses.replace(r, key=shard)
+                if not r.ok:
+                    self._fail(r.key, r.error or "unknown error")
+                    model = f" (model {target.name or 'default'})" if len(group) > 1 else ""
+                    log.error(f"shard {r.key}{model} failed on worker {r.worker}: {r.error}")
+                    self.store.log_shard(r.key, f"completions{model} FAILED on worker {r.worker}: {r.error}")
+                    continue
+                out_tokens += r.completion_tokens
+                self._landed(target, r)
         self._jobs_left.clear()
         elapsed = time.perf_counter() - t0
         log.info(
@@ -496,6 +522,7 @@ class ShardPipeline:
             "seconds": r.seconds,
             "worker": r.worker,
             "gpus": r.gpus or "cpu",
+            **({"ray_worker": r.node} if r.node else {}),
             "model": target.spec.model_path if target.spec else "",
             **({"lora_adapter": MetadataValue.path(target.adapter)} if target.adapter else {}),
             "model_name": target.name or "default",
@@ -504,7 +531,7 @@ class ShardPipeline:
         })  # fmt: skip
         msg = (
             f"shard {r.key}: {r.rows} rows, {r.errors} errors, {r.completion_tokens} tokens out, "
-            f"{r.tokens_per_s:.0f} tok/s on worker {r.worker} ({r.gpus or 'cpu'})"
+            f"{r.tokens_per_s:.0f} tok/s on worker {r.worker} ({r.gpus or 'cpu'}{', ' + r.node if r.node else ''})"
         )
         self.context.log.info(msg)
         self.store.log_shard(r.key, f"completions[{target.name or 'default'}]: " + msg)
