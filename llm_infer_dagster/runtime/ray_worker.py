@@ -54,7 +54,8 @@ class WorkerActor:
 
         ctx = ray.get_runtime_context()
         node_id = ctx.get_node_id()
-        node = next((n for n in ray.nodes() if n.get("NodeID") == node_id), {})
+        nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+        node: dict[str, Any] = next((n for n in nodes if n.get("NodeID") == node_id), {})
         return {
             "node_id": node_id,
             "actor_id": ctx.get_actor_id() or "",
