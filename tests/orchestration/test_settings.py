@@ -32,7 +32,8 @@ def test_bad_values_name_their_variable(monkeypatch: pytest.MonkeyPatch) -> None
 def test_run_settings_hold_only_what_decides_speed() -> None:
     """What a shard holds (model, dtype, context length, limit, task files) is no run setting: no guard needed."""
     assert set(RunSettings.model_fields) == {
-        "workers", "tensor_parallel_size", "use_cpu", "batch_size", "model_args", "timeout", "save_text"
+        "workers", "tensor_parallel_size", "use_cpu", "batch_size", "model_args", "timeout", "save_text",
+        "ray_address",
     }  # fmt: skip
     for name, field in RunSettings.model_fields.items():
         assert field.description, f"{name} shows in the Launchpad without a description"
@@ -46,3 +47,12 @@ def test_the_executor_reads_the_run_config_through_the_same_class(monkeypatch: p
     assert gpus_needed(tags, config) == 6
     assert gpus_needed(tags, {"resources": {"settings": {"config": {"use_cpu": True}}}}) == 0
     assert gpus_needed({GPU_TAG: "1"}, config) == 1
+
+
+def test_a_bad_ray_address_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_INFER_RAY_ADDRESS", "not an address")
+    with pytest.raises(SettingsError, match="LLM_INFER_RAY_ADDRESS='not an address'.*not a Ray address"):
+        RunSettings.from_env()
+    monkeypatch.setenv("LLM_INFER_RAY_ADDRESS", "ray://head:10001")
+    settings = RunSettings.from_env(workers=4, tensor_parallel_size=2)
+    assert settings.ray_address == "ray://head:10001" and settings.gpus_per_run == 0  # Ray places the GPUs
