@@ -95,11 +95,6 @@ class WorkerActor:
                 code = self.proc.wait(timeout=5)
         return b"".join(chunks), code
 
-    def log_tail(self, lines: int = 15) -> str:
-        from llm_infer_dagster.runtime.pool import _tail
-
-        return _tail(self.log_path, lines)
-
     def stop(self, grace: float = 10.0) -> None:
         """EOF to the worker (it finishes what it holds), then SIGKILL its process group."""
         from llm_infer_dagster.runtime.pool import _stop_process

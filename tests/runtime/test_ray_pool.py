@@ -155,7 +155,8 @@ def test_an_actor_killed_mid_run_costs_only_its_shards(local_ray: Any, tmp_path:
             killed.append(actor_pid)
             os.kill(actor_pid, signal.SIGKILL)
 
-    pool = fake_ray_pool(tmp_path, "sleep:0.3", on_message=on_message)
+    # each shard takes 1.5 s: when one is done the next is surely still in flight on that actor
+    pool = fake_ray_pool(tmp_path, "sleep:1.5", on_message=on_message)
     results: list[ShardResult] = list(pool.run(jobs))
     by_key = one_result_per_job(jobs, results)
     assert killed
