@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 from postgres_server import REQUIRE_ENV, PostgresServer, find_bin_dir
+from s3_server import S3Server
 
 from llm_infer_dagster.testing.tiny_lora import build_tiny_adapter
 from llm_infer_dagster.testing.tiny_model import build_tiny_model
@@ -58,5 +59,13 @@ def postgres_server() -> Iterator[PostgresServer]:
         pytest.skip(why)
     assert bin_dir is not None
     server = PostgresServer(bin_dir).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """An S3-compatible server (moto) on 127.0.0.1 for the session; its ``env`` points AWS clients at it."""
+    server = S3Server().start()
     yield server
     server.stop()

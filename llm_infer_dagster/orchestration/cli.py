@@ -18,12 +18,15 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import DatabaseError  # the Dagster instance's storage errors (a full disk, a read-only dir)
 
 from llm_infer_dagster.errors import LLMInferError, SettingsError, TaskConfigError
 from llm_infer_dagster.shards.planning import RunPlan, plan_runs
+
+if TYPE_CHECKING:
+    from llm_infer_dagster.shards.storage import StorePath
 
 log = logging.getLogger("llm_infer")
 
@@ -104,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _deployment(args: argparse.Namespace, config_path: str, output: Path, task_name: str, input_path: str | None):
+def _deployment(args: argparse.Namespace, config_path: str, output: StorePath, task_name: str, input_path: str | None):
     """The flags that decide what a shard holds, as the deployment every process of this command reads back."""
     from llm_infer_dagster.deployment import Deployment
 
@@ -237,6 +240,7 @@ def run(args: argparse.Namespace) -> int:
     from llm_infer_dagster.engines.hf_sampling import check_hf_supported
     from llm_infer_dagster.engines.preflight import check_engine_settings, parse_model_args
     from llm_infer_dagster.runtime.gpus import check_gpu_need, visible_gpu_ids
+    from llm_infer_dagster.shards.storage import state_dir_for, store_path
     from llm_infer_dagster.shards.store import atomic_write_text, check_output_dir
     from llm_infer_dagster.tasks.loader import TaskFiles, load_task
     from llm_infer_dagster.tasks.seed_flags import FLAG_KEYS, merge_model_args
@@ -287,14 +291,17 @@ def run(args: argparse.Namespace) -> int:
             f"{task.config_file}: {task.files.get_file_list_func}({task.input_path(args.input_path)!r}) returned no "
             f"files; check --input_path (or the task's input_path) and {task.files.get_file_list_func}"
         )
-    output = Path(args.output_path).resolve()
+    output = store_path(args.output_path)  # a local folder, or a URL (s3://...) shared by a cluster
+    if isinstance(output, Path):
+        output = output.resolve()
     check_output_dir(output)  # creatable and writable, or one line saying why, before anything is written
-    _setup_logging(output)
-    _prepare_instance(output)
+    local = state_dir_for(output)  # main.log, the instance, leases: the output dir itself unless it is a URL
+    _setup_logging(local)
+    _prepare_instance(local)
     if not args.plan_only:  # a look at the plan leaves the last run's arguments as they were
-        atomic_write_text(output / "args.json", json.dumps(_seed_args(args, output), indent=2))
+        atomic_write_text(output / "args.json", json.dumps(_seed_args(args, output, local), indent=2))
     run_cfg = _run_settings(args)
-    os.environ.setdefault("LLM_INFER_STEP_LOG", str(output / "logs" / "steps.log"))  # step processes' output
+    os.environ.setdefault("LLM_INFER_STEP_LOG", str(local / "logs" / "steps.log"))  # step processes' output
     log.info("llm-infer %s", " ".join(sys.argv[1:]))
 
     from dagster import AssetKey, DagsterInstance
@@ -395,12 +402,14 @@ def run(args: argparse.Namespace) -> int:
     return _report(store, shown, outcome, output, len(reg.short_keys)) or batch_code
 
 
-def _batch_output(args: argparse.Namespace, instance: Any, task: Any, store: Any, keys: list[str], output: Path,
+def _batch_output(args: argparse.Namespace, instance: Any, task: Any, store: Any, keys: list[str], output: StorePath,
                   input_path: str | None, failed: dict[str, str]) -> int:  # fmt: skip
     """Write the batch output (run-batch's -o, else results/openai_batch/<task>.jsonl); 1 if requests did not run."""
     from llm_infer_dagster.orchestration.run_batch import write_batch_output
+    from llm_infer_dagster.shards.storage import store_path
 
-    dest = Path(getattr(args, "batch_output", None) or output / "results" / "openai_batch" / f"{task.name}.jsonl")
+    chosen = getattr(args, "batch_output", None)
+    dest = store_path(chosen) if chosen else output / "results" / "openai_batch" / f"{task.name}.jsonl"
     lines, errors, not_run = write_batch_output(
         instance, task, store, keys, args.model_path or "", dest, input_path, args.limit, failed
     )
@@ -455,9 +464,9 @@ def _short_warnings(manifest: Any) -> list[str]:
     return lines
 
 
-def _seed_args(args: argparse.Namespace, output: Path) -> dict[str, Any]:
+def _seed_args(args: argparse.Namespace, output: StorePath, local: Path) -> dict[str, Any]:
     """The arguments as the seed wrote them to args.json: the flags plus the paths it derived from them."""
-    results, logs = output / "results", output / "logs"
+    results, logs = output / "results", local / "logs"
     derived = {
         "result_path": str(results),
         "infer_result_path": str(results / "infer"),
@@ -608,7 +617,7 @@ def _one_line(err: Any) -> str:
     return text
 
 
-def _report(store: Any, keys: list[str], outcome: _Outcome, output: Path, kept: int = 0) -> int:
+def _report(store: Any, keys: list[str], outcome: _Outcome, output: StorePath, kept: int = 0) -> int:
     import polars as pl
 
     from llm_infer_dagster.orchestration.assets.metadata import error_summary
@@ -633,7 +642,8 @@ def _report(store: Any, keys: list[str], outcome: _Outcome, output: Path, kept: 
         line += (
             f"; {len(outcome.failed_shards)} shard(s) failed: " + "; ".join(causes)
             + (f"; and {more} other cause(s)" if more > 0 else "")
-            + f" (details in {output / 'logs' / 'main.log'}); fix the cause and run the same command to redo them"
+            + f" (details in {store.state_dir / 'logs' / 'main.log'}); fix the cause and run the same command to "
+            "redo them"
         )  # fmt: skip
     if outcome.busy:
         holders = sorted(set(outcome.busy.values()))

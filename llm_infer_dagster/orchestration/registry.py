@@ -54,7 +54,7 @@ def register_shards(
     Killed at any point, the next call completes it: partitions and observations are worked out against what
     Dagster has recorded, not against the previous manifest.
     """
-    with file_lock(store.task_dir / ".register.lock"):  # two commands starting at once register one at a time
+    with file_lock(store.register_lock_path):  # two commands starting at once register one at a time
         reg, to_add = _sync_manifest(
             instance, task, store, input_path, shard_size=shard_size, tasks=tasks, recut=recut, trim_short=trim_short
         )
@@ -112,7 +112,7 @@ def sync_manifest(
     **kwargs: Any,
 ) -> tuple[Registration, list[str]]:
     """:func:`_sync_manifest` under the task's registration lock (the sensor's entry point)."""
-    with file_lock(store.task_dir / ".register.lock"):
+    with file_lock(store.register_lock_path):
         return _sync_manifest(instance, task, store, input_path, **kwargs)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_infer_dagster.errors import SettingsError, TaskConfigError
+from llm_infer_dagster.shards.storage import StorePath
 
 #: The task's name in the work dir (its Dagster group, asset key prefix and job: ``batch_job``).
 TASK = "batch"
@@ -98,7 +99,7 @@ def write_batch_output(
     store: Any,
     keys: list[str],
     model: str,
-    dest: Path,
+    dest: StorePath,
     input_path: str | None,
     limit: int | None = None,
     failed: Mapping[str, str] | None = None,
@@ -113,7 +114,7 @@ def write_batch_output(
 
     from llm_infer_dagster.orchestration.cli import _stale_shards
     from llm_infer_dagster.shards.manifest import ShardManifest
-    from llm_infer_dagster.shards.store import atomic_write
+    from llm_infer_dagster.shards.storage import atomic_write, mtime
     from llm_infer_dagster.tasks.loader import to_json
     from llm_infer_dagster.tasks.openai_batch import read_requests
     from llm_infer_dagster.tasks.openai_responses import NOT_RUN, error_line, response_line
@@ -126,7 +127,7 @@ def write_batch_output(
     for key in keys:
         if key not in done or key in stale or not store.has("completions", key) or not store.has("raw", key):
             continue
-        created = int(store.shard_path("completions", key).stat().st_mtime)
+        created = int(mtime(store.shard_path("completions", key)))
         raw = dict(store.read_frame("raw", key).select("record_id", "data").iter_rows())
         for row in store.read_frame("completions", key).iter_rows(named=True):
             data = raw.get(row["record_id"])

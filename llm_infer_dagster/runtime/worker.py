@@ -22,7 +22,6 @@ import select
 import sys
 import time
 import traceback
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from llm_infer_dagster.runtime.messages import (
@@ -98,12 +97,11 @@ class LineReader:
 
 
 def serve(reader: LineReader, out: TextIO) -> None:
-    import polars as pl
 
     from llm_infer_dagster.engines.base import BlockingStream, as_streaming
     from llm_infer_dagster.engines.spec import load_engine
     from llm_infer_dagster.runtime.completions import ShardRequest, completions_frame, prepare_shard
-    from llm_infer_dagster.shards.store import atomic_write
+    from llm_infer_dagster.shards.storage import atomic_write, read_parquet, store_path
 
     setup: ToWorker | None = None
     try:
@@ -156,7 +154,7 @@ def serve(reader: LineReader, out: TextIO) -> None:
         model = spec.model_path if job.adapter is None else spec.lora_adapters.get(job.adapter, job.adapter)
         try:
             df = completions_frame(request, completions, sampling, model)
-            atomic_write(Path(job.output), lambda tmp: df.write_parquet(tmp))
+            atomic_write(store_path(job.output), lambda tmp: df.write_parquet(tmp))
         except Exception as exc:
             _send(out, Failed(shard=key, error=_describe(exc), trace=traceback.format_exc()))
             return
@@ -211,7 +209,7 @@ def serve(reader: LineReader, out: TextIO) -> None:
                 continue
             key = job.shard
             try:
-                request = prepare_shard(pl.read_parquet(job.prompts))
+                request = prepare_shard(read_parquet(store_path(job.prompts)))
                 inflight[key] = (job, request, time.perf_counter())
                 if request.to_send:
                     # the base model is loaded once; each job picks its LoRA adapter (or none)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,6 +30,7 @@ from llm_infer_dagster.shards.sharding import (
     trim_to_rows,
     with_digests,
 )
+from llm_infer_dagster.shards.storage import remove_tree
 from llm_infer_dagster.shards.store import TaskStore, atomic_write_json
 from llm_infer_dagster.shards.tables import ASSETS
 from llm_infer_dagster.tasks.loader import TaskConfig, to_json
@@ -287,7 +287,7 @@ def manifest_for(store: TaskStore) -> ShardManifest:
     if m is None:
         raise TaskConfigError(
             f"no shards registered for task {store.task_name!r} under {store.output_dir} "
-            f"({Path(store.manifest_path)} is missing); run `llm-infer --plan_only ...` or the "
+            f"({store.manifest_path} is missing); run `llm-infer --plan_only ...` or the "
             f"{store.task_name}_register_shards job first"
         )
     return m
@@ -326,5 +326,5 @@ def delete_results_for_recut(store: TaskStore, old_keys: Iterable[str]) -> None:
             store.result_path(kind, key).unlink(missing_ok=True)
         store.shard_log_path(key).unlink(missing_ok=True)
     for asset in ASSETS:
-        shutil.rmtree(store.task_dir / asset, ignore_errors=True)
-    shutil.rmtree(store.task_dir / "models", ignore_errors=True)
+        remove_tree(store.task_dir / asset)
+    remove_tree(store.task_dir / "models")

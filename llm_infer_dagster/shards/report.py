@@ -23,11 +23,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
-from pathlib import Path
 from typing import Any, Literal
 
 import polars as pl
 
+from llm_infer_dagster.shards.storage import RemotePath, StorePath
 from llm_infer_dagster.shards.tables import COMPLETION_SCHEMA, SCORED_ANSWER_SCHEMA
 
 __all__ = [
@@ -174,11 +174,14 @@ class ModelReport:
         }
 
 
-def _scan(paths: Sequence[Path], schema: dict[str, Any], columns: list[str]) -> pl.LazyFrame:
+def _scan(paths: Sequence[StorePath], schema: dict[str, Any], columns: list[str]) -> pl.LazyFrame:
     """A lazy scan of ``columns`` of shard files; a file without a column (answers of a task without a scorer,
-    or made before it had one) reads it as null, and columns other helpers may add are ignored."""
+    or made before it had one) reads it as null, and columns other helpers may add are ignored.
+
+    Files in a URL output dir are read through fsspec file objects (ranged reads, nothing fetched whole)."""
+    sources: list[Any] = [p.fs.open(p.path, "rb") if isinstance(p, RemotePath) else str(p) for p in paths]
     return pl.scan_parquet(
-        [str(p) for p in paths],
+        sources,
         schema={c: schema[c] for c in schema},
         missing_columns="insert",
         extra_columns="ignore",
@@ -186,7 +189,7 @@ def _scan(paths: Sequence[Path], schema: dict[str, Any], columns: list[str]) -> 
 
 
 def model_report(
-    model: str, answers: Sequence[Path], completions: Sequence[Path], seconds: float | None = None
+    model: str, answers: Sequence[StorePath], completions: Sequence[StorePath], seconds: float | None = None
 ) -> ModelReport:
     """Aggregate one model's answers and completions files (streaming: nothing but the sums is held)."""
     a: dict[str, Any] = {"rows": 0, "errors": 0, "extracted": 0, "scored": 0, "mean": None, "std": None, "nonbinary": 0}

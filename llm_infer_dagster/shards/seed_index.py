@@ -14,14 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from llm_infer_dagster.shards.locks import file_lock
+from llm_infer_dagster.shards.storage import StorePath
 
 
 class SeedIndex:
     """The numbers of every shard of every task under one output dir (``results/index.json``)."""
 
-    def __init__(self, output_dir: Path) -> None:
+    def __init__(self, output_dir: StorePath, state_dir: Path | None = None) -> None:
         self.path = output_dir / "results" / "index.json"
-        self._lock = output_dir / "results" / ".index.lock"
+        # a local lock: on a URL output dir, registrations of one index are serialized on one host only
+        self._lock = (state_dir or Path(str(output_dir))) / "results" / ".index.lock"
 
     def _load(self) -> list[dict[str, Any]]:
         if not self.path.is_file():

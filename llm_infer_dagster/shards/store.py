@@ -9,6 +9,9 @@ Layout under the output dir (``LLM_INFER_OUTPUT`` / ``--output_path``)::
     results/text/<NNNNN>.txt              (with save_text)
     logs/tasks/<NNNNN>.log                one log per shard, as the seed had
     logs/completions/<NNNNN>              the seed's marker: the shard's inference is done
+
+The output dir may be an fsspec URL (``s3://bucket/run``): see ``storage.py``. Leases, locks and the logs
+written line by line then live in a local state dir (``state_dir``), the rest in the URL.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,48 +28,38 @@ import polars as pl
 from llm_infer_dagster.errors import SettingsError
 from llm_infer_dagster.shards.seed_index import SeedIndex
 from llm_infer_dagster.shards.sharding import is_shard_key
+from llm_infer_dagster.shards.storage import (
+    RemotePath,
+    StorePath,
+    atomic_write,
+    read_parquet,
+    state_dir_for,
+    store_path,
+)
 from llm_infer_dagster.shards.tables import ASSETS
 from llm_infer_dagster.tasks.task_settings import MODEL_NAME_RE
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()
-
-
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write(tmp)`` on a temp file next to ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; results are shared like any written file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: StorePath, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
+def atomic_write_json(path: StorePath, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2, default=str))
 
 
-def check_output_dir(path: Path) -> None:
+def check_output_dir(location: str | os.PathLike[str] | StorePath) -> None:
     """Create the output dir and write and remove a probe file in it; SettingsError (one line) if that fails.
 
-    Run before any model loads, so a path under a regular file or a read-only folder is refused at once
-    instead of as a traceback when the first shard is written.
+    Run before any model loads, so a path under a regular file or a read-only folder (or a URL whose bucket
+    is missing or whose credentials cannot write) is refused at once instead of as a traceback when the first
+    shard is written.
     """
-    path = Path(path)
+    target = location if isinstance(location, RemotePath | Path) else store_path(location)
+    if isinstance(target, RemotePath):
+        _check_remote_output_dir(target)
+        return
+    path = target
     fix = "pass another --output_path / LLM_INFER_OUTPUT"
     for folder in (path, *path.parents):
         if folder.exists():
@@ -96,17 +88,40 @@ def check_output_dir(path: Path) -> None:
         ) from None
 
 
+def _check_remote_output_dir(url: RemotePath) -> None:
+    probe = url / f".llm-infer-probe.{os.getpid()}.tmp"
+    try:
+        atomic_write_text(probe, "probe")
+        probe.unlink(missing_ok=True)
+    except ImportError as exc:
+        raise SettingsError(
+            f"output dir {url} needs a filesystem package that is not installed ({exc}); for s3:// run "
+            "`pip install 'llm-infer-dagster[s3]'`"
+        ) from None
+    except Exception as exc:  # fsspec backends raise their own errors (botocore's, PermissionError, ...)
+        raise SettingsError(
+            f"output dir {url} is not writable ({type(exc).__name__}: {str(exc).strip()[:300]}); check that the "
+            "bucket exists and the credentials can write to it (AWS_* variables, AWS_ENDPOINT_URL for an "
+            "S3-compatible server), or pass another --output_path / LLM_INFER_OUTPUT"
+        ) from None
+
+
 class TaskStore:
     """Paths and atomic reads/writes for one task's shards under one output dir."""
 
-    def __init__(self, output_dir: str | Path, task_name: str, id_length: int = 5) -> None:
-        self.output_dir = Path(output_dir).resolve()
+    def __init__(self, output_dir: str | os.PathLike[str] | StorePath, task_name: str, id_length: int = 5) -> None:
+        location = output_dir if isinstance(output_dir, RemotePath) else store_path(output_dir)
+        self.output_dir: StorePath = location if isinstance(location, RemotePath) else location.resolve()
+        #: local: leases, locks, worker and shard logs (the output dir itself unless that is a URL)
+        self.state_dir = state_dir_for(self.output_dir)
         self.task_name = task_name
         self.id_length = id_length  # digits of the seed layout's numbers (the seed's --id_length)
-        self.index = SeedIndex(self.output_dir)
+        self.index = SeedIndex(self.output_dir, self.state_dir)
         self._numbers: dict[str, int] | None = None
-        self.task_dir = self.output_dir / task_name
-        if task_name in ("", ".", "..") or self.task_dir.resolve().parent != self.output_dir:
+        if task_name in ("", ".", "..") or "/" in task_name or os.sep in task_name:
+            raise ValueError(f"task name {task_name!r} would leave the output dir {self.output_dir}")
+        self.task_dir: StorePath = self.output_dir / task_name
+        if isinstance(self.task_dir, Path) and self.task_dir.resolve().parent != self.output_dir:
             raise ValueError(f"task name {task_name!r} would leave the output dir {self.output_dir}")
 
     @staticmethod
@@ -116,10 +131,10 @@ class TaskStore:
         return key
 
     @property
-    def manifest_path(self) -> Path:
+    def manifest_path(self) -> StorePath:
         return self.task_dir / "shards.json"
 
-    def shard_path(self, asset: str, key: str, model: str | None = None) -> Path:
+    def shard_path(self, asset: str, key: str, model: str | None = None) -> StorePath:
         """``<task>/<asset>/<key>.parquet``; a named model's shards: ``<task>/models/<model>/<asset>/...``."""
         if asset not in ASSETS:
             raise ValueError(f"unknown asset {asset!r}; one of {ASSETS}")
@@ -129,7 +144,7 @@ class TaskStore:
             raise ValueError(f"{model!r} is not a model name; refusing to build a path")
         return self.task_dir / "models" / model / asset / f"{self._check_key(key)}.parquet"
 
-    def write_frame(self, asset: str, key: str, df: pl.DataFrame, model: str | None = None) -> Path:
+    def write_frame(self, asset: str, key: str, df: pl.DataFrame, model: str | None = None) -> StorePath:
         path = self.shard_path(asset, key, model)
         atomic_write(path, lambda tmp: df.write_parquet(tmp))
         return path
@@ -141,7 +156,7 @@ class TaskStore:
                 f"{asset} of shard {key} is not on disk at {path}; materialize {self.task_name}/{asset} "
                 "for this shard first"
             )
-        return pl.read_parquet(path)
+        return read_parquet(path)
 
     def has(self, asset: str, key: str, model: str | None = None) -> bool:
         return self.shard_path(asset, key, model).is_file()
@@ -160,22 +175,33 @@ class TaskStore:
         """Give ``keys`` (in the task's shard order) their numbers now, so numbers follow that order."""
         self._numbers = {**self.index.numbers(self.task_name), **self.index.assign(self.task_name, keys, about)}
 
-    def result_path(self, kind: str, key: str) -> Path:
+    def result_path(self, kind: str, key: str) -> StorePath:
         if kind not in ("infer", "extract", "text"):
             raise ValueError(f"unknown result kind {kind!r}")
         suffix = ".txt" if kind == "text" else ".json"
         return self.output_dir / "results" / kind / f"{self.number(key)}{suffix}"
 
     def shard_log_path(self, key: str) -> Path:
-        return self.output_dir / "logs" / "tasks" / f"{self.number(key)}.log"
+        """The shard's seed-style log, appended line by line: in the state dir (the output dir when local)."""
+        return self.state_dir / "logs" / "tasks" / f"{self.number(key)}.log"
 
-    def marker_path(self, key: str) -> Path:
+    def marker_path(self, key: str) -> StorePath:
         """The seed's empty marker of a task whose inference is done (``logs/completions/<NNNNN>``)."""
         return self.output_dir / "logs" / "completions" / self.number(key)
 
     def lease_path(self, key: str) -> Path:
         """The lock file of the shard's lease (see locks.py)."""
-        return self.task_dir / ".leases" / f"{self._check_key(key)}.lock"
+        return self.state_dir / self.task_name / ".leases" / f"{self._check_key(key)}.lock"
+
+    @property
+    def register_lock_path(self) -> Path:
+        """The lock two commands registering this task's shards at once take in turn (see registry.py)."""
+        return self.state_dir / self.task_name / ".register.lock"
+
+    @property
+    def worker_log_dir(self) -> Path:
+        """Where each run's engine workers write their logs (``<dir>/<run id>/worker-N.log``)."""
+        return self.state_dir / "logs" / "workers"
 
     def log_shard(self, key: str, message: str) -> None:
         """Append one line to the shard's seed-style log."""

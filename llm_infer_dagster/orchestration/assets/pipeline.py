@@ -60,6 +60,7 @@ from llm_infer_dagster.shards.quality import (
     structured_outputs_matched,
 )
 from llm_infer_dagster.shards.report import score_metadata
+from llm_infer_dagster.shards.storage import mtime, read_parquet
 from llm_infer_dagster.shards.store import TaskStore, atomic_write_text
 from llm_infer_dagster.shards.transforms import answers_frame, prompts_frame, raw_frame
 from llm_infer_dagster.tasks.loader import TaskConfig
@@ -227,7 +228,7 @@ class ShardPipeline:
         else:
             path = self.store.shard_path("prompts" if self.make_prompts else "raw", shard)
         try:
-            return path.stat().st_mtime > self._started
+            return mtime(path) > self._started
         except FileNotFoundError:
             return False
 
@@ -323,7 +324,7 @@ class ShardPipeline:
                         self._check_chat_template(t.spec, chat)
 
     def _chat_column(self, shard: str) -> pl.DataFrame:
-        return pl.read_parquet(self.store.shard_path("prompts", shard), columns=["is_chat"])
+        return read_parquet(self.store.shard_path("prompts", shard), columns=["is_chat"])
 
     @staticmethod
     def _is_chat(prompts: pl.DataFrame) -> bool:
@@ -462,7 +463,7 @@ class ShardPipeline:
             elif isinstance(msg, Exited):
                 log.error(f"worker {worker} stopped: {msg.error} (log: {msg.log})")
 
-        log_dir = self.store.output_dir / "logs" / "workers" / self.context.run.run_id[:8]
+        log_dir = self.store.worker_log_dir / self.context.run.run_id[:8]
         with contextlib.ExitStack() as session:
             pool: WorkerPool | RayWorkerPool
             if settings.ray_address:  # the workers are Ray actors, placed (and given GPUs) by Ray
