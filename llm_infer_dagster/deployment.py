@@ -52,7 +52,12 @@ class Deployment(BaseSettings):
     output_dir: str = Field(
         default_factory=_default_output_dir,
         validation_alias=AliasChoices("output_dir", "LLM_INFER_OUTPUT"),
-        description="Shards, manifests and the seed's results/ layout",
+        description="Shards, manifests and the seed's results/ layout: a local folder or an fsspec URL (s3://...)",
+    )
+    state_dir: str | None = Field(
+        default=None,
+        description="With a URL output_dir: the local folder for its leases, locks and logs "
+        "(default ~/.cache/llm-infer-dagster/state)",
     )
     model_path: str | None = Field(default=None, description="The default model: a local model folder")
     model_type: ModelType = Field(default="vllm", description="The default model's engine: vllm | hf")
@@ -82,7 +87,7 @@ class Deployment(BaseSettings):
         return [t.strip() for t in self.tasks.split(",") if t.strip()]
 
     def store(self, task_name: str) -> TaskStore:
-        return TaskStore(self.output_dir, task_name, id_length=self.id_length)
+        return TaskStore(self.output_dir, task_name, id_length=self.id_length, state_dir=self.state_dir)
 
     def default_model(self) -> ModelChoice:
         """The model ``[<task>, completions]`` runs: ``LLM_INFER_MODEL_PATH`` (``llm-infer --model_path``)."""

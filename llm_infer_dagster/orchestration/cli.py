@@ -236,7 +236,7 @@ class _Progress:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llm_infer_dagster.deployment import SOURCE_TASK_CONFIGS
+    from llm_infer_dagster.deployment import SOURCE_TASK_CONFIGS, Deployment
     from llm_infer_dagster.engines.hf_sampling import check_hf_supported
     from llm_infer_dagster.engines.preflight import check_engine_settings, parse_model_args
     from llm_infer_dagster.runtime.gpus import check_gpu_need, visible_gpu_ids
@@ -295,7 +295,8 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(output, Path):
         output = output.resolve()
     check_output_dir(output)  # creatable and writable, or one line saying why, before anything is written
-    local = state_dir_for(output)  # main.log, the instance, leases: the output dir itself unless it is a URL
+    state_base = Deployment.from_env().state_dir  # LLM_INFER_STATE_DIR, for a URL output dir
+    local = state_dir_for(output, state_base)  # main.log, the instance, leases: the output dir unless a URL
     _setup_logging(local)
     _prepare_instance(local)
     if not args.plan_only:  # a look at the plan leaves the last run's arguments as they were
@@ -321,7 +322,7 @@ def run(args: argparse.Namespace) -> int:
         note = f"run {run_id} was left running by a process that is gone; marked it failed"
         log.warning(note)
         print(f"llm-infer: {note}", file=sys.stderr)
-    store = TaskStore(output, task.name, id_length=args.id_length)
+    store = TaskStore(output, task.name, id_length=args.id_length, state_dir=state_base)
     input_path = task.input_path(args.input_path)
     # Step processes re-import the code location: it must load this task with this deployment (the assets'
     # code versions come from it), so it becomes the LLM_INFER_* variables of every process started here.

@@ -32,9 +32,6 @@ import polars as pl
 
 from llm_infer_dagster.errors import SettingsError
 
-#: What ``LLM_INFER_STATE_DIR`` overrides: the local home of a URL output dir's leases, locks and logs.
-STATE_DIR_VAR = "LLM_INFER_STATE_DIR"
-
 
 def is_url(location: str | os.PathLike[str]) -> bool:
     """``s3://b/x``, ``file:///x``, ``memory://x``: yes; ``/x``, ``out``, ``C:\\x``: no."""
@@ -203,14 +200,15 @@ def mtime(path: StorePath) -> float:
     return path.mtime() if isinstance(path, RemotePath) else Path(path).stat().st_mtime
 
 
-def state_dir_for(output: StorePath) -> Path:
+def state_dir_for(output: StorePath, base: str | os.PathLike[str] | None = None) -> Path:
     """The local folder for what cannot live in the output dir itself.
 
     A local output dir is its own state dir (as before: ``<output>/<task>/.leases``, ``<output>/logs``). A URL
-    gets ``$LLM_INFER_STATE_DIR/<hash of the URL>``, by default under ``~/.cache/llm-infer-dagster/state``.
+    gets ``<base>/<hash of the URL>``: ``base`` is the deployment's ``state_dir`` (``LLM_INFER_STATE_DIR``),
+    by default ``~/.cache/llm-infer-dagster/state``; one per URL, the same for every process of this host.
     """
     if not isinstance(output, RemotePath):
         return Path(output)
-    base = os.environ.get(STATE_DIR_VAR) or str(Path.home() / ".cache" / "llm-infer-dagster" / "state")
+    root = Path(base) if base else Path.home() / ".cache" / "llm-infer-dagster" / "state"
     digest = hashlib.sha256(str(output).encode()).hexdigest()[:16]
-    return Path(base).expanduser().resolve() / digest
+    return root.expanduser().resolve() / digest

@@ -109,11 +109,18 @@ def _check_remote_output_dir(url: RemotePath) -> None:
 class TaskStore:
     """Paths and atomic reads/writes for one task's shards under one output dir."""
 
-    def __init__(self, output_dir: str | os.PathLike[str] | StorePath, task_name: str, id_length: int = 5) -> None:
+    def __init__(
+        self,
+        output_dir: str | os.PathLike[str] | StorePath,
+        task_name: str,
+        id_length: int = 5,
+        state_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
         location = output_dir if isinstance(output_dir, RemotePath) else store_path(output_dir)
         self.output_dir: StorePath = location if isinstance(location, RemotePath) else location.resolve()
-        #: local: leases, locks, worker and shard logs (the output dir itself unless that is a URL)
-        self.state_dir = state_dir_for(self.output_dir)
+        #: local: leases, locks, worker and shard logs (the output dir itself unless that is a URL, see
+        #: ``storage.state_dir_for``; ``state_dir`` is the deployment's base folder for those)
+        self.state_dir = state_dir_for(self.output_dir, state_dir)
         self.task_name = task_name
         self.id_length = id_length  # digits of the seed layout's numbers (the seed's --id_length)
         self.index = SeedIndex(self.output_dir, self.state_dir)

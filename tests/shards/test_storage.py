@@ -21,7 +21,7 @@ from llm_infer_dagster.shards.locks import ShardLeases
 from llm_infer_dagster.shards.manifest import ShardManifest
 from llm_infer_dagster.shards.report import model_report
 from llm_infer_dagster.shards.sharding import file_id, shard_key
-from llm_infer_dagster.shards.storage import STATE_DIR_VAR, RemotePath, atomic_write, is_url, store_path
+from llm_infer_dagster.shards.storage import RemotePath, atomic_write, is_url, store_path
 from llm_infer_dagster.shards.store import TaskStore, atomic_write_text, check_output_dir
 
 KEY = shard_key(file_id("t", "data.jsonl"), 0)
@@ -30,8 +30,7 @@ ANSWERS = pl.DataFrame({"record_id": ["a:0", "a:1"], "answer": ["1", None], "err
 
 
 @pytest.fixture
-def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv(STATE_DIR_VAR, str(tmp_path / "state"))
+def state_dir(tmp_path: Path) -> Path:
     return tmp_path / "state"
 
 
@@ -71,7 +70,7 @@ def test_a_remote_path_builds_only_paths_under_itself() -> None:
 
 def round_trip(url: str, state_dir: Path) -> TaskStore:
     """What a run does with its store, on ``url``: every kind of file, read back the way the pipeline reads."""
-    store = TaskStore(url, "qa")
+    store = TaskStore(url, "qa", state_dir=state_dir)
     assert not store.has("answers", KEY)
     store.write_frame("answers", KEY, ANSWERS)
     store.write_frame("answers", KEY2, ANSWERS)
@@ -150,8 +149,10 @@ def test_check_output_dir_refuses_a_missing_bucket_before_anything_runs(s3: str)
 
 
 def test_the_state_dir_of_a_url_is_local_and_one_per_url(state_dir: Path, tmp_path: Path) -> None:
-    a, b = TaskStore("memory://one", "qa"), TaskStore("memory://two", "qa")
+    a, b = TaskStore("memory://one", "qa", state_dir=state_dir), TaskStore("memory://two", "qa", state_dir=state_dir)
     assert a.state_dir != b.state_dir and a.state_dir.parent == state_dir.resolve()
-    local = TaskStore(tmp_path / "out", "qa")
+    local = TaskStore(tmp_path / "out", "qa", state_dir=state_dir)
     assert local.state_dir == local.output_dir  # a local dir keeps everything in itself, as before
+    home = TaskStore("memory://one", "qa").state_dir  # no state_dir set: under the user's cache
+    assert home.parent == Path.home() / ".cache" / "llm-infer-dagster" / "state" and home.name == a.state_dir.name
     assert os.fspath(local.lease_path(KEY)) == os.fspath(tmp_path / "out" / "qa" / ".leases" / f"{KEY}.lock")
