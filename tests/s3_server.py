@@ -6,6 +6,7 @@ under test runs with no test-only setting: what a user of MinIO, Ceph or R2 sets
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 
@@ -19,6 +20,7 @@ class S3Server:
     def start(self) -> S3Server:
         from moto.server import ThreadedMotoServer
 
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # not one line per request
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._server.start()
         host, port = self._server.get_host_and_port()

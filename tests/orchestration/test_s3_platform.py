@@ -1,7 +1,8 @@
 """llm-infer with its output dir on S3 (moto on loopback): every result lands in the bucket, resumption works.
 
-The real HF engine on the tiny model, through the Dagster assets, in engine worker processes that write their
-completions to the bucket themselves; the instance, main.log, leases and shard logs stay in the local state dir.
+The real HF engine on the tiny model, through the Dagster assets, in engine workers that write their
+completions to the bucket themselves: local worker processes, and Ray actors (``--ray_address local``, the
+shared-storage setup of a cluster); the instance, main.log, leases and shard logs stay in the local state dir.
 """
 
 from __future__ import annotations
@@ -11,15 +12,19 @@ import uuid
 from pathlib import Path
 
 import pytest
+from dagster import AssetKey
 from s3_server import S3Server
-from tests_support import CONFIGS, cli_env, llm_infer, write_qa_input
+from tests_support import CONFIGS, cli_env, instance_at, llm_infer, write_qa_input
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
+@pytest.mark.parametrize("workers", ["processes", "ray"])
 def test_llm_infer_writes_every_result_to_s3_and_resumes(
-    s3_server: S3Server, tmp_path: Path, tiny_model_path: str, monkeypatch: pytest.MonkeyPatch
+    workers: str, s3_server: S3Server, tmp_path: Path, tiny_model_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    if workers == "ray":
+        pytest.importorskip("ray", reason="needs Ray: pip install '.[ray]' (CI installs it)")
     import fsspec
 
     bucket = s3_server.make_bucket(f"llm-infer-{uuid.uuid4().hex[:8]}")
@@ -29,7 +34,8 @@ def test_llm_infer_writes_every_result_to_s3_and_resumes(
     env = cli_env(**s3_server.env, LLM_INFER_STATE_DIR=str(state))
     args = ("--model_path", tiny_model_path, "--model_type", "hf", "--use_cpu", "--output_path", url,
             "--task_name", "qa_regex", "--config_path", str(CONFIGS), "--input_path", str(data),
-            "--shard_size", "2", "--max_model_len", "128", "--workers", "2")  # fmt: skip
+            "--shard_size", "2", "--max_model_len", "128", "--workers", "2",
+            *(["--ray_address", "local"] if workers == "ray" else []))  # fmt: skip
     r = llm_infer(*args, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "3/3 shards done, 5 rows" in r.stdout and f"results in {url}/results" in r.stdout
@@ -51,6 +57,14 @@ def test_llm_infer_writes_every_result_to_s3_and_resumes(
     (local,) = list(state.iterdir())
     assert (local / ".dagster" / "dagster.yaml").is_file() and (local / "logs" / "main.log").is_file()
     assert len(list((local / "logs" / "tasks").iterdir())) == 3
+    worker_logs = list((local / "logs" / "workers").rglob("worker-*.log"))
+    assert len(worker_logs) == 2, worker_logs
+    comp = AssetKey(["qa_regex", "completions"])
+    inst = instance_at(local)  # the command's instance, in the state dir
+    assert len(inst.get_materialized_partitions(comp)) == 3
+    md = inst.get_latest_materialization_events([comp])[comp].asset_materialization.metadata  # type: ignore[union-attr]
+    assert md["parquet"].value.startswith(f"{url}/qa_regex/completions/")  # where a person finds it
+    assert ("ray_worker" in md) == (workers == "ray")  # made in an actor on Ray, in a local process otherwise
 
     again = llm_infer(*args, env=env)  # everything is recorded in Dagster: nothing is made again
     assert again.returncode == 0, again.stderr[-3000:]
