@@ -45,6 +45,10 @@ from llm_infer_dagster.runtime.pool import ShardJob, ShardResult, _exit_reason, 
 
 #: Attempts a shard gets when the worker running it is lost (actor killed, node gone, worker process killed).
 RAY_SHARD_ATTEMPTS = 3
+#: An actor Ray has not placed yet (no node with its GPUs/CPU free) is reported every this many seconds...
+RAY_PLACEMENT_WARN_S = 60.0
+#: ...and given up after this long (an autoscaler may take minutes to add a node): its worker is gone.
+RAY_PLACEMENT_TIMEOUT_S = 1800.0
 POLL_SECONDS = 1.0  # how long one poll of an actor waits for its worker to say something
 LOCAL = "local"
 
@@ -120,6 +124,9 @@ class _Actor:
     stopping: bool = False
     clock: float = 0.0
     timed_out: bool = False
+    started: float = field(default_factory=time.monotonic)
+    placed: bool = False  # its first poll came back: Ray created it on some node
+    warned: float = 0.0
 
     @property
     def label(self) -> str:
@@ -142,6 +149,7 @@ class RayWorkerPool:
         log_dir: Path,
         on_message: Callable[[int, WorkerEvent], None] | None = None,
         on_placed: Callable[[int, str], None] | None = None,
+        on_pending: Callable[[int, str], None] | None = None,
         prefetch: int = 2,
         worker_command: Sequence[str] | None = None,
         shard_timeout: float | None = None,
@@ -150,6 +158,7 @@ class RayWorkerPool:
         self.spec, self.sampling, self.workers, self.log_dir = spec, sampling, workers, log_dir
         self.on_message = on_message or (lambda _i, _m: None)
         self.on_placed = on_placed or (lambda _i, _s: None)
+        self.on_pending = on_pending or (lambda _i, _s: None)  # a worker Ray has not placed yet, and why
         self.prefetch, self.shard_timeout, self.num_gpus = prefetch, shard_timeout, num_gpus
         # None: each actor runs the worker with its own node's Python (every node has the same install)
         self.worker_command = list(worker_command) if worker_command else None
@@ -193,6 +202,7 @@ class RayWorkerPool:
                     feed.make_one()
                 for ref in ready:
                     a = by_ref[ref]
+                    a.placed = True
                     try:
                         data, code = ray.get(ref)
                     except RayActorError as exc:  # the actor, its node or its process is gone
@@ -214,6 +224,7 @@ class RayWorkerPool:
                         started.append(fresh)
                         live[a.index] = fresh
                 self._stop_overdue(ray, live)
+                yield from self._check_placement(ray, live, reasons)
             why = "; ".join(dict.fromkeys(reasons)) or "no reason given"
             while (job := feed.pop()) is not None:  # every worker is gone before the queue drained
                 yield self._give_up(job.key, f"not run: every engine worker exited ({why})")
@@ -342,6 +353,33 @@ class RayWorkerPool:
             else:
                 feed.put_back(by_key[key])
         a.inflight.clear()
+
+    def _check_placement(self, ray: Any, live: dict[int, _Actor], reasons: list[str]) -> Iterator[ShardResult]:
+        """Say which workers Ray has not placed (and what the cluster has free); give up on them after a while."""
+        now = time.monotonic()
+        for a in list(live.values()):
+            waited = now - a.started
+            if a.placed or waited < RAY_PLACEMENT_WARN_S:
+                continue
+            needs = f"{self.num_gpus:g} GPU(s) and 1 CPU"
+            free = "unknown"
+            with contextlib.suppress(Exception):
+                free = ", ".join(f"{k} {v:g}" for k, v in sorted(ray.available_resources().items())
+                                 if not k.startswith(("node:", "memory", "object_store"))) or "nothing"  # fmt: skip
+            if waited >= RAY_PLACEMENT_TIMEOUT_S:
+                a.fatal = (
+                    f"worker {a.index} was not placed by Ray in {RAY_PLACEMENT_TIMEOUT_S:g} s: no node had {needs} "
+                    f"free (the cluster has free: {free}); add nodes with GPUs, or lower --tensor_parallel_size / "
+                    "--workers (`ray status` shows what the cluster has)"
+                )
+                yield from self._retire(ray, a, a.fatal, live, reasons)
+            elif now - a.warned >= RAY_PLACEMENT_WARN_S:
+                a.warned = now
+                self.on_pending(
+                    a.index,
+                    f"worker {a.index}: Ray has not placed its actor after {waited:.0f} s: it needs {needs}; the "
+                    f"cluster has free: {free} (given up after {RAY_PLACEMENT_TIMEOUT_S:g} s)",
+                )
 
     def _stop_overdue(self, ray: Any, live: dict[int, _Actor]) -> None:
         if self.shard_timeout is None:

@@ -89,6 +89,11 @@ def check_output_dir(location: str | os.PathLike[str] | StorePath) -> None:
 
 
 def _check_remote_output_dir(url: RemotePath) -> None:
+    if "memory" in (url.fs.protocol if isinstance(url.fs.protocol, tuple) else (url.fs.protocol,)):
+        raise SettingsError(
+            f"output dir {url} is fsspec's in-process memory filesystem: the engine workers and Dagster's step "
+            "processes cannot see it; pass a local folder or a shared URL (s3://..., file:///mnt/...)"
+        )
     probe = url / f".llm-infer-probe.{os.getpid()}.tmp"
     try:
         atomic_write_text(probe, "probe")

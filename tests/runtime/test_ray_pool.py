@@ -183,3 +183,35 @@ def test_a_shard_that_kills_every_worker_fails_with_its_cause_after_the_retries(
     assert f"{RAY_SHARD_ATTEMPTS} engine workers were lost while running this shard" in (bad.error or "")
     assert "exited with code 9" in (bad.error or "")
     assert by_key[jobs[0].key].ok and by_key[jobs[2].key].ok
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_an_actor_ray_cannot_place_is_reported_then_given_up(
+    local_ray: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """This Ray instance has no GPU: an actor asking for one waits; the run says so, then fails its shards."""
+    import llm_infer_dagster.runtime.ray_pool as ray_pool
+
+    monkeypatch.setattr(ray_pool, "RAY_PLACEMENT_WARN_S", 1.0)
+    monkeypatch.setattr(ray_pool, "RAY_PLACEMENT_TIMEOUT_S", 4.0)
+    jobs = make_jobs(tmp_path, 2)
+    pending: list[str] = []
+    pool = fake_ray_pool(tmp_path, "echo", workers=1, num_gpus=1, on_pending=lambda _i, why: pending.append(why))
+    by_key = one_result_per_job(jobs, list(pool.run(jobs)))
+    assert pending and "Ray has not placed its actor after" in pending[0] and "needs 1 GPU(s) and 1 CPU" in pending[0]
+    assert "CPU" in pending[0].split("the cluster has free:")[1]  # what the cluster does have
+    for r in by_key.values():
+        assert not r.ok and "was not placed by Ray in 4 s: no node had 1 GPU(s) and 1 CPU free" in (r.error or "")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_shard_past_the_timeout_on_ray_fails_and_is_not_retried(local_ray: Any, tmp_path: Path) -> None:
+    jobs = make_jobs(tmp_path, 2)
+    pool = fake_ray_pool(tmp_path, "sleep:30", workers=1, prefetch=1, shard_timeout=2)
+    by_key = one_result_per_job(jobs, list(pool.run(jobs)))
+    first = by_key[jobs[0].key]
+    assert not first.ok and "was still generating after 2 s" in (first.error or "")
+    assert pool.attempts == {}  # a timeout is the shard's own fault: not retried on another worker
+    assert "actor " in first.node and " on node " in first.node  # which actor and node it was on

@@ -52,6 +52,8 @@ def test_urls_and_local_paths_are_told_apart() -> None:
         store_path("gs://b/x")
     with pytest.raises(SettingsError, match=r"nosuch://b/x: Protocol not known: nosuch"):
         check_output_dir("nosuch://b/x")
+    with pytest.raises(SettingsError, match=r"in-process memory filesystem: the engine workers .* cannot see it"):
+        check_output_dir("memory://run")
 
 
 def test_a_remote_path_builds_only_paths_under_itself() -> None:

@@ -479,6 +479,7 @@ class ShardPipeline:
                     log_dir=log_dir,
                     on_message=on_message,
                     on_placed=lambda i, where: log.info(f"worker {i}: {where}"),
+                    on_pending=lambda _i, why: log.warning(why),
                     shard_timeout=settings.timeout,
                     num_gpus=0 if settings.use_cpu else settings.tensor_parallel_size,
                 )
