@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
@@ -51,6 +52,9 @@ RAY_PLACEMENT_WARN_S = 60.0
 RAY_PLACEMENT_TIMEOUT_S = 1800.0
 POLL_SECONDS = 1.0  # how long one poll of an actor waits for its worker to say something
 LOCAL = "local"
+#: Ray's switch for "this instance is one machine, no cluster": its node address is then the loopback one, and
+#: every Ray server (GCS, raylet, workers) listens on 127.0.0.1 only. Set for ``local`` (nothing else can join).
+LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def check_ray_address(address: str) -> str:
@@ -85,11 +89,18 @@ def ray_session(address: str, *, num_gpus: int = 0) -> Iterator[Any]:
     """Ray, connected for the ``with`` block: ``local`` starts an instance on this machine (no dashboard)
     and shuts it down after; any other address connects to that cluster and disconnects after.
     An already connected Ray (a test's, a notebook's) is used as it is and left connected."""
-    ray = import_ray()
-    if ray.is_initialized():
-        yield ray
-        return
     address = check_ray_address(address)
+    with _loopback_only(address == LOCAL):
+        ray = import_ray()
+        if ray.is_initialized():
+            yield ray
+            return
+        with _connected(ray, address, num_gpus):
+            yield ray
+
+
+@contextlib.contextmanager
+def _connected(ray: Any, address: str, num_gpus: int) -> Iterator[None]:
     if address == LOCAL:
         ray.init(
             address="local",
@@ -107,9 +118,39 @@ def ray_session(address: str, *, num_gpus: int = 0) -> Iterator[Any]:
                 "LLM_INFER_RAY_ADDRESS and that the cluster is up (`ray status` on its head node)"
             ) from None
     try:
-        yield ray
+        yield
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def _loopback_only(enabled: bool) -> Iterator[None]:
+    """While ``enabled``, a Ray instance started here listens on loopback only (Ray 2.60 binds every interface
+    otherwise); as it was after, so a later session can still join a cluster.
+
+    Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` once, when imported; if it was imported already, the value it
+    read is set too (``ray._private.ray_constants.ENABLE_RAY_CLUSTER``, what ``services.get_node_ip_address``
+    consults), so the order of imports does not matter.
+    """
+    if not enabled:
+        yield
+        return
+    old_env = os.environ.get(LOOPBACK_ONLY_ENV)
+    os.environ[LOOPBACK_ONLY_ENV] = "0"
+    constants = sys.modules.get("ray._private.ray_constants")
+    old_flag = getattr(constants, "ENABLE_RAY_CLUSTER", None)
+    if old_flag is not None:
+        constants.ENABLE_RAY_CLUSTER = False  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        if old_env is None:
+            os.environ.pop(LOOPBACK_ONLY_ENV, None)
+        else:
+            os.environ[LOOPBACK_ONLY_ENV] = old_env
+        constants = sys.modules.get("ray._private.ray_constants")
+        if constants is not None and hasattr(constants, "ENABLE_RAY_CLUSTER"):
+            constants.ENABLE_RAY_CLUSTER = True if old_flag is None else old_flag
 
 
 @dataclass

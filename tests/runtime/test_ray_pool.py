@@ -67,6 +67,18 @@ def fake_ray_pool(tmp_path: Path, mode: str, workers: int = 2, **kwargs: Any) ->
     )
 
 
+def test_the_local_ray_instance_listens_on_loopback_only(local_ray: Any) -> None:
+    assert [n["NodeManagerAddress"] for n in local_ray.nodes()] == ["127.0.0.1"]
+    listening = [
+        (p.name(), c.laddr.ip, c.laddr.port)
+        for p in ray_processes()
+        for c in p.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN
+    ]
+    assert any(name == "gcs_server" for name, _, _ in listening), listening
+    assert all(ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for _, ip, _ in listening), listening
+
+
 def test_ray_addresses_are_checked_before_anything_starts() -> None:
     for good in ("local", "auto", "ray://head:10001", "10.0.0.1:6379"):
         assert check_ray_address(good) == good
