@@ -140,7 +140,7 @@ def _loopback_only(enabled: bool) -> Iterator[None]:
     constants = sys.modules.get("ray._private.ray_constants")
     old_flag = getattr(constants, "ENABLE_RAY_CLUSTER", None)
     if old_flag is not None:
-        constants.ENABLE_RAY_CLUSTER = False  # type: ignore[union-attr]
+        setattr(constants, "ENABLE_RAY_CLUSTER", False)  # noqa: B010 - a module attribute mypy cannot see
     try:
         yield
     finally:
@@ -150,7 +150,7 @@ def _loopback_only(enabled: bool) -> Iterator[None]:
             os.environ[LOOPBACK_ONLY_ENV] = old_env
         constants = sys.modules.get("ray._private.ray_constants")
         if constants is not None and hasattr(constants, "ENABLE_RAY_CLUSTER"):
-            constants.ENABLE_RAY_CLUSTER = True if old_flag is None else old_flag
+            setattr(constants, "ENABLE_RAY_CLUSTER", True if old_flag is None else old_flag)  # noqa: B010
 
 
 @dataclass
