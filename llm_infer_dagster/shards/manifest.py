@@ -316,15 +316,16 @@ def delete_results_for_recut(store: TaskStore, old_keys: Iterable[str]) -> None:
     """Delete every result of the task's shards, before they are re-cut at another shard size.
 
     A re-cut key names other rows, so nothing made from the old shards may survive it. Removes, for each of
-    ``old_keys``, its seed-layout results (``results/infer``, ``results/extract``, ``results/text``) and its
-    ``logs/tasks`` log; then the task's Parquet folders (``<task>/raw``, ``prompts``, ``completions``,
-    ``answers``) and every named model's (``<task>/models``). ``shards.json`` and the seed index are kept
-    (:func:`save_manifest` rewrites them); Dagster's records are orchestration's to wipe.
+    ``old_keys``, its seed-layout results (``results/infer``, ``results/extract``, ``results/text``), its
+    ``logs/tasks`` log and its ``logs/completions`` marker; then the task's Parquet folders (``<task>/raw``,
+    ``prompts``, ``completions``, ``answers``) and every named model's (``<task>/models``). ``shards.json`` and
+    the seed index are kept (:func:`save_manifest` rewrites them); Dagster's records are orchestration's to wipe.
     """
     for key in old_keys:
         for kind in ("infer", "extract", "text"):
             store.result_path(kind, key).unlink(missing_ok=True)
         store.shard_log_path(key).unlink(missing_ok=True)
+        store.marker_path(key).unlink(missing_ok=True)  # "inference done" would be false once its results go
     for asset in ASSETS:
         remove_tree(store.task_dir / asset)
     remove_tree(store.task_dir / "models")

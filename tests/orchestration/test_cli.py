@@ -97,6 +97,9 @@ def test_run_resume_rerun_extract_only_and_seed_layout(tmp_path, tiny_model_path
     assert recut.returncode == 0, recut.stderr
     assert "3/3 shards done, 32 rows" in recut.stdout  # 16-row shards within each file: 16, 4 and 12
     assert len(list((out / "results" / "extract").iterdir())) == 3
+    # and its "inference done" markers: the re-cut's shards only, each with its results
+    markers = sorted(p.name for p in (out / "logs" / "completions").iterdir())
+    assert markers == sorted(p.stem for p in (out / "results" / "extract").iterdir())
 
 
 @pytest.mark.slow

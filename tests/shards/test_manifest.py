@@ -22,7 +22,7 @@ from llm_infer_dagster.shards.manifest import (
     unrecorded_digests,
 )
 from llm_infer_dagster.shards.sharding import DEFAULT_SHARD_SIZE, file_id
-from llm_infer_dagster.shards.store import TaskStore
+from llm_infer_dagster.shards.store import TaskStore, atomic_write_text
 from llm_infer_dagster.shards.tables import ASSETS
 
 
@@ -261,6 +261,7 @@ def test_delete_results_for_recut_removes_the_tasks_results_and_nothing_else(env
             store.result_path(kind, key).parent.mkdir(parents=True, exist_ok=True)
             store.result_path(kind, key).write_text("[]")
         store.log_shard(key, "done")
+        atomic_write_text(store.marker_path(key), "")
     other = TaskStore(env.out, "other")  # another task under the same output dir
     other.write_frame("answers", next(iter(keys)), frame)
 
@@ -268,6 +269,7 @@ def test_delete_results_for_recut_removes_the_tasks_results_and_nothing_else(env
     for key in keys:
         assert not any(store.result_path(kind, key).exists() for kind in ("infer", "extract", "text"))
         assert not store.shard_log_path(key).exists()
+        assert not store.marker_path(key).exists()  # a seed script must not see "done" for a shard with no results
     assert sorted(p.name for p in store.task_dir.iterdir() if not p.name.startswith(".")) == ["shards.json"]
     assert manifest_for(store).shards == keys  # the manifest stays: save_manifest rewrites it after a re-cut
     assert other.has("answers", next(iter(keys)))
