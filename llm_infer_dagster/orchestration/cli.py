@@ -323,6 +323,8 @@ def run(args: argparse.Namespace) -> int:
         log.warning(note)
         print(f"llm-infer: {note}", file=sys.stderr)
     store = TaskStore(output, task.name, id_length=args.id_length, state_dir=state_base)
+    if swept := store.sweep_stale_temps():  # what a crash (SIGKILL, power loss) left mid-write
+        log.info("removed %d temp file(s) left mid-write by a process that is gone", swept)
     input_path = task.input_path(args.input_path)
     # Step processes re-import the code location: it must load this task with this deployment (the assets'
     # code versions come from it), so it becomes the LLM_INFER_* variables of every process started here.

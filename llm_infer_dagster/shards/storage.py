@@ -21,9 +21,10 @@ import hashlib
 import io
 import os
 import shutil
+import socket
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,9 +144,19 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()
 
 
+#: A temp file's name says who made it (``.<name>.<host>.<pid>.<random>.tmp``): a process SIGKILLed mid-write
+#: leaves its temp behind (never a half-written file under the final name), and :func:`sweep_stale_temps`
+#: removes the temps of this host's processes that are gone.
+_HOST = socket.gethostname().replace(".", "_")
+
+
+def _temp_prefix(name: str) -> str:
+    return f".{name}.{_HOST}.{os.getpid()}."
+
+
 def _local_atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=".tmp")
     os.close(fd)
     try:
         write(Path(tmp))
@@ -162,7 +173,7 @@ def _remote_atomic_write(path: RemotePath, write: Callable[[Path], object]) -> N
         write(local)  # the whole file is made before anything is sent
         if path.renames:
             path.fs.makedirs(path.parent.path, exist_ok=True)
-            tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+            tmp = path.parent / f"{_temp_prefix(path.name)}{uuid.uuid4().hex[:12]}.tmp"
             try:
                 path.fs.put_file(str(local), tmp.path)
                 path.fs.mv(tmp.path, path.path)
@@ -185,6 +196,37 @@ def read_parquet(path: StorePath, columns: list[str] | None = None) -> pl.DataFr
     if isinstance(path, RemotePath):
         return pl.read_parquet(io.BytesIO(path.read_bytes()), columns=columns)
     return pl.read_parquet(path, columns=columns)
+
+
+def sweep_stale_temps(folders: Iterable[StorePath], recursive: bool = True) -> int:
+    """Remove temp files under local ``folders`` left by writers on this host that are gone; how many.
+
+    Run when a run starts: a crash (SIGKILL, power loss) mid-write leaves a temp beside its target. A temp of a
+    live process (another run writing now) or of another host (a shared mount) is left alone. Object stores
+    never hold temps (one put per file), so a URL folder is skipped.
+    """
+    removed = 0
+    for folder in folders:
+        if isinstance(folder, RemotePath) or not folder.is_dir():
+            continue
+        for tmp in folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp"):
+            parts = tmp.name.rsplit(".", 4)  # [.<name>, <host>, <pid>, <random>, tmp]
+            if len(parts) != 5 or parts[1] != _HOST or not parts[2].isdigit() or _alive(int(parts[2])):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def remove_tree(path: StorePath) -> None:

@@ -35,6 +35,7 @@ from llm_infer_dagster.shards.storage import (
     read_parquet,
     state_dir_for,
     store_path,
+    sweep_stale_temps,
 )
 from llm_infer_dagster.shards.tables import ASSETS
 from llm_infer_dagster.tasks.task_settings import MODEL_NAME_RE
@@ -141,6 +142,13 @@ class TaskStore:
         if not is_shard_key(key):
             raise ValueError(f"{key!r} is not a shard key made by llm-infer-dagster; refusing to build a path")
         return key
+
+    def sweep_stale_temps(self) -> int:
+        """Remove what writers that crashed on this host left mid-write (see ``storage.sweep_stale_temps``)."""
+        out = self.output_dir
+        return sweep_stale_temps([self.task_dir, out / "results", out / "logs"]) + sweep_stale_temps(
+            [out], recursive=False
+        )
 
     @property
     def manifest_path(self) -> StorePath:

@@ -222,3 +222,33 @@ def test_log_shard_appends_lines(tmp_path: Path) -> None:
     lines = store.shard_log_path(KEY).read_text().splitlines()
     assert len(lines) == 2
     assert lines[0].endswith("[t] first") and lines[1].endswith("[t] second")
+
+
+def test_a_crashed_writers_temp_is_swept_and_a_live_ones_is_kept(tmp_path: Path) -> None:
+    """SIGKILL mid-write leaves a temp beside its target (never a half-written final file); the next run's
+    sweep removes it, but never the temp of a process still writing, nor one written on another host."""
+    import subprocess
+    import sys
+
+    store = TaskStore(tmp_path / "out", "t")
+    store.write_frame("raw", KEY, pl.DataFrame({"x": [1]}))
+    folder = store.shard_path("raw", KEY).parent
+    code = (
+        "import os, sys, pathlib\n"
+        "from llm_infer_dagster.shards.storage import atomic_write\n"
+        "def write(tmp):\n"
+        "    tmp.write_text('half')\n"
+        "    os.kill(os.getpid(), 9)\n"  # dies mid-write, as a SIGKILLed run does
+        "atomic_write(pathlib.Path(sys.argv[1]), write)\n"
+    )
+    died = subprocess.run([sys.executable, "-c", code, str(store.shard_path("raw", KEY2))], capture_output=True)
+    assert died.returncode == -9
+    (left,) = leftovers(folder)
+    host = left.rsplit(".", 4)[1]  # this host, as the dead writer named it
+    mine = folder / f".{KEY}.parquet.{host}.{os.getpid()}.abcdefgh.tmp"  # a live writer's
+    mine.write_text("writing")
+    elsewhere = folder / f".{KEY}.parquet.otherhost.1.abcdefgh.tmp"
+    elsewhere.write_text("writing")
+    assert store.sweep_stale_temps() == 1
+    assert leftovers(folder) == sorted([mine.name, elsewhere.name])
+    assert not store.shard_path("raw", KEY2).exists() and store.read_frame("raw", KEY).height == 1

@@ -197,6 +197,8 @@ class ShardPipeline:
     # -- the step --------------------------------------------------------------------------------------------
 
     def run(self) -> None:
+        if swept := self.store.sweep_stale_temps():  # a crashed writer's temps (never a half-written shard)
+            self.context.log.info(f"removed {swept} temp file(s) left mid-write by a process that is gone")
         try:
             self._run()
         finally:
