@@ -99,11 +99,6 @@ def _check_remote_output_dir(url: RemotePath) -> None:
     try:
         atomic_write_text(probe, "probe")
         probe.unlink(missing_ok=True)
-    except ImportError as exc:
-        raise SettingsError(
-            f"output dir {url} needs a filesystem package that is not installed ({exc}); for s3:// run "
-            "`pip install 'llm-infer-dagster[s3]'`"
-        ) from None
     except Exception as exc:  # fsspec backends raise their own errors (botocore's, PermissionError, ...)
         raise SettingsError(
             f"output dir {url} is not writable ({type(exc).__name__}: {str(exc).strip()[:300]}); check that the "
