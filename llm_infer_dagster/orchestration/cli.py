@@ -26,6 +26,9 @@ from llm_infer_dagster.errors import LLMInferError, SettingsError, TaskConfigErr
 from llm_infer_dagster.shards.planning import RunPlan, plan_runs
 
 if TYPE_CHECKING:
+    from dagster import Definitions
+
+    from llm_infer_dagster.deployment import Deployment
     from llm_infer_dagster.shards.storage import StorePath
 
 log = logging.getLogger("llm_infer")
@@ -35,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llm-infer",
         description="Offline LLM batch inference over a seed task folder, run as partitioned Dagster assets.",
-        epilog="OpenAI batch files: llm-infer run-batch -i requests.jsonl -o results.jsonl --model_path M [flags].",
+        epilog="OpenAI batch files: llm-infer run-batch -i requests.jsonl -o results.jsonl --model_path M [flags]. "
+        "The Dagster UI over an output folder: llm-infer ui --output_path OUT.",
     )
     p.add_argument("--model_path", help="local model folder (required unless --extract_only/--plan_only)")
     p.add_argument("--model_type", default="vllm", choices=["vllm", "hf"], help="engine (default: vllm)")
@@ -67,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_text", action="store_true", help="also write results/text/<shard>.txt")
     p.add_argument("--limit", type=int, default=None, help="keep the first N rows of each shard (debug)")
     p.add_argument("--plan_only", action="store_true", help="register and print the shards; run nothing")
+    p.add_argument(
+        "--redeploy",
+        action="store_true",
+        help="make this command's model, task files or input the output folder's recorded deployment "
+        "(llm-infer.yaml), redoing the shards that makes stale; without it a disagreement is refused",
+    )
     p.add_argument("--dtype", default=None, choices=["auto", "float32", "float16", "bfloat16"], help="default: auto")
     p.add_argument("--max_model_len", type=int, default=None, help="context length (default: the model's)")
     p.add_argument("--batch_size", type=int, default=32, help="hf engine batch size")
@@ -107,15 +117,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _deployment(args: argparse.Namespace, config_path: str, output: StorePath, task_name: str, input_path: str | None):
-    """The flags that decide what a shard holds, as the deployment every process of this command reads back."""
+def _deployment(args: argparse.Namespace, config_path: str, output: StorePath, task_name: str) -> Deployment:
+    """The flags that decide what a shard holds: the deployment this command records and every step reads back."""
     from llm_infer_dagster.deployment import Deployment
 
+    input_path = args.input_path
+    if input_path and "://" not in input_path:
+        input_path = str(Path(input_path).resolve())  # the record is read from other working directories
     return Deployment.from_env(
         task_configs=config_path,
-        tasks=task_name,  # the code location loads only this task
+        tasks=task_name,
         input_path=input_path,
         output_dir=str(output),
+        shard_size=args.shard_size,
+        source="llm-infer",
         model_path=args.model_path,
         model_type=args.model_type,
         dtype=args.dtype or "auto",
@@ -124,6 +139,45 @@ def _deployment(args: argparse.Namespace, config_path: str, output: StorePath, t
         limit=args.limit,
         **{k: getattr(args, k) for k in SEED_TASK_FLAGS},
     )
+
+
+def _recorded_deployment(wanted: Deployment, args: argparse.Namespace) -> tuple[Deployment, str | None]:
+    """``wanted`` checked against the output folder's recorded deployment, before any work.
+
+    The same deployment (another task added is the same): the recorded one with this task. A different one:
+    refused, or with ``--redeploy`` the new one and a note of what changed.
+    """
+    from llm_infer_dagster.deployment import check_agrees, differences, read_record, with_tasks
+
+    recorded = read_record(wanted.output_dir)
+    if recorded is None:
+        return wanted, None
+    diff = differences(recorded, wanted)
+    if not diff:  # the same deployment (perhaps another task of it)
+        return with_tasks(recorded, *wanted.only_tasks), None
+    if not args.redeploy:
+        check_agrees(wanted, change_with="pass --redeploy to make this command's the deployment (its stale shards "
+                     "are redone)")  # fmt: skip
+    changed = with_tasks(wanted, *recorded.only_tasks)
+    return changed, f"deployment changed ({'; '.join(diff)}): the shards made with the old one are stale"
+
+
+def _record(deployment: Deployment, local: Path) -> None:
+    """Record the deployment in the output folder; a URL output's local instance also says which output it is."""
+    from llm_infer_dagster.deployment import OUTPUT_POINTER, write_record
+    from llm_infer_dagster.shards.storage import is_url
+    from llm_infer_dagster.shards.store import atomic_write_text
+
+    write_record(deployment)
+    if is_url(deployment.output_dir):
+        atomic_write_text(local / OUTPUT_POINTER, deployment.output_dir + "\n")
+
+
+def _definitions(deployment: Deployment) -> Definitions:
+    """The definitions this command plans with: those its step processes load back from the record."""
+    from llm_infer_dagster.orchestration.definitions import build_definitions
+
+    return build_definitions(deployment)
 
 
 def _run_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -236,7 +290,7 @@ class _Progress:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llm_infer_dagster.deployment import SOURCE_TASK_CONFIGS, Deployment
+    from llm_infer_dagster.deployment import SOURCE_TASK_CONFIGS
     from llm_infer_dagster.engines.hf_sampling import check_hf_supported
     from llm_infer_dagster.engines.preflight import check_engine_settings, parse_model_args
     from llm_infer_dagster.runtime.gpus import check_gpu_need, visible_gpu_ids
@@ -295,12 +349,17 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(output, Path):
         output = output.resolve()
     check_output_dir(output)  # creatable and writable, or one line saying why, before anything is written
-    state_base = Deployment.from_env().state_dir  # LLM_INFER_STATE_DIR, for a URL output dir
+    deployment, deployment_note = _recorded_deployment(_deployment(args, config_path, output, task.name), args)
+    state_base = deployment.state_dir  # LLM_INFER_STATE_DIR, for a URL output dir
     local = state_dir_for(output, state_base)  # main.log, the instance, leases: the output dir unless a URL
     _setup_logging(local)
     _prepare_instance(local)
-    if not args.plan_only:  # a look at the plan leaves the last run's arguments as they were
+    if not args.plan_only:  # a look at the plan leaves the last run's arguments and deployment as they were
         atomic_write_text(output / "args.json", json.dumps(_seed_args(args, output, local), indent=2))
+        _record(deployment, local)
+    if deployment_note:
+        log.warning(deployment_note)
+        print(f"llm-infer: {deployment_note}", file=sys.stderr)
     run_cfg = _run_settings(args)
     os.environ.setdefault("LLM_INFER_STEP_LOG", str(local / "logs" / "steps.log"))  # step processes' output
     log.info("llm-infer %s", " ".join(sys.argv[1:]))
@@ -309,6 +368,7 @@ def run(args: argparse.Namespace) -> int:
 
     from llm_infer_dagster.orchestration.registry import register_shards, registered_keys
     from llm_infer_dagster.orchestration.run_health import mark_dead_runs_failed
+    from llm_infer_dagster.orchestration.staleness import stale_shard_sets
     from llm_infer_dagster.shards.locks import ShardLeases, file_lock
     from llm_infer_dagster.shards.store import TaskStore
 
@@ -326,9 +386,13 @@ def run(args: argparse.Namespace) -> int:
     if swept := store.sweep_stale_temps():  # what a crash (SIGKILL, power loss) left mid-write
         log.info("removed %d temp file(s) left mid-write by a process that is gone", swept)
     input_path = task.input_path(args.input_path)
-    # Step processes re-import the code location: it must load this task with this deployment (the assets'
-    # code versions come from it), so it becomes the LLM_INFER_* variables of every process started here.
-    _deployment(args, config_path, output, task.name, input_path).export_env()
+    # Step processes load the code location from the recorded deployment (so do the UI and the daemon): they
+    # are told only where it is, and that they run this task.
+    os.environ["LLM_INFER_OUTPUT"] = str(output)
+    os.environ["LLM_INFER_TASKS"] = task.name
+    if deployment.state_dir:
+        os.environ["LLM_INFER_STATE_DIR"] = deployment.state_dir
+    defs = _definitions(deployment.model_copy(update={"tasks": task.name}))
     reg = register_shards(
         instance,
         task,
@@ -361,7 +425,7 @@ def run(args: argparse.Namespace) -> int:
     stale_comp: set[str] = set()
     stale_answers: set[str] = set()
     if not (args.rerun or args.extract_only):
-        stale_comp, stale_answers = _stale_shards(instance, task.dagster_name, keys, done_comp, done_answers)
+        stale_comp, stale_answers = stale_shard_sets(defs, instance, task.dagster_name, keys, done_comp, done_answers)
         if stale_comp or stale_answers:
             note = (
                 f"{len(stale_comp)} shard(s) to redo and {len(stale_answers)} to re-extract: they were made with "
@@ -394,19 +458,23 @@ def run(args: argparse.Namespace) -> int:
     leases = ShardLeases(store)
     planned = [k for p in plans for k in ordered[ordered.index(p.first) : ordered.index(p.last) + 1]]
     outcome.busy = {k: who for k in planned if not store.has("answers", k) and (who := leases.holder_of(k))}
-    _make_report(instance, task, outcome)
+    _make_report(defs, instance, task, outcome)
     shown = reg.manifest.runnable(ordered, include_short=True)
     # The OpenAI batch output file, whole and in input order (orchestration/run_batch.py), before the last line.
     batch_code = (
-        _batch_output(args, instance, task, store, shown, output, input_path, outcome.failed_shards)
+        _batch_output(defs, args, instance, task, store, shown, output, input_path, outcome.failed_shards)
         if task.is_openai_batch
         else 0
     )
-    return _report(store, shown, outcome, output, len(reg.short_keys)) or batch_code
+    code = _report(store, shown, outcome, output, len(reg.short_keys)) or batch_code
+    from llm_infer_dagster.orchestration.ui import open_command
+
+    print(f"see them in the Dagster UI: {open_command(output)}", file=sys.stderr)
+    return code
 
 
-def _batch_output(args: argparse.Namespace, instance: Any, task: Any, store: Any, keys: list[str], output: StorePath,
-                  input_path: str | None, failed: dict[str, str]) -> int:  # fmt: skip
+def _batch_output(defs: Definitions, args: argparse.Namespace, instance: Any, task: Any, store: Any, keys: list[str],
+                  output: StorePath, input_path: str | None, failed: dict[str, str]) -> int:  # fmt: skip
     """Write the batch output (run-batch's -o, else results/openai_batch/<task>.jsonl); 1 if requests did not run."""
     from llm_infer_dagster.orchestration.run_batch import write_batch_output
     from llm_infer_dagster.shards.storage import store_path
@@ -414,7 +482,7 @@ def _batch_output(args: argparse.Namespace, instance: Any, task: Any, store: Any
     chosen = getattr(args, "batch_output", None)
     dest = store_path(chosen) if chosen else output / "results" / "openai_batch" / f"{task.name}.jsonl"
     lines, errors, not_run = write_batch_output(
-        instance, task, store, keys, args.model_path or "", dest, input_path, args.limit, failed
+        defs, instance, task, store, keys, args.model_path or "", dest, input_path, args.limit, failed
     )
     note = f"wrote {lines} responses to {dest} ({errors} request error(s), {not_run} not run)"
     log.info(note)
@@ -422,13 +490,12 @@ def _batch_output(args: argparse.Namespace, instance: Any, task: Any, store: Any
     return 1 if not_run and args.limit is None else 0  # requests past --limit are left out on purpose
 
 
-def _make_report(instance: Any, task: Any, outcome: _Outcome) -> None:
+def _make_report(defs: Definitions, instance: Any, task: Any, outcome: _Outcome) -> None:
     """Materialize ``[<task>, report]`` when any model's answers changed since it was made (or it was never made).
 
     One in-process run of the ``<task>_report`` job: it runs no model and takes a second. Its one line goes to
     stderr, before the command's last line; a report that cannot be made fails the command like a step would.
     """
-    from llm_infer_dagster.definitions import defs  # built for this task with this command's settings
     from llm_infer_dagster.orchestration.assets.report import answers_keys, report_behind, report_line
     from llm_infer_dagster.orchestration.run_health import process_tags
 
@@ -481,20 +548,6 @@ def _seed_args(args: argparse.Namespace, output: StorePath, local: Path) -> dict
     if args.save_text:
         derived["text_result_path"] = str(results / "text")
     return {**vars(args), **derived}
-
-
-def _stale_shards(
-    instance: Any, name: str, keys: list[str], done_comp: set[str], done_answers: set[str]
-) -> tuple[set[str], set[str]]:
-    """(shards whose raw/prompts/completions are stale, shards whose answers alone are stale)."""
-    from dagster import AssetKey
-
-    from llm_infer_dagster.definitions import defs  # built for this task with this command's settings
-    from llm_infer_dagster.orchestration.staleness import ChainVersions, stale_shards
-
-    versions = ChainVersions(instance, defs.resolve_asset_graph(), AssetKey([name, "input"]), keys)
-    chain = [AssetKey([name, a]) for a in ("raw", "prompts", "completions")]
-    return stale_shards(versions, chain, AssetKey([name, "answers"]), keys, done_comp, done_answers)
 
 
 def _launch(
@@ -667,6 +720,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from llm_infer_dagster.orchestration import run_batch
 
         return _execute(run_batch.parse(argv[1:]), run_batch.run)
+    if argv[:1] == ["ui"]:  # llm-infer ui --output_path out
+        from llm_infer_dagster.orchestration import ui
+
+        return _execute(ui.build_parser().parse_args(argv[1:]), ui.run)
     return _execute(build_parser().parse_args(argv), run)
 
 

@@ -1,9 +1,8 @@
-"""The code location: one bundle of assets and jobs per task folder, wired to the run settings resource.
+"""One deployment's definitions: one bundle of assets and jobs per task folder, wired to the run settings.
 
-The :class:`~llm_infer_dagster.deployment.Deployment` is read once, here: the task-configs folder
-(``LLM_INFER_TASK_CONFIGS``, default: the source checkout's ``task_configs/``), which tasks
-(``LLM_INFER_TASKS``, comma-separated; ``llm-infer`` loads only the task it runs), their file names and the
-default model. The run settings' defaults (workers, batch size...) come from ``LLM_INFER_*`` too.
+:func:`build_definitions` takes a :class:`~llm_infer_dagster.deployment.Deployment` (the task-configs folder,
+which tasks, their file names and the declared model) and reads nothing else; ``llm_infer_dagster.definitions``
+(the code location), ``llm-infer``, ``llm_task_definitions`` and the ``LLMInferComponent`` all come here.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from llm_infer_dagster.orchestration.sensors import (
     build_report_sensor,
     build_shard_sensor,
 )
-from llm_infer_dagster.orchestration.settings import RESOURCE_KEY, RunSettings
+from llm_infer_dagster.orchestration.settings import RESOURCE_KEY, shared_run_settings
 from llm_infer_dagster.tasks.loader import TaskFiles, discover_tasks, load_task
 
 
@@ -60,8 +59,11 @@ def build_task_bundles(deployment: Deployment, only: list[str] | None = None) ->
 
 
 def build_definitions(deployment: Deployment | None = None) -> Definitions:
-    """One bundle per good task; a broken task folder is a placeholder asset with a failing check, not a crash."""
-    deployment = deployment or Deployment.from_env()
+    """One bundle per good task; a broken task folder is a placeholder asset with a failing check, not a crash.
+
+    ``deployment`` defaults to :meth:`Deployment.load` (the recorded one, else ``LLM_INFER_*``).
+    """
+    deployment = deployment or Deployment.load()
     bundles, broken = build_task_bundles_contained(deployment, deployment.only_tasks or None)
     placeholders = broken_tasks_definitions(broken, taken={b.task.dagster_name for b in bundles})
     return Definitions(
@@ -70,6 +72,6 @@ def build_definitions(deployment: Deployment | None = None) -> Definitions:
         jobs=[j for b in bundles for j in (b.job, b.register_job, b.report_job)],
         sensors=[s for b in bundles for s in (build_shard_sensor(b), build_report_sensor(b))],
         schedules=[build_missing_shards_schedule(b) for b in bundles],
-        resources={RESOURCE_KEY: RunSettings.from_env()},
+        resources={RESOURCE_KEY: shared_run_settings()},  # one object: Components' definitions merge
         executor=gpu_executor,  # also for `dagster asset materialize` and the UI's materialize buttons
     )

@@ -9,6 +9,7 @@ its ``llm_infer/gpus`` tag: a number, or ``settings`` for workers x tensor_paral
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -32,6 +33,8 @@ from llm_infer_dagster.runtime.gpus import visible_gpu_ids
 from llm_infer_dagster.runtime.leases import DEFAULT_LOCK_DIR, GpuLeaser
 
 GPU_TAG = "llm_infer/gpus"
+#: JSON of the deployment's ``run_defaults`` (e.g. a Component's ``use_cpu: true``), beside ``GPU_TAG``.
+RUN_DEFAULTS_TAG = "llm_infer/run_defaults"
 
 
 def gpus_needed(
@@ -51,7 +54,8 @@ def gpus_needed(
         raise ValueError(f"tag {GPU_TAG}={tag!r} must be a number or 'settings'")
     if asset_selection is not None and not any(k.path[-1] == "completions" for k in asset_selection):
         return 0
-    return RunSettings.from_run_config(run_config).gpus_per_run
+    defaults = json.loads(step_tags.get(RUN_DEFAULTS_TAG) or "{}")
+    return RunSettings.from_run_config(run_config, defaults).gpus_per_run
 
 
 def step_command(args: Sequence[str]) -> list[str]:

@@ -18,10 +18,13 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llm_infer_dagster.errors import SettingsError, TaskConfigError
 from llm_infer_dagster.shards.storage import StorePath
+
+if TYPE_CHECKING:
+    from dagster import Definitions
 
 #: The task's name in the work dir (its Dagster group, asset key prefix and job: ``batch_job``).
 TASK = "batch"
@@ -94,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_batch_output(
+    defs: Definitions,
     instance: Any,
     task: Any,
     store: Any,
@@ -112,7 +116,7 @@ def write_batch_output(
     """
     from dagster import AssetKey
 
-    from llm_infer_dagster.orchestration.cli import _stale_shards
+    from llm_infer_dagster.orchestration.staleness import stale_shard_sets
     from llm_infer_dagster.shards.manifest import ShardManifest
     from llm_infer_dagster.shards.storage import atomic_write, mtime
     from llm_infer_dagster.tasks.loader import to_json
@@ -122,7 +126,7 @@ def write_batch_output(
     name = task.dagster_name
     done = instance.get_materialized_partitions(AssetKey([name, "completions"])) & set(keys)
     answers = instance.get_materialized_partitions(AssetKey([name, "answers"])) & set(keys)
-    stale, _ = _stale_shards(instance, name, keys, done, answers)
+    stale, _ = stale_shard_sets(defs, instance, name, keys, done, answers)
     made: dict[str, tuple[str, dict[str, Any], int]] = {}
     for key in keys:
         if key not in done or key in stale or not store.has("completions", key) or not store.has("raw", key):

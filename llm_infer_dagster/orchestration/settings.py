@@ -63,10 +63,11 @@ class RunSettings(ConfigurableResource):
             ) from None
 
     @classmethod
-    def from_run_config(cls, run_config: Mapping[str, Any]) -> RunSettings:
-        """The settings a run resolves to: its resource config over the environment's defaults."""
+    def from_run_config(cls, run_config: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> RunSettings:
+        """The settings a run resolves to: its resource config over the deployment's ``run_defaults`` over
+        the environment's defaults."""
         configured = ((run_config.get("resources") or {}).get(RESOURCE_KEY) or {}).get("config") or {}
-        return cls.from_env(**configured)
+        return cls.from_env(**{**(defaults or {}), **configured})
 
     @field_validator("ray_address")
     @classmethod
@@ -88,6 +89,13 @@ class RunSettings(ConfigurableResource):
     def gpus_per_run(self) -> int:
         """GPUs a model step leases: workers x tensor_parallel_size; none on CPU or on Ray (Ray places GPUs)."""
         return 0 if self.use_cpu or self.ray_address else self.workers * self.tensor_parallel_size
+
+
+@functools.cache
+def shared_run_settings() -> RunSettings:
+    """The one ``settings`` resource object of this process: every task's ``Definitions`` (each Component's
+    too) carries this same object, so Dagster can merge them (it refuses two different objects under one key)."""
+    return RunSettings.from_env()
 
 
 @functools.cache  # built once: the executor resolves run settings for every step

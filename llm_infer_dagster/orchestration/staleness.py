@@ -136,3 +136,13 @@ def stale_shards(
     full = {k for k in keys if k in done_completions and any(k in stale[a] for a in chain)}
     extract = {k for k in keys if k in done_answers and k not in full and k in stale[answers]}
     return full, extract
+
+
+def stale_shard_sets(
+    defs: Any, instance: Any, name: str, keys: list[str], done_comp: set[str], done_answers: set[str]
+) -> tuple[set[str], set[str]]:
+    """(shards whose raw/prompts/completions are stale, shards whose answers alone are stale) of task ``name``
+    in ``defs`` (the definitions of the deployment that would make them)."""
+    versions = ChainVersions(instance, defs.resolve_asset_graph(), AssetKey([name, "input"]), keys)
+    chain = [AssetKey([name, a]) for a in ("raw", "prompts", "completions")]
+    return stale_shards(versions, chain, AssetKey([name, "answers"]), keys, done_comp, done_answers)

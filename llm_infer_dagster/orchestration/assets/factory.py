@@ -6,6 +6,7 @@ the moment it lands (so "materialize all" starts the model once, the engine neve
 answers appear as completions do). Shards are Parquet files in the :class:`TaskStore`, not IO-manager outputs.
 """
 
+import json
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from dagster import (
     op,
 )
 
-from llm_infer_dagster.deployment import Deployment
+from llm_infer_dagster.deployment import Deployment, claim_output
 from llm_infer_dagster.engines.hf_sampling import check_hf_supported
 from llm_infer_dagster.engines.preflight import check_engine_settings
 from llm_infer_dagster.engines.spec import EngineSpec
@@ -39,7 +40,7 @@ from llm_infer_dagster.orchestration.assets.metadata import shard_table
 from llm_infer_dagster.orchestration.assets.pipeline import ModelTarget, ShardPipeline
 from llm_infer_dagster.orchestration.assets.report import build_report_asset, report_key
 from llm_infer_dagster.orchestration.dagster_private import UnresolvedAssetJobDefinition
-from llm_infer_dagster.orchestration.gpu_executor import GPU_TAG, gpu_executor
+from llm_infer_dagster.orchestration.gpu_executor import GPU_TAG, RUN_DEFAULTS_TAG, gpu_executor
 from llm_infer_dagster.orchestration.registry import input_key, partitions_def_for, register_shards
 from llm_infer_dagster.orchestration.settings import RunSettings
 from llm_infer_dagster.shards.manifest import ShardManifest
@@ -205,10 +206,17 @@ def _build_task_assets(
         check_specs=check_specs(task.settings.checks, models, pdef),  # per-shard quality checks
         can_subset=True,
         backfill_policy=BackfillPolicy.single_run(),
-        op_tags={GPU_TAG: "settings"},  # the executor leases workers x tensor_parallel_size GPUs (0 without a model)
+        # the executor leases workers x tensor_parallel_size GPUs (0 without a model, or on the deployment's CPU)
+        op_tags={
+            GPU_TAG: "settings",
+            **({RUN_DEFAULTS_TAG: json.dumps(deployment.run_defaults)} if deployment.run_defaults else {}),
+        },  # fmt: skip
         description=f"Task {task.name}, shard by shard: raw -> prompts -> completions -> answers in one step.",
     )
     def shards(context: AssetExecutionContext, settings: RunSettings) -> Iterator[Any]:
+        claim_output(deployment, task.name)  # refused if another deployment made this output folder
+        if deployment.run_defaults:  # the run's own settings over the deployment's defaults
+            settings = RunSettings.from_run_config(context.run.run_config, deployment.run_defaults)
         selected = context.selected_asset_keys
         targets = []
         for model, (comp_key, answers_key) in models.items():
@@ -243,12 +251,13 @@ def _build_task_assets(
 
     @op(name=f"{name}_register_shards_op")
     def register_op(context: OpExecutionContext, config: RegisterConfig) -> None:
+        claim_output(deployment, task.name)
         reg = register_shards(
             context.instance,
             task,
             deployment.store(task.name),
             task.input_path(deployment.input_path),
-            shard_size=config.shard_size,
+            shard_size=config.shard_size or deployment.shard_size,
             tasks=config.tasks,
         )
         for note in reg.notes:
