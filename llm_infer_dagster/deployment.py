@@ -200,6 +200,14 @@ IDENTITY_FIELDS = (
     "read_file_func", "format_prompt_func", "extract_answer_func",
 )  # fmt: skip
 
+#: What another model or task is: ``llm-infer`` refuses a change of these without ``--redeploy``. The others
+#: (``limit``, ``max_input_length``, ``input_path``, ``id_length``) are flags a user changes on purpose (a
+#: ``--limit`` debug run, then the whole job): the run says what changed and which shards that makes stale.
+MODEL_AND_TASK_FIELDS = (
+    "task_configs", "model_path", "model_type", "dtype", "max_model_len", "trust_remote_code", "task_config_fn",
+    "sampling_params_fn", "get_file_list_func", "read_file_func", "format_prompt_func", "extract_answer_func",
+)  # fmt: skip
+
 #: The recorded deployment of an output folder, and the version of its schema this code reads and writes.
 RECORD_FILE = "llm-infer.yaml"
 RECORD_SCHEMA = 1
@@ -279,22 +287,24 @@ def write_record(deployment: Deployment) -> StorePath:
     return path
 
 
-def differences(recorded: Deployment, wanted: Deployment) -> list[str]:
-    """``field: recorded -> wanted`` for each identity field the two disagree on."""
+def differences(recorded: Deployment, wanted: Deployment, fields: tuple[str, ...] = IDENTITY_FIELDS) -> list[str]:
+    """``field recorded -> wanted`` for each of ``fields`` the two disagree on."""
     a, b = recorded.identity(), wanted.identity()
-    return [f"{k} {a[k]!r} -> {b[k]!r}" for k in IDENTITY_FIELDS if a[k] != b[k]]
+    return [f"{k} {a[k]!r} -> {b[k]!r}" for k in fields if a[k] != b[k]]
 
 
-def check_agrees(wanted: Deployment, *, change_with: str) -> Deployment | None:
+def check_agrees(
+    wanted: Deployment, *, change_with: str, fields: tuple[str, ...] = IDENTITY_FIELDS
+) -> Deployment | None:
     """The recorded deployment of ``wanted``'s output folder, after checking that ``wanted`` agrees with it.
 
-    SettingsError (one line, naming both) where they disagree on what a shard holds; ``change_with`` says how
-    the caller makes the change explicit. None where nothing is recorded yet.
+    SettingsError (one line, naming both) where they disagree on one of ``fields``; ``change_with`` says how the
+    caller makes the change explicit. None where nothing is recorded yet.
     """
     recorded = read_record(wanted.output_dir)
     if recorded is None:
         return None
-    diff = differences(recorded, wanted)
+    diff = differences(recorded, wanted, fields)
     if diff:
         raise SettingsError(
             f"{record_path(wanted.output_dir)} (written by {recorded.source or 'llm-infer'}) and "

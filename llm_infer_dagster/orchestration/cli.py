@@ -144,10 +144,11 @@ def _deployment(args: argparse.Namespace, config_path: str, output: StorePath, t
 def _recorded_deployment(wanted: Deployment, args: argparse.Namespace) -> tuple[Deployment, str | None]:
     """``wanted`` checked against the output folder's recorded deployment, before any work.
 
-    The same deployment (another task added is the same): the recorded one with this task. A different one:
-    refused, or with ``--redeploy`` the new one and a note of what changed.
+    The same deployment (another task added is the same): the recorded one with this task. Another model or
+    other task files: refused unless ``--redeploy``. Another ``--limit``, ``--max_input_length``,
+    ``--input_path`` or ``--id_length`` (or anything with ``--redeploy``): this one, and a note of what changed.
     """
-    from llm_infer_dagster.deployment import check_agrees, differences, read_record, with_tasks
+    from llm_infer_dagster.deployment import MODEL_AND_TASK_FIELDS, check_agrees, differences, read_record, with_tasks
 
     recorded = read_record(wanted.output_dir)
     if recorded is None:
@@ -156,10 +157,10 @@ def _recorded_deployment(wanted: Deployment, args: argparse.Namespace) -> tuple[
     if not diff:  # the same deployment (perhaps another task of it)
         return with_tasks(recorded, *wanted.only_tasks), None
     if not args.redeploy:
-        check_agrees(wanted, change_with="pass --redeploy to make this command's the deployment (its stale shards "
-                     "are redone)")  # fmt: skip
+        check_agrees(wanted, fields=MODEL_AND_TASK_FIELDS, change_with="pass --redeploy to make this command's the "
+                     "deployment (the shards it makes stale are redone)")  # fmt: skip
     changed = with_tasks(wanted, *recorded.only_tasks)
-    return changed, f"deployment changed ({'; '.join(diff)}): the shards made with the old one are stale"
+    return changed, f"deployment changed ({'; '.join(diff)}): shards made with the old one are stale"
 
 
 def _record(deployment: Deployment, local: Path) -> None:

@@ -24,7 +24,6 @@ from pydantic import ConfigDict, Field
 
 from llm_infer_dagster.orchestration.task_definitions import llm_task_definitions
 
-SKELETON_TASK = "task"
 
 _TASK_CONFIG = '''"""An llm-infer task: where rows come from, the prompt of a row, and the answer in a completion."""
 
@@ -50,7 +49,7 @@ def format_prompt(org_data):
     return [{"role": "user", "content": f"How much is {org_data['question']}? Answer with a number."}]
 
 
-def extract_answer(model_response, org_data):
+def extract_answer(model_response):
     """The answer in one completion (None: not found)."""
     found = re.search(r"-?\\d+", model_response)
     return found.group(0) if found else None
@@ -88,7 +87,7 @@ class LLMInferScaffolder(dg.Scaffolder):
     def scaffold(self, request: dg.ScaffoldRequest[Any]) -> None:
         from dagster.components.component_scaffolding import scaffold_component
 
-        task = request.target_path / SKELETON_TASK
+        task = request.target_path / request.target_path.name  # the task's name: its assets, group and jobs
         (task / "data").mkdir(parents=True, exist_ok=True)
         (task / "task_config.py").write_text(_TASK_CONFIG, encoding="utf-8")
         (task / "sampling_params.json").write_text(_SAMPLING, encoding="utf-8")
@@ -96,7 +95,7 @@ class LLMInferScaffolder(dg.Scaffolder):
         scaffold_component(
             request,
             {
-                "task_folder": SKELETON_TASK,
+                "task_folder": request.target_path.name,
                 "output_path": f"{{{{ context.project_root }}}}/llm_infer_output/{request.target_path.name}",
                 "model": {"model_path": "/path/to/model", "model_type": "vllm"},
             },

@@ -62,15 +62,27 @@ def ui_environment(output_path: str, environ: dict[str, str] | None = None) -> d
     return env
 
 
-def ui_command(host: str, port: int) -> list[str]:
-    return [
-        sys.executable, "-m", "dagster", "dev", "-m", "llm_infer_dagster.definitions", "-h", host, "-p", str(port),
-    ]  # fmt: skip
+#: The code location as the source checkout's workspace.yaml names it, so links and bookmarks are the same.
+WORKSPACE = """\
+load_from:
+  - python_module:
+      module_name: llm_infer_dagster.definitions
+      attribute: defs
+      location_name: llm_infer_dagster
+"""
+
+
+def ui_command(host: str, port: int, workspace: Path) -> list[str]:
+    return [sys.executable, "-m", "dagster", "dev", "-w", str(workspace), "-h", host, "-p", str(port)]
 
 
 def run(args: argparse.Namespace) -> int:
+    from llm_infer_dagster.shards.store import atomic_write_text
+
     env = ui_environment(args.output_path)
-    command = ui_command(args.host, args.port)
+    workspace = Path(env["DAGSTER_HOME"]) / "llm-infer-workspace.yaml"
+    atomic_write_text(workspace, WORKSPACE)
+    command = ui_command(args.host, args.port, workspace)
     print(f"llm-infer ui: Dagster UI on http://{args.host}:{args.port} over {env['LLM_INFER_OUTPUT']}", file=sys.stderr)
     os.execve(command[0], command, env)  # the UI's process from now on; Ctrl-C stops it as it stops dagster dev
 

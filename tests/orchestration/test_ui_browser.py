@@ -33,7 +33,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from tests_support import CONFIGS, REPO, cli_env, llm_infer, write_qa_input
+from tests_support import CONFIGS, cli_env, llm_infer, write_qa_input
 
 REQUIRE_ENV = "LLM_INFER_REQUIRE_BROWSER"
 TASK = "qa_regex"
@@ -120,7 +120,7 @@ def stop(proc: subprocess.Popen, home: Path) -> None:
 def test_ui_new_shards_and_stale_redo_in_browser(chromium, tmp_path, tiny_model_path):
     from playwright.sync_api import expect, sync_playwright
 
-    home, out, configs, data, shots = (tmp_path / n for n in ("home", "out", "configs", "input", "shots"))
+    out, configs, data, shots = (tmp_path / n for n in ("out", "configs", "input", "shots"))
     shots.mkdir()
     print(f"\nscreenshots: {shots}")
     task_dir = configs / TASK
@@ -129,31 +129,25 @@ def test_ui_new_shards_and_stale_redo_in_browser(chromium, tmp_path, tiny_model_
     settings = {"input_path": str(data), "shard_size": 2, "sensor": {"enabled": True, "interval_seconds": 5}}
     (task_dir / "task_settings.json").write_text(json.dumps(settings))
     write_qa_input(data, files=1, rows=6)  # part-000.jsonl: 3 shards
-    (home / ".nux").mkdir(parents=True)
-    (home / ".nux" / "nux.yaml").write_text("seen: 1\n")  # no "Join the Dagster community" modal
-    env = cli_env(
-        DAGSTER_HOME=str(home),
-        LLM_INFER_OUTPUT=str(out),
-        LLM_INFER_TASK_CONFIGS=str(configs),
-        LLM_INFER_TASKS=TASK,
-        LLM_INFER_MODEL_PATH=tiny_model_path,
-        LLM_INFER_MODEL_TYPE="hf",
-        LLM_INFER_USE_CPU="1",
-        DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS="1",
-    )
+    env = cli_env()  # a user's shell: nothing but what the commands are given
     r = llm_infer("--model_path", tiny_model_path, "--model_type", "hf", "--use_cpu", "--output_path", str(out),
                   "--task_name", TASK, "--config_path", str(configs), env=env)  # fmt: skip
     assert r.returncode == 0 and "3/3 shards done" in r.stdout + r.stderr, r.stdout[-2000:] + r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1].endswith(f"llm-infer ui --output_path {out}")
+    home = out / ".dagster"  # the instance llm-infer made
+    (home / ".nux").mkdir(parents=True)
+    (home / ".nux" / "nux.yaml").write_text("seen: 1\n")  # no "Join the Dagster community" modal
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "dagster_dev.log"
-    cmd = [sys.executable, "-m", "dagster", "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1",
-           "-p", str(port)]  # fmt: skip
+    # The UI as llm-infer printed it: only the output folder named (its recorded deployment and its instance).
+    cmd = [sys.executable, "-m", "llm_infer_dagster", "ui", "--output_path", str(out), "--port", str(port)]
     with log.open("w") as f:
-        server = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        server = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=f, stderr=subprocess.STDOUT,
+                                  start_new_session=True)  # fmt: skip
     pw = page = None
     try:
         wait_http(base + "/server_info", server, log)

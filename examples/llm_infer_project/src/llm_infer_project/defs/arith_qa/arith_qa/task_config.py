@@ -22,7 +22,7 @@ def format_prompt(org_data):
     return [{"role": "user", "content": f"How much is {org_data['question']}? Answer with a number."}]
 
 
-def extract_answer(model_response, org_data):
+def extract_answer(model_response):
     """The answer in one completion (None: not found)."""
     found = re.search(r"-?\d+", model_response)
     return found.group(0) if found else None
