@@ -240,6 +240,7 @@ def run(args: argparse.Namespace) -> int:
     from llm_infer_dagster.engines.hf_sampling import check_hf_supported
     from llm_infer_dagster.engines.preflight import check_engine_settings, parse_model_args
     from llm_infer_dagster.runtime.gpus import check_gpu_need, visible_gpu_ids
+    from llm_infer_dagster.shards.seed_folder import refuse_seed_folder
     from llm_infer_dagster.shards.storage import state_dir_for, store_path
     from llm_infer_dagster.shards.store import atomic_write_text, check_output_dir
     from llm_infer_dagster.tasks.loader import TaskFiles, load_task
@@ -294,6 +295,7 @@ def run(args: argparse.Namespace) -> int:
     output = store_path(args.output_path)  # a local folder, or a URL (s3://...) shared by a cluster
     if isinstance(output, Path):
         output = output.resolve()
+    refuse_seed_folder(output)  # the original llm-infer's results: one line, before anything is written there
     check_output_dir(output)  # creatable and writable, or one line saying why, before anything is written
     state_base = Deployment.from_env().state_dir  # LLM_INFER_STATE_DIR, for a URL output dir
     local = state_dir_for(output, state_base)  # main.log, the instance, leases: the output dir unless a URL

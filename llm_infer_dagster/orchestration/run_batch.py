@@ -72,6 +72,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> int:
     """Check the requests file (before any model loads), link it into the work dir's task folder, run the task."""
     from llm_infer_dagster.orchestration.cli import run as run_task
+    from llm_infer_dagster.shards.seed_folder import refuse_seed_folder
     from llm_infer_dagster.tasks.openai_batch import REQUESTS_FILE, read_requests
 
     source = Path(args.batch_input)
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         raise TaskConfigError(f"{source}: no requests (every line is blank); give one JSON request per line")
     if Path(args.batch_output) == source:
         raise SettingsError(f"-o {args.batch_output} is the input file; write the results somewhere else")
+    refuse_seed_folder(Path(args.output_path))  # before the task folder is made in the work dir
     folder = Path(args.config_path) / TASK
     folder.mkdir(parents=True, exist_ok=True)
     link = folder / REQUESTS_FILE
