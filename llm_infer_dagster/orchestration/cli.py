@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import DatabaseError  # the Dagster instance's storage errors (a full disk, a read-only dir)
 
 from llm_infer_dagster.errors import LLMInferError, SettingsError, TaskConfigError
+from llm_infer_dagster.orchestration.cli_args import DefaultsFormatter, OneLineParser, package_version
 from llm_infer_dagster.shards.planning import RunPlan, plan_runs
 
 if TYPE_CHECKING:
@@ -31,17 +32,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("llm_infer")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> OneLineParser:
+    p = OneLineParser(
         prog="llm-infer",
         description="Offline LLM batch inference over a seed task folder, run as partitioned Dagster assets.",
         epilog="OpenAI batch files: llm-infer run-batch -i requests.jsonl -o results.jsonl --model_path M [flags].",
+        formatter_class=DefaultsFormatter,  # every flag's default in --help
     )
+    p.add_argument("--version", action="version", version=f"llm-infer (llm-infer-dagster) {package_version()}")
     p.add_argument("--model_path", help="local model folder (required unless --extract_only/--plan_only)")
     p.add_argument("--model_type", default="vllm", choices=["vllm", "hf"], help="engine (default: vllm)")
     p.add_argument("--output_path", required=True, help="results, logs and the Dagster instance go here")
     p.add_argument("--task_name", required=True, help="folder name under --config_path")
-    p.add_argument("--input_path", default=None, help="passed to the task's get_file_list")
+    p.add_argument(
+        "--input_path", default=None, help="passed to the task's get_file_list (default: the task's input_path)"
+    )
     p.add_argument(
         "--config_path",
         default=None,
@@ -65,9 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="redo shards whose input file now has fewer rows than they were made from (kept by default)",
     )
     p.add_argument("--save_text", action="store_true", help="also write results/text/<shard>.txt")
-    p.add_argument("--limit", type=int, default=None, help="keep the first N rows of each shard (debug)")
+    p.add_argument("--limit", type=int, default=None, help="keep the first N rows of each shard (debug; default: all)")
     p.add_argument("--plan_only", action="store_true", help="register and print the shards; run nothing")
-    p.add_argument("--dtype", default=None, choices=["auto", "float32", "float16", "bfloat16"], help="default: auto")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["auto", "float32", "float16", "bfloat16"],
+        help="weights' dtype (default: auto)",
+    )
     p.add_argument("--max_model_len", type=int, default=None, help="context length (default: the model's)")
     p.add_argument("--batch_size", type=int, default=32, help="hf engine batch size")
     p.add_argument(
@@ -94,8 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--sampling_params_fn", default="sampling_params.json", help="the task's sampling file")
     for fn in ("get_file_list", "read_file", "format_prompt", "extract_answer"):
         seed.add_argument(f"--{fn}_func", default=fn, help=f"name of the task's {fn} function")
-    seed.add_argument("--max_input_length", type=int, default=None, help="prompt tokens allowed (longer: error row)")
-    seed.add_argument("--timeout", type=int, default=None, help="seconds a shard may generate before it fails")
+    seed.add_argument(
+        "--max_input_length",
+        type=int,
+        default=None,
+        help="prompt tokens allowed (longer: error row; default: the context length)",
+    )
+    seed.add_argument(
+        "--timeout", type=int, default=None, help="seconds a shard may generate before it fails (default: no limit)"
+    )
     seed.add_argument("--id_length", type=int, default=5, help="digits of results/*/<NNNNN>.json (default 5)")
     seed.add_argument(
         "--encode_workers",
