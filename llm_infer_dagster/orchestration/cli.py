@@ -303,6 +303,11 @@ def run(args: argparse.Namespace) -> int:
             check_gpu_need(args.workers * tp, visible_gpu_ids(), workers=args.workers, tensor_parallel_size=tp)
         if args.model_type == "hf":
             check_hf_supported(task.sampling_params)
+    elif args.plan_only and not (
+        args.extract_only or args.use_cpu or args.ray_address or os.environ.get("LLM_INFER_RAY_ADDRESS")
+    ):
+        tp = args.tensor_parallel_size or 1  # a look at the plan refuses the GPU request the run would refuse
+        check_gpu_need(args.workers * tp, visible_gpu_ids(), workers=args.workers, tensor_parallel_size=tp)
 
     if not task.list_files(task.input_path(args.input_path)):  # before the output dir or instance exists
         raise TaskConfigError(

