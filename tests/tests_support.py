@@ -112,3 +112,52 @@ class Settings:
 
     def store(self, task_name: str):  # noqa: ANN201 - a TaskStore
         return self.deployment.store(task_name)
+
+
+def write_seed_output(out: Path, input_path: Path, rows: list[dict], tasks: int, done: int) -> None:
+    """An output folder written the original llm-infer's way: ``tasks`` contiguous chunks of all rows
+    (``ceil(N / tasks)`` rows each), the first ``done`` of them finished (results, extract, marker, log).
+
+    The files as the seed wrote them: ``args.json`` (its flags plus derived paths), ``results/infer/<NNNNN>.json``
+    and ``results/extract/<NNNNN>.json`` (JSON arrays of records), an empty ``logs/completions/<NNNNN>`` marker
+    per finished task, ``logs/tasks/<NNNNN>.log`` and ``logs/main.log``.
+    """
+    import math
+
+    size = math.ceil(len(rows) / tasks)
+    results, logs = out / "results", out / "logs"
+    args = {
+        "model_path": "/models/qwen", "model_type": "vllm", "output_path": str(out), "task_name": "qa_regex",
+        "input_path": str(input_path), "tasks": tasks, "workers": 1, "tensor_parallel_size": 1, "use_cpu": False,
+        "extract_only": False, "rerun": False, "save_text": False, "limit": None, "id_length": 5,
+        "result_path": str(results), "infer_result_path": str(results / "infer"),
+        "extract_result_path": str(results / "extract"), "log_path": str(logs), "task_log_path": str(logs / "tasks"),
+        "completion_path": str(logs / "completions"),
+    }  # fmt: skip
+    for sub in ("results/infer", "results/extract", "logs/tasks", "logs/completions"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    (out / "args.json").write_text(json.dumps(args, indent=4, ensure_ascii=False))
+    (logs / "main.log").write_text("2026-01-05 10:00:00 - INFO - start\n")
+    for t in range(tasks):
+        (logs / "tasks" / f"{t:05d}.log").write_text(f"2026-01-05 10:00:0{t % 10} - INFO - task {t} started\n")
+        if t >= done:
+            continue
+        records = [
+            {"file_name": "part-000.jsonl", "file_idx": i, "origin_data": row, "prompt": f"Q: {row['question']}",
+             "model_response": f"The answer is {row['gold']}."}
+            for i, row in enumerate(rows[t * size : (t + 1) * size], start=t * size)
+        ]  # fmt: skip
+        (results / "infer" / f"{t:05d}.json").write_text(json.dumps(records, ensure_ascii=False, indent=4))
+        extracted = [{**r, "extracted_answer": r["origin_data"]["gold"]} for r in records]
+        (results / "extract" / f"{t:05d}.json").write_text(json.dumps(extracted, ensure_ascii=False, indent=4))
+        (logs / "completions" / f"{t:05d}").touch()
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """Every path under ``folder`` -> the sha256 of its bytes ("dir" for a folder)."""
+    import hashlib
+
+    return {
+        str(p.relative_to(folder)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+    }

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import DatabaseError  # the Dagster instance's storage errors (a full disk, a read-only dir)
 
 from llm_infer_dagster.errors import LLMInferError, SettingsError, TaskConfigError
+from llm_infer_dagster.orchestration.cli_args import DefaultsFormatter, OneLineParser, package_version, parse_strictly
 from llm_infer_dagster.shards.planning import RunPlan, plan_runs
 
 if TYPE_CHECKING:
@@ -34,18 +35,22 @@ if TYPE_CHECKING:
 log = logging.getLogger("llm_infer")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> OneLineParser:
+    p = OneLineParser(
         prog="llm-infer",
         description="Offline LLM batch inference over a seed task folder, run as partitioned Dagster assets.",
         epilog="OpenAI batch files: llm-infer run-batch -i requests.jsonl -o results.jsonl --model_path M [flags]. "
         "The Dagster UI over an output folder: llm-infer ui --output_path OUT.",
+        formatter_class=DefaultsFormatter,  # every flag's default in --help
     )
+    p.add_argument("--version", action="version", version=f"llm-infer (llm-infer-dagster) {package_version()}")
     p.add_argument("--model_path", help="local model folder (required unless --extract_only/--plan_only)")
     p.add_argument("--model_type", default="vllm", choices=["vllm", "hf"], help="engine (default: vllm)")
     p.add_argument("--output_path", required=True, help="results, logs and the Dagster instance go here")
     p.add_argument("--task_name", required=True, help="folder name under --config_path")
-    p.add_argument("--input_path", default=None, help="passed to the task's get_file_list")
+    p.add_argument(
+        "--input_path", default=None, help="passed to the task's get_file_list (default: the task's input_path)"
+    )
     p.add_argument(
         "--config_path",
         default=None,
@@ -69,15 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="redo shards whose input file now has fewer rows than they were made from (kept by default)",
     )
     p.add_argument("--save_text", action="store_true", help="also write results/text/<shard>.txt")
-    p.add_argument("--limit", type=int, default=None, help="keep the first N rows of each shard (debug)")
+    p.add_argument("--limit", type=int, default=None, help="keep the first N rows of each shard (debug; default: all)")
     p.add_argument("--plan_only", action="store_true", help="register and print the shards; run nothing")
     p.add_argument(
         "--redeploy",
         action="store_true",
-        help="make this command's model, task files or input the output folder's recorded deployment "
-        "(llm-infer.yaml), redoing the shards that makes stale; without it a disagreement is refused",
+        help="make this command's model or task files the output folder's recorded deployment (llm-infer.yaml), "
+        "redoing the shards that makes stale; without it such a change is refused",
     )
-    p.add_argument("--dtype", default=None, choices=["auto", "float32", "float16", "bfloat16"], help="default: auto")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["auto", "float32", "float16", "bfloat16"],
+        help="weights' dtype (default: auto)",
+    )
     p.add_argument("--max_model_len", type=int, default=None, help="context length (default: the model's)")
     p.add_argument("--batch_size", type=int, default=32, help="hf engine batch size")
     p.add_argument(
@@ -104,8 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--sampling_params_fn", default="sampling_params.json", help="the task's sampling file")
     for fn in ("get_file_list", "read_file", "format_prompt", "extract_answer"):
         seed.add_argument(f"--{fn}_func", default=fn, help=f"name of the task's {fn} function")
-    seed.add_argument("--max_input_length", type=int, default=None, help="prompt tokens allowed (longer: error row)")
-    seed.add_argument("--timeout", type=int, default=None, help="seconds a shard may generate before it fails")
+    seed.add_argument(
+        "--max_input_length",
+        type=int,
+        default=None,
+        help="prompt tokens allowed (longer: error row; default: the context length)",
+    )
+    seed.add_argument(
+        "--timeout", type=int, default=None, help="seconds a shard may generate before it fails (default: no limit)"
+    )
     seed.add_argument("--id_length", type=int, default=5, help="digits of results/*/<NNNNN>.json (default 5)")
     seed.add_argument(
         "--encode_workers",
@@ -295,6 +312,7 @@ def run(args: argparse.Namespace) -> int:
     from llm_infer_dagster.engines.hf_sampling import check_hf_supported
     from llm_infer_dagster.engines.preflight import check_engine_settings, parse_model_args
     from llm_infer_dagster.runtime.gpus import check_gpu_need, visible_gpu_ids
+    from llm_infer_dagster.shards.seed_folder import refuse_seed_folder
     from llm_infer_dagster.shards.storage import state_dir_for, store_path
     from llm_infer_dagster.shards.store import atomic_write_text, check_output_dir
     from llm_infer_dagster.tasks.loader import TaskFiles, load_task
@@ -340,6 +358,11 @@ def run(args: argparse.Namespace) -> int:
             check_gpu_need(args.workers * tp, visible_gpu_ids(), workers=args.workers, tensor_parallel_size=tp)
         if args.model_type == "hf":
             check_hf_supported(task.sampling_params)
+    elif args.plan_only and not (
+        args.extract_only or args.use_cpu or args.ray_address or os.environ.get("LLM_INFER_RAY_ADDRESS")
+    ):
+        tp = args.tensor_parallel_size or 1  # a look at the plan refuses the GPU request the run would refuse
+        check_gpu_need(args.workers * tp, visible_gpu_ids(), workers=args.workers, tensor_parallel_size=tp)
 
     if not task.list_files(task.input_path(args.input_path)):  # before the output dir or instance exists
         raise TaskConfigError(
@@ -349,6 +372,7 @@ def run(args: argparse.Namespace) -> int:
     output = store_path(args.output_path)  # a local folder, or a URL (s3://...) shared by a cluster
     if isinstance(output, Path):
         output = output.resolve()
+    refuse_seed_folder(output)  # the original llm-infer's results: one line, before anything is written there
     check_output_dir(output)  # creatable and writable, or one line saying why, before anything is written
     deployment, deployment_note = _recorded_deployment(_deployment(args, config_path, output, task.name), args)
     state_base = deployment.state_dir  # LLM_INFER_STATE_DIR, for a URL output dir
@@ -724,8 +748,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["ui"]:  # llm-infer ui --output_path out
         from llm_infer_dagster.orchestration import ui
 
-        return _execute(ui.build_parser().parse_args(argv[1:]), ui.run)
-    return _execute(build_parser().parse_args(argv), run)
+        return _execute(parse_strictly(ui.build_parser(), argv[1:]), ui.run)
+    return _execute(parse_strictly(build_parser(), argv), run)
 
 
 def _execute(args: argparse.Namespace, command: Any) -> int:

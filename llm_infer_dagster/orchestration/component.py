@@ -24,7 +24,6 @@ from pydantic import ConfigDict, Field
 
 from llm_infer_dagster.orchestration.task_definitions import llm_task_definitions
 
-
 _TASK_CONFIG = '''"""An llm-infer task: where rows come from, the prompt of a row, and the answer in a completion."""
 
 import json

@@ -21,6 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llm_infer_dagster.errors import SettingsError, TaskConfigError
+from llm_infer_dagster.orchestration.cli_args import (
+    DefaultsFormatter,
+    OneLineParser,
+    package_version,
+    unknown_flags,
+    unrecognized_message,
+)
 from llm_infer_dagster.shards.storage import StorePath
 
 if TYPE_CHECKING:
@@ -36,12 +43,14 @@ REFUSED_FLAGS = (
 _BAD_REQUEST_PREFIX = "prompt: format_prompt raised BadRequest: "
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> OneLineParser:
+    p = OneLineParser(
         prog="llm-infer run-batch",
         description="Run an OpenAI batch file (vLLM run-batch's format) as Dagster runs; every other flag is "
         "llm-infer's (--model_path, --model_type, --use_cpu, --workers, --shard_size, --model_args, ...).",
+        formatter_class=DefaultsFormatter,
     )
+    p.add_argument("--version", action="version", version=f"llm-infer (llm-infer-dagster) {package_version()}")
     p.add_argument("-i", "--input_file", required=True, help="the requests, one JSON object per line")
     p.add_argument("-o", "--output_file", required=True, help="the results, one line per request, in input order")
     p.add_argument(
@@ -57,16 +66,18 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     """run-batch's own flags plus llm-infer's: the seed's Namespace for this task, with ``batch_output`` set."""
     from llm_infer_dagster.orchestration.cli import build_parser as seed_parser
 
-    parser = build_parser()
+    parser, seed = build_parser(), seed_parser()
+    seed.prog = parser.prog  # a mistake in llm-infer's flags here is run-batch's: its name, its --help
+    flags = [*parser.flags(), *seed.flags()]
+    if unknown := unknown_flags(argv, flags):  # before "-i is required" hides a typo of it
+        parser.fail(unrecognized_message(unknown, flags, parser.prog))
     own, rest = parser.parse_known_args(list(argv))
     for flag in rest:
         if flag.split("=", 1)[0] in REFUSED_FLAGS:
             parser.error(f"{flag.split('=', 1)[0]} is set by run-batch itself (or would leave requests out)")
     work = Path(own.output_path or f"{own.output_file}.llm-infer").resolve()
     configs = work / "task_configs"
-    args = seed_parser().parse_args(
-        [*rest, "--task_name", TASK, "--config_path", str(configs), "--output_path", str(work)]
-    )
+    args = seed.parse_args([*rest, "--task_name", TASK, "--config_path", str(configs), "--output_path", str(work)])
     args.batch_input = str(Path(own.input_file).resolve())
     args.batch_output = str(Path(own.output_file).resolve())
     return args
@@ -75,6 +86,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> int:
     """Check the requests file (before any model loads), link it into the work dir's task folder, run the task."""
     from llm_infer_dagster.orchestration.cli import run as run_task
+    from llm_infer_dagster.shards.seed_folder import refuse_seed_folder
     from llm_infer_dagster.tasks.openai_batch import REQUESTS_FILE, read_requests
 
     source = Path(args.batch_input)
@@ -85,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         raise TaskConfigError(f"{source}: no requests (every line is blank); give one JSON request per line")
     if Path(args.batch_output) == source:
         raise SettingsError(f"-o {args.batch_output} is the input file; write the results somewhere else")
+    refuse_seed_folder(Path(args.output_path))  # before the task folder is made in the work dir
     folder = Path(args.config_path) / TASK
     folder.mkdir(parents=True, exist_ok=True)
     link = folder / REQUESTS_FILE

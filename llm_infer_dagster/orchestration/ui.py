@@ -15,17 +15,18 @@ import sys
 from pathlib import Path
 
 from llm_infer_dagster.errors import SettingsError
+from llm_infer_dagster.orchestration.cli_args import DefaultsFormatter, OneLineParser
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 3000
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser() -> OneLineParser:
+    p = OneLineParser(
         prog="llm-infer ui",
         description="Open the Dagster UI (and daemon) over an output folder that llm-infer or the LLMInferComponent "
         "wrote: its recorded deployment, its instance.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsFormatter,
     )
     p.add_argument("--output_path", required=True, help="the output folder (or URL) of the runs to show")
     p.add_argument("--host", default=DEFAULT_HOST, help="address the webserver listens on (loopback by default)")
