@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from llm_infer_dagster.orchestration.cli import main as llm_infer
+from llm_infer_dagster.orchestration.ui import open_command
 from llm_infer_dagster.testing.tiny_model import build_tiny_model
 
 
@@ -30,13 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         "--save_text",
     ]
     code = llm_infer([*defaults, *extra])  # argparse keeps the last value: extra flags override defaults
-    here = Path.cwd()
-    print(
-        "\nSee it in the Dagster UI:\n"
-        f"  DAGSTER_HOME={here / 'output' / '.dagster'} LLM_INFER_OUTPUT={here / 'output'} "
-        f"LLM_INFER_MODEL_PATH={model.resolve()} LLM_INFER_MODEL_TYPE=hf LLM_INFER_USE_CPU=1 "
-        "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS=1 dagster dev -w workspace.yaml"
-    )
+    # The run recorded its deployment in output/llm-infer.yaml: naming the folder is all the UI needs.
+    print(f"\nSee it in the Dagster UI:\n  {open_command(Path.cwd() / 'output')}")
     return code
 
 

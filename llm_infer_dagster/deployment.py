@@ -203,9 +203,10 @@ IDENTITY_FIELDS = (
 #: What another model or task is: ``llm-infer`` refuses a change of these without ``--redeploy``. The others
 #: (``limit``, ``max_input_length``, ``input_path``, ``id_length``) are flags a user changes on purpose (a
 #: ``--limit`` debug run, then the whole job): the run says what changed and which shards that makes stale.
+MODEL_FIELDS = ("model_path", "model_type", "dtype", "max_model_len", "trust_remote_code")
 MODEL_AND_TASK_FIELDS = (
-    "task_configs", "model_path", "model_type", "dtype", "max_model_len", "trust_remote_code", "task_config_fn",
-    "sampling_params_fn", "get_file_list_func", "read_file_func", "format_prompt_func", "extract_answer_func",
+    *MODEL_FIELDS, "task_configs", "task_config_fn", "sampling_params_fn", "get_file_list_func", "read_file_func",
+    "format_prompt_func", "extract_answer_func",
 )  # fmt: skip
 
 #: The recorded deployment of an output folder, and the version of its schema this code reads and writes.

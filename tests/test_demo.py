@@ -22,18 +22,20 @@ def test_the_demo_runs_and_the_ui_it_prints_agrees(tmp_path: Path, monkeypatch: 
     assert r.returncode == 0, r.stderr[-3000:]
     assert re.search(r"(\d+)/\1 shards done", r.stdout), r.stdout
     command = r.stdout.strip().splitlines()[-1]
-    assert command.strip().endswith("dagster dev -w workspace.yaml"), command
-    env = dict(re.findall(r"(\w+)=(\S+)", command))
-    assert {"DAGSTER_HOME", "LLM_INFER_OUTPUT", "LLM_INFER_MODEL_PATH"} <= set(env)
+    assert command.strip() == f"llm-infer ui --output_path {tmp_path / 'output'}", command
 
-    # What the printed `dagster dev` loads: the same deployment, so the demo's shards are fresh in the UI.
-    for k in [k for k in os.environ if k.startswith("LLM_INFER_")]:
-        monkeypatch.delenv(k)
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
+    # What that command loads (ui_environment: the recorded deployment and its instance, no other variable):
+    # the demo's shards are fresh in the UI.
     from llm_infer_dagster.orchestration.definitions import build_definitions
     from llm_infer_dagster.orchestration.staleness import ChainVersions, stale_shards
+    from llm_infer_dagster.orchestration.ui import ui_environment
 
+    for k in [k for k in os.environ if k.startswith("LLM_INFER_")]:
+        monkeypatch.delenv(k)
+    env = ui_environment(str(tmp_path / "output"), {})
+    assert set(env) == {"DAGSTER_HOME", "LLM_INFER_OUTPUT", "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
     defs = build_definitions()
     with DagsterInstance.get() as instance:
         keys = instance.get_dynamic_partitions("qa_regex_shards")

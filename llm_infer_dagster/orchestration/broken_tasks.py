@@ -34,13 +34,13 @@ from dagster import (
     AssetCheckResult,
     AssetChecksDefinition,
     AssetCheckSeverity,
-    AssetKey,
     AssetSpec,
     MetadataValue,
     asset_check,
 )
 
 from llm_infer_dagster.errors import TaskConfigError
+from llm_infer_dagster.orchestration.asset_keys import task_key
 from llm_infer_dagster.tasks.loader import TaskConfig
 
 __all__ = [
@@ -147,7 +147,7 @@ def _description(error: str) -> str:
 
 def broken_task_definitions(task_name: str, dagster_name: str, folder: Path, error: str) -> BrokenTaskDefinitions:
     """The placeholder asset ``[<dagster_name>, "task_folder"]`` and its failing blocking check ``task_loads``."""
-    key = AssetKey([dagster_name, BROKEN_ASSET])
+    key = task_key(dagster_name, BROKEN_ASSET)
     metadata = {
         "error": MetadataValue.text(error),
         "folder": MetadataValue.path(str(folder)),

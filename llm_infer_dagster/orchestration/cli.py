@@ -138,9 +138,12 @@ def _deployment(args: argparse.Namespace, config_path: str, output: StorePath, t
     """The flags that decide what a shard holds: the deployment this command records and every step reads back."""
     from llm_infer_dagster.deployment import Deployment
 
-    input_path = args.input_path
+    # The record is read from other working directories: local paths go in absolute.
+    input_path, model_path = args.input_path, args.model_path
     if input_path and "://" not in input_path:
-        input_path = str(Path(input_path).resolve())  # the record is read from other working directories
+        input_path = str(Path(input_path).resolve())
+    if model_path and Path(model_path).exists():
+        model_path = str(Path(model_path).resolve())
     return Deployment.from_env(
         task_configs=config_path,
         tasks=task_name,
@@ -148,7 +151,7 @@ def _deployment(args: argparse.Namespace, config_path: str, output: StorePath, t
         output_dir=str(output),
         shard_size=args.shard_size,
         source="llm-infer",
-        model_path=args.model_path,
+        model_path=model_path,
         model_type=args.model_type,
         dtype=args.dtype or "auto",
         max_model_len=args.max_model_len,
@@ -165,11 +168,20 @@ def _recorded_deployment(wanted: Deployment, args: argparse.Namespace) -> tuple[
     other task files: refused unless ``--redeploy``. Another ``--limit``, ``--max_input_length``,
     ``--input_path`` or ``--id_length`` (or anything with ``--redeploy``): this one, and a note of what changed.
     """
-    from llm_infer_dagster.deployment import MODEL_AND_TASK_FIELDS, check_agrees, differences, read_record, with_tasks
+    from llm_infer_dagster.deployment import (
+        MODEL_AND_TASK_FIELDS,
+        MODEL_FIELDS,
+        check_agrees,
+        differences,
+        read_record,
+        with_tasks,
+    )
 
     recorded = read_record(wanted.output_dir)
     if recorded is None:
         return wanted, None
+    if args.extract_only:  # loads no model: the model flags are not a deployment, the recorded model stays
+        wanted = wanted.model_copy(update={k: getattr(recorded, k) for k in MODEL_FIELDS})
     diff = differences(recorded, wanted)
     if not diff:  # the same deployment (perhaps another task of it)
         return with_tasks(recorded, *wanted.only_tasks), None
@@ -308,9 +320,10 @@ class _Progress:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llm_infer_dagster.deployment import SOURCE_TASK_CONFIGS
+    from llm_infer_dagster.deployment import Deployment
     from llm_infer_dagster.engines.hf_sampling import check_hf_supported
     from llm_infer_dagster.engines.preflight import check_engine_settings, parse_model_args
+    from llm_infer_dagster.orchestration.settings import RunSettings
     from llm_infer_dagster.runtime.gpus import check_gpu_need, visible_gpu_ids
     from llm_infer_dagster.shards.seed_folder import refuse_seed_folder
     from llm_infer_dagster.shards.storage import state_dir_for, store_path
@@ -318,16 +331,14 @@ def run(args: argparse.Namespace) -> int:
     from llm_infer_dagster.tasks.loader import TaskFiles, load_task
     from llm_infer_dagster.tasks.seed_flags import FLAG_KEYS, merge_model_args
 
-    config_path = str(
-        Path(args.config_path or os.environ.get("LLM_INFER_TASK_CONFIGS") or SOURCE_TASK_CONFIGS).resolve()
-    )
+    # The flags not given fall back to their LLM_INFER_* variables, read through the settings that own them.
+    config_path = str(Path(args.config_path or Deployment.from_env().task_configs).resolve())
+    ray_address = args.ray_address or RunSettings.from_env().ray_address  # LLM_INFER_RAY_ADDRESS
     # The seed's --model_args may carry settings that have their own flag here: they become those flags.
     engine_flags, engine_args = merge_model_args(
         {k: getattr(args, k) for k in FLAG_KEYS}, parse_model_args(args.model_args)
     )
-    for key, value in engine_flags.items():
-        setattr(args, key, value)
-    args.model_args = json.dumps(engine_args)
+    args = argparse.Namespace(**{**vars(args), **engine_flags, "model_args": json.dumps(engine_args)})
     positive = ("tasks", "shard_size", "workers", "tensor_parallel_size", "limit", "batch_size", "max_model_len",
                 "max_input_length", "timeout", "id_length", "encode_workers")  # fmt: skip
     for flag in positive:
@@ -336,8 +347,8 @@ def run(args: argparse.Namespace) -> int:
             raise SettingsError(f"--{flag} must be >= 1, got {value}")
     # config errors fail here, before any model
     task = load_task(config_path, args.task_name, TaskFiles.from_settings(args))
-    runs_model = not (args.extract_only or args.plan_only)
-    if runs_model:
+    run_settings = RunSettings.from_env(**_run_settings(args))  # the run's settings, as every step reads them
+    if not (args.extract_only or args.plan_only):
         check_engine_settings(
             model_path=args.model_path,
             model_type=args.model_type,
@@ -348,21 +359,16 @@ def run(args: argparse.Namespace) -> int:
             trust_remote_code=args.trust_remote_code,
             engine_args=parse_model_args(args.model_args),
         )
-        if ray_address := args.ray_address or os.environ.get("LLM_INFER_RAY_ADDRESS"):
+        if ray_address:
             from llm_infer_dagster.runtime.ray_pool import check_ray_address, import_ray
 
             check_ray_address(ray_address)
             import_ray()  # installed, or one line saying how, before anything starts
-        elif not args.use_cpu:
-            tp = args.tensor_parallel_size or 1
-            check_gpu_need(args.workers * tp, visible_gpu_ids(), workers=args.workers, tensor_parallel_size=tp)
         if args.model_type == "hf":
             check_hf_supported(task.sampling_params)
-    elif args.plan_only and not (
-        args.extract_only or args.use_cpu or args.ray_address or os.environ.get("LLM_INFER_RAY_ADDRESS")
-    ):
-        tp = args.tensor_parallel_size or 1  # a look at the plan refuses the GPU request the run would refuse
-        check_gpu_need(args.workers * tp, visible_gpu_ids(), workers=args.workers, tensor_parallel_size=tp)
+    if not args.extract_only and run_settings.gpus_per_run:  # the rule the executor leases by; --plan_only too
+        check_gpu_need(run_settings.gpus_per_run, visible_gpu_ids(), workers=args.workers,
+                       tensor_parallel_size=run_settings.tensor_parallel_size)  # fmt: skip
 
     if not task.list_files(task.input_path(args.input_path)):  # before the output dir or instance exists
         raise TaskConfigError(
@@ -389,8 +395,9 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("LLM_INFER_STEP_LOG", str(local / "logs" / "steps.log"))  # step processes' output
     log.info("llm-infer %s", " ".join(sys.argv[1:]))
 
-    from dagster import AssetKey, DagsterInstance
+    from dagster import DagsterInstance
 
+    from llm_infer_dagster.orchestration.asset_keys import model_keys
     from llm_infer_dagster.orchestration.registry import register_shards, registered_keys
     from llm_infer_dagster.orchestration.run_health import mark_dead_runs_failed
     from llm_infer_dagster.orchestration.staleness import stale_shard_sets
@@ -443,7 +450,7 @@ def run(args: argparse.Namespace) -> int:
     for warn in warnings:
         log.warning(warn)
         print(f"warning: {warn}", file=sys.stderr)
-    comp_key, answers_key = (AssetKey([task.dagster_name, a]) for a in ("completions", "answers"))
+    comp_key, answers_key = model_keys(task.dagster_name)
     done_comp = instance.get_materialized_partitions(comp_key)
     done_answers = instance.get_materialized_partitions(answers_key)
 
@@ -585,11 +592,12 @@ def _launch(
     progress: bool,
 ) -> _Outcome:
     """Run each plan as a Dagster run through the task job (and its GPU-aware executor), in order."""
-    from dagster import AssetKey, execute_job
+    from dagster import execute_job
 
     if not plans:
         print("nothing to do: every shard is done (pass --rerun to redo them)", file=sys.stderr)
         return _Outcome()
+    from llm_infer_dagster.orchestration.asset_keys import ANSWERS, COMPLETIONS, task_key
     from llm_infer_dagster.orchestration.dagster_private import ReconstructableRepository
     from llm_infer_dagster.orchestration.run_health import process_tags
     from llm_infer_dagster.orchestration.settings import RESOURCE_KEY
@@ -604,7 +612,7 @@ def _launch(
         "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
     }
     model_runs = [p for p in plans if "completions" in p.assets]
-    watched = AssetKey([name, "completions" if model_runs else "answers"])
+    watched = task_key(name, COMPLETIONS if model_runs else ANSWERS)
     shards = {k for p in (model_runs or plans) for k in keys[keys.index(p.first) : keys.index(p.last) + 1]}
     outcome = _Outcome()
     with _Progress(instance, watched, {k: rows[k] for k in shards}, progress):
@@ -618,7 +626,7 @@ def _launch(
                     instance=instance,
                     run_config=run_config,
                     tags={**plan.tags, **process_tags(), "llm_infer/launched_by": "llm-infer"},
-                    asset_selection=[AssetKey([name, a]) for a in plan.assets],
+                    asset_selection=[task_key(name, a) for a in plan.assets],
                 )
             log.info("run %s %s", result.run_id, "succeeded" if result.success else "FAILED")
             if not result.success:

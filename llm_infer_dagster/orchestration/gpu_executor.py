@@ -19,6 +19,7 @@ from typing import Any
 
 from dagster import AssetKey, DagsterEvent, Field, Noneable, executor, multiple_process_executor_requirements
 
+from llm_infer_dagster.orchestration.asset_keys import COMPLETIONS, asset_of
 from llm_infer_dagster.orchestration.dagster_private import (
     CheckStepHealthResult,
     RetryMode,
@@ -52,7 +53,7 @@ def gpus_needed(
         return int(tag)
     if tag != "settings":
         raise ValueError(f"tag {GPU_TAG}={tag!r} must be a number or 'settings'")
-    if asset_selection is not None and not any(k.path[-1] == "completions" for k in asset_selection):
+    if asset_selection is not None and not any(asset_of(k) == COMPLETIONS for k in asset_selection):
         return 0
     defaults = json.loads(step_tags.get(RUN_DEFAULTS_TAG) or "{}")
     return RunSettings.from_run_config(run_config, defaults).gpus_per_run

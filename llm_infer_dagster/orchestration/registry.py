@@ -18,6 +18,7 @@ from dagster import (
     DynamicPartitionsDefinition,
 )
 
+from llm_infer_dagster.orchestration.asset_keys import INPUT, model_keys, task_key
 from llm_infer_dagster.orchestration.dagster_private import DATA_VERSION_IS_USER_PROVIDED_TAG, DATA_VERSION_TAG
 from llm_infer_dagster.orchestration.event_batches import report_runless_asset_events
 from llm_infer_dagster.shards.locks import file_lock
@@ -66,7 +67,7 @@ def register_shards(
 
 def input_key(task: TaskConfig) -> AssetKey:
     """The task's input rows, an external asset recorded per shard; ``raw`` depends on it."""
-    return AssetKey([task.dagster_name, "input"])
+    return task_key(task.dagster_name, INPUT)
 
 
 def input_events(task: TaskConfig, reg: Registration) -> list[AssetObservation | AssetMaterialization]:
@@ -163,8 +164,8 @@ def _delete_dagster_records(instance: DagsterInstance, task: TaskConfig) -> list
     keys = list(instance.get_dynamic_partitions(pdef_name))
     for key in keys:
         instance.delete_dynamic_partition(pdef_name, key)
-    named = [AssetKey([task.dagster_name, m, a]) for m in task.settings.models for a in ("completions", "answers")]
-    instance.wipe_assets([AssetKey([task.dagster_name, a]) for a in ASSETS] + named + [input_key(task)])
+    named = [k for m in task.settings.models for k in model_keys(task.dagster_name, m)]
+    instance.wipe_assets([task_key(task.dagster_name, a) for a in ASSETS] + named + [input_key(task)])
     return keys
 
 

@@ -127,8 +127,8 @@ def write_batch_output(
     the request it was made from is the one in the file now (matched by ``custom_id``). ``failed``: shard key ->
     why it failed in this run, the message of its requests' lines.
     """
-    from dagster import AssetKey
 
+    from llm_infer_dagster.orchestration.asset_keys import model_keys
     from llm_infer_dagster.orchestration.staleness import stale_shard_sets
     from llm_infer_dagster.shards.manifest import ShardManifest
     from llm_infer_dagster.shards.storage import atomic_write, mtime
@@ -137,8 +137,9 @@ def write_batch_output(
     from llm_infer_dagster.tasks.openai_responses import NOT_RUN, error_line, response_line
 
     name = task.dagster_name
-    done = instance.get_materialized_partitions(AssetKey([name, "completions"])) & set(keys)
-    answers = instance.get_materialized_partitions(AssetKey([name, "answers"])) & set(keys)
+    comp_key, answers_key = model_keys(name)
+    done = instance.get_materialized_partitions(comp_key) & set(keys)
+    answers = instance.get_materialized_partitions(answers_key) & set(keys)
     stale, _ = stale_shard_sets(defs, instance, name, keys, done, answers)
     made: dict[str, tuple[str, dict[str, Any], int]] = {}
     for key in keys:

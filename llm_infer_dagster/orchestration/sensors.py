@@ -40,6 +40,7 @@ from dagster import (
 )
 
 from llm_infer_dagster.errors import LLMInferError, TaskConfigError
+from llm_infer_dagster.orchestration.asset_keys import task_of
 from llm_infer_dagster.orchestration.assets.factory import TaskAssets
 from llm_infer_dagster.orchestration.assets.report import answers_keys, latest_answers_id, report_behind
 from llm_infer_dagster.orchestration.registry import input_events, partitions_def_for, sync_manifest
@@ -124,7 +125,7 @@ def _of_task(bundle: TaskAssets, *, report: bool = True) -> Callable[[DagsterRun
     name, report_key = bundle.task.dagster_name, bundle.report.key
 
     def of_task(r: DagsterRun) -> bool:
-        selected = [k for k in r.asset_selection or () if k.path[0] == name]
+        selected = [k for k in r.asset_selection or () if task_of(k) == name]
         return r.job_name in jobs or any(k != report_key or report for k in selected)
 
     return of_task

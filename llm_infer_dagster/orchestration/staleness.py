@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DataVersion
 
+from llm_infer_dagster.orchestration.asset_keys import ANSWERS, COMPLETIONS, INPUT, PROMPTS, RAW, task_key
 from llm_infer_dagster.orchestration.dagster_private import (
     DATA_VERSION_TAG,
     DEFAULT_DATA_VERSION,
@@ -143,6 +144,6 @@ def stale_shard_sets(
 ) -> tuple[set[str], set[str]]:
     """(shards whose raw/prompts/completions are stale, shards whose answers alone are stale) of task ``name``
     in ``defs`` (the definitions of the deployment that would make them)."""
-    versions = ChainVersions(instance, defs.resolve_asset_graph(), AssetKey([name, "input"]), keys)
-    chain = [AssetKey([name, a]) for a in ("raw", "prompts", "completions")]
-    return stale_shards(versions, chain, AssetKey([name, "answers"]), keys, done_comp, done_answers)
+    versions = ChainVersions(instance, defs.resolve_asset_graph(), task_key(name, INPUT), keys)
+    chain = [task_key(name, a) for a in (RAW, PROMPTS, COMPLETIONS)]
+    return stale_shards(versions, chain, task_key(name, ANSWERS), keys, done_comp, done_answers)

@@ -35,6 +35,7 @@ from llm_infer_dagster.deployment import Deployment, claim_output
 from llm_infer_dagster.engines.hf_sampling import check_hf_supported
 from llm_infer_dagster.engines.preflight import check_engine_settings
 from llm_infer_dagster.engines.spec import EngineSpec
+from llm_infer_dagster.orchestration.asset_keys import PROMPTS, RAW, model_keys, task_key
 from llm_infer_dagster.orchestration.assets.checks import check_specs
 from llm_infer_dagster.orchestration.assets.metadata import shard_table
 from llm_infer_dagster.orchestration.assets.pipeline import ModelTarget, ShardPipeline
@@ -63,11 +64,11 @@ class TaskAssets:
     report_job: UnresolvedAssetJobDefinition
 
     def key(self, asset_name: str) -> AssetKey:
-        return AssetKey([self.task.dagster_name, asset_name])
+        return task_key(self.task.dagster_name, asset_name)
 
     def model_key(self, asset_name: str, model: str | None) -> AssetKey:
         """completions/answers of the run's model (``None``) or of a named model of the task."""
-        return self.key(asset_name) if model is None else AssetKey([self.task.dagster_name, model, asset_name])
+        return task_key(self.task.dagster_name, asset_name, model)
 
     @property
     def all_assets(self) -> list[AssetsDefinition | AssetSpec]:
@@ -144,7 +145,7 @@ def _build_task_assets(
     name = task.dagster_name
     pdef = partitions_def_for(task)
     common = _ShardSpecArgs(partitions_def=pdef, group_name=name, skippable=True, kinds={"parquet"})
-    raw_key, prompts_key = AssetKey([name, "raw"]), AssetKey([name, "prompts"])
+    raw_key, prompts_key = task_key(name, RAW), task_key(name, PROMPTS)
     store = deployment.store(task.name)
     input_spec = AssetSpec(
         key=input_key(task),
@@ -173,8 +174,7 @@ def _build_task_assets(
     ]  # fmt: skip
     models: dict[str | None, tuple[AssetKey, AssetKey]] = {}
     for model, model_versions in all_versions.items():
-        comp_key = AssetKey([name, "completions"] if model is None else [name, model, "completions"])
-        answers_key = AssetKey([name, "answers"] if model is None else [name, model, "answers"])
+        comp_key, answers_key = model_keys(name, model)
         models[model] = (comp_key, answers_key)
         declared = deployment.resolve(task.settings.models.get(model) if model else None)
         about = (

@@ -50,6 +50,7 @@ from llm_infer_dagster.runtime.pool import ShardJob, ShardResult, WorkerPool
 
 if TYPE_CHECKING:
     from llm_infer_dagster.runtime.ray_pool import RayWorkerPool
+from llm_infer_dagster.orchestration.asset_keys import COMPLETIONS, asset_of
 from llm_infer_dagster.shards.exports import export_shard
 from llm_infer_dagster.shards.locks import ShardLeases
 from llm_infer_dagster.shards.manifest import ShardManifest, manifest_for
@@ -629,10 +630,10 @@ class ShardPipeline:
             asset = key.asset_key
             model = asset.path[1] if len(asset.path) == 3 else None
             for shard in self.shard_keys:
-                if not self.store.has(asset.path[-1], shard, model):
+                if not self.store.has(asset_of(asset), shard, model):
                     continue
                 comps = self.store.read_frame("completions", shard, model)
-                if asset.path[-1] == "completions":
+                if asset_of(asset) == COMPLETIONS:
                     results = completions_checks(comps, self.checks)
                 else:
                     results = answers_checks(comps, self.store.read_frame("answers", shard, model), self.checks)

@@ -33,6 +33,7 @@ from dagster import (
 )
 
 from llm_infer_dagster.deployment import Deployment
+from llm_infer_dagster.orchestration.asset_keys import ANSWERS, REPORT, task_key
 from llm_infer_dagster.orchestration.registry import partitions_def_for
 from llm_infer_dagster.shards.report import ModelReport, chart_svg, model_report, report_markdown
 from llm_infer_dagster.shards.store import atomic_write_text
@@ -62,13 +63,13 @@ _COLUMNS = [
 
 
 def report_key(task: TaskConfig) -> AssetKey:
-    return AssetKey([task.dagster_name, "report"])
+    return task_key(task.dagster_name, REPORT)
 
 
 def answers_keys(task: TaskConfig) -> list[AssetKey]:
     """The answers asset of every model of the task: the default model's, then each named model's."""
     name = task.dagster_name
-    return [AssetKey([name, "answers"]), *(AssetKey([name, m, "answers"]) for m in task.settings.models)]
+    return [task_key(name, ANSWERS), *(task_key(name, ANSWERS, m) for m in task.settings.models)]
 
 
 def report_line(instance: DagsterInstance, task: TaskConfig) -> str:
