@@ -65,3 +65,39 @@ def test_only_orchestration_imports_dagster() -> None:
 def test_hf_sampling_is_pure() -> None:
     mods = imported_modules(PACKAGE / "engines" / "hf_sampling.py")
     assert not {m for m in mods if m.split(".")[0] in {"torch", "transformers", "vllm"}}
+
+
+def test_asset_keys_have_one_owner() -> None:
+    """Only ``orchestration/asset_keys.py`` builds a task's asset keys from their parts or reads them back by
+    position (as dagster-dbt's translator owns dbt's keys): nowhere else ``AssetKey([...])`` or ``key.path[i]``."""
+    owner = PACKAGE / "orchestration" / "asset_keys.py"
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path == owner:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            builds = (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", getattr(node.func, "attr", None)) == "AssetKey"
+                and node.args
+                and isinstance(node.args[0], ast.List | ast.ListComp)
+            )
+            reads = (
+                isinstance(node, ast.Subscript)
+                and isinstance(node.value, ast.Attribute)
+                and node.value.attr == "path"
+                and getattr(node.value.value, "id", None) != "sys"  # sys.path[0] is not a key
+                and isinstance(node.slice, ast.Constant | ast.UnaryOp)
+            )
+            if builds or reads:
+                offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    assert offenders == []
+
+
+def test_the_code_location_reads_nothing_at_import() -> None:
+    """``definitions.py`` is a thin, lazy entry: importing it builds nothing (``@dg.definitions``)."""
+    source = (PACKAGE / "definitions.py").read_text(encoding="utf-8")
+    assert "os.environ" not in source and "getenv" not in source
+    module = ast.parse(source)
+    top_calls = [n for n in module.body if isinstance(n, ast.Assign | ast.Expr) and isinstance(n.value, ast.Call)]
+    assert top_calls == []  # no `defs = build_definitions()` at import

@@ -50,7 +50,7 @@ from llm_infer_dagster.runtime.pool import ShardJob, ShardResult, WorkerPool
 
 if TYPE_CHECKING:
     from llm_infer_dagster.runtime.ray_pool import RayWorkerPool
-from llm_infer_dagster.orchestration.asset_keys import COMPLETIONS, asset_of
+from llm_infer_dagster.orchestration.asset_keys import COMPLETIONS, asset_of, model_of
 from llm_infer_dagster.shards.exports import export_shard
 from llm_infer_dagster.shards.locks import ShardLeases
 from llm_infer_dagster.shards.manifest import ShardManifest, manifest_for
@@ -601,7 +601,7 @@ class ShardPipeline:
         """Log the selected checks' evaluations of ``asset``'s shard, just recorded; return ``results``."""
         chosen = [r for r in results if check_key(asset, r) in self.selected_checks]
         target = latest_target(self.instance, asset, shard) if chosen else None
-        model = asset.path[1] if len(asset.path) == 3 else "default"
+        model = model_of(asset) or "default"
         for r in chosen:
             self.context.log_event(evaluation(asset, shard, r, model, target))
             if not r.passed:
@@ -628,7 +628,7 @@ class ShardPipeline:
         made |= {t.answers for t in self.targets if t.make_answers}
         for key in sorted((k for k in self.selected_checks if k.asset_key not in made), key=str):
             asset = key.asset_key
-            model = asset.path[1] if len(asset.path) == 3 else None
+            model = model_of(asset)
             for shard in self.shard_keys:
                 if not self.store.has(asset_of(asset), shard, model):
                     continue
