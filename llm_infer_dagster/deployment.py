@@ -65,7 +65,7 @@ class Deployment(BaseSettings):
     input_path: str | None = Field(default=None, description="Passed to get_file_list (else the task's own)")
     output_dir: str = Field(
         default_factory=_default_output_dir,
-        validation_alias=AliasChoices("output_dir", "LLM_INFER_OUTPUT"),
+        validation_alias=AliasChoices("LLM_INFER_OUTPUT"),  # not a bare OUTPUT_DIR of the shell
         description="Shards, manifests and the seed's results/ layout: a local folder or an fsspec URL (s3://...)",
     )
     state_dir: str | None = Field(

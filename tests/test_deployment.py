@@ -77,3 +77,11 @@ def test_nothing_reads_the_working_directory_at_import(tmp_path: Path) -> None:
         for cwd in (tmp_path, Path.home())
     }
     assert len(outs) == 1 and not outs.pop().startswith(str(tmp_path))
+
+
+def test_a_stray_output_dir_variable_of_the_shell_moves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LLM_INFER_OUTPUT", raising=False)
+    monkeypatch.setenv("OUTPUT_DIR", "/stray")  # a common name in users' shells and CI systems
+    assert Deployment.from_env().output_dir != "/stray"
+    monkeypatch.setenv("LLM_INFER_OUTPUT", "/mine")
+    assert Deployment.from_env().output_dir == "/mine"
