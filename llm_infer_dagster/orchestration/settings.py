@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from llm_infer_dagster.deployment import ENV_PREFIX
 from llm_infer_dagster.engines.preflight import parse_model_args
 from llm_infer_dagster.errors import SettingsError
+from llm_infer_dagster.runtime.workers import gpus_needed
 
 #: The resource key runs configure: ``{"resources": {"settings": {"config": {...}}}}``.
 RESOURCE_KEY = "settings"
@@ -88,7 +89,7 @@ class RunSettings(ConfigurableResource):
     @property
     def gpus_per_run(self) -> int:
         """GPUs a model step leases: workers x tensor_parallel_size; none on CPU or on Ray (Ray places GPUs)."""
-        return 0 if self.use_cpu or self.ray_address else self.workers * self.tensor_parallel_size
+        return gpus_needed(self.workers, self.tensor_parallel_size, use_cpu=self.use_cpu, ray_address=self.ray_address)
 
 
 @functools.cache

@@ -15,13 +15,12 @@ group, and each shard becomes one job per model, recorded as it lands like any o
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import polars as pl
 from dagster import (
@@ -38,19 +37,16 @@ from llm_infer_dagster.deployment import Deployment
 from llm_infer_dagster.engines.lora import base_shares_engine_with_adapters
 from llm_infer_dagster.engines.spec import EngineSpec, has_chat_template
 from llm_infer_dagster.errors import TaskConfigError
+from llm_infer_dagster.orchestration.asset_keys import COMPLETIONS, asset_of, model_of
 from llm_infer_dagster.orchestration.assets.checks import check_key, evaluation, latest_target
 from llm_infer_dagster.orchestration.assets.metadata import error_summary, preview
 from llm_infer_dagster.orchestration.assets.provenance import shard_tags
 from llm_infer_dagster.orchestration.dagster_private import DATA_VERSION_TAG, DEFAULT_DATA_VERSION
 from llm_infer_dagster.orchestration.registry import recorded_input_versions
 from llm_infer_dagster.orchestration.settings import RunSettings
-from llm_infer_dagster.runtime.gpus import split_gpus, visible_gpu_ids
 from llm_infer_dagster.runtime.messages import Exited, Loaded, WorkerEvent
-from llm_infer_dagster.runtime.pool import ShardJob, ShardResult, WorkerPool
-
-if TYPE_CHECKING:
-    from llm_infer_dagster.runtime.ray_pool import RayWorkerPool
-from llm_infer_dagster.orchestration.asset_keys import COMPLETIONS, asset_of, model_of
+from llm_infer_dagster.runtime.pool import ShardJob, ShardResult
+from llm_infer_dagster.runtime.workers import open_worker_pool
 from llm_infer_dagster.shards.exports import export_shard
 from llm_infer_dagster.shards.locks import ShardLeases
 from llm_infer_dagster.shards.manifest import ShardManifest, manifest_for
@@ -452,12 +448,6 @@ class ShardPipeline:
             # The first shard is made before any worker starts: a chat task on a model without a chat
             # template fails here, before a model loads, and the engine's first job is ready when it is.
             feed = _prime(feed)
-        slices = (
-            None
-            if settings.use_cpu or settings.ray_address
-            else split_gpus(visible_gpu_ids(), settings.workers, settings.tensor_parallel_size)
-        )
-
         with_adapters = f" with LoRA adapter(s) {', '.join(adapters)}" if adapters else ""
 
         def on_message(worker: int, msg: WorkerEvent) -> None:
@@ -467,35 +457,12 @@ class ShardPipeline:
                 log.error(f"worker {worker} stopped: {msg.error} (log: {msg.log})")
 
         log_dir = self.store.worker_log_dir / self.context.run.run_id[:8]
-        with contextlib.ExitStack() as session:
-            pool: WorkerPool | RayWorkerPool
-            if settings.ray_address:  # the workers are Ray actors, placed (and given GPUs) by Ray
-                from llm_infer_dagster.runtime.ray_pool import RayWorkerPool, ray_session
-
-                local_gpus = 0 if settings.use_cpu else len(visible_gpu_ids())
-                session.enter_context(ray_session(settings.ray_address, num_gpus=local_gpus))
-                log.info(f"engine workers: {settings.workers} Ray actor(s) via ray_address={settings.ray_address}")
-                pool = RayWorkerPool(
-                    spec,
-                    self.task.sampling_params,
-                    workers=settings.workers,
-                    log_dir=log_dir,
-                    on_message=on_message,
-                    on_placed=lambda i, where: log.info(f"worker {i}: {where}"),
-                    on_pending=lambda _i, why: log.warning(why),
-                    shard_timeout=settings.timeout,
-                    num_gpus=0 if settings.use_cpu else settings.tensor_parallel_size,
-                )
-            else:
-                pool = WorkerPool(
-                    spec,
-                    self.task.sampling_params,
-                    workers=settings.workers,
-                    gpu_slices=slices,
-                    log_dir=log_dir,
-                    on_message=on_message,
-                    shard_timeout=settings.timeout,
-                )
+        with open_worker_pool(
+            spec, self.task.sampling_params, workers=settings.workers,
+            tensor_parallel_size=settings.tensor_parallel_size, use_cpu=settings.use_cpu,
+            ray_address=settings.ray_address, log_dir=log_dir, shard_timeout=settings.timeout,
+            on_message=on_message, log_info=log.info, log_warning=log.warning,
+        ) as pool:  # fmt: skip
             out_tokens, t0 = 0, time.perf_counter()
             for r in pool.run(feed, count=len(self.shard_keys) * len(group)):
                 target, shard = by_job.get(r.key, (first, r.key))
