@@ -23,8 +23,8 @@ from dagster import AssetKey, AssetMaterialization, AssetObservation, AssetSpec,
 from dagster._core.definitions.data_version import DATA_VERSION_IS_USER_PROVIDED_TAG, DATA_VERSION_TAG
 
 from llm_infer_dagster.orchestration.assets.provenance import shard_tags
-from llm_infer_dagster.orchestration.event_batches import report_runless_asset_events
-from llm_infer_dagster.orchestration.sqlite_events import instance_yaml
+from llm_infer_dagster.orchestration.dagster_internals.event_batches import report_runless_asset_events
+from llm_infer_dagster.orchestration.dagster_internals.sqlite_events import instance_yaml
 from llm_infer_dagster.orchestration.staleness import ChainVersions, stale_keys, stale_resolver
 from llm_infer_dagster.shards.tables import ASSETS
 

@@ -266,7 +266,7 @@ def _prepare_instance(output: Path) -> None:
     each, before its first step starts. Dagster then does not mark a failed run's planned partitions as
     failed; the shards it did not finish simply stay missing, which is what they are.
     """
-    from llm_infer_dagster.orchestration.sqlite_events import instance_yaml
+    from llm_infer_dagster.orchestration.dagster_internals.sqlite_events import instance_yaml
     from llm_infer_dagster.shards.store import atomic_write_text
 
     os.environ.setdefault(PLANNED_EVENTS_ENV, "1")
@@ -275,8 +275,9 @@ def _prepare_instance(output: Path) -> None:
     cfg = home / "dagster.yaml"
     # A new instance (or one with the config earlier versions wrote) gets the pooled sqlite event log; a
     # dagster.yaml written by anyone else is theirs and is left as it is.
-    # (Before the package had layers, the event log module sat at its top level: those files are ours too.)
+    # (It moved twice: from the package's top level, then from orchestration/ into orchestration/dagster_internals/.)
     earlier = [instance_yaml(home, run_monitoring=False), instance_yaml(home)]
+    earlier += [y.replace(".dagster_internals.sqlite_events", ".sqlite_events") for y in earlier]
     earlier += [y.replace("module: llm_infer_dagster.orchestration.", "module: llm_infer_dagster.") for y in earlier]
     if not cfg.exists() or cfg.read_text(encoding="utf-8") in (OLD_INSTANCE_YAML, *earlier):
         atomic_write_text(cfg, instance_yaml(home))
@@ -598,7 +599,7 @@ def _launch(
         print("nothing to do: every shard is done (pass --rerun to redo them)", file=sys.stderr)
         return _Outcome()
     from llm_infer_dagster.orchestration.asset_keys import ANSWERS, COMPLETIONS, task_key
-    from llm_infer_dagster.orchestration.dagster_private import ReconstructableRepository
+    from llm_infer_dagster.orchestration.dagster_internals.private import ReconstructableRepository
     from llm_infer_dagster.orchestration.run_health import process_tags
     from llm_infer_dagster.orchestration.settings import RESOURCE_KEY
 

@@ -13,7 +13,7 @@ from llm_infer_dagster.deployment import Deployment
 from llm_infer_dagster.errors import TaskConfigError
 from llm_infer_dagster.orchestration.assets.factory import TaskAssets, build_task_assets
 from llm_infer_dagster.orchestration.broken_tasks import BrokenTask, broken_tasks_definitions, load_tasks_contained
-from llm_infer_dagster.orchestration.gpu_executor import gpu_executor
+from llm_infer_dagster.orchestration.dagster_internals.gpu_executor import gpu_executor
 from llm_infer_dagster.orchestration.sensors import (
     build_missing_shards_schedule,
     build_report_sensor,

@@ -19,8 +19,11 @@ from dagster import (
 )
 
 from llm_infer_dagster.orchestration.asset_keys import INPUT, model_keys, task_key
-from llm_infer_dagster.orchestration.dagster_private import DATA_VERSION_IS_USER_PROVIDED_TAG, DATA_VERSION_TAG
-from llm_infer_dagster.orchestration.event_batches import report_runless_asset_events
+from llm_infer_dagster.orchestration.dagster_internals.event_batches import report_runless_asset_events
+from llm_infer_dagster.orchestration.dagster_internals.private import (
+    DATA_VERSION_IS_USER_PROVIDED_TAG,
+    DATA_VERSION_TAG,
+)
 from llm_infer_dagster.shards.locks import file_lock
 from llm_infer_dagster.shards.manifest import (
     Registration,

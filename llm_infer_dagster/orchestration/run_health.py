@@ -142,7 +142,7 @@ def mark_dead_runs_failed(instance: Any, belongs: Callable[[Any], bool] | None =
     """
     from dagster import DagsterRunStatus, RunsFilter
 
-    from llm_infer_dagster.orchestration.dagster_private import JobFailureData, RunFailureReason
+    from llm_infer_dagster.orchestration.dagster_internals.private import JobFailureData, RunFailureReason
 
     statuses = [
         DagsterRunStatus.NOT_STARTED,

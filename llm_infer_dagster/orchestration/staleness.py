@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DataVersion
 
 from llm_infer_dagster.orchestration.asset_keys import ANSWERS, COMPLETIONS, INPUT, PROMPTS, RAW, task_key
-from llm_infer_dagster.orchestration.dagster_private import (
+from llm_infer_dagster.orchestration.dagster_internals.private import (
     DATA_VERSION_TAG,
     DEFAULT_DATA_VERSION,
     AssetGraphView,

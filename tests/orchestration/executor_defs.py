@@ -10,7 +10,7 @@ import time
 
 from dagster import Definitions, asset, define_asset_job
 
-from llm_infer_dagster.orchestration.gpu_executor import gpu_executor
+from llm_infer_dagster.orchestration.dagster_internals.gpu_executor import gpu_executor
 
 
 def _record(name: str) -> None:

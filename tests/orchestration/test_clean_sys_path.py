@@ -15,7 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from llm_infer_dagster.orchestration.gpu_executor import SYS_PATH_PLACEHOLDER, safe_path, step_command, step_env
+from llm_infer_dagster.orchestration.dagster_internals.gpu_executor import (
+    SYS_PATH_PLACEHOLDER,
+    safe_path,
+    step_command,
+    step_env,
+)
 
 SHADOWS = ("concurrent", "json", "argparse", "yaml")  # stdlib imported by Dagster, by lease_exec; a third-party one
 
@@ -25,7 +30,7 @@ from pathlib import Path
 
 from dagster import Definitions, asset, define_asset_job
 
-from llm_infer_dagster.orchestration.gpu_executor import gpu_executor
+from llm_infer_dagster.orchestration.dagster_internals.gpu_executor import gpu_executor
 
 
 @asset(op_tags={"llm_infer/gpus": "1"})

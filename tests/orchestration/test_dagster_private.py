@@ -1,4 +1,4 @@
-"""The contract of ``orchestration/dagster_private.py``: what we rely on in each private Dagster name.
+"""The contract of ``orchestration/dagster_internals/private.py``: what we rely on in each private Dagster name.
 
 Dagster's ``dagster._...`` modules can change in any minor release. Every private name the package uses is
 re-exported by ``dagster_private`` and has one check here (``CONTRACTS``): the parameters we pass, the
@@ -23,22 +23,21 @@ import dagster
 import pytest
 from dagster import AssetKey, AssetMaterialization, AssetObservation, AssetSelection, DataVersion, define_asset_job
 
-from llm_infer_dagster.orchestration import dagster_private as dp
+from llm_infer_dagster.orchestration.dagster_internals import private as dp
 
-PACKAGE = Path(dp.__file__).resolve().parents[1]  # llm_infer_dagster/
+PACKAGE = Path(dp.__file__).resolve().parents[2]  # llm_infer_dagster/
 
 # Package files (relative to llm_infer_dagster/) that still import ``dagster._...`` themselves.
-# TODO(issue 9): they move to dagster_private next; then this set is empty and stays so.
 ALLOWED_OFFENDERS: set[str] = set()  # files allowed a private import of their own: none
 
 
 def test_installed_dagster_minor_is_one_dagster_private_was_checked_against() -> None:
     minor = ".".join(dagster.__version__.split(".")[:2])
     assert minor in dp.CHECKED_MINORS, (
-        f"Dagster {dagster.__version__} is installed, but orchestration/dagster_private.py was checked against "
-        f"{', '.join(dp.CHECKED_MINORS)} only. Re-check it for {minor}: make every check in "
+        f"Dagster {dagster.__version__} is installed, but orchestration/dagster_internals/private.py was checked "
+        f"against {', '.join(dp.CHECKED_MINORS)} only. Re-check it for {minor}: make every check in "
         "tests/orchestration/test_dagster_private.py pass (fix the import or the caller of each name that moved), "
-        "run the tests of the modules named in dagster_private.py's comments, then add "
+        "run the tests of the modules named in private.py's comments, then add "
         f'"{minor}" to CHECKED_MINORS and move the dagster pins in pyproject.toml.'
     )
 
@@ -264,7 +263,7 @@ def test_what_we_rely_on_is_still_there(check: Callable[[], None]) -> None:
 
 def test_sqlite_connections_all_go_through_connect(tmp_path: Path) -> None:
     """PooledSqliteEventLogStorage pools by overriding ``_connect``: every run and index write must use it."""
-    from llm_infer_dagster.orchestration.event_batches import runless_entry
+    from llm_infer_dagster.orchestration.dagster_internals.event_batches import runless_entry
 
     shards: list[str] = []
 
@@ -305,7 +304,7 @@ def _offenders() -> dict[str, list[int]]:
     found = {}
     for path in sorted(PACKAGE.rglob("*.py")):
         rel = path.relative_to(PACKAGE).as_posix()
-        if rel != "orchestration/dagster_private.py" and (lines := _private_dagster_imports(path)):
+        if rel != "orchestration/dagster_internals/private.py" and (lines := _private_dagster_imports(path)):
             found[rel] = lines
     return found
 
@@ -313,9 +312,9 @@ def _offenders() -> dict[str, list[int]]:
 def test_only_dagster_private_imports_private_dagster_names() -> None:
     new = {rel: lines for rel, lines in _offenders().items() if rel not in ALLOWED_OFFENDERS}
     assert not new, (
-        f"private Dagster imports outside orchestration/dagster_private.py (file: lines): {new}. Import the name "
-        "from llm_infer_dagster.orchestration.dagster_private (add it there, with its comment and a check in "
-        "CONTRACTS here), or use a public dagster export."
+        f"private Dagster imports outside orchestration/dagster_internals/private.py (file: lines): {new}. Import the "
+        "name from llm_infer_dagster.orchestration.dagster_internals.private (add it there, with its comment and a "
+        "check in CONTRACTS here), or use a public dagster export."
     )
 
 

@@ -7,9 +7,12 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, AssetObservation, DagsterEventType, DagsterInstance
 
-from llm_infer_dagster.orchestration import event_batches
-from llm_infer_dagster.orchestration.dagster_private import DATA_VERSION_IS_USER_PROVIDED_TAG, DATA_VERSION_TAG
-from llm_infer_dagster.orchestration.event_batches import report_runless_asset_events
+from llm_infer_dagster.orchestration.dagster_internals import event_batches
+from llm_infer_dagster.orchestration.dagster_internals.event_batches import report_runless_asset_events
+from llm_infer_dagster.orchestration.dagster_internals.private import (
+    DATA_VERSION_IS_USER_PROVIDED_TAG,
+    DATA_VERSION_TAG,
+)
 
 
 @pytest.fixture

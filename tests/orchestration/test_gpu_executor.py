@@ -15,7 +15,7 @@ import yaml
 from dagster import AssetKey, DagsterInstance
 
 from llm_infer_dagster.errors import SettingsError
-from llm_infer_dagster.orchestration.gpu_executor import gpus_needed, step_command
+from llm_infer_dagster.orchestration.dagster_internals.gpu_executor import gpus_needed, step_command
 from llm_infer_dagster.runtime.leases import GpuLeaser
 
 DEFS = Path(__file__).with_name("executor_defs.py")

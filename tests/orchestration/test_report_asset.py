@@ -35,7 +35,7 @@ from llm_infer_dagster.orchestration.assets.report import (
     report_behind,
     report_key,
 )
-from llm_infer_dagster.orchestration.dagster_private import DATA_VERSION_TAG
+from llm_infer_dagster.orchestration.dagster_internals.private import DATA_VERSION_TAG
 from llm_infer_dagster.orchestration.registry import register_shards, registered_keys
 from llm_infer_dagster.orchestration.sensors import build_report_sensor
 from llm_infer_dagster.orchestration.staleness import stale_resolver

@@ -119,7 +119,7 @@ from pathlib import Path
 
 from dagster import DagsterInstance, execute_job, in_process_executor, job, op, reconstructable
 
-from llm_infer_dagster.orchestration.gpu_executor import gpu_executor
+from llm_infer_dagster.orchestration.dagster_internals.gpu_executor import gpu_executor
 from llm_infer_dagster.orchestration.run_health import process_tags
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llm_infer_dagster.errors import SettingsError
-from llm_infer_dagster.orchestration.gpu_executor import GPU_TAG, gpus_needed
+from llm_infer_dagster.orchestration.dagster_internals.gpu_executor import GPU_TAG, gpus_needed
 from llm_infer_dagster.orchestration.settings import RunSettings
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, AssetObservation, DagsterInstance
 
-from llm_infer_dagster.orchestration import sqlite_events
 from llm_infer_dagster.orchestration.cli import OLD_INSTANCE_YAML, _prepare_instance
-from llm_infer_dagster.orchestration.dagster_private import SqliteEventLogStorage
-from llm_infer_dagster.orchestration.sqlite_events import PooledSqliteEventLogStorage, instance_yaml
+from llm_infer_dagster.orchestration.dagster_internals import sqlite_events
+from llm_infer_dagster.orchestration.dagster_internals.private import SqliteEventLogStorage
+from llm_infer_dagster.orchestration.dagster_internals.sqlite_events import PooledSqliteEventLogStorage, instance_yaml
 
 
 def _instance(home: Path, pooled: bool) -> DagsterInstance:
@@ -64,6 +64,7 @@ def test_llm_infer_writes_the_pooled_config_only_where_it_owns_the_file(tmp_path
         ("old", OLD_INSTANCE_YAML),
         ("unmonitored", False),
         ("top_level_module", "top"),  # written before the event log moved into orchestration/
+        ("orchestration_module", "orch"),  # written before it moved into orchestration/dagster_internals/
         ("theirs", "telemetry:\n  enabled: true\n"),
     )
     for case, before in cases:
@@ -72,8 +73,14 @@ def test_llm_infer_writes_the_pooled_config_only_where_it_owns_the_file(tmp_path
         if before is not None:
             home.mkdir(parents=True)
             text = instance_yaml(home.resolve(), run_monitoring=False) if before is False else before
-            if before == "top":
-                text = instance_yaml(home.resolve()).replace("llm_infer_dagster.orchestration.", "llm_infer_dagster.")
+            if before in ("top", "orch"):
+                old_module = (
+                    "llm_infer_dagster.sqlite_events" if before == "top" else "llm_infer_dagster.orchestration."
+                )
+                text = instance_yaml(home.resolve()).replace(
+                    "llm_infer_dagster.orchestration.dagster_internals.sqlite_events",
+                    old_module + ("sqlite_events" if before == "orch" else ""),
+                )
             (home / "dagster.yaml").write_text(text)
         monkeypatch.delenv("DAGSTER_HOME", raising=False)
         _prepare_instance(out)

@@ -23,7 +23,7 @@ from dagster import (
     PreviewWarning,
 )
 
-from llm_infer_dagster.orchestration.dagster_private import AssetCheckEvaluationTargetMaterializationData
+from llm_infer_dagster.orchestration.dagster_internals.private import AssetCheckEvaluationTargetMaterializationData
 from llm_infer_dagster.shards.quality import ABOUT, CheckResult
 from llm_infer_dagster.tasks.task_settings import ANSWERS_CHECKS, COMPLETIONS_CHECKS, SETTINGS_FILE, CheckSettings
 

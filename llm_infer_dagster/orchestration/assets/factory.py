@@ -40,8 +40,8 @@ from llm_infer_dagster.orchestration.assets.checks import check_specs
 from llm_infer_dagster.orchestration.assets.metadata import shard_table
 from llm_infer_dagster.orchestration.assets.pipeline import ModelTarget, ShardPipeline
 from llm_infer_dagster.orchestration.assets.report import build_report_asset, report_key
-from llm_infer_dagster.orchestration.dagster_private import UnresolvedAssetJobDefinition
-from llm_infer_dagster.orchestration.gpu_executor import GPU_TAG, RUN_DEFAULTS_TAG, gpu_executor
+from llm_infer_dagster.orchestration.dagster_internals.gpu_executor import GPU_TAG, RUN_DEFAULTS_TAG, gpu_executor
+from llm_infer_dagster.orchestration.dagster_internals.private import UnresolvedAssetJobDefinition
 from llm_infer_dagster.orchestration.registry import input_key, partitions_def_for, register_shards
 from llm_infer_dagster.orchestration.settings import RunSettings
 from llm_infer_dagster.shards.manifest import ShardManifest

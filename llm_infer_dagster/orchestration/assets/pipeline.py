@@ -41,7 +41,7 @@ from llm_infer_dagster.orchestration.asset_keys import COMPLETIONS, asset_of, mo
 from llm_infer_dagster.orchestration.assets.checks import check_key, evaluation, latest_target
 from llm_infer_dagster.orchestration.assets.metadata import error_summary, preview
 from llm_infer_dagster.orchestration.assets.provenance import shard_tags
-from llm_infer_dagster.orchestration.dagster_private import DATA_VERSION_TAG, DEFAULT_DATA_VERSION
+from llm_infer_dagster.orchestration.dagster_internals.private import DATA_VERSION_TAG, DEFAULT_DATA_VERSION
 from llm_infer_dagster.orchestration.registry import recorded_input_versions
 from llm_infer_dagster.orchestration.settings import RunSettings
 from llm_infer_dagster.runtime.messages import Exited, Loaded, WorkerEvent

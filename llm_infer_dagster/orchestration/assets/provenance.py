@@ -6,7 +6,7 @@ records were seen). Dagster writes these itself only for outputs returned at the
 step over a range of partitions it records one combined input version for the whole range. The step logs
 each shard itself instead, the moment it is written, so it computes the same tags per shard, exactly as
 Dagster computes them (``compute_logical_data_version``; the tag names are Dagster's), with the pointer taken
-after the parent's own record was written. These are private Dagster names, from ``dagster_private.py``.
+after the parent's own record was written. These are private Dagster names, from ``dagster_internals/private.py``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 from dagster import AssetKey, DataVersion
 
-from llm_infer_dagster.orchestration.dagster_private import (
+from llm_infer_dagster.orchestration.dagster_internals.private import (
     CODE_VERSION_TAG,
     DATA_VERSION_TAG,
     NULL_EVENT_POINTER,

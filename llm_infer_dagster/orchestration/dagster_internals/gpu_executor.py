@@ -1,10 +1,10 @@
 """The Dagster executor every task job uses: each step in its own process, GPU steps on leased GPUs.
 
 Built on Dagster's ``StepDelegatingExecutor`` + ``StepHandler`` (the path dagster-docker and dagster-k8s
-take; these are ``dagster._core`` names, imported from ``dagster_private``, so the project pins Dagster's minor
-version and ``tests/orchestration/test_gpu_executor.py`` runs the real executor). A step's GPU need comes from
-its ``llm_infer/gpus`` tag: a number, or ``settings`` for workers x tensor_parallel_size of the run's settings
-(0 with use_cpu).
+take; these are ``dagster._core`` names, imported from ``private.py`` beside this file, so the project pins
+Dagster's minor version and ``tests/orchestration/test_gpu_executor.py`` runs the real executor). A step's GPU
+need comes from its ``llm_infer/gpus`` tag: a number, or ``settings`` for workers x tensor_parallel_size of the
+run's settings (0 with use_cpu).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 from dagster import AssetKey, DagsterEvent, Field, Noneable, executor, multiple_process_executor_requirements
 
 from llm_infer_dagster.orchestration.asset_keys import COMPLETIONS, asset_of
-from llm_infer_dagster.orchestration.dagster_private import (
+from llm_infer_dagster.orchestration.dagster_internals.private import (
     CheckStepHealthResult,
     RetryMode,
     StepDelegatingExecutor,

@@ -4,7 +4,7 @@ Registering 2,000 shards records 2,000 input observations. Through ``report_runl
 own write (on sqlite: two connections and two commits, about 16 ms), so registration time was mostly
 bookkeeping. Dagster's own batch call, ``store_event_batch``, is real on Postgres but loops one event at a time
 on sqlite; for sqlite this writes the same rows ``SqliteEventLogStorage.store_event`` writes, in one
-transaction per database file. These are ``dagster._core`` internals, imported from ``dagster_private``
+transaction per database file. These are ``dagster._core`` internals, imported from ``dagster_internals.private``
 (the project pins Dagster's minor version); ``tests/orchestration/test_event_batches.py`` checks that the events
 read back exactly as single writes do.
 """
@@ -24,7 +24,7 @@ from dagster import (
     EventLogEntry,
 )
 
-from llm_infer_dagster.orchestration.dagster_private import (
+from llm_infer_dagster.orchestration.dagster_internals.private import (
     RUNLESS_JOB_NAME,
     RUNLESS_RUN_ID,
     AssetObservationData,

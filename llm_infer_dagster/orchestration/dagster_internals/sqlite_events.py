@@ -1,0 +1,156 @@
+"""Dagster's sqlite event log, keeping its database connections open between writes.
+
+The stock ``SqliteEventLogStorage`` builds a SQLAlchemy engine, opens a connection, commits, closes it and
+disposes the engine for every single event, twice (the run's database and the cross-run index). That is
+about 13-16 ms an event on our 2-vCPU machine, and a shard records four materializations, so bookkeeping alone
+was ~60 ms a shard. This subclass keeps one engine per database file (a bounded LRU: the webserver touches
+every run's file), so an event costs about 4 ms; the files, schema and every query are Dagster's own, and a
+stock instance reads them unchanged. Engines are never shared across a fork.
+
+``llm-infer`` writes it into the ``dagster.yaml`` of the instances it creates; for another ``DAGSTER_HOME``
+add the ``event_log_storage`` block of ``instance_yaml`` (see the README). It subclasses ``dagster._core``
+internals (from ``dagster_private``), like the executor: the project pins Dagster's minor version and
+``tests/orchestration/test_sqlite_events.py`` checks it against the stock storage.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import QueuePool
+
+from llm_infer_dagster.orchestration.dagster_internals.private import SQLITE_BUSY_TIMEOUT_SECONDS, SqliteEventLogStorage
+
+MAX_ENGINES = 16  # open database files per process: the index, and the runs being written or read
+
+
+def _relaxed_sync(dbapi_connection: Any, _record: Any) -> None:
+    """``synchronous=NORMAL``: in WAL mode (Dagster creates its sqlite files in WAL) a commit then skips the fsync.
+
+    A killed process loses nothing committed (the WAL is in the OS's hands); only a power cut can roll back
+    the last commits before a checkpoint, never corrupt the file. Shards whose record is rolled back that way
+    are simply made again on resume. About a third of an event's write cost on our machine was that fsync.
+    """
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+class PooledSqliteEventLogStorage(SqliteEventLogStorage):
+    """``SqliteEventLogStorage`` with one long-lived engine per database file instead of one per write."""
+
+    # inst_data: Dagster's ConfigurableClassData (or None), passed through untouched.
+    def __init__(self, base_dir: str, inst_data: Any = None) -> None:
+        self._engines: OrderedDict[str, Engine] = OrderedDict()
+        self._tables: set[str] = set()  # schema facts that, once true, stay true
+        self._pid = os.getpid()
+        super().__init__(base_dir, inst_data)  # connects already (it checks the index's migrations)
+
+    @classmethod
+    def from_config_value(  # type: ignore[override]
+        cls, inst_data: Any, config_value: Any
+    ) -> PooledSqliteEventLogStorage:
+        return cls(inst_data=inst_data, **config_value)
+
+    def _engine(self, shard: str) -> Engine:
+        if os.getpid() != self._pid:  # a forked child must not use its parent's connections
+            for inherited in self._engines.values():
+                inherited.dispose(close=False)
+            self._engines.clear()
+            self._pid = os.getpid()
+        engine = self._engines.get(shard)
+        if engine is not None:
+            self._engines.move_to_end(shard)
+            return engine
+        engine = create_engine(
+            self.conn_string_for_shard(shard),
+            poolclass=QueuePool,
+            pool_size=1,
+            max_overflow=2,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
+        )
+        event.listen(engine, "connect", _relaxed_sync)
+        if shard not in self._initialized_dbs:
+            self._initdb(engine)
+            self._initialized_dbs.add(shard)
+        self._engines[shard] = engine
+        while len(self._engines) > MAX_ENGINES:
+            _, oldest = self._engines.popitem(last=False)
+            oldest.dispose()
+        return engine
+
+    @contextmanager
+    def _connect(self, shard: str) -> Iterator[Connection]:
+        with self._db_lock:
+            engine = self._engine(shard)
+            with engine.connect() as conn, conn.begin():
+                yield conn
+
+    def has_table(self, table_name: str) -> bool:
+        """The stock one opens a new engine on every asset event to ask; a table, once there, stays."""
+        if table_name in self._tables:
+            return True
+        found = super().has_table(table_name)  # its own connection: callers may hold the index one (and the lock)
+        if found:
+            self._tables.add(table_name)
+        return found
+
+    def _has_asset_key_index_cols_on_connection(self, conn: Connection) -> bool:
+        """Asked (with a schema inspection) on every asset event; columns, once there, stay."""
+        if "asset_key_index_cols" in self._tables:
+            return True
+        found = super()._has_asset_key_index_cols_on_connection(conn)
+        if found:
+            self._tables.add("asset_key_index_cols")
+        return found
+
+    def _dispose_engines(self) -> None:
+        with self._db_lock:
+            for engine in self._engines.values():
+                engine.dispose()
+            self._engines.clear()
+
+    def wipe(self) -> None:
+        self._dispose_engines()  # the run files are deleted: no connection may outlive them
+        self._tables.clear()
+        super().wipe()
+
+    def delete_events(self, run_id: str) -> None:
+        super().delete_events(run_id)
+        self._dispose_engines()
+
+    def dispose(self) -> None:
+        self._dispose_engines()
+        super().dispose()
+
+
+# Dagster's run monitoring (the daemon, under `dagster dev` or `dagster-daemon run`): fails runs stuck starting
+# or cancelling. The default run launcher cannot check a started run's worker; run_health.py covers that case.
+RUN_MONITORING_YAML = (
+    "run_monitoring:\n  enabled: true\n  start_timeout_seconds: 300\n  cancel_timeout_seconds: 300\n"
+    "  max_resume_run_attempts: 0\n  poll_interval_seconds: 60\n"
+)
+
+
+def instance_yaml(home: Path, *, run_monitoring: bool = True) -> str:
+    """The ``dagster.yaml`` ``llm-infer`` writes for a new instance at ``home``: sqlite, pooled event log.
+
+    ``run_monitoring=False`` gives what earlier versions wrote (upgraded in place by the CLI).
+    """
+    return (
+        "telemetry:\n  enabled: false\n"
+        "event_log_storage:\n"
+        f"  module: {__name__}\n"
+        f"  class: {PooledSqliteEventLogStorage.__name__}\n"
+        "  config:\n"
+        f"    base_dir: {home.resolve() / 'history' / 'runs'}\n"
+    ) + (RUN_MONITORING_YAML if run_monitoring else "")
