@@ -19,7 +19,8 @@ from pathlib import Path
 import polars as pl
 
 from llm_infer_dagster.engines.spec import EngineSpec
-from llm_infer_dagster.runtime.pool import ShardJob, WorkerPool
+from llm_infer_dagster.runtime.dispatch import ShardJob
+from llm_infer_dagster.runtime.pool import WorkerPool
 from llm_infer_dagster.runtime.ray_pool import RayWorkerPool, ray_session
 from llm_infer_dagster.shards.tables import PROMPT_SCHEMA
 from llm_infer_dagster.testing.tiny_model import build_tiny_model

@@ -347,8 +347,9 @@ def _child_platform(cfg: dict[str, Any]) -> dict[str, Any]:
     import polars as pl
 
     from llm_infer_dagster.engines.spec import EngineSpec
+    from llm_infer_dagster.runtime.dispatch import ShardJob
     from llm_infer_dagster.runtime.messages import Loaded, WorkerEvent
-    from llm_infer_dagster.runtime.pool import ShardJob, WorkerPool
+    from llm_infer_dagster.runtime.pool import WorkerPool
 
     prompts = make_prompts(cfg["prompts"], cfg["seed"])
     work = Path(cfg["work"])

@@ -18,75 +18,38 @@ import socket
 import subprocess
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence, Sized
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, assert_never
+from typing import IO, Any
 
 from llm_infer_dagster.engines.spec import EngineSpec
+from llm_infer_dagster.runtime.dispatch import (
+    Feed,
+    ShardJob,
+    ShardResult,
+    WorkerState,
+    dispatch,
+    read_messages,
+    result_of,
+)
 from llm_infer_dagster.runtime.leases import inherited_lease_fds
 from llm_infer_dagster.runtime.messages import (
-    FROM_WORKER,
-    Done,
     Exited,
-    Failed,
-    Fatal,
-    FromWorker,
-    Job,
-    Loaded,
     ProtocolError,
-    Ready,
     Setup,
-    Stop,
     ToWorker,
     WorkerEvent,
-    decode,
     encode,
 )
 
 
-@dataclass(frozen=True)
-class ShardJob:
-    key: str  # unique among the run's jobs (one shard may be a job per LoRA adapter)
-    prompts: str  # path of the prompts shard
-    output: str  # where the completions shard goes
-    adapter: str | None = None  # the LoRA adapter of the pool's engine spec it runs with (None: the base model)
-
-
-@dataclass
-class ShardResult:
-    key: str
-    worker: int
-    gpus: str
-    ok: bool
-    rows: int = 0
-    errors: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    seconds: float = 0.0
-    error: str | None = None
-    node: str = ""  # on Ray: which actor on which node ran it (empty for a local worker)
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
-
-
-@dataclass
-class _Worker:
-    index: int
-    gpus: str
+@dataclass(kw_only=True)
+class _Worker(WorkerState):
     proc: subprocess.Popen[str]
     msgs: IO[bytes]
     log_path: Path
-    buffer: bytes = b""
-    inflight: list[str] = field(default_factory=list)
-    fatal: str | None = None
     exit_reason: str | None = None
-    stopping: bool = False
-    clock: float = 0.0  # when its oldest in-flight shard started to be the one it works on (for the timeout)
-    timed_out: bool = False
     refused: bool = False  # it said something that is not this version's protocol: nothing more it says is read
 
 
@@ -175,7 +138,7 @@ class WorkerPool:
         proc.stdin.write(encode(Setup(worker=index, engine=self.spec, sampling=self.sampling, prefetch=self.prefetch)))
         proc.stdin.flush()
         os.set_blocking(read_fd, False)  # drained after the worker exits, while a child of it may hold the pipe
-        return _Worker(index, gpus, proc, os.fdopen(read_fd, "rb", buffering=0), log_path)
+        return _Worker(index=index, gpus=gpus, proc=proc, msgs=os.fdopen(read_fd, "rb", buffering=0), log_path=log_path)
 
     @staticmethod
     def _send(w: _Worker, msg: ToWorker) -> None:
@@ -197,7 +160,7 @@ class WorkerPool:
         # Made ahead: enough that a worker asking for its next shard never waits, few enough that making them
         # does not compete with the engines for CPU while they load (measured on 2 vCPUs: 2,000 shards made
         # at once during the load doubled the time to the first shard).
-        feed = _Feed(jobs, ahead=self.workers * self.prefetch + 1)
+        feed = Feed(jobs, ahead=self.workers * self.prefetch + 1)
         total = count if count is not None else (len(jobs) if isinstance(jobs, Sized) else None)
         if total == 0 or not feed.peek():
             return
@@ -244,9 +207,9 @@ class WorkerPool:
                 with contextlib.suppress(OSError):
                     w.msgs.close()
 
-    def _pump(self, w: _Worker, queue: _Feed) -> Generator[ShardResult, None, bool]:
+    def _pump(self, w: _Worker, queue: Feed) -> Generator[ShardResult, None, bool]:
         """Handle every message the worker has written so far, without blocking; True at EOF."""
-        eof = False
+        eof, data = False, b""
         while True:
             chunk = w.msgs.read(65536)
             if chunk is None:  # nothing more for now
@@ -254,18 +217,16 @@ class WorkerPool:
             if not chunk:
                 eof = w.stopping = True  # a worker that is going gets no more shards
                 break
-            w.buffer += chunk
-        *lines, w.buffer = w.buffer.split(b"\n")
-        for line in lines:
-            if line.strip() and not w.refused:
-                try:
-                    msg = decode(line)
-                    if not isinstance(msg, FROM_WORKER):
-                        raise ProtocolError(f"{msg.kind!r} is a message to a worker, not from one")
-                except ProtocolError as exc:
-                    self._refuse(w, exc)
-                    break
-                yield from self._handle(w, msg, queue)
+            data += chunk
+        if w.refused:
+            return eof
+        try:
+            for msg in read_messages(w, data):
+                self.on_message(w.index, msg)
+                if (landed := dispatch(w, msg, queue, lambda m: self._send(w, m))) is not None:
+                    yield result_of(w, landed)
+        except ProtocolError as exc:
+            self._refuse(w, exc)
         return eof
 
     @staticmethod
@@ -283,7 +244,7 @@ class WorkerPool:
         yield from self._reap(w)
 
     def _replace_if_timed_out(
-        self, w: _Worker, feed: _Feed, sel: selectors.BaseSelector, live: dict[int, _Worker], started: list[_Worker]
+        self, w: _Worker, feed: Feed, sel: selectors.BaseSelector, live: dict[int, _Worker], started: list[_Worker]
     ) -> None:
         """A worker stopped for a shard past the timeout is replaced while shards are left (same GPU slice)."""
         if not w.timed_out or not feed.peek():
@@ -307,31 +268,6 @@ class WorkerPool:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(w.proc.pid, signal.SIGKILL)
 
-    def _handle(self, w: _Worker, msg: FromWorker, queue: _Feed) -> Iterator[ShardResult]:
-        self.on_message(w.index, msg)
-        match msg:
-            case Ready():
-                job = None if w.stopping else queue.pop()
-                if job is not None:
-                    if not w.inflight:
-                        w.clock = time.monotonic()
-                    w.inflight.append(job.key)
-                    self._send(w, Job(shard=job.key, prompts=job.prompts, output=job.output, adapter=job.adapter))
-                elif not w.stopping:
-                    w.stopping = True
-                    self._send(w, Stop())
-            case Done() | Failed():
-                if msg.shard in w.inflight:
-                    w.inflight.remove(msg.shard)
-                    w.clock = time.monotonic()  # the next in-flight shard's time starts now
-                yield _result(w, msg)
-            case Fatal():
-                w.fatal = msg.error
-            case Loaded():
-                pass
-            case _:
-                assert_never(msg)
-
     def _reap(self, w: _Worker) -> Iterator[ShardResult]:
         code = w.proc.wait()
         why = w.fatal or _exit_reason(w.index, code)
@@ -347,58 +283,6 @@ class WorkerPool:
         if w.fatal or code != 0:
             w.exit_reason = why
             self.on_message(w.index, Exited(code=code, error=why, log=str(w.log_path)))
-
-
-def _result(w: _Worker, msg: Done | Failed) -> ShardResult:
-    if isinstance(msg, Failed):
-        return ShardResult(msg.shard, w.index, w.gpus, ok=False, error=msg.error)
-    return ShardResult(
-        msg.shard,
-        w.index,
-        w.gpus,
-        ok=True,
-        rows=msg.rows,
-        errors=msg.errors,
-        prompt_tokens=msg.prompt_tokens,
-        completion_tokens=msg.completion_tokens,
-        seconds=msg.seconds,
-    )
-
-
-class _Feed:
-    """Jobs taken in order from a (possibly lazy) iterable, some made ahead of need."""
-
-    def __init__(self, jobs: Iterable[ShardJob], ahead: int) -> None:
-        self._jobs = iter(jobs)
-        self._made: deque[ShardJob] = deque()
-        self._exhausted = False
-        self.ahead = ahead
-
-    @property
-    def can_make(self) -> bool:
-        """Whether to make one more now: not all made yet, and fewer than ``ahead`` waiting."""
-        return not self._exhausted and len(self._made) < self.ahead
-
-    def make_one(self) -> None:
-        if self._exhausted:
-            return
-        try:
-            self._made.append(next(self._jobs))
-        except StopIteration:
-            self._exhausted = True
-
-    def peek(self) -> bool:
-        """True if there is at least one job (making it if need be)."""
-        if not self._made:
-            self.make_one()
-        return bool(self._made)
-
-    def pop(self) -> ShardJob | None:
-        return self._made.popleft() if self.peek() else None
-
-    def put_back(self, job: ShardJob) -> None:
-        """``job`` goes first again (its worker was lost: another takes it next)."""
-        self._made.appendleft(job)
 
 
 POLL_SECONDS = 1.0  # how often the pool checks for workers that exited without closing their pipe

@@ -21,28 +21,29 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, assert_never
+from typing import Any
 
 from llm_infer_dagster.engines.spec import EngineSpec
 from llm_infer_dagster.errors import SettingsError
+from llm_infer_dagster.runtime.dispatch import (
+    Feed,
+    ShardJob,
+    ShardResult,
+    WorkerState,
+    dispatch,
+    read_messages,
+    result_of,
+)
 from llm_infer_dagster.runtime.messages import (
-    FROM_WORKER,
-    Done,
     Exited,
-    Failed,
-    Fatal,
-    FromWorker,
-    Job,
     Loaded,
     ProtocolError,
-    Ready,
     Setup,
-    Stop,
+    ToWorker,
     WorkerEvent,
-    decode,
     encode,
 )
-from llm_infer_dagster.runtime.pool import ShardJob, ShardResult, _exit_reason, _Feed
+from llm_infer_dagster.runtime.pool import _exit_reason
 
 #: Attempts a shard gets when the worker running it is lost (actor killed, node gone, worker process killed).
 RAY_SHARD_ATTEMPTS = 3
@@ -153,18 +154,11 @@ def _loopback_only(enabled: bool) -> Iterator[None]:
             setattr(constants, "ENABLE_RAY_CLUSTER", True if old_flag is None else old_flag)  # noqa: B010
 
 
-@dataclass
-class _Actor:
-    index: int
+@dataclass(kw_only=True)
+class _Actor(WorkerState):
     handle: Any
     where: dict[str, Any] = field(default_factory=dict)
     poll: Any = None  # the outstanding poll's ObjectRef
-    buffer: bytes = b""
-    inflight: list[str] = field(default_factory=list)
-    fatal: str | None = None
-    stopping: bool = False
-    clock: float = 0.0
-    timed_out: bool = False
     started: float = field(default_factory=time.monotonic)
     placed: bool = False  # its first poll came back: Ray created it on some node
     warned: float = 0.0
@@ -214,7 +208,7 @@ class RayWorkerPool:
             env["OMP_NUM_THREADS"] = "1"  # one CPU per actor (num_cpus=1): N engines on all cores thrash
         cls = ray.remote(num_cpus=1, num_gpus=self.num_gpus, max_concurrency=4, max_restarts=0)(WorkerActor)
         handle = cls.remote(self.worker_command, env, str(self.log_dir / f"worker-{index}.log"))
-        actor = _Actor(index, handle)
+        actor = _Actor(index=index, handle=handle)
         handle.send.remote(
             encode(Setup(worker=index, engine=self.spec, sampling=self.sampling, prefetch=self.prefetch))
         )
@@ -226,7 +220,7 @@ class RayWorkerPool:
         ray = import_ray()
         from ray.exceptions import RayActorError
 
-        feed = _Feed(jobs, ahead=self.workers * self.prefetch + 1)
+        feed = Feed(jobs, ahead=self.workers * self.prefetch + 1)
         total = count if count is not None else (len(jobs) if isinstance(jobs, Sized) else None)
         if total == 0 or not feed.peek():
             return
@@ -277,74 +271,27 @@ class RayWorkerPool:
                     ray.kill(a.handle)
 
     def _handle_bytes(
-        self, ray: Any, a: _Actor, data: bytes, feed: _Feed, by_key: dict[str, ShardJob]
+        self, ray: Any, a: _Actor, data: bytes, feed: Feed, by_key: dict[str, ShardJob]
     ) -> Iterator[ShardResult]:
-        a.buffer += data
-        *lines, a.buffer = a.buffer.split(b"\n")
-        for line in lines:
-            if not line.strip():
-                continue
-            try:
-                msg = decode(line)
-                if not isinstance(msg, FROM_WORKER):
-                    raise ProtocolError(f"{msg.kind!r} is a message to a worker, not from one")
-            except ProtocolError as exc:
-                a.fatal = f"worker {a.index} ({a.label}) sent a message this version cannot read: {exc}"
-                a.stopping = True
-                with contextlib.suppress(Exception):
-                    ray.kill(a.handle)
-                return
-            yield from self._handle(a, msg, feed, by_key)
+        def send(msg: ToWorker) -> None:
+            a.handle.send.remote(encode(msg))
 
-    def _handle(self, a: _Actor, msg: FromWorker, feed: _Feed, by_key: dict[str, ShardJob]) -> Iterator[ShardResult]:
-        self.on_message(a.index, msg)
-        match msg:
-            case Ready():
-                job = None if a.stopping else feed.pop()
-                if job is not None:
-                    if not a.inflight:
-                        a.clock = time.monotonic()
-                    a.inflight.append(job.key)
-                    by_key[job.key] = job
-                    a.handle.send.remote(
-                        encode(Job(shard=job.key, prompts=job.prompts, output=job.output, adapter=job.adapter))
-                    )
-                elif not a.stopping:
-                    a.stopping = True
-                    a.handle.send.remote(encode(Stop()))
-            case Done() | Failed():
-                if msg.shard in a.inflight:
-                    a.inflight.remove(msg.shard)
-                    a.clock = time.monotonic()
-                yield self._result(a, msg)
-            case Fatal():
-                a.fatal = msg.error
-            case Loaded():
-                if not a.where:
+        try:
+            for msg in read_messages(a, data):
+                self.on_message(a.index, msg)
+                landed = dispatch(a, msg, feed, send, on_job=lambda job: by_key.__setitem__(job.key, job))
+                if landed is not None:
+                    yield result_of(a, landed, node=a.label)
+                elif isinstance(msg, Loaded) and not a.where:
                     with contextlib.suppress(Exception):
-                        import ray
-
                         a.where = ray.get(a.handle.where.remote(), timeout=30)
+                    a.gpus = str(a.where.get("gpus") or "")
                     self.on_placed(a.index, f"{a.label}, gpus {a.where.get('gpus') or 'none'}")
-            case _:
-                assert_never(msg)
-
-    def _result(self, a: _Actor, msg: Done | Failed) -> ShardResult:
-        gpus, node = a.where.get("gpus", ""), a.label
-        if isinstance(msg, Failed):
-            return ShardResult(msg.shard, a.index, gpus, ok=False, error=msg.error, node=node)
-        return ShardResult(
-            msg.shard,
-            a.index,
-            gpus,
-            ok=True,
-            rows=msg.rows,
-            errors=msg.errors,
-            prompt_tokens=msg.prompt_tokens,
-            completion_tokens=msg.completion_tokens,
-            seconds=msg.seconds,
-            node=node,
-        )
+        except ProtocolError as exc:
+            a.fatal = f"worker {a.index} ({a.label}) sent a message this version cannot read: {exc}"
+            a.stopping = True
+            with contextlib.suppress(Exception):
+                ray.kill(a.handle)
 
     def _give_up(self, key: str, error: str, a: _Actor | None = None) -> ShardResult:
         return ShardResult(key, a.index if a else -1, a.where.get("gpus", "") if a else "", ok=False, error=error,
@@ -368,7 +315,7 @@ class RayWorkerPool:
         self,
         a: _Actor,
         why: str,
-        feed: _Feed,
+        feed: Feed,
         by_key: dict[str, ShardJob],
         live: dict[int, _Actor],
         reasons: list[str],

@@ -20,10 +20,11 @@ import pytest
 from llm_infer_dagster.engines.base import Completion
 from llm_infer_dagster.engines.spec import EngineSpec
 from llm_infer_dagster.errors import SettingsError
+from llm_infer_dagster.runtime.dispatch import ShardJob, ShardResult
 from llm_infer_dagster.runtime.gpus import split_gpus, visible_gpu_ids
 from llm_infer_dagster.runtime.leases import GpuLeaser
 from llm_infer_dagster.runtime.messages import Done, Exited, Fatal, Loaded, WorkerEvent
-from llm_infer_dagster.runtime.pool import ShardJob, ShardResult, WorkerPool
+from llm_infer_dagster.runtime.pool import WorkerPool
 from llm_infer_dagster.shards.tables import COMPLETION_SCHEMA, PROMPT_SCHEMA
 
 SAMPLING = {"temperature": 0, "max_tokens": 8}

@@ -19,8 +19,9 @@ from test_pool import FAKE_WORKER, SAMPLING, make_jobs, one_result_per_job, spec
 
 from llm_infer_dagster.engines.spec import EngineSpec
 from llm_infer_dagster.errors import SettingsError
+from llm_infer_dagster.runtime.dispatch import ShardResult
 from llm_infer_dagster.runtime.messages import Done, Exited, Loaded, Ready, WorkerEvent
-from llm_infer_dagster.runtime.pool import ShardResult, WorkerPool
+from llm_infer_dagster.runtime.pool import WorkerPool
 from llm_infer_dagster.runtime.ray_pool import RAY_SHARD_ATTEMPTS, RayWorkerPool, check_ray_address
 
 ray = pytest.importorskip("ray")  # the `ray` extra; CI installs it

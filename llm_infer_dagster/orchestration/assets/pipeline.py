@@ -44,8 +44,8 @@ from llm_infer_dagster.orchestration.assets.provenance import shard_tags
 from llm_infer_dagster.orchestration.dagster_internals.private import DATA_VERSION_TAG, DEFAULT_DATA_VERSION
 from llm_infer_dagster.orchestration.registry import recorded_input_versions
 from llm_infer_dagster.orchestration.settings import RunSettings
+from llm_infer_dagster.runtime.dispatch import ShardJob, ShardResult
 from llm_infer_dagster.runtime.messages import Exited, Loaded, WorkerEvent
-from llm_infer_dagster.runtime.pool import ShardJob, ShardResult
 from llm_infer_dagster.runtime.workers import open_worker_pool
 from llm_infer_dagster.shards.exports import export_shard
 from llm_infer_dagster.shards.locks import ShardLeases
