@@ -1,5 +1,8 @@
 """The package's layers, read from the source: each imports only the layers before it, and only
-``orchestration/`` imports Dagster (``definitions.py``, the code location, sits on top of it)."""
+``orchestration/`` imports Dagster (``definitions.py``, the code location, sits on top of it).
+
+tasks, shards, engines -> runtime -> deployment.py -> pipeline (the Dagster-free streaming loop) ->
+orchestration (Dagster: assets, the step adapter, CLI, Component) -> definitions.py."""
 
 from __future__ import annotations
 
@@ -16,11 +19,29 @@ DAGSTER = ("dagster", "dagster_shared", "dagster_webserver", "dagster_postgres")
 
 #: layer -> what it must not import (the later layers, and Dagster for all but orchestration)
 RULES: dict[str, tuple[str, ...]] = {
-    "tasks": (*DAGSTER, P + "shards", P + "engines", P + "runtime", P + "deployment", P + "orchestration"),
-    "shards": (*DAGSTER, P + "engines", P + "runtime", P + "deployment", P + "orchestration"),
-    "engines": (*DAGSTER, P + "tasks", P + "shards", P + "runtime", P + "deployment", P + "orchestration"),
-    "runtime": (*DAGSTER, P + "tasks", P + "deployment", P + "orchestration"),
-    "deployment.py": (*DAGSTER, P + "runtime", P + "orchestration"),
+    "tasks": (
+        *DAGSTER,
+        P + "shards",
+        P + "engines",
+        P + "runtime",
+        P + "deployment",
+        P + "pipeline",
+        P + "orchestration",
+    ),
+    "shards": (*DAGSTER, P + "engines", P + "runtime", P + "deployment", P + "pipeline", P + "orchestration"),
+    "engines": (
+        *DAGSTER,
+        P + "tasks",
+        P + "shards",
+        P + "runtime",
+        P + "deployment",
+        P + "pipeline",
+        P + "orchestration",
+    ),
+    "runtime": (*DAGSTER, P + "tasks", P + "deployment", P + "pipeline", P + "orchestration"),
+    "deployment.py": (*DAGSTER, P + "runtime", P + "pipeline", P + "orchestration"),
+    # the streaming loop: every layer above, no Dagster (orchestration/assets/pipeline.py adapts it)
+    "pipeline": (*DAGSTER, P + "orchestration"),
     "errors.py": (*DAGSTER, "llm_infer_dagster"),
 }
 

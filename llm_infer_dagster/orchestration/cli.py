@@ -710,7 +710,7 @@ def _one_line(err: Any) -> str:
 def _report(store: Any, keys: list[str], outcome: _Outcome, output: StorePath, kept: int = 0) -> int:
     import polars as pl
 
-    from llm_infer_dagster.orchestration.assets.metadata import error_summary
+    from llm_infer_dagster.pipeline.summaries import error_summary
 
     done = [k for k in keys if store.has("answers", k)]
     frames = [store.read_frame("answers", k) for k in done]

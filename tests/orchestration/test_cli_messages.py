@@ -40,7 +40,7 @@ def test_our_own_errors_lose_their_class_prefix_and_context_is_followed() -> Non
 
 
 def test_error_summary_counts_one_cause_whatever_its_numbers() -> None:
-    from llm_infer_dagster.orchestration.assets.metadata import error_summary
+    from llm_infer_dagster.pipeline.summaries import error_summary
 
     errors = ["prompt has 3100 tokens, more than 2048", "prompt has 2900 tokens, more than 2048", None, "boom"]
     assert error_summary(errors) == "2x prompt has 3100 tokens, more than 2048; 1x boom"

@@ -146,12 +146,12 @@ def test_vllm_adapters_share_one_engine_and_the_base_runs_apart_on_cpu(
 
 def test_engine_groups_put_models_of_one_base_in_one_pool() -> None:
     from llm_infer_dagster.engines.spec import EngineSpec
-    from llm_infer_dagster.orchestration.assets.pipeline import ModelTarget, engine_groups
+    from llm_infer_dagster.pipeline.stream import ModelTarget, engine_groups
 
     def target(name: str | None, model_type: str, path: str = "/m", adapter: str | None = None, *,
                device: str = "cpu", make: bool = True) -> ModelTarget:  # fmt: skip
         spec = EngineSpec(model_type=model_type, model_path=path, device=device)  # type: ignore[arg-type]
-        return ModelTarget(name, key(name, "completions"), key(name, "answers"), {}, spec, make, True, adapter)
+        return ModelTarget(name, {}, spec, make, True, adapter)
 
     def names(groups: list[list[ModelTarget]]) -> list[list[str | None]]:
         return [[t.name for t in g] for g in groups]

@@ -1,9 +1,10 @@
 """``build_task_assets(task)``: one task's partitioned assets raw -> prompts -> completions -> answers.
 
 The four assets (two more per named model) are one ``multi_asset`` that can be subset: a run over a range of
-shards is one step, in which ``ShardPipeline`` streams each shard through every selected asset and records it
-the moment it lands (so "materialize all" starts the model once, the engine never waits for prompts, and
-answers appear as completions do). Shards are Parquet files in the :class:`TaskStore`, not IO-manager outputs.
+shards is one step, in which ``ShardStream`` (``pipeline/stream.py``) streams each shard through every selected
+asset and the step records it the moment it lands (so "materialize all" starts the model once, the engine never
+waits for prompts, and answers appear as completions do). Shards are Parquet files in the :class:`TaskStore`, not
+IO-manager outputs.
 """
 
 import json
@@ -38,12 +39,13 @@ from llm_infer_dagster.engines.spec import EngineSpec
 from llm_infer_dagster.orchestration.asset_keys import PROMPTS, RAW, model_keys, task_key
 from llm_infer_dagster.orchestration.assets.checks import check_specs
 from llm_infer_dagster.orchestration.assets.metadata import shard_table
-from llm_infer_dagster.orchestration.assets.pipeline import ModelTarget, ShardPipeline
+from llm_infer_dagster.orchestration.assets.pipeline import run_step
 from llm_infer_dagster.orchestration.assets.report import build_report_asset, report_key
 from llm_infer_dagster.orchestration.dagster_internals.gpu_executor import GPU_TAG, RUN_DEFAULTS_TAG, gpu_executor
 from llm_infer_dagster.orchestration.dagster_internals.private import UnresolvedAssetJobDefinition
 from llm_infer_dagster.orchestration.registry import input_key, partitions_def_for, register_shards
 from llm_infer_dagster.orchestration.settings import RunSettings
+from llm_infer_dagster.pipeline.stream import ModelTarget
 from llm_infer_dagster.shards.manifest import ShardManifest
 from llm_infer_dagster.tasks.loader import TaskConfig
 from llm_infer_dagster.tasks.task_settings import ModelChoice
@@ -228,14 +230,11 @@ def _build_task_assets(
             if spec is not None and spec.model_type == "hf":
                 check_hf_supported(task.sampling_params)
             adapter = choice.adapter_path if choice else None  # a LoRA adapter runs on its base's engine
-            targets.append(
-                ModelTarget(model, comp_key, answers_key, all_versions[model], spec, make_comp, make_ans, adapter)
-            )
-        ShardPipeline(
-            context, task, deployment, settings,
-            keys={"input": input_spec.key, "raw": raw_key, "prompts": prompts_key},
-            versions=versions, targets=targets, make_raw=raw_key in selected, make_prompts=prompts_key in selected,
-        ).run()  # fmt: skip
+            targets.append(ModelTarget(model, all_versions[model], spec, make_comp, make_ans, adapter))
+        run_step(
+            context, task, deployment, settings, versions=versions, targets=targets,
+            make_raw=raw_key in selected, make_prompts=prompts_key in selected,
+        )  # fmt: skip
         yield from ()  # every shard was recorded as it landed: no outputs at step end
 
     task_job = define_asset_job(
