@@ -122,3 +122,18 @@ def test_the_code_location_reads_nothing_at_import() -> None:
     module = ast.parse(source)
     top_calls = [n for n in module.body if isinstance(n, ast.Assign | ast.Expr) and isinstance(n.value, ast.Call)]
     assert top_calls == []  # no `defs = build_definitions()` at import
+
+
+def test_run_batch_sits_on_the_cli_never_under_it() -> None:
+    """``run_batch.py`` wraps ``llm-infer`` (its flags, its run); the CLI imports it only where ``main``
+    dispatches ``llm-infer run-batch`` to it, and nothing of it (the output file is ``batch_output.py``)."""
+    tree = ast.parse((PACKAGE / "orchestration" / "cli.py").read_text(encoding="utf-8"))
+    where = []
+    for func in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
+        for node in ast.walk(func):
+            if isinstance(node, ast.ImportFrom) and (
+                node.module == P + "orchestration.run_batch"
+                or (node.module == P + "orchestration" and any(a.name == "run_batch" for a in node.names))
+            ):
+                where.append(func.name)
+    assert where == ["main"]

@@ -509,7 +509,7 @@ def run(args: argparse.Namespace) -> int:
 def _batch_output(defs: Definitions, args: argparse.Namespace, instance: Any, task: Any, store: Any, keys: list[str],
                   output: StorePath, input_path: str | None, failed: dict[str, str]) -> int:  # fmt: skip
     """Write the batch output (run-batch's -o, else results/openai_batch/<task>.jsonl); 1 if requests did not run."""
-    from llm_infer_dagster.orchestration.run_batch import write_batch_output
+    from llm_infer_dagster.orchestration.batch_output import write_batch_output
     from llm_infer_dagster.shards.storage import store_path
 
     chosen = getattr(args, "batch_output", None)
