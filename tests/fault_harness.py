@@ -308,7 +308,8 @@ def check_exact(job: Job) -> list[str]:
     return problems
 
 
-OWN_STDERR = ("task ", "llm-infer: ", "warning: ", "nothing to do", "report: ")  # what llm-infer writes to stderr
+#: What llm-infer writes to stderr itself (its last line names the command that opens the results in the UI).
+OWN_STDERR = ("task ", "llm-infer: ", "warning: ", "nothing to do", "report: ", "see them in the Dagster UI: ")
 
 
 def stderr_noise(cmd: Command) -> list[str]:
