@@ -47,8 +47,9 @@ def test_llm_infer_writes_every_result_to_s3_and_resumes(
     objects = {p.removeprefix(root + "/"): fs.info(p)["LastModified"] for p in fs.find(root)}
     kinds = sorted({"/".join(p.split("/")[:2]) for p in objects})
     assert kinds == ["args.json", "llm-infer.yaml", "logs/completions", "qa_regex/answers", "qa_regex/completions",
-                     "qa_regex/prompts", "qa_regex/raw", "qa_regex/report.json", "qa_regex/report.md", "qa_regex/report.svg",
-                     "qa_regex/shards.json", "results/extract", "results/index.json", "results/infer"]  # fmt: skip
+                     "qa_regex/prompts", "qa_regex/raw", "qa_regex/report.json", "qa_regex/report.md",
+                     "qa_regex/report.svg", "qa_regex/shards.json", "results/extract", "results/index.json",
+                     "results/infer"]  # fmt: skip
     assert sum(p.startswith("qa_regex/completions/") for p in objects) == 3
     from llm_infer_dagster.deployment import read_record  # the deployment is recorded beside the results
 
