@@ -151,6 +151,8 @@ def _deployment(args: argparse.Namespace, config_path: str, output: StorePath, t
         output_dir=str(output),
         shard_size=args.shard_size,
         source="llm-infer",
+        # How this command ran (CPU, workers...): the default of runs launched from the UI, a schedule or a sensor
+        run_defaults=_run_settings(args),
         model_path=model_path,
         model_type=args.model_type,
         dtype=args.dtype or "auto",
@@ -184,7 +186,7 @@ def _recorded_deployment(wanted: Deployment, args: argparse.Namespace) -> tuple[
         wanted = wanted.model_copy(update={k: getattr(recorded, k) for k in MODEL_FIELDS})
     diff = differences(recorded, wanted)
     if not diff:  # the same deployment (perhaps another task of it)
-        return with_tasks(recorded, *wanted.only_tasks), None
+        return with_tasks(recorded, *wanted.only_tasks).model_copy(update={"run_defaults": wanted.run_defaults}), None
     if not args.redeploy:
         check_agrees(wanted, fields=MODEL_AND_TASK_FIELDS, change_with="pass --redeploy to make this command's the "
                      "deployment (the shards it makes stale are redone)")  # fmt: skip
