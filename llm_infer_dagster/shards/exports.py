@@ -24,7 +24,8 @@ def seed_records(
     The seed's keys: file_name, file_idx, origin_data, prompt, model_response (always a string, stripped as
     the seed stripped it; ``""`` for a row that failed, its reason in ``error``) and, once answers exist,
     extracted_answer (inference-only records have no such key, as the seed's had none), and ``score`` for a
-    task that defines one.
+    task that defines one. ``model_response_raw`` is the first sample's exact text, unstripped (a code
+    completion's leading indentation, a trailing newline), ``""`` for a failed row.
     """
     df = raw.join(prompts.rename({"error": "prompt_error"}), on="record_id", how="left").join(
         completions.select("record_id", "response", "responses", "finish_reason", "error"),
@@ -50,6 +51,7 @@ def seed_records(
             "origin_data": json.loads(r["data"]),
             "prompt": prompt,
             "model_response": (r["response"] or "").strip(),
+            "model_response_raw": r["response"] or "",
             "responses": r["responses"],
             "finish_reason": r["finish_reason"],
             "error": r.get("answer_error") or r["error"] or r.get("prompt_error"),
