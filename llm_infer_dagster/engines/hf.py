@@ -1,8 +1,9 @@
 """The HuggingFace ``transformers`` backend: batched ``generate`` with vLLM's sampling semantics.
 
-The seed ran one prompt at a time and kept one sample. This engine left-pads prompts of similar length
-into batches, restores input order, keeps every sample, and follows vLLM where HF differs, so a task
-gives the same kind of answer on either backend:
+The seed ran one prompt at a time and kept one sample. This engine keeps up to ``batch_size`` sequences
+decoding at once with continuous batching (``hf_continuous.py``: a finished row leaves the batch and a
+queued prompt takes its slot, so the batch never waits for its longest row), restores input order, keeps
+every sample, and follows vLLM where HF differs, so a task gives the same kind of answer on either backend:
 
 - Parameters missing from the task mean vLLM's ``SamplingParams`` defaults, not the checkpoint's
   ``generation_config.json`` (the engine keeps only its special-token ids).
@@ -14,8 +15,9 @@ gives the same kind of answer on either backend:
   ("length"), as vLLM does.
 - LoRA adapters (``lora_adapters``) are loaded once with ``peft`` on top of the base model; ``generate``
   runs the one it names, or the base model (see :mod:`llm_infer_dagster.engines.lora`).
-- Prompts with their own sampling parameters are generated in groups of equal parameters;
-  ``structured_outputs`` masks logits with xgrammar (``hf_structured.py``).
+- Prompts with their own sampling parameters share the continuous batch. ``structured_outputs`` masks
+  logits with xgrammar (``hf_structured.py``) in static batches of equal parameters (``generate``, left-padded
+  prompts of similar length), as do all prompts of a model the continuous loop cannot drive.
 """
 
 from __future__ import annotations
@@ -35,9 +37,12 @@ from llm_infer_dagster.engines.base import (
     Prompt,
     Sampling,
     check_max_input_length,
+    per_prompt,
     sampling_groups,
+    sampling_key,
     too_long_error,
 )
+from llm_infer_dagster.engines.hf_continuous import ContinuousDecoder, Request, Sampler, unsupported_reason
 from llm_infer_dagster.engines.hf_sampling import check_hf_supported, normalize_stop, to_hf_generate_kwargs
 from llm_infer_dagster.engines.hf_structured import GrammarCompilerCache, GrammarLogitsProcessor
 from llm_infer_dagster.engines.lora import hf_with_adapters, use_adapter
@@ -148,6 +153,15 @@ class HFEngine:
             )
         self.max_model_len = int(max_model_len or derived or 2048)
         self._grammars: GrammarCompilerCache | None = None  # made when a prompt first asks for structured outputs
+        off = unsupported_reason(self._model)
+        if off is not None:
+            log.warning(
+                "continuous batching is off for %s (%s): static batches wait for their longest row",
+                self.model_path,
+                off,
+            )
+        # batch_size is the most sequences decoding at once (n samples of a prompt take n).
+        self._continuous = None if off is not None else ContinuousDecoder(self._model, self.device, batch_size)
 
     # ----------------------------------------------------------------------------------------- set-up
 
@@ -177,28 +191,112 @@ class HFEngine:
     ) -> list[Completion]:
         """One Completion per prompt, in input order, each with all ``n`` samples (with LoRA ``adapter``).
 
-        Raises :class:`TaskConfigError` for parameters HF cannot honour, before any work. With ``seed``,
-        the RNG is reseeded before every batch: the same prompts and settings give the same samples.
-        Prompts with different parameters (one mapping per prompt) run in groups of equal parameters.
+        Raises :class:`TaskConfigError` for parameters HF cannot honour, before any work. Prompts run through
+        the continuous loop (:mod:`~llm_infer_dagster.engines.hf_continuous`), whatever their parameters;
+        those with ``structured_outputs`` (whose grammar state lives in a per-batch logits processor) and
+        every prompt of a model the loop cannot drive run in static batches, one group of equal parameters
+        at a time. With ``seed``, a prompt samples from its own generator (continuous) or the RNG is
+        reseeded before every batch (static): the same prompts and settings give the same samples.
         """
         if self._model is None:
             raise RuntimeError("HFEngine.generate called after close()")
         groups = sampling_groups(sampling, len(prompts))
         for params, _ in groups:
             check_hf_supported(params)
-        if len(groups) == 1:
-            return self._generate_group(prompts, groups[0][0], adapter)
         results: list[Completion] = [Completion()] * len(prompts)
+        continuous: list[int] = []
         for params, indices in groups:
+            if self._continuous is not None and not params.get("structured_outputs"):
+                continuous.extend(indices)
+                continue
             group = self._generate_group([prompts[i] for i in indices], params, adapter)
             for i, completion in zip(indices, group, strict=True):
                 results[i] = completion
+        if continuous:
+            continuous.sort()
+            params_of = per_prompt(sampling, len(prompts))
+            done = self._generate_continuous(
+                [prompts[i] for i in continuous], [params_of[i] for i in continuous], adapter
+            )
+            for i, completion in zip(continuous, done, strict=True):
+                results[i] = completion
         return results
+
+    def _generate_continuous(
+        self, prompts: Sequence[Prompt], params: Sequence[Mapping[str, Any]], adapter: str | None
+    ) -> list[Completion]:
+        """Every prompt through the continuous loop, each with its own parameters."""
+        assert self._continuous is not None
+        results: list[Completion | None] = [None] * len(prompts)
+        encoded = self._encode_all(prompts, results)
+        samplers: dict[str, tuple[Sampler, dict[str, Any]]] = {}
+        requests: list[Request] = []
+        for item in encoded:
+            p = params[item.index]
+            key = sampling_key(p)
+            if key not in samplers:
+                kwargs = to_hf_generate_kwargs(p)
+                samplers[key] = (Sampler(kwargs), kwargs)
+            sampler, kwargs = samplers[key]
+            stop_ids = [int(t) for t in p.get("stop_token_ids") or []]
+            terminators = frozenset(stop_ids + ([] if p.get("ignore_eos") else self._eos_ids))
+            stop_strings = normalize_stop(p)
+            skip = bool(p.get("skip_special_tokens", True))
+            seed = p.get("seed")
+            generator = None
+            if sampler.do_sample and seed is not None:
+                generator = torch.Generator(device=self.device).manual_seed(int(seed))
+            requests.append(
+                Request(
+                    ids=item.ids,
+                    max_new=max(1, min(int(kwargs["max_new_tokens"]), self.max_model_len - len(item.ids))),
+                    sampler=sampler,
+                    samples=int(p.get("n", 1)) if sampler.do_sample else 1,
+                    terminators=terminators,
+                    min_tokens=int(kwargs.get("min_new_tokens", 0)),
+                    generator=generator,
+                    stopped=self._stop_check(stop_strings, skip) if stop_strings else None,
+                )
+            )
+        with use_adapter(self._model, self.lora_adapters, adapter):
+            generated = self._continuous.run(requests)
+        for item, request, samples in zip(encoded, requests, generated, strict=True):
+            p = params[item.index]
+            options = _DecodeOptions(
+                terminators=set(request.terminators),
+                stop_strings=normalize_stop(p),
+                skip_special_tokens=bool(p.get("skip_special_tokens", True)),
+                include_stop=bool(p.get("include_stop_str_in_output", False)),
+            )
+            finished = [self._finish(tokens, options) for tokens in samples]
+            n = int(p.get("n", 1))
+            if len(finished) != n:  # greedy: vLLM returns n identical samples
+                finished = finished * n
+            results[item.index] = Completion(
+                responses=[f[0] for f in finished],
+                finish_reasons=[f[1] for f in finished],
+                prompt_tokens=len(item.ids),
+                completion_tokens=sum(f[2] for f in finished),
+            )
+        return [r if r is not None else Completion(error="internal: prompt was not generated") for r in results]
+
+    def _stop_check(self, stop_strings: list[str], skip_special_tokens: bool) -> Callable[[list[int]], bool]:
+        """Whether new tokens complete a stop string, in the raw or the decoded text (as :meth:`_finish`)."""
+        modes = {False, skip_special_tokens}
+
+        def stopped(tokens: list[int]) -> bool:
+            return any(any(s in self._decode(tokens, skip) for s in stop_strings) for skip in modes)
+
+        return stopped
 
     def _generate_group(
         self, prompts: Sequence[Prompt], sampling: Mapping[str, Any], adapter: str | None
     ) -> list[Completion]:
-        """Every prompt with the same parameters (and LoRA ``adapter``, or the base model)."""
+        """Static batches: every prompt with the same parameters (and LoRA ``adapter``, or the base model).
+
+        Each batch runs ``generate`` until its longest row is done. Used for ``structured_outputs`` and for
+        models the continuous loop cannot drive.
+        """
         kwargs = to_hf_generate_kwargs(sampling)
         max_tokens = int(kwargs.pop("max_new_tokens"))
         n = int(sampling.get("n", 1))
