@@ -21,7 +21,6 @@ No Dagster here, and nothing reads the working directory when this module is imp
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -163,23 +162,6 @@ class Deployment(BaseSettings):
     def identity(self) -> dict[str, Any]:
         """The fields that decide what a shard holds: two deployments of one output folder must agree on them."""
         return self.model_dump(include=set(IDENTITY_FIELDS))
-
-    def env(self) -> dict[str, str]:
-        """These settings as the ``LLM_INFER_*`` variables that make every started process read them back."""
-        out: dict[str, str] = {}
-        for name, value in self.model_dump(exclude={"run_defaults", "source"}).items():
-            var = "LLM_INFER_OUTPUT" if name == "output_dir" else ENV_PREFIX + name.upper()
-            if value is not None:
-                out[var] = ("1" if value else "0") if isinstance(value, bool) else str(value)
-        if self.run_defaults:
-            out[ENV_PREFIX + "RUN_DEFAULTS"] = json.dumps(self.run_defaults)
-        return out
-
-    def export_env(self) -> None:
-        """Make these the deployment of this process's later loads and of every process it starts."""
-        for name in type(self).model_fields:
-            os.environ.pop("LLM_INFER_OUTPUT" if name == "output_dir" else ENV_PREFIX + name.upper(), None)
-        os.environ.update(self.env())
 
 
 def _one_line(exc: ValidationError, overrides: dict[str, Any]) -> str:

@@ -54,18 +54,6 @@ def test_named_models_fall_back_to_the_default_models_engine_dtype_and_length() 
     assert (named.model_path, named.model_type, named.dtype, named.max_model_len) == ("/qwen", "hf", "bfloat16", 128)
 
 
-def test_exported_variables_read_back_the_same_deployment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    d = Deployment.from_env(task_configs=str(tmp_path), output_dir=str(tmp_path / "out"), model_path="/m",
-                            limit=3, tasks="qa", format_prompt_func="build")  # fmt: skip
-    for var in d.env():  # setenv first: monkeypatch then restores each (export_env writes os.environ itself)
-        monkeypatch.setenv(var, "")
-        monkeypatch.delenv(var)
-    monkeypatch.setenv("LLM_INFER_INPUT_PATH", "/stale")  # set before, None now: export removes it
-    d.export_env()
-    assert "LLM_INFER_INPUT_PATH" not in os.environ
-    assert Deployment.from_env() == d
-
-
 def test_nothing_reads_the_working_directory_at_import(tmp_path: Path) -> None:
     """Importing the package (and building the default deployment) from any cwd gives the same paths."""
     code = "from llm_infer_dagster.deployment import Deployment; d = Deployment.from_env(); print(d.output_dir)"
