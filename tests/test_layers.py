@@ -1,7 +1,7 @@
 """The package's layers, read from the source: each imports only the layers before it, and only
 ``orchestration/`` imports Dagster (``definitions.py``, the code location, sits on top of it).
 
-tasks, shards, engines -> runtime -> deployment.py -> pipeline (the Dagster-free streaming loop) ->
+models -> tasks, shards, engines -> runtime -> deployment.py -> pipeline (the Dagster-free streaming loop) ->
 orchestration (Dagster: assets, the step adapter, CLI, Component) -> definitions.py."""
 
 from __future__ import annotations
@@ -29,6 +29,17 @@ RULES: dict[str, tuple[str, ...]] = {
         P + "orchestration",
     ),
     "shards": (*DAGSTER, P + "engines", P + "runtime", P + "deployment", P + "pipeline", P + "orchestration"),
+    # built model folders (the demo model, GGUF conversion): below the engines, which name its fix
+    "models": (
+        *DAGSTER,
+        P + "tasks",
+        P + "shards",
+        P + "engines",
+        P + "runtime",
+        P + "deployment",
+        P + "pipeline",
+        P + "orchestration",
+    ),
     "engines": (
         *DAGSTER,
         P + "tasks",

@@ -19,6 +19,7 @@ from typing import Any, get_args
 
 from llm_infer_dagster.engines.spec import Dtype, ModelType
 from llm_infer_dagster.errors import SettingsError
+from llm_infer_dagster.models.gguf import convert_hint, find_gguf
 
 MODEL_TYPES: tuple[ModelType, ...] = get_args(ModelType)
 DTYPES: tuple[Dtype, ...] = get_args(Dtype)
@@ -231,6 +232,8 @@ def check_engine_settings(
         raise SettingsError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     if not model_path:
         raise SettingsError("no model: pass --model_path or set LLM_INFER_MODEL_PATH")
+    if (gguf_file := find_gguf(model_path)) is not None:
+        raise SettingsError(f"--model_path: {convert_hint(gguf_file)}")
     if not (Path(model_path) / "config.json").is_file():
         raise SettingsError(
             f"model path {model_path!r} is not a local model folder (no config.json); models load from disk only"

@@ -760,6 +760,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from llm_infer_dagster.orchestration import ui
 
         return _execute(parse_strictly(ui.build_parser(), argv[1:]), ui.run)
+    if argv[:1] == ["demo-model"]:  # llm-infer demo-model: build (once) and print the demo model's folder
+        from llm_infer_dagster.orchestration import model_commands
+
+        return _execute(parse_strictly(model_commands.demo_model_parser(), argv[1:]), model_commands.run_demo_model)
+    if argv[:1] == ["convert-gguf"]:  # llm-infer convert-gguf FILE OUT_DIR
+        from llm_infer_dagster.orchestration import model_commands
+
+        parser = model_commands.convert_gguf_parser()
+        return _execute(parse_strictly(parser, argv[1:]), model_commands.run_convert_gguf)
     return _execute(parse_strictly(build_parser(), argv), run)
 
 
@@ -776,13 +785,14 @@ def _execute(args: argparse.Namespace, command: Any) -> int:
     except (OSError, DatabaseError) as exc:  # a full disk, a read-only or vanished output dir, mid-run
         why = " ".join(str(exc).split())[:300]
         free = None
+        where = getattr(args, "output_path", None) or getattr(args, "out_dir", None) or "."
         with contextlib.suppress(OSError):
-            free = shutil.disk_usage(args.output_path).free
+            free = shutil.disk_usage(where).free
         low = free is not None and free < 2**20
         full = getattr(exc, "errno", None) == errno.ENOSPC or "disk is full" in why or low
         if full:
             line = (
-                f"no space left on the disk holding {args.output_path} ({free} bytes free): {why}; finished shards "
+                f"no space left on the disk holding {where} ({free} bytes free): {why}; finished shards "
                 "are kept: free space and run the same command to resume"
             )
         else:

@@ -15,6 +15,7 @@ from typing import Any
 from dagster import Definitions
 
 from llm_infer_dagster.deployment import Deployment
+from llm_infer_dagster.models.gguf import convert_hint, find_gguf
 from llm_infer_dagster.orchestration.broken_tasks import BrokenTask, broken_tasks_definitions
 from llm_infer_dagster.orchestration.definitions import build_definitions
 from llm_infer_dagster.orchestration.settings import RunSettings
@@ -125,6 +126,8 @@ def missing_folders(deployment: Deployment, folder: Path, source: str) -> Broken
             "task folder (relative paths are relative to the file that declares it)"
         )  # fmt: skip
     model = deployment.model_path
+    if model and (gguf_file := find_gguf(model)) is not None:
+        return BrokenTask(folder.name, folder, f"{source}: model.model_path: {convert_hint(gguf_file)}")
     if model and Path(model).is_dir() and not (Path(model) / "config.json").is_file():
         return BrokenTask(
             folder.name, folder, f"{source}: model.model_path {model!r} holds no config.json; point it at a Hugging "
