@@ -84,6 +84,12 @@ def _sample_columns(reports: list[ModelReport]) -> list[TableColumn]:
     return out
 
 
+def _sample_keys(record: Mapping[str, object]) -> list[str]:
+    """A record's pass@k and maj@n keys in reading order (pass@1, pass@8, maj@8); a table record sorts its keys."""
+    keys = [k for k, v in record.items() if k.startswith(("pass@", "maj@")) and v is not None]
+    return sorted(keys, key=lambda k: (k.startswith("maj@"), int(k.split("@", 1)[1])))
+
+
 def report_key(task: TaskConfig) -> AssetKey:
     return task_key(task.dagster_name, REPORT)
 
@@ -106,9 +112,7 @@ def report_line(instance: DagsterInstance, task: TaskConfig) -> str:
         r = rec.data
         if r.get("mean_score") is not None:
             ci = f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}] ({r['ci_method']})" if r.get("ci_low") is not None else ""
-            sampled = "".join(
-                f", {k} {v:.4f}" for k, v in r.items() if k.startswith(("pass@", "maj@")) and v is not None
-            )
+            sampled = "".join(f", {k} {r[k]:.4f}" for k in _sample_keys(r))
             parts.append(f"{r['model']} mean score {r['mean_score']:.4f}{ci} over {r['scored']} rows{sampled}")
         else:
             parts.append(f"{r['model']} {r['extraction_rate']:.1%} of {r['rows']} rows extracted")
