@@ -62,6 +62,7 @@ SAMPLED_ANSWER_SCHEMA: Schema = {
     "majority_answer": pl.String,
     "majority_score": pl.Float64,
 }
+SAMPLED_COLUMNS: tuple[str, ...] = tuple(c for c in SAMPLED_ANSWER_SCHEMA if c not in SCORED_ANSWER_SCHEMA)
 
 #: asset name -> the schema of its frames
 SCHEMAS: dict[AssetName, Schema] = {

@@ -340,6 +340,8 @@ def test_n_samples_give_pass_at_1_pass_at_n_and_maj_at_n_in_the_answers_and_the_
             shard = per_row[-3:]  # each answers shard reports its own pass@k and maj@n
             assert md["pass@1"].value == pytest.approx(sum(c / n for n, c, _m in shard) / 3, abs=1e-6)
             assert md["maj@4"].value == pytest.approx(sum(m for _n, _c, m in shard) / 3, abs=1e-6)
+        seed = [r for k in keys for r in json.loads(store.result_path("extract", k).read_text())]
+        assert [(r["n_samples"], r["n_correct"]) for r in seed] == [(n, c) for n, c, _m in per_row]  # seed layout
         mat = _materialize_report(defs, bundle, instance)
         line = report_line(instance, task)
     pass1 = sum(c / n for n, c, _m in per_row) / 6
