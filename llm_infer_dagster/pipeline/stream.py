@@ -505,6 +505,7 @@ class ShardStream:
         if constrained:  # rows generated with structured_outputs: the share whose completion satisfies it
             structured = {"structured_outputs_rows": constrained, "structured_outputs_matched": matched,
                           "structured_outputs_match_rate": round(matched / constrained, 4)}  # fmt: skip
+        scored_columns = [c for c in ("score", "n_correct", "majority_answer") if c in df.columns]
         n_err = int(df["error"].is_not_null().sum())
         if n_err:
             self.log.warning(f"shard {shard}: {n_err} row(s) without an answer: {error_summary(df['error'].to_list())}")
@@ -518,9 +519,7 @@ class ShardStream:
             **(score_metadata(df) if score is not None else {}),
             "model_name": target.name or "default",
             **self._paths("answers", shard, target.name, "extract"),
-            "preview": Markdown(
-                preview_markdown(df, ["record_id", "answer", *(["score"] if score is not None else []), "error"])
-            ),
+            "preview": Markdown(preview_markdown(df, ["record_id", "answer", *scored_columns, "error"])),
         })  # fmt: skip
         self._check(target.answers, shard, answers_checks(comps, df, self.checks))  # blocking or not: nothing after
         self._release(shard)

@@ -14,6 +14,7 @@ from typing import Any
 import polars as pl
 
 from llm_infer_dagster.shards.store import TaskStore, atomic_write_text
+from llm_infer_dagster.shards.tables import SAMPLED_COLUMNS
 
 
 def seed_records(
@@ -24,7 +25,8 @@ def seed_records(
     The seed's keys: file_name, file_idx, origin_data, prompt, model_response (always a string, stripped as
     the seed stripped it; ``""`` for a row that failed, its reason in ``error``) and, once answers exist,
     extracted_answer (inference-only records have no such key, as the seed's had none), and ``score`` for a
-    task that defines one. ``model_response_raw`` is the first sample's exact text, unstripped (a code
+    task that defines one (with n > 1 samples also ``n_samples``, ``n_correct``, ``majority_answer`` and
+    ``majority_score``). ``model_response_raw`` is the first sample's exact text, unstripped (a code
     completion's leading indentation, a trailing newline), ``""`` for a failed row.
     """
     df = raw.join(prompts.rename({"error": "prompt_error"}), on="record_id", how="left").join(
@@ -33,10 +35,11 @@ def seed_records(
         how="left",
     )
     scored = answers is not None and "score" in answers.columns  # a task with score(answer, org_data)
+    sampled = [c for c in SAMPLED_COLUMNS if answers is not None and c in answers.columns]  # n > 1: pass@k's
     if answers is not None:
         df = df.join(
             answers.select(
-                "record_id", "answer", pl.col("error").alias("answer_error"), *(["score"] if scored else [])
+                "record_id", "answer", pl.col("error").alias("answer_error"), *(["score"] if scored else []), *sampled
             ),
             on="record_id",
             how="left",
@@ -61,6 +64,9 @@ def seed_records(
             record["extracted_answer"] = json.loads(answer) if answer is not None else None
             if scored:
                 record["score"] = r["score"]
+            for c in sampled:
+                value = r[c]
+                record[c] = json.loads(value) if c == "majority_answer" and value is not None else value
         out.append(record)
     return out
 

@@ -10,6 +10,8 @@ model (and the generation seconds its shards recorded in Dagster) and turns the 
   is 0 or 1 (accuracy: it stays inside [0, 1] and behaves at small n and near 0 or 1), otherwise the
   **Student t interval** ``mean ± t(0.975, n-1) · s / √n`` (s the sample standard deviation). One scored row
   has no interval. ``ci_method`` names the one used.
+- With ``n > 1`` samples per row and a ``score``: pass@1, pass@n and maj@n beside the mean score (which stays
+  the first sample's), named with the actual n (``pass@8``); ``shards/metrics.py`` says how they are computed.
 - tokens/s is completion tokens over the sum of the shards' generation seconds (each shard's ``seconds``):
   shards that share an engine overlap in time, so it is a lower bound of the engine's throughput, comparable
   between models run the same way.
@@ -27,8 +29,9 @@ from typing import Any, Literal
 
 import polars as pl
 
+from llm_infer_dagster.shards.metrics import SampleMetrics, sample_histogram, sample_metrics
 from llm_infer_dagster.shards.storage import RemotePath, StorePath
-from llm_infer_dagster.shards.tables import COMPLETION_SCHEMA, SCORED_ANSWER_SCHEMA
+from llm_infer_dagster.shards.tables import COMPLETION_SCHEMA, SAMPLED_ANSWER_SCHEMA
 
 __all__ = [
     "Interval",
@@ -37,6 +40,7 @@ __all__ = [
     "mean_interval",
     "model_report",
     "report_markdown",
+    "sample_columns",
     "score_metadata",
     "t_quantile",
     "wilson_interval",
@@ -145,6 +149,7 @@ class ModelReport:
     prompt_tokens: int
     completion_tokens: int
     seconds: float | None  # the shards' generation seconds, as recorded; None when none were
+    samples: SampleMetrics | None = None  # pass@1, pass@n, maj@n: a scored task with n > 1 samples per row
 
     @property
     def extraction_rate(self) -> float:
@@ -171,6 +176,7 @@ class ModelReport:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "tokens_per_s": None if self.tokens_per_s is None else round(self.tokens_per_s, 1),
+            **(self.samples.as_record() if self.samples is not None else {}),
         }
 
 
@@ -196,7 +202,7 @@ def model_report(
     if answers:
         score = pl.col("score")
         a = (
-            _scan(answers, SCORED_ANSWER_SCHEMA, ["answer", "error", "score"])
+            _scan(answers, SAMPLED_ANSWER_SCHEMA, ["answer", "error", "score"])
             .select(
                 rows=pl.len(),
                 errors=pl.col("error").is_not_null().sum(),
@@ -209,6 +215,13 @@ def model_report(
             .collect(engine="streaming")
             .row(0, named=True)
         )
+    samples = (
+        sample_metrics(
+            sample_histogram(_scan(answers, SAMPLED_ANSWER_SCHEMA, ["n_samples", "n_correct", "majority_score"]))
+        )
+        if answers
+        else None
+    )
     c: dict[str, Any] = {"prompt_tokens": 0, "completion_tokens": 0}
     if completions:
         c = (
@@ -233,33 +246,57 @@ def model_report(
         prompt_tokens=int(c["prompt_tokens"] or 0),
         completion_tokens=int(c["completion_tokens"] or 0),
         seconds=seconds,
+        samples=samples,
     )
 
 
 def score_metadata(answers: pl.DataFrame) -> dict[str, Any]:
-    """What one answers shard reports of its scores: ``scored`` rows and their ``mean_score`` (None if none)."""
+    """What one answers shard reports of its scores: ``scored`` rows and their ``mean_score`` (None if none),
+    and with n > 1 samples per row its pass@1, pass@n and maj@n."""
     scores = answers["score"].drop_nulls()
-    return {"scored": scores.len(), "mean_score": round(float(scores.mean()), 6) if scores.len() else None}  # type: ignore[arg-type]
+    md: dict[str, Any] = {
+        "scored": scores.len(),
+        "mean_score": round(float(scores.mean()), 6) if scores.len() else None,  # type: ignore[arg-type]
+    }
+    if "n_correct" in answers.columns:
+        samples = sample_metrics(sample_histogram(answers.lazy()))
+        md.update(samples.as_record(6) if samples is not None else {})
+    return md
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+def sample_columns(reports: Sequence[ModelReport]) -> list[str]:
+    """The pass@k and maj@n names the models have (``pass@1``, ``pass@8``, ``maj@8``), in order; none without
+    a model sampled n > 1 times."""
+    names: dict[str, None] = {}
+    for r in reports:
+        if r.samples is not None:
+            n = r.samples.n
+            names.update(dict.fromkeys(["pass@1", f"pass@{n}", f"maj@{n}"]))
+    return list(names)
+
+
 def report_markdown(reports: Sequence[ModelReport]) -> str:
-    """The models side by side, as a Markdown table."""
+    """The models side by side, as a Markdown table (with pass@k and maj@n after the mean score's interval)."""
+    extra = sample_columns(reports)
     head = (
         "| model | shards | rows | errors | extraction rate | scored | mean score | 95% CI | interval "
-        "| prompt tokens | completion tokens | tokens/s |"
+        + "".join(f"| {name} " for name in extra)
+        + "| prompt tokens | completion tokens | tokens/s |"
     )
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|"]
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---|---|" + "---:|" * len(extra) + "---:|---:|---:|"]
     for r in reports:
         iv = r.interval
         ci = "—" if iv is None else f"[{iv.low:.3f}, {iv.high:.3f}]"
+        metrics = r.samples.as_record() if r.samples is not None else {}
         lines.append(
             f"| {r.model} | {r.shards} | {r.rows} | {r.errors} | {r.extraction_rate:.1%} | {r.scored} "
-            f"| {_fmt(r.mean_score)} | {ci} | {iv.method if iv else '—'} | {r.prompt_tokens} "
-            f"| {r.completion_tokens} | {_fmt(r.tokens_per_s, 1)} |"
+            f"| {_fmt(r.mean_score)} | {ci} | {iv.method if iv else '—'} "
+            + "".join(f"| {_fmt(metrics.get(name))} " for name in extra)
+            + f"| {r.prompt_tokens} | {r.completion_tokens} | {_fmt(r.tokens_per_s, 1)} |"
         )
     return "\n".join(lines)
 

@@ -50,6 +50,20 @@ ANSWER_SCHEMA: Schema = {"record_id": pl.String, "answer": pl.String, "error": p
 #: the scorer returned None or failed). A task without a scorer keeps ANSWER_SCHEMA: the seed's tables as they were.
 SCORED_ANSWER_SCHEMA: Schema = {**ANSWER_SCHEMA, "score": pl.Float64}
 
+#: ``answers`` of a scored task sampled ``n > 1`` times (some row's ``sampling_params`` has ``"n"`` above 1):
+#: ``answer`` and ``score`` stay the first sample's; ``n_samples`` is the row's samples (0 without a completion),
+#: ``n_correct`` those scoring at least 1.0 (null where the row has no score: no completion, or the scorer
+#: returned None), ``majority_answer`` the majority vote of the samples' answers and ``majority_score`` its
+#: score. ``shards/metrics.py`` turns them into pass@k and maj@n.
+SAMPLED_ANSWER_SCHEMA: Schema = {
+    **SCORED_ANSWER_SCHEMA,
+    "n_samples": pl.Int64,
+    "n_correct": pl.Int64,
+    "majority_answer": pl.String,
+    "majority_score": pl.Float64,
+}
+SAMPLED_COLUMNS: tuple[str, ...] = tuple(c for c in SAMPLED_ANSWER_SCHEMA if c not in SCORED_ANSWER_SCHEMA)
+
 #: asset name -> the schema of its frames
 SCHEMAS: dict[AssetName, Schema] = {
     "raw": RAW_SCHEMA,

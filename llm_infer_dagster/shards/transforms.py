@@ -19,6 +19,7 @@ from typing import Any
 import polars as pl
 
 from llm_infer_dagster.errors import TaskConfigError
+from llm_infer_dagster.shards.metrics import CORRECT_AT, majority_vote
 from llm_infer_dagster.shards.sharding import Shard
 from llm_infer_dagster.shards.tables import (
     ANSWER_SCHEMA,
@@ -26,6 +27,7 @@ from llm_infer_dagster.shards.tables import (
     PROMPT_SCHEMA,
     RAW_SCHEMA,
     ROW_SAMPLING_COLUMN,
+    SAMPLED_ANSWER_SCHEMA,
     SCORED_ANSWER_SCHEMA,
 )
 from llm_infer_dagster.tasks.loader import JSON_HINT, RowPrompt, RowSamplingError, json_problem, to_json
@@ -112,6 +114,10 @@ def answers_frame(
     (not None), ``answer`` being what extract_answer returned and ``org_data`` the row read_file returned (from
     ``raw``, the shard's raw frame, which it then needs); the frame then has a ``score`` column. Without a
     scorer it is the seed's answers table, as before.
+
+    A scored shard sampled more than once per row (some row's ``sampling_params`` has ``n`` > 1) also extracts
+    and scores every other sample, for pass@k and maj@n (:data:`SAMPLED_ANSWER_SCHEMA`, ``shards/metrics.py``);
+    ``answer``, ``score`` and ``error`` stay the first sample's.
     """
     values: list[str | None] = []
     errors: list[str | None] = []
@@ -121,38 +127,78 @@ def answers_frame(
         if raw is None:
             raise ValueError("answers_frame: a score function needs the shard's raw rows (raw=)")
         rows = dict(zip(raw["record_id"].to_list(), raw["data"].to_list(), strict=True))
-    for row in completions.select("record_id", "response", "error").iter_rows(named=True):
+    sampled = score is not None and _sampled(completions)
+    per_sample: dict[str, list[Any]] = {"n_samples": [], "n_correct": [], "majority_answer": [], "majority_score": []}
+    columns_in = ["record_id", "response", "error", *(["responses"] if sampled else [])]
+    for row in completions.select(columns_in).iter_rows(named=True):
+        answer, ans, error = _extract(extract_answer, row["response"], row["record_id"], row["error"])
+        values.append(answer)
+        errors.append(error)
         scores.append(None)
-        if row["error"] is not None:
-            values.append(None)
-            errors.append(f"no completion: {row['error']}")
-            continue
-        try:
-            ans = extract_answer(row["response"])
-        except Exception as exc:
-            values.append(None)
-            errors.append(f"extract_answer raised {type(exc).__name__}: {exc}")
-            continue
-        if ans is None:
-            values.append(None)
-            errors.append(None)
-            continue
-        try:
-            values.append(to_json(ans))
-        except Exception:
-            values.append(None)
-            errors.append(
-                f"extract_answer returned a value JSON cannot encode: {json_problem(ans, 'answer')} "
-                f"(record {row['record_id']}); {JSON_HINT}"
+        declined = False
+        if score is not None and answer is not None:
+            scores[-1], errors[-1] = _score(score, ans, row["record_id"], rows)
+            declined = scores[-1] is None and errors[-1] is None
+        if sampled:
+            samples = (row["responses"] or []) if row["error"] is None else []
+            answers, sample_scores = [answer], [scores[-1]]
+            for text in samples[1:]:
+                other, other_ans, _why = _extract(extract_answer, text, row["record_id"], None)
+                value: float | None = None
+                if other is not None:
+                    value, why = _score(score, other_ans, row["record_id"], rows)  # type: ignore[arg-type]
+                    declined = declined or (value is None and why is None)
+                answers.append(other)
+                sample_scores.append(value)
+            counted = bool(samples) and not declined  # the scorer's None: this row has no score
+            winner = majority_vote(answers) if samples else None
+            per_sample["n_samples"].append(len(samples))
+            per_sample["n_correct"].append(
+                sum(v is not None and v >= CORRECT_AT for v in sample_scores) if counted else None
             )
-        else:
-            errors.append(None)
-            if score is not None:
-                scores[-1], errors[-1] = _score(score, ans, row["record_id"], rows)
+            per_sample["majority_answer"].append(answers[winner] if winner is not None else None)
+            per_sample["majority_score"].append(sample_scores[winner] if winner is not None else None)
     columns: dict[str, Any] = {"record_id": completions["record_id"], "answer": values, "error": errors}
     if score is None:  # the seed's table, as it was
         return pl.DataFrame(columns, schema=ANSWER_SCHEMA)
+    if sampled:
+        return pl.DataFrame({**columns, "score": scores, **per_sample}, schema=SAMPLED_ANSWER_SCHEMA)
     return pl.DataFrame({**columns, "score": scores}, schema=SCORED_ANSWER_SCHEMA)
+
+
+def _sampled(completions: pl.DataFrame) -> bool:
+    """Whether some row of the shard asked for more than one sample (its effective ``sampling_params``)."""
+    if "responses" not in completions.columns:
+        return False
+    if "sampling_params" not in completions.columns:
+        return bool((completions["responses"].list.len().max() or 0) > 1)  # type: ignore[operator]
+    return any(int(json.loads(p or "{}").get("n", 1)) > 1 for p in completions["sampling_params"].unique())
+
+
+def _extract(
+    extract_answer: Callable[[str], Any], text: str | None, record_id: str, failed: str | None
+) -> tuple[str | None, Any, str | None]:
+    """(the answer as JSON, the answer, None) or (None, None, why there is none; None when extract_answer
+    found nothing) of one sample; ``failed`` is the completion's error."""
+    if failed is not None:
+        return None, None, f"no completion: {failed}"
+    try:
+        ans = extract_answer(text)  # type: ignore[arg-type]
+    except Exception as exc:
+        return None, None, f"extract_answer raised {type(exc).__name__}: {exc}"
+    if ans is None:
+        return None, None, None
+    try:
+        return to_json(ans), ans, None
+    except Exception:
+        return (
+            None,
+            None,
+            (
+                f"extract_answer returned a value JSON cannot encode: {json_problem(ans, 'answer')} "
+                f"(record {record_id}); {JSON_HINT}"
+            ),
+        )
 
 
 def _score(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,12 +160,30 @@ def validate_sampling_params(params: Mapping[str, Any], source: str) -> dict[str
     return out
 
 
+#: vLLM's cap on ``n`` (``vllm.envs``), and the variable that raises it.
+MAX_N_ENV = "VLLM_MAX_N_SEQUENCES"
+_VLLM_MAX_N = 16384
+
+
+def max_samples() -> int:
+    """The most samples per prompt (``n``) vLLM takes: 16384, or ``VLLM_MAX_N_SEQUENCES`` where it is set."""
+    try:
+        return int(os.environ.get(MAX_N_ENV, _VLLM_MAX_N))
+    except ValueError:
+        return _VLLM_MAX_N
+
+
 def check_combination(params: Mapping[str, Any], source: str) -> None:
     """Constraints between keys, checked on the merged parameters."""
     max_tokens = params.get("max_tokens")
     min_tokens = params.get("min_tokens", 0)
     if max_tokens is not None and min_tokens > max_tokens:
         raise TaskConfigError(f'{source}: "min_tokens" ({min_tokens}) must not exceed "max_tokens" ({max_tokens})')
+    n, most = params.get("n", 1), max_samples()
+    if n > most:  # vLLM refuses it at the first request, after its engine started; refuse it for every engine
+        raise TaskConfigError(
+            f'{source}: "n" = {n} is above the {most} samples per prompt vLLM allows ({MAX_N_ENV}); lower "n"'
+        )
     if params.get("n", 1) > 1 and params.get("temperature", 1.0) == 0:
         # Greedy decoding gives n identical samples; vLLM refuses it outright, so refuse it for every engine.
         raise TaskConfigError(

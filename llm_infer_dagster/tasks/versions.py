@@ -6,7 +6,8 @@ right shards stale when a task's code, prompt files, sampling parameters or mode
 - completions:  prompts', plus the merged sampling parameters, the model identity (path + weights) and the
                 engine settings that change outputs (dtype, context length, ``--max_input_length``); for a
                 LoRA adapter also the content of its files, so new adapter weights make only its shards stale
-- answers:      completions', plus ``extract_answer`` (and ``score``, when the task defines one)
+- answers:      completions', plus ``extract_answer`` (and ``score``, when the task defines one; with ``n`` > 1
+                also :data:`SAMPLED_ANSWERS`, the version of the pass@k / maj@n columns)
 
 Each role's fingerprint is of the function actually used for it (the seed's ``--*_func`` flags may name
 another), so pointing ``--format_prompt_func`` at another function makes prompts and what follows stale.
@@ -29,6 +30,9 @@ from llm_infer_dagster.tasks.loader import SCORE_FUNCTION
 
 PROMPT_FILE_SUFFIXES = {".txt", ".md", ".jinja", ".j2", ".tmpl", ".template", ".prompt", ".yaml", ".yml"}
 WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".gguf"}
+#: Joins the answers' version of a scored task sampled n > 1 times: answers that score every sample (pass@k,
+#: maj@n). Change it when those columns change; completions keep their version.
+SAMPLED_ANSWERS = "sampled-answers-1"
 
 
 def _digest(parts: Iterable[str | bytes]) -> str:
@@ -169,4 +173,6 @@ def task_code_versions(
     answers = combine(completions, fingerprint("extract_answer"))
     if callable(getattr(module, SCORE_FUNCTION, None)):  # the optional scorer; a task without one keeps its versions
         answers = combine(answers, "score=" + function_fingerprint(module, [SCORE_FUNCTION]))
+        if int(sampling.get("n", 1)) > 1:  # every sample scored, for pass@k and maj@n: answers made before are stale
+            answers = combine(answers, SAMPLED_ANSWERS)
     return {"raw": raw, "prompts": prompts, "completions": completions, "answers": answers}

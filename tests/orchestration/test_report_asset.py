@@ -39,7 +39,7 @@ from llm_infer_dagster.orchestration.dagster_internals.private import DATA_VERSI
 from llm_infer_dagster.orchestration.registry import register_shards, registered_keys
 from llm_infer_dagster.orchestration.sensors import build_report_sensor
 from llm_infer_dagster.orchestration.staleness import stale_resolver
-from llm_infer_dagster.shards.tables import COMPLETION_SCHEMA, SCORED_ANSWER_SCHEMA
+from llm_infer_dagster.shards.tables import COMPLETION_SCHEMA, SAMPLED_ANSWER_SCHEMA, SCORED_ANSWER_SCHEMA
 from llm_infer_dagster.tasks.loader import load_task
 
 TASK = "score_example"
@@ -281,3 +281,79 @@ def test_llm_infer_makes_the_report_when_answers_changed(tmp_path: Path, tiny_mo
     assert extract.returncode == 0 and "report: default" in extract.stderr
     with instance_at(out) as instance:
         assert len(instance.fetch_materializations(AssetKey([TASK, "report"]), limit=10).records) == 2
+
+
+SAMPLED = CONTROLLED.replace(
+    "def extract_answer(model_response):\n    return len(model_response)",
+    "def extract_answer(model_response):\n    return len(model_response) % 3",
+).replace(
+    'def score(answer, org_data):\n    if org_data["gold"] == 3:\n        raise ValueError("no gold for 3")\n'
+    '    return (answer % 7) / 7 + org_data["gold"] / 100',
+    'def score(answer, org_data):\n    return float(answer == org_data["gold"] % 3)',
+)
+
+
+@pytest.mark.slow
+def test_n_samples_give_pass_at_1_pass_at_n_and_maj_at_n_in_the_answers_and_the_report(
+    tmp_path: Path, tiny_model_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import math
+
+    from llm_infer_dagster.orchestration.assets.report import report_line
+
+    assert SAMPLED != CONTROLLED and "% 3" in SAMPLED
+    s, task, bundle, defs, data = _setup(tmp_path, monkeypatch, rows=6)
+    (Path(task.folder) / "task_config.py").write_text(SAMPLED)  # the answer: a sample's length mod 3
+    (Path(task.folder) / "sampling_params.json").write_text('{"n": 4, "temperature": 1.0, "max_tokens": 6}')
+    s = Settings(task_configs=str(task.folder.parent), input_path=data, output_dir=str(tmp_path / "out"),
+                 model_path=tiny_model_path, model_type="hf", use_cpu=True)  # fmt: skip
+    task = load_task(task.folder.parent, TASK)
+    bundle = build_task_assets(task, s.deployment)
+    defs = Definitions(assets=bundle.all_assets, jobs=[bundle.job, bundle.report_job], resources={"settings": s.run})
+    store = s.store(TASK)
+    with DagsterInstance.get() as instance:
+        register_shards(instance, task, store, data, shard_size=3)
+        keys = registered_keys(instance, task)
+        result = defs.resolve_job_def(bundle.job.name).execute_in_process(
+            instance=instance,
+            tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},
+        )
+        assert result.success
+        per_row: list[tuple[int, int, bool]] = []  # (n, c, majority correct), recomputed from the samples
+        for k in keys:
+            comps, answers = store.read_frame("completions", k), store.read_frame("answers", k)
+            golds = [json.loads(d)["gold"] for d in store.read_frame("raw", k)["data"]]
+            assert dict(answers.schema) == SAMPLED_ANSWER_SCHEMA
+            assert answers["answer"].to_list() == [json.dumps(len(r) % 3) for r in comps["response"]]  # 1st sample
+            for samples, gold, row in zip(comps["responses"], golds, answers.iter_rows(named=True), strict=True):
+                votes = [len(t) % 3 for t in samples]
+                correct = [v == gold % 3 for v in votes]
+                winner = max(votes, key=lambda v: (votes.count(v), -votes.index(v)))
+                assert (row["n_samples"], row["n_correct"]) == (4, sum(correct))
+                assert row["majority_answer"] == json.dumps(winner)
+                per_row.append((4, sum(correct), winner == gold % 3))
+            md = next(
+                r.asset_materialization.metadata
+                for r in instance.fetch_materializations(bundle.model_key("answers", None), limit=10).records
+                if r.asset_materialization and r.asset_materialization.partition == k
+            )
+            shard = per_row[-3:]  # each answers shard reports its own pass@k and maj@n
+            assert md["pass@1"].value == pytest.approx(sum(c / n for n, c, _m in shard) / 3, abs=1e-6)
+            assert md["maj@4"].value == pytest.approx(sum(m for _n, _c, m in shard) / 3, abs=1e-6)
+        seed = [r for k in keys for r in json.loads(store.result_path("extract", k).read_text())]
+        assert [(r["n_samples"], r["n_correct"]) for r in seed] == [(n, c) for n, c, _m in per_row]  # seed layout
+        mat = _materialize_report(defs, bundle, instance)
+        line = report_line(instance, task)
+    pass1 = sum(c / n for n, c, _m in per_row) / 6
+    pass4 = sum(1 - math.comb(n - c, 4) / math.comb(n, 4) for n, c, _m in per_row) / 6
+    maj4 = sum(m for _n, _c, m in per_row) / 6
+    rec = mat.metadata["models"].value.records[0].data
+    assert (rec["pass@1"], rec["pass@4"], rec["maj@4"], rec["sampled_rows"], rec["rows@4"]) == (
+        round(pass1, 4), round(pass4, 4), round(maj4, 4), 6, 6)  # fmt: skip
+    assert rec["scored"] == 6 and rec["mean_score"] is not None  # the first sample's mean score, beside them
+    assert mat.metadata["pass@4/default"].value == pytest.approx(pass4, abs=1e-6)
+    assert mat.metadata["maj@4/default"].value == pytest.approx(maj4, abs=1e-6)
+    names = [c.name for c in mat.metadata["models"].value.schema.columns]
+    assert names.index("ci_method") < names.index("pass@1") < names.index("pass@4") < names.index("maj@4")
+    assert "| pass@1 | pass@4 | maj@4 |" in mat.metadata["report"].value
+    assert f"pass@1 {pass1:.4f}, pass@4 {pass4:.4f}, maj@4 {maj4:.4f}" in line

@@ -159,3 +159,27 @@ def test_chart_without_scores_shows_extraction_rate_and_handles_negative_scores(
     texts = [t.text for t in ET.fromstring(svg).iter("{http://www.w3.org/2000/svg}text")]
     assert "extraction rate" in texts and "mean score (95% CI)" not in texts and "b<c" in texts
     ET.fromstring(chart_svg([_report("neg", -2.5, -4.0, -1.0), _report("pos", 3.0, 1.0, 5.0)]))
+
+
+def test_model_report_with_n_samples_gives_pass_at_1_pass_at_n_and_maj_at_n_beside_the_mean(tmp_path: Path) -> None:
+    from llm_infer_dagster.shards.tables import SAMPLED_ANSWER_SCHEMA
+
+    a = tmp_path / "a.parquet"
+    pl.DataFrame(
+        {"record_id": ["f:0", "f:1", "f:2", "f:3"], "answer": ["1", "2", None, "1"], "error": [None] * 4,
+         "score": [1.0, 0.0, None, 1.0], "n_samples": [8, 8, 8, 8], "n_correct": [3, 0, 0, 8],
+         "majority_answer": ["2", "2", None, "1"], "majority_score": [0.0, 0.0, None, 1.0]},
+        schema=SAMPLED_ANSWER_SCHEMA,
+    ).write_parquet(a)  # fmt: skip
+    old = _answers(tmp_path / "old.parquet", [None, 1.0])  # a shard made before: no samples, in the mean only
+    r = model_report("m", [a, old], [])
+    assert r.mean_score == pytest.approx(3 / 4)  # the first sample's scores, as before
+    assert r.samples is not None and (r.samples.n, r.samples.rows, r.samples.rows_at_n) == (8, 4, 4)
+    assert r.samples.pass_at_1 == pytest.approx((3 / 8 + 0 + 0 + 1) / 4)
+    assert r.samples.pass_at_n == 0.5 and r.samples.maj_at_n == 0.25
+    rec = r.as_record()
+    assert (rec["pass@1"], rec["pass@8"], rec["maj@8"], rec["rows@8"]) == (0.3438, 0.5, 0.25, 4)
+    md = report_markdown([r, model_report("n1", [old], [])]).splitlines()
+    assert "| interval | pass@1 | pass@8 | maj@8 | prompt tokens |" in md[0]
+    assert md[1].count("|") == md[0].count("|")
+    assert "| 0.344 | 0.500 | 0.250 |" in md[2] and "| — | — | — |" in md[3]  # a model without samples: dashes

@@ -7,7 +7,13 @@ import json
 import polars as pl
 
 from llm_infer_dagster.shards.sharding import Shard
-from llm_infer_dagster.shards.tables import ANSWER_SCHEMA, PROMPT_SCHEMA, RAW_SCHEMA, SCORED_ANSWER_SCHEMA
+from llm_infer_dagster.shards.tables import (
+    ANSWER_SCHEMA,
+    PROMPT_SCHEMA,
+    RAW_SCHEMA,
+    SAMPLED_ANSWER_SCHEMA,
+    SCORED_ANSWER_SCHEMA,
+)
 from llm_infer_dagster.shards.transforms import answers_frame, prompts_frame, raw_frame
 
 SHARD = Shard(key="a_jsonl-0123abcd-00001", file="/d/a.jsonl", file_id="a_jsonl-0123abcd", chunk=1, start=4, stop=7)
@@ -106,3 +112,39 @@ def test_a_scorer_needs_the_raw_rows():
     comps = pl.DataFrame({"record_id": ["r0"], "response": ["4"], "error": [None]})
     with pytest.raises(ValueError, match="raw rows"):
         answers_frame(comps, int, lambda a, r: 1.0)
+
+
+def test_answers_frame_with_n_samples_scores_every_sample_and_votes_but_keeps_the_first_samples_answer():
+    raw = raw_frame(SHARD, [{"gold": 4}, {"gold": 4}, {"gold": 4}, {"gold": None}, {"gold": 4}])
+    samples = [
+        ["4", "5", "5", "4"],  # 2 correct; "4" and "5" tie 2-2: the earliest, "4", wins
+        ["5", "?", "4", "oops"],  # 1 correct; no answer and a raising extract_answer are not correct
+        ["?", "?", "?", "?"],  # nothing extracted: 0 correct, no majority
+        ["4", "4", "4", "4"],  # the scorer returns None (no gold): the row has no pass@k
+        [],  # no completion
+    ]
+    comps = pl.DataFrame(
+        {"record_id": raw["record_id"], "response": [s[0] if s else None for s in samples], "responses": samples,
+         "error": [None] * 4 + ["prompt too long"], "sampling_params": ['{"n": 4, "temperature": 0.8}'] * 5}
+    )  # fmt: skip
+
+    def extract(text: str) -> object:
+        if text == "oops":
+            raise ValueError("bad")
+        return int(text) if text.isdigit() else None
+
+    def score(answer: object, org_data: dict) -> float | None:
+        return None if org_data["gold"] is None else float(answer == org_data["gold"])
+
+    df = answers_frame(comps, extract, score, raw)
+    assert dict(df.schema) == SAMPLED_ANSWER_SCHEMA
+    assert df["answer"].to_list() == ["4", "5", None, "4", None]  # the first sample's, as with n = 1
+    assert df["score"].to_list() == [1.0, 0.0, None, None, None]
+    assert df["error"].to_list() == [None, None, None, None, "no completion: prompt too long"]
+    assert df["n_samples"].to_list() == [4, 4, 4, 4, 0]
+    assert df["n_correct"].to_list() == [2, 1, 0, None, None]
+    assert df["majority_answer"].to_list() == ["4", "5", None, "4", None]
+    assert df["majority_score"].to_list() == [1.0, 0.0, None, None, None]
+    # one sample per row (n = 1): the scored table, as before
+    one = comps.with_columns(responses=pl.col("responses").list.head(1), sampling_params=pl.lit('{"n": 1}'))
+    assert dict(answers_frame(one, extract, score, raw).schema) == SCORED_ANSWER_SCHEMA

@@ -642,3 +642,22 @@ def test_score_is_part_of_the_answers_version_only_and_absent_adds_nothing(tmp_p
     for a in ("raw", "prompts", "completions"):
         assert seed[a] == scored[a] == rescored[a]
     assert len({seed["answers"], scored["answers"], rescored["answers"]}) == 3
+
+
+def test_a_scored_task_sampled_n_times_has_its_own_answers_version_and_the_same_completions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Answers that score every sample (pass@k) replace ones made before; completions keep their version."""
+    from llm_infer_dagster.tasks import versions as versions_module
+
+    folder = make_task(tmp_path, "t", GOOD_TASK + SCORER)
+    (folder / "sampling_params.json").write_text('{"n": 4, "temperature": 0.8}', encoding="utf-8")
+    settings = Deployment.from_env(task_configs=str(tmp_path), output_dir=str(tmp_path / "out"))
+    before = code_versions(load_task(tmp_path, "t"), settings)[None]
+    monkeypatch.setattr(versions_module, "SAMPLED_ANSWERS", "sampled-answers-next")
+    after = code_versions(load_task(tmp_path, "t"), settings)[None]
+    assert after["completions"] == before["completions"] and after["answers"] != before["answers"]
+    (folder / "sampling_params.json").write_text('{"n": 1, "temperature": 0.8}', encoding="utf-8")
+    one = code_versions(load_task(tmp_path, "t"), settings)[None]
+    monkeypatch.setattr(versions_module, "SAMPLED_ANSWERS", "sampled-answers-1")
+    assert code_versions(load_task(tmp_path, "t"), settings)[None] == one  # n = 1: no such part

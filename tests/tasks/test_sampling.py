@@ -240,6 +240,22 @@ def test_greedy_with_several_samples_is_refused_for_every_engine(tmp_path: Path)
     assert str(task) in str(err.value) and 'set "temperature" above 0 or "n" to 1' in str(err.value)
 
 
+def test_n_above_what_vllm_allows_is_one_line_at_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    task = tmp_path / "sampling_params.json"
+    task.write_text('{"temperature": 0.7, "n": 16385}')
+    monkeypatch.delenv("VLLM_MAX_N_SEQUENCES", raising=False)
+    with pytest.raises(TaskConfigError) as err:
+        load_sampling_params(None, task)
+    assert str(err.value) == (
+        f'{task}: "n" = 16385 is above the 16384 samples per prompt vLLM allows (VLLM_MAX_N_SEQUENCES); lower "n"'
+    )
+    task.write_text('{"temperature": 0.7, "n": 16384}')
+    assert load_sampling_params(None, task)["n"] == 16384  # vLLM's own limit, not below it
+    monkeypatch.setenv("VLLM_MAX_N_SEQUENCES", "8")  # vLLM's variable lowers (or raises) it, as it does vLLM's
+    with pytest.raises(TaskConfigError, match='"n" = 16384 is above the 8 samples'):
+        load_sampling_params(None, task)
+
+
 # ------------------------------------------------------------------------------- the pydantic model
 
 

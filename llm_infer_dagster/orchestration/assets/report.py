@@ -35,12 +35,12 @@ from dagster import (
 from llm_infer_dagster.deployment import Deployment
 from llm_infer_dagster.orchestration.asset_keys import ANSWERS, REPORT, task_key
 from llm_infer_dagster.orchestration.registry import partitions_def_for
-from llm_infer_dagster.shards.report import ModelReport, chart_svg, model_report, report_markdown
+from llm_infer_dagster.shards.report import ModelReport, chart_svg, model_report, report_markdown, sample_columns
 from llm_infer_dagster.shards.store import atomic_write_text
 from llm_infer_dagster.tasks.loader import TaskConfig
 
 #: The report's code version: bump it when what the report computes changes.
-REPORT_CODE_VERSION = "report-1"
+REPORT_CODE_VERSION = "report-2"
 #: The report's metadata key holding the newest answers record (storage id) it read.
 ANSWERS_CURSOR = "answers_cursor"
 _PAGE = 1000
@@ -56,10 +56,38 @@ _COLUMNS = [
     TableColumn("ci_low", "float", description="95% confidence interval of the mean score"),
     TableColumn("ci_high", "float"),
     TableColumn("ci_method", "string", description="wilson (every score 0 or 1) or t (Student t)"),
+]
+_TOKEN_COLUMNS = [
     TableColumn("prompt_tokens", "int"),
     TableColumn("completion_tokens", "int"),
     TableColumn("tokens_per_s", "float", description="completion tokens / the shards' generation seconds"),
 ]
+
+
+def _sample_columns(reports: list[ModelReport]) -> list[TableColumn]:
+    """pass@1, pass@n, maj@n (named with the actual n) and the rows each averaged, where a model has them."""
+    names = sample_columns(reports)
+    if not names:
+        return []
+    out = []
+    for name in names:
+        k = name.split("@", 1)[1]
+        what = (
+            "majority vote of the n answers, then scored: share correct"
+            if name.startswith("maj@")
+            else (f"unbiased pass@{k} (Chen et al. 2021); correct = score >= 1.0")
+        )
+        out.append(TableColumn(name, "float", description=what))
+    out.append(TableColumn("sampled_rows", "int", description="rows in pass@1: with samples and a score"))
+    for n in dict.fromkeys(r.samples.n for r in reports if r.samples is not None):
+        out.append(TableColumn(f"rows@{n}", "int", description=f"rows with {n} samples: in pass@{n} and maj@{n}"))
+    return out
+
+
+def _sample_keys(record: Mapping[str, object]) -> list[str]:
+    """A record's pass@k and maj@n keys in reading order (pass@1, pass@8, maj@8); a table record sorts its keys."""
+    keys = [k for k, v in record.items() if k.startswith(("pass@", "maj@")) and v is not None]
+    return sorted(keys, key=lambda k: (k.startswith("maj@"), int(k.split("@", 1)[1])))
 
 
 def report_key(task: TaskConfig) -> AssetKey:
@@ -84,7 +112,8 @@ def report_line(instance: DagsterInstance, task: TaskConfig) -> str:
         r = rec.data
         if r.get("mean_score") is not None:
             ci = f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}] ({r['ci_method']})" if r.get("ci_low") is not None else ""
-            parts.append(f"{r['model']} mean score {r['mean_score']:.4f}{ci} over {r['scored']} rows")
+            sampled = "".join(f", {k} {r[k]:.4f}" for k in _sample_keys(r))
+            parts.append(f"{r['model']} mean score {r['mean_score']:.4f}{ci} over {r['scored']} rows{sampled}")
         else:
             parts.append(f"{r['model']} {r['extraction_rate']:.1%} of {r['rows']} rows extracted")
     path = mat.metadata.get("report_md")
@@ -142,7 +171,8 @@ def report_metadata(reports: list[ModelReport]) -> dict[str, MetadataValue]:
     uri = "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()
     md: dict[str, MetadataValue] = {
         "models": MetadataValue.table(
-            records=[TableRecord(r.as_record()) for r in reports], schema=TableSchema(columns=_COLUMNS)
+            records=[TableRecord(r.as_record()) for r in reports],
+            schema=TableSchema(columns=[*_COLUMNS, *_sample_columns(reports), *_TOKEN_COLUMNS]),
         ),
         "report": MetadataValue.md(report_markdown(reports)),
         "chart": MetadataValue.md(f"![models side by side]({uri})"),
@@ -151,6 +181,11 @@ def report_metadata(reports: list[ModelReport]) -> dict[str, MetadataValue]:
     for r in reports:  # numbers Dagster plots over the report's materializations
         if r.mean_score is not None:
             md[f"mean_score/{r.model}"] = MetadataValue.float(round(r.mean_score, 6))
+        if r.samples is not None:
+            n = r.samples.n
+            for name, value in (("pass@1", r.samples.pass_at_1), (f"pass@{n}", r.samples.pass_at_n),
+                                (f"maj@{n}", r.samples.maj_at_n)):  # fmt: skip
+                md[f"{name}/{r.model}"] = MetadataValue.float(round(value, 6))
     return md
 
 
@@ -172,7 +207,8 @@ def build_report_asset(
         description=(
             f"Every model of task {task.name} side by side: rows, errors, extraction rate, mean score (the "
             "task's score function) with a 95% confidence interval (Wilson for 0/1 scores, else Student t), "
-            "tokens and tokens/s; a table and a chart. Reads the answers and completions shards that exist."
+            "pass@1, pass@n and maj@n when rows are sampled n > 1 times, tokens and tokens/s; a table and a "
+            "chart. Reads the answers and completions shards that exist."
         ),
     )
     def report(context: AssetExecutionContext) -> MaterializeResult:
@@ -199,6 +235,12 @@ def build_report_asset(
             context.log.info(
                 f"{r.model}: {r.rows} rows, {r.extraction_rate:.1%} extracted"
                 + (f", mean score {r.mean_score:.4f} over {r.scored}" if r.mean_score is not None else "")
+                + (
+                    f", pass@1 {r.samples.pass_at_1:.4f}, pass@{r.samples.n} {r.samples.pass_at_n:.4f}, "
+                    f"maj@{r.samples.n} {r.samples.maj_at_n:.4f}"
+                    if r.samples is not None
+                    else ""
+                )
             )
         return MaterializeResult(
             metadata={
