@@ -293,7 +293,7 @@ class _Progress:
     device-hours spent and projected. It polls Dagster for the shards materialized since it started (one query
     per half second, whatever the number of shards): each one's time, rows and ``completion_tokens``."""
 
-    _BAR = "{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} rows{postfix}"
+    _BAR = "{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt}{postfix}"  # the rows, labeled by "rows/s" beside them
 
     def __init__(
         self, instance: Any, asset_key: Any, rows: dict[str, int], enabled: bool, devices: tuple[int, str] = (0, "")
@@ -308,7 +308,7 @@ class _Progress:
         self.pace = Throughput(sum(rows.values()), time.time(), devices=devices[0], unit=devices[1])
         self.final: Progress | None = None
         total = self.pace.rows_total
-        self.bar = tqdm(total=total, unit="row", unit_scale=total >= 100_000, bar_format=self._BAR,
+        self.bar = tqdm(total=total, unit="row", unit_scale=total >= 10_000, bar_format=self._BAR,
                         disable=not enabled, file=sys.stderr)  # fmt: skip
         self.bar.set_postfix_str(self.pace.at(time.time()).bar_text())
         # With no shard landing, the ETA and device-hours still move: redrawn each second on a terminal, and

@@ -49,8 +49,8 @@ class Progress:
         return None if self.eta_s is None else (self.elapsed_s + self.eta_s) * self.devices / 3600
 
     def bar_text(self) -> str:
-        """The progress bar's tail: ``312 rows/s, 41.2k tok/s, ETA 2:13:05, 0.31/~4.2 GPU-h`` (fits 80 columns
-        beside a short bar)."""
+        """The progress bar's tail: ``312 rows/s, 41.2k tok/s, ETA 2:13:05, 0.31/~4.2 GPU-h`` (with the bar's
+        head, ``45%|###| 450k/1.00M``, about 75 columns)."""
         parts = [f"{rate(self.rows_per_s)} rows/s"]
         if self.tokens_per_s is not None:
             parts.append(f"{rate(self.tokens_per_s)} tok/s")
@@ -175,10 +175,12 @@ def rate(x: float) -> str:
 
 
 def clock(seconds: float | None) -> str:
-    """``h:mm:ss`` (hours as many as it takes), ``?`` when unknown."""
+    """``m:ss`` under an hour, else ``h:mm:ss`` (hours as many as it takes); ``?`` when unknown."""
     if seconds is None:
         return "?"
     s = round(seconds)
+    if s < 3600:
+        return f"{s // 60}:{s % 60:02d}"
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 

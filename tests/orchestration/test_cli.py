@@ -30,7 +30,7 @@ def _check_pace(run, wall: float, completions) -> None:  # noqa: ANN001 - a Comp
     # The bar (on stderr, redrawn with \r) ends at every row with the rates, no ETA left and the CPU-hours spent;
     # the command's last stderr line is still the UI hint.
     draws = [d.strip() for d in re.split(r"[\r\n]", run.stderr) if "|" in d]
-    assert draws and re.search(r"23/23 rows, [\d.]+k? rows/s, [\d.]+k? tok/s, ETA 0:00:00, [\d.]+ CPU-h$", draws[-1])
+    assert draws and re.search(r"\| 23/23, [\d.]+k? rows/s, [\d.]+k? tok/s, ETA 0:00, [\d.]+ CPU-h$", draws[-1])
     assert run.stderr.strip().splitlines()[-1].startswith("see them in the Dagster UI: ")
 
 

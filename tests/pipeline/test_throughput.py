@@ -60,21 +60,21 @@ def test_done_runs_have_eta_zero_and_a_summary() -> None:
     p = t.at(3600.0)
     assert p.eta_s == 0 and p.projected_device_hours == pytest.approx(8.0)
     assert p.summary_text() == "3,000,000 output tokens at 833 tokens/s, 8 GPU-hours"
-    assert p.bar_text().endswith("ETA 0:00:00, 8 GPU-h")  # no projection once done
+    assert p.bar_text().endswith("ETA 0:00, 8 GPU-h")  # no projection once done
 
 
 def test_answers_alone_carry_no_tokens_and_cpu_runs_count_cores() -> None:
     t = Throughput(20, started=0.0, devices=0)
     t.landed(2.0, 10)
     p = t.at(4.0)
-    assert p.tokens_done is None and p.summary_text() == "" and p.bar_text() == "2.5 rows/s, ETA 0:00:04"
+    assert p.tokens_done is None and p.summary_text() == "" and p.bar_text() == "2.5 rows/s, ETA 0:04"
     cpu = Throughput(20, started=0.0, devices=2, unit="CPU")
     cpu.landed(3.0, 10, 40)
     md = cpu.at(3.0).metadata()
     assert md["run_cpus"] == 2 and md["run_cpu_hours"] == pytest.approx(round(6 / 3600, 6))
-    assert md["run_tokens_per_s"] == pytest.approx(13.3) and md["run_eta"] == "0:00:03"
+    assert md["run_tokens_per_s"] == pytest.approx(13.3) and md["run_eta"] == "0:03"
     assert "run_gpu_hours" not in md
-    assert cpu.at(3.0).log_text() == "10/20 rows, 3.3 rows/s, 13 tok/s, ETA 0:00:03, 0.0017/~0.0033 CPU-h"
+    assert cpu.at(3.0).log_text() == "10/20 rows, 3.3 rows/s, 13 tok/s, ETA 0:03, 0.0017/~0.0033 CPU-h"
 
 
 def test_a_landing_reported_late_is_placed_in_time() -> None:
@@ -94,6 +94,7 @@ def test_rate_format(value: float, text: str) -> None:
 
 def test_clock_and_hours_formats() -> None:
     assert clock(7985.4) == "2:13:05" and clock(360_000) == "100:00:00" and clock(None) == "?"
+    assert clock(3599) == "59:59" and clock(61) == "1:01"  # under an hour: m:ss
     assert [hours(h) for h in (0, 0.00001, 0.0004, 0.31, 4.2, 12.345, 1234.5)] == [
         "0", "<0.0001", "0.0004", "0.31", "4.2", "12.3", "1,234",
     ]  # fmt: skip
