@@ -296,7 +296,13 @@ class _Progress:
     _BAR = "{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt}{postfix}"  # the rows, labeled by "rows/s" beside them
 
     def __init__(
-        self, instance: Any, asset_key: Any, rows: dict[str, int], enabled: bool, devices: tuple[int, str] = (0, "")
+        self,
+        instance: Any,
+        asset_key: Any,
+        rows: dict[str, int],
+        enabled: bool,
+        devices: tuple[int, str] = (0, ""),
+        workers: int = 1,
     ) -> None:
         from tqdm import tqdm
 
@@ -305,7 +311,7 @@ class _Progress:
         self.instance, self.asset_key, self.rows = instance, asset_key, rows
         self.cursor = instance.event_log_storage.get_maximum_record_id() or 0
         self.seen: set[str] = set()
-        self.pace = Throughput(sum(rows.values()), time.time(), devices=devices[0], unit=devices[1])
+        self.pace = Throughput(sum(rows.values()), time.time(), devices=devices[0], unit=devices[1], parallel=workers)
         self.final: Progress | None = None
         total = self.pace.rows_total
         self.bar = tqdm(total=total, unit="row", unit_scale=total >= 10_000, bar_format=self._BAR,
@@ -667,7 +673,7 @@ def _launch(
 
         devices = devices_in_use(run_cfg["workers"], run_cfg["tensor_parallel_size"], use_cpu=run_cfg["use_cpu"],
                                  ray_address=run_cfg.get("ray_address"))  # fmt: skip
-    with _Progress(instance, watched, {k: rows[k] for k in shards}, progress, devices) as bar:
+    with _Progress(instance, watched, {k: rows[k] for k in shards}, progress, devices, run_cfg["workers"]) as bar:
         for plan in plans:
             log.info("run %s..%s (%s)", plan.first, plan.last, ", ".join(plan.assets))
             # Dagster prints what it could not write to the event log (a full disk) straight to stderr: to
