@@ -46,10 +46,13 @@ def write_qa_input(path: Path, files: int, rows: int) -> None:
                 fh.write(json.dumps({"question": f"What is {f} + {i}?", "gold": f + i}) + "\n")
 
 
-def llm_infer(*args: str, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run `python -m llm_infer_dagster` (the `llm-infer` command) as a user would."""
+def llm_infer(
+    *args: str, env: dict[str, str] | None = None, timeout: int = 300, progress: bool = False
+) -> subprocess.CompletedProcess:
+    """Run `python -m llm_infer_dagster` (the `llm-infer` command) as a user would (with its progress bar on
+    stderr if ``progress``)."""
     return subprocess.run(
-        [sys.executable, "-m", "llm_infer_dagster", "--no_progress", *args],
+        [sys.executable, "-m", "llm_infer_dagster", *([] if progress else ["--no_progress"]), *args],
         capture_output=True, text=True, env=env or cli_env(), timeout=timeout, cwd=REPO,
     )  # fmt: skip
 

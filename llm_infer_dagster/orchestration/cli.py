@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from dagster import Definitions
 
     from llm_infer_dagster.deployment import Deployment
+    from llm_infer_dagster.pipeline.throughput import Progress
     from llm_infer_dagster.shards.storage import StorePath
 
 log = logging.getLogger("llm_infer")
@@ -287,24 +289,69 @@ def _prepare_instance(output: Path) -> None:
 
 
 class _Progress:
-    """A terminal bar of rows and shards done, fed by polling Dagster for the shards materialized since start."""
+    """A terminal bar of rows done with the run's pace (``pipeline/throughput.py``): rows/s, output tokens/s, ETA,
+    device-hours spent and projected. It polls Dagster for the shards materialized since it started (one query
+    per half second, whatever the number of shards): each one's time, rows and ``completion_tokens``."""
 
-    def __init__(self, instance: Any, asset_key: Any, rows: dict[str, int], enabled: bool) -> None:
+    _BAR = "{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt}{postfix}"  # the rows, labeled by "rows/s" beside them
+
+    def __init__(
+        self,
+        instance: Any,
+        asset_key: Any,
+        rows: dict[str, int],
+        enabled: bool,
+        devices: tuple[int, str] = (0, ""),
+        workers: int = 1,
+    ) -> None:
         from tqdm import tqdm
+
+        from llm_infer_dagster.pipeline.throughput import Throughput
 
         self.instance, self.asset_key, self.rows = instance, asset_key, rows
         self.cursor = instance.event_log_storage.get_maximum_record_id() or 0
-        self.bar = tqdm(total=sum(rows.values()), unit="row", desc="rows", disable=not enabled, file=sys.stderr)
-        self.bar.set_postfix_str(f"shards 0/{len(rows)}")
+        self.seen: set[str] = set()
+        self.pace = Throughput(sum(rows.values()), time.time(), devices=devices[0], unit=devices[1], parallel=workers)
+        self.final: Progress | None = None
+        total = self.pace.rows_total
+        self.bar = tqdm(total=total, unit="row", unit_scale=total >= 10_000, bar_format=self._BAR,
+                        disable=not enabled, file=sys.stderr)  # fmt: skip
+        self.bar.set_postfix_str(self.pace.at(time.time()).bar_text())
+        # With no shard landing, the ETA and device-hours still move: redrawn each second on a terminal, and
+        # only now and then into a file (a log of a long run gets no line every half second).
+        self.tick, self.drawn = (1.0 if sys.stderr.isatty() else 60.0), time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
-    def _update(self) -> None:
-        done = self.instance.get_materialized_partitions(self.asset_key, after_cursor=self.cursor) & set(self.rows)
-        rows_done = sum(self.rows[k] for k in done)
-        if rows_done != self.bar.n:
-            self.bar.set_postfix_str(f"shards {len(done)}/{len(self.rows)}", refresh=False)
-            self.bar.update(rows_done - self.bar.n)
+    def _read(self) -> None:
+        """Feed the pace with the shards materialized since the last look."""
+        from dagster import AssetRecordsFilter
+
+        cursor = None
+        while True:
+            page = self.instance.fetch_materializations(
+                AssetRecordsFilter(asset_key=self.asset_key, after_storage_id=self.cursor),
+                limit=1000, cursor=cursor, ascending=True,
+            )  # fmt: skip
+            for record in page.records:
+                key, mat = record.partition_key, record.asset_materialization
+                self.cursor = max(self.cursor, record.storage_id)
+                if key in self.rows and key not in self.seen and mat is not None:
+                    self.seen.add(key)
+                    tokens = mat.metadata.get("completion_tokens")  # absent on answers (no model ran)
+                    n = tokens.value if tokens is not None else None
+                    self.pace.landed(record.timestamp, self.rows[key], n if isinstance(n, int) else None)
+            if not page.has_more:
+                return
+            cursor = page.cursor
+
+    def _update(self, force: bool = False) -> None:
+        self._read()
+        landed = self.pace.rows_done - self.bar.n
+        if landed or force or time.monotonic() - self.drawn >= self.tick:
+            self.bar.set_postfix_str(self.pace.at(time.time()).bar_text(), refresh=not landed)
+            self.bar.update(landed)
+            self.drawn = time.monotonic()
 
     def _poll(self) -> None:
         while not self._stop.wait(0.5):
@@ -318,7 +365,9 @@ class _Progress:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self._update()
+        with contextlib.suppress(Exception):
+            self._update(force=True)
+        self.final = self.pace.at(time.time())
         self.bar.close()
 
 
@@ -618,7 +667,13 @@ def _launch(
     watched = task_key(name, COMPLETIONS if model_runs else ANSWERS)
     shards = {k for p in (model_runs or plans) for k in keys[keys.index(p.first) : keys.index(p.last) + 1]}
     outcome = _Outcome()
-    with _Progress(instance, watched, {k: rows[k] for k in shards}, progress):
+    devices = (0, "")  # no model runs: no device-hours
+    if model_runs:
+        from llm_infer_dagster.runtime.workers import devices_in_use
+
+        devices = devices_in_use(run_cfg["workers"], run_cfg["tensor_parallel_size"], use_cpu=run_cfg["use_cpu"],
+                                 ray_address=run_cfg.get("ray_address"))  # fmt: skip
+    with _Progress(instance, watched, {k: rows[k] for k in shards}, progress, devices, run_cfg["workers"]) as bar:
         for plan in plans:
             log.info("run %s..%s (%s)", plan.first, plan.last, ", ".join(plan.assets))
             # Dagster prints what it could not write to the event log (a full disk) straight to stderr: to
@@ -634,6 +689,7 @@ def _launch(
             log.info("run %s %s", result.run_id, "succeeded" if result.success else "FAILED")
             if not result.success:
                 outcome.read_failures(result.run_id, result.all_events)
+    outcome.pace = bar.final
     return outcome
 
 
@@ -657,6 +713,7 @@ class _Outcome:
         self.ok, self.bad_input = True, True
         self.failed_shards: dict[str, str] = {}
         self.busy: dict[str, str] = {}  # shard -> who is making it (another run held its lease)
+        self.pace: Progress | None = None  # what this command's runs made, how fast (None: nothing ran)
 
     def read_failures(self, run_id: str, events: Sequence[Any]) -> None:
         """One line per failure: the shards a step reports, or the innermost cause of an exception."""
@@ -722,6 +779,7 @@ def _report(store: Any, keys: list[str], outcome: _Outcome, output: StorePath, k
         f"{len(done)}/{len(keys)} shards done, {df.height} rows, {len(errors)} rows failed"
         + (f" ({error_summary(errors)})" if errors else "")
         + (f", {kept} shard(s) kept from before their input shrank" if kept else "")
+        + (f"; this run: {ran}" if outcome.pace is not None and (ran := outcome.pace.summary_text()) else "")
         + f"; results in {output / 'results'}"
     )
     if outcome.failed_shards:

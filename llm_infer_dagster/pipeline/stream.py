@@ -29,9 +29,10 @@ from llm_infer_dagster.engines.spec import EngineSpec, has_chat_template
 from llm_infer_dagster.errors import TaskConfigError
 from llm_infer_dagster.pipeline.events import AssetRef, Checked, FilePath, Landed, Markdown, StreamFailed, StreamSink
 from llm_infer_dagster.pipeline.summaries import error_summary, preview_markdown
+from llm_infer_dagster.pipeline.throughput import Progress, Throughput
 from llm_infer_dagster.runtime.dispatch import ShardJob, ShardResult
 from llm_infer_dagster.runtime.messages import Exited, Loaded, WorkerEvent
-from llm_infer_dagster.runtime.workers import open_worker_pool
+from llm_infer_dagster.runtime.workers import devices_in_use, open_worker_pool
 from llm_infer_dagster.shards.exports import export_shard
 from llm_infer_dagster.shards.locks import ShardLeases
 from llm_infer_dagster.shards.manifest import ShardManifest, manifest_for
@@ -144,12 +145,14 @@ class ShardStream:
         self.leases = ShardLeases(self.store, holder=run_id)
         self._claimed: set[str] = set()
         self._started = time.time()
+        self._pace_from = self._started  # when the next engine group began to hold its devices
         # raw and prompts of the shards made here and not yet answered, so the seed export reads neither again
         self._frames: dict[str, tuple[pl.DataFrame, pl.DataFrame]] = {}
         self.checks = task.settings.checks  # the per-shard quality checks' thresholds
         self.selected_checks = set(selected_checks)  # (asset, check name) the caller wants evaluated
         self.groups = engine_groups(targets)  # one worker pool (one base model load per worker) each
         self._jobs_left: dict[str, int] = {}  # shard -> its jobs still running in the current pool
+        self._rows: dict[str, int] = {}  # shard -> the rows it holds (--limit applied), for the step's pace
 
     # -- reporting -------------------------------------------------------------------------------------------
 
@@ -223,8 +226,10 @@ class ShardStream:
     def _run(self) -> None:
         log = self.log
         manifest = manifest_for(self.store)
+        limit = self.deployment.limit
         for shard in self.shard_keys:
-            manifest.shard(shard)  # every shard is registered: fail before any work otherwise
+            rows = manifest.shard(shard).rows  # every shard is registered: fail before any work otherwise
+            self._rows[shard] = rows if limit is None else min(rows, limit)
         self._preflight()
 
         t0 = time.perf_counter()
@@ -420,6 +425,22 @@ class ShardStream:
                 log.error(f"worker {worker} stopped: {msg.error} (log: {msg.log})")
 
         log_dir = self.store.worker_log_dir / self.run_id[:8]
+        # The step's pace: rows/s, tokens/s, ETA and device-hours, on each shard's metadata and log line.
+        devices, unit = devices_in_use(settings.workers, settings.tensor_parallel_size, use_cpu=settings.use_cpu,
+                                       ray_address=settings.ray_address)  # fmt: skip
+        # The first engine's clock starts with the step (it holds its devices from then); a later one's with it.
+        pace = Throughput(0, self._pace_from, devices=devices, unit=unit, parallel=settings.workers)
+
+        landed: set[str] = set()
+
+        def progress(r: ShardResult) -> Progress:
+            pace.landed(time.time(), r.rows, r.completion_tokens)
+            landed.add(r.key)
+            gone = (self.skipped.keys() | self.failed.keys()) - landed  # shards that will not land here
+            planned = sum(n for k, n in self._rows.items() if k not in gone) * len(group)
+            pace.rows_total = max(pace.rows_done, planned)
+            return pace.at(time.time())
+
         with open_worker_pool(
             spec, self.task.sampling_params, workers=settings.workers,
             tensor_parallel_size=settings.tensor_parallel_size, use_cpu=settings.use_cpu,
@@ -437,15 +458,16 @@ class ShardStream:
                     self.store.log_shard(r.key, f"completions{model} FAILED on worker {r.worker}: {r.error}")
                     continue
                 out_tokens += r.completion_tokens
-                self._landed(target, r)
+                self._landed(target, r, progress(r))
         self._jobs_left.clear()
+        self._pace_from = time.time()
         elapsed = time.perf_counter() - t0
         log.info(
             f"model {', '.join(t.name or 'default' for t in group)}: {out_tokens} tokens out in {elapsed:.1f} s "
             f"({out_tokens / elapsed if elapsed > 0 else 0:.0f} tok/s including engine start)"
         )
 
-    def _landed(self, target: ModelTarget, r: ShardResult) -> None:
+    def _landed(self, target: ModelTarget, r: ShardResult, pace: Progress) -> None:
         self.sink.making(target.completions, r.key)
         comps = self.store.read_frame("completions", r.key, target.name)
         self._record(target.completions, r.key, target.versions["completions"], PROMPTS, {
@@ -454,6 +476,7 @@ class ShardStream:
             "prompt_tokens": r.prompt_tokens,
             "completion_tokens": r.completion_tokens,
             "tokens_per_s": round(r.tokens_per_s, 1),
+            "rows_per_s": round(r.rows / r.seconds, 2) if r.seconds > 0 else 0.0,
             "seconds": r.seconds,
             "worker": r.worker,
             "gpus": r.gpus or "cpu",
@@ -463,12 +486,13 @@ class ShardStream:
             "model_name": target.name or "default",
             **self._paths("completions", r.key, target.name, "infer"),
             "preview": Markdown(preview_markdown(comps, ["record_id", "response", "finish_reason", "error"])),
+            **pace.metadata(),  # the step so far: run_rows_per_s, run_tokens_per_s, run_eta, run_gpu_hours ...
         })  # fmt: skip
         msg = (
             f"shard {r.key}: {r.rows} rows, {r.errors} errors, {r.completion_tokens} tokens out, "
             f"{r.tokens_per_s:.0f} tok/s on worker {r.worker} ({r.gpus or 'cpu'}{', ' + r.node if r.node else ''})"
         )
-        self.log.info(msg)
+        self.log.info(f"{msg}; step: {pace.log_text()}")
         self.store.log_shard(r.key, f"completions[{target.name or 'default'}]: " + msg)
         blocked = [
             c for c in self._check(target.completions, r.key, completions_checks(comps, self.checks)) if c.blocks

@@ -8,6 +8,7 @@ cannot meet, and the pool slices the leased GPUs ``[i*tp, (i+1)*tp)`` per worker
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -73,3 +74,23 @@ def open_worker_pool(
         on_message=on_message,
         shard_timeout=shard_timeout,
     )
+
+
+def devices_in_use(
+    workers: int, tensor_parallel_size: int, *, use_cpu: bool, ray_address: str | None
+) -> tuple[int, str]:
+    """``(count, "GPU" | "CPU")``: what a model step holds while it runs, for its device-hours.
+
+    GPUs: workers x tensor_parallel_size, on this machine or as Ray actors. CPU: the cores the engines' threads
+    use: each local worker gets ``OMP_NUM_THREADS`` (the pool sets ``cpu_count // workers`` when unset), at most
+    this machine's cores in all; a Ray actor one core unless ``OMP_NUM_THREADS`` says otherwise (``ray_pool.py``).
+    """
+    if not use_cpu:
+        return workers * tensor_parallel_size, "GPU"
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) > 0:
+        threads = int(omp)
+    else:
+        threads = 1 if ray_address else max(1, (os.cpu_count() or 1) // workers)
+    cores = workers * threads
+    return (cores if ray_address else min(cores, os.cpu_count() or cores)), "CPU"  # threads beyond the cores add none

@@ -151,8 +151,13 @@ def test_four_assets_over_a_range_load_the_model_once(instance, task_setup, tmp_
     # Dagster metadata a person would look for, per shard.
     mat = instance.get_latest_materialization_event(AssetKey(["demo", "completions"]))
     md = mat.asset_materialization.metadata
-    for k in ("rows", "errors", "prompt_tokens", "completion_tokens", "tokens_per_s", "worker", "gpus", "preview"):
+    for k in ("rows", "errors", "prompt_tokens", "completion_tokens", "tokens_per_s", "rows_per_s", "worker", "gpus",
+              "preview"):  # fmt: skip
         assert k in md
+    # ... and the step's pace so far (pipeline/throughput.py): the last shard to land saw every row done.
+    assert md["run_rows_done"].value == md["run_rows_total"].value == 10 and md["run_eta_s"].value == 0
+    assert md["run_rows_per_s"].value > 0 and md["run_tokens_per_s"].value > 0 and md["run_cpu_hours"].value > 0
+    assert md["run_cpu_hours_projected"].value >= md["run_cpu_hours"].value and "run_gpu_hours" not in md
     # Each shard is recorded once, as it lands, with the provenance Dagster's stale status reads, so a shard
     # kept from a killed run still goes stale when the model or prompt changes.
     comp_events = instance.fetch_materializations(AssetKey(["demo", "completions"]), limit=100).records

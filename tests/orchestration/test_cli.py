@@ -4,11 +4,34 @@
 from __future__ import annotations
 
 import json
+import re
+import time
 
 import polars as pl
 import pytest
 from dagster import AssetKey, DagsterRunStatus
 from tests_support import CONFIGS, cli_env, instance_at, llm_infer, sigkill_llm_infer_after, write_qa_input
+
+
+def _check_pace(run, wall: float, completions) -> None:  # noqa: ANN001 - a CompletedProcess, an EventRecordsResult
+    """The progress bar and the last line give the run's pace, in line with each shard's Dagster metadata."""
+    mds = [r.asset_materialization.metadata for r in completions.records]
+    assert len(mds) == 5
+    for md in mds:
+        assert md["rows_per_s"].value > 0 and md["tokens_per_s"].value > 0
+        assert {"run_rows_per_s", "run_tokens_per_s", "run_eta", "run_cpu_hours", "run_cpus"} <= set(md)
+    tokens = sum(md["completion_tokens"].value for md in mds)
+    m = re.search(r"; this run: ([\d,]+) output tokens at ([\d.]+)(k?) tokens/s, ([\d.]+) CPU-hours;", run.stdout)
+    assert m is not None, run.stdout
+    assert int(m[1].replace(",", "")) == tokens > 0
+    per_s = float(m[2]) * (1000 if m[3] else 1)
+    assert per_s > 0 and tokens / per_s <= wall * 1.05  # tokens over a time within the command's (3 digits shown)
+    assert float(m[4]) > 0
+    # The bar (on stderr, redrawn with \r) ends at every row with the rates, no ETA left and the CPU-hours spent;
+    # the command's last stderr line is still the UI hint.
+    draws = [d.strip() for d in re.split(r"[\r\n]", run.stderr) if "|" in d]
+    assert draws and re.search(r"\| 23/23, [\d.]+k? rows/s, [\d.]+k? tok/s, ETA 0:00, [\d.]+ CPU-h$", draws[-1])
+    assert run.stderr.strip().splitlines()[-1].startswith("see them in the Dagster UI: ")
 
 
 @pytest.mark.slow
@@ -39,10 +62,13 @@ def test_run_resume_rerun_extract_only_and_seed_layout(tmp_path, tiny_model_path
     assert other_size.returncode == 0 and "warning: task qa_regex keeps its 8-row shards" in other_size.stderr
     assert "keeps its 8-row shards (asked for 3)" in (out / "logs" / "main.log").read_text()
 
-    first = llm_infer(*base, "--save_text", "--limit", "5")
+    started = time.monotonic()
+    first = llm_infer(*base, "--save_text", "--limit", "5", progress=True)
+    wall = time.monotonic() - started
     assert first.returncode == 0, first.stderr
     assert "5/5 shards done, 23 rows, 0 rows failed" in first.stdout  # --limit 5 keeps <= 5 rows of each shard
     assert str(out / "results") in first.stdout.splitlines()[-1]
+    _check_pace(first, wall, instance_at(out).fetch_materializations(AssetKey(["qa_regex", "completions"]), limit=9))
     for sub in ("results/infer", "results/extract", "results/text", "logs/tasks"):
         assert len(list((out / sub).iterdir())) == 5, sub
     assert (out / "args.json").is_file() and json.loads((out / "args.json").read_text())["limit"] == 5
