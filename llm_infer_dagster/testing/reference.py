@@ -1,0 +1,71 @@
+"""What a user's own script gets from the bare libraries, to hold the platform's completions against.
+
+Greedy decoding, one prompt at a time, the libraries' documented calls and nothing of this package:
+
+- :func:`transformers_greedy`: ``model.generate`` per prompt (plain text tokenized as the tokenizer does by
+  default; chat messages through ``apply_chat_template(..., add_generation_prompt=True)``), decoded without
+  special tokens, cut before the first ``stop`` string (vLLM's rule; ``generate`` itself keeps it);
+- :func:`vllm_greedy`: ``LLM.generate`` for plain text and ``LLM.chat`` for messages, with ``stop``.
+
+Used by the real-model tests and ``benchmarks/real_model_vs_bare.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["Prompt", "cut_at_stop", "transformers_greedy", "vllm_greedy"]
+
+#: A plain-text prompt, or chat messages ``[{"role", "content"}]``.
+Prompt = str | Sequence[Mapping[str, str]]
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """``text`` up to (without) the earliest occurrence of any ``stop`` string."""
+    cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return text[: min(cuts)] if cuts else text
+
+
+def transformers_greedy(model_dir: str, prompts: Sequence[Prompt], max_tokens: int, stop: Sequence[str]) -> list[str]:
+    """Greedy fp32 completions of a bare transformers loop (see the module docstring)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    out = []
+    for prompt in prompts:
+        if isinstance(prompt, str):
+            ids = tokenizer(prompt, return_tensors="pt").input_ids
+        else:
+            messages = [dict(m) for m in prompt]
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            ids = tokenizer(str(text), return_tensors="pt", add_special_tokens=False).input_ids
+        with torch.no_grad():
+            generated = model.generate(ids, max_new_tokens=max_tokens, do_sample=False, top_k=None, top_p=None)
+        text_out = str(tokenizer.decode(generated[0, ids.shape[1] :], skip_special_tokens=True))
+        out.append(cut_at_stop(text_out, stop))
+    return out
+
+
+def vllm_greedy(
+    model_dir: str, prompts: Sequence[Prompt], max_tokens: int, stop: Sequence[str], **llm_args: Any
+) -> list[str]:
+    """Greedy completions of bare vLLM (``llm_args`` go to ``vllm.LLM``, e.g. ``enforce_eager``)."""
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=model_dir, dtype="float32", **llm_args)
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, stop=list(stop))
+    out: list[str | None] = [None] * len(prompts)
+    texts = [(i, p) for i, p in enumerate(prompts) if isinstance(p, str)]
+    chats = [(i, p) for i, p in enumerate(prompts) if not isinstance(p, str)]
+    if texts:
+        for (i, _), result in zip(texts, llm.generate([p for _, p in texts], params), strict=True):
+            out[i] = result.outputs[0].text
+    if chats:
+        conversations: Any = [list(p) for _, p in chats]
+        for (i, _), result in zip(chats, llm.chat(conversations, params), strict=True):
+            out[i] = result.outputs[0].text
+    del llm
+    return [o or "" for o in out]
