@@ -27,25 +27,42 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[: min(cuts)] if cuts else text
 
 
-def transformers_greedy(model_dir: str, prompts: Sequence[Prompt], max_tokens: int, stop: Sequence[str]) -> list[str]:
-    """Greedy fp32 completions of a bare transformers loop (see the module docstring)."""
+def transformers_greedy(
+    model_dir: str, prompts: Sequence[Prompt], max_tokens: int, stop: Sequence[str], batch_size: int = 1
+) -> list[str]:
+    """Greedy fp32 completions of a bare transformers loop (see the module docstring), ``batch_size`` prompts
+    per ``generate`` call in input order (left-padded, as the transformers docs show for batches)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    texts = [
+        p
+        if isinstance(p, str)
+        else str(tokenizer.apply_chat_template([dict(m) for m in p], tokenize=False, add_generation_prompt=True))
+        for p in prompts
+    ]
     out = []
-    for prompt in prompts:
-        if isinstance(prompt, str):
-            ids = tokenizer(prompt, return_tensors="pt").input_ids
-        else:
-            messages = [dict(m) for m in prompt]
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            ids = tokenizer(str(text), return_tensors="pt", add_special_tokens=False).input_ids
+    for start in range(0, len(texts), batch_size):
+        batch, kinds = texts[start : start + batch_size], prompts[start : start + batch_size]
+        # plain text as the tokenizer does by default; a rendered chat template already holds its special tokens
+        encoded = [
+            tokenizer(t, add_special_tokens=isinstance(k, str)).input_ids for t, k in zip(batch, kinds, strict=True)
+        ]
+        inputs = tokenizer.pad({"input_ids": encoded}, return_tensors="pt")
         with torch.no_grad():
-            generated = model.generate(ids, max_new_tokens=max_tokens, do_sample=False, top_k=None, top_p=None)
-        text_out = str(tokenizer.decode(generated[0, ids.shape[1] :], skip_special_tokens=True))
-        out.append(cut_at_stop(text_out, stop))
+            generated = model.generate(
+                **inputs, max_new_tokens=max_tokens, do_sample=False, top_k=None, top_p=None,
+                pad_token_id=tokenizer.pad_token_id,
+            )  # fmt: skip
+        width = inputs["input_ids"].shape[1]
+        for row in generated:
+            text = str(tokenizer.decode(row[width:], skip_special_tokens=True))
+            out.append(cut_at_stop(text, stop))
     return out
 
 
