@@ -97,8 +97,9 @@ def run_platform(model_type: str, model: str, items: list[Any], max_tokens: int,
     (task / "prompts.jsonl").write_text("".join(json.dumps({"i": i, "prompt": p}) + "\n" for i, p in enumerate(items)))
     (task / "sampling_params.json").write_text(json.dumps({"temperature": 0, "max_tokens": max_tokens, "stop": STOP}))
     out = work / f"out-{model_type}-{time.monotonic_ns()}"
-    cmd = [sys.executable, "-m", "llm_infer_dagster", "--no_progress", "--config_path", str(configs), "--task_name",
-           "job", "--model_path", model, "--model_type", model_type, "--use_cpu", "--output_path", str(out)]  # fmt: skip
+    cmd = [sys.executable, "-m", "llm_infer_dagster", "--no_progress", "--config_path", str(configs),
+           "--task_name", "job", "--model_path", model, "--model_type", model_type, "--use_cpu",
+           "--output_path", str(out)]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_INFER_", "DAGSTER_HOME"))}
     start = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
@@ -142,7 +143,8 @@ def main() -> None:
         ref = reference["vllm" if "vllm" in name else "hf"]
         same = sum(a == b for a, b in zip(texts[name], ref, strict=True)) if ref else None
         bare = best.get("bare-vllm" if "vllm" in name else "bare-hf")
-        rows.append({"variant": name, "seconds": round(best[name], 1), "vs_bare": round(best[name] / bare, 3) if bare else None,
+        ratio = round(best[name] / bare, 3) if bare else None
+        rows.append({"variant": name, "seconds": round(best[name], 1), "vs_bare": ratio,
                      "identical": f"{same}/{len(items)}" if same is not None else "-"})  # fmt: skip
     cross = sum(a == b for a, b in zip(texts.get("bare-hf", []), texts.get("bare-vllm", []), strict=False))
     info = {"prompts": args.prompts, "max_tokens": args.max_tokens, "batch_size": args.batch_size,
