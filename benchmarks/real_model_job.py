@@ -35,24 +35,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from llm_infer_dagster.models.demo_model import demo_model_path  # noqa: E402
+from llm_infer_dagster.testing.prompt_task import completions_in_order, write_prompt_task  # noqa: E402
 
 STOP = ["\n\n\n"]
-TASK = """
-import json, os
-
-def get_file_list(input_path):
-    return [os.path.join(os.path.dirname(os.path.abspath(__file__)), "prompts.jsonl")]
-
-def read_file(file_path):
-    with open(file_path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
-
-def format_prompt(org_data):
-    return org_data["prompt"]
-
-def extract_answer(model_response):
-    return model_response.strip() or None
-"""
 BARE = """
 import json, sys, time
 from llm_infer_dagster.testing import reference
@@ -91,11 +76,7 @@ def run_bare(fn: str, model: str, items: list[Any], max_tokens: int, **extra: An
 
 def run_platform(model_type: str, model: str, items: list[Any], max_tokens: int, work: Path) -> tuple[float, list[str]]:
     configs = work / f"configs-{time.monotonic_ns()}"
-    task = configs / "job"
-    task.mkdir(parents=True)
-    (task / "task_config.py").write_text(TASK)
-    (task / "prompts.jsonl").write_text("".join(json.dumps({"i": i, "prompt": p}) + "\n" for i, p in enumerate(items)))
-    (task / "sampling_params.json").write_text(json.dumps({"temperature": 0, "max_tokens": max_tokens, "stop": STOP}))
+    write_prompt_task(configs / "job", items, {"temperature": 0, "max_tokens": max_tokens, "stop": STOP})
     out = work / f"out-{model_type}-{time.monotonic_ns()}"
     cmd = [sys.executable, "-m", "llm_infer_dagster", "--no_progress", "--config_path", str(configs),
            "--task_name", "job", "--model_path", model, "--model_type", model_type, "--use_cpu",
@@ -106,9 +87,7 @@ def run_platform(model_type: str, model: str, items: list[Any], max_tokens: int,
     took = time.perf_counter() - start
     if r.returncode != 0:
         raise SystemExit(f"llm-infer {model_type} failed: {r.stderr[-2000:]}")
-    rows = [row for f in sorted((out / "results" / "infer").glob("*.json")) for row in json.loads(f.read_text())]
-    by_index = {row["origin_data"]["i"]: row["model_response_raw"] for row in rows}
-    return took, [by_index[i] for i in range(len(items))]
+    return took, [row["model_response_raw"] for row in completions_in_order(out, len(items))]
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from tests_support import llm_infer
 
+from llm_infer_dagster.testing.prompt_task import completions_in_order, write_prompt_task
 from llm_infer_dagster.testing.reference import transformers_greedy, vllm_greedy
 
 MAX_TOKENS = 48
@@ -31,47 +32,21 @@ PROMPTS: list[str | list[dict[str, str]]] = [
     ],
     [{"role": "user", "content": "Say hello."}],
 ]
-TASK = """
-import json, os
-
-def get_file_list(input_path):
-    return [os.path.join(os.path.dirname(os.path.abspath(__file__)), "prompts.jsonl")]
-
-def read_file(file_path):
-    with open(file_path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
-
-def format_prompt(org_data):
-    return org_data["prompt"]
-
-def extract_answer(model_response):
-    return model_response.strip() or None
-"""
 
 
 def platform_greedy(tmp_path: Path, model: str, model_type: str, *extra: str) -> list[str]:
     """The task's completions (exact text, ``model_response_raw``) in prompt order, from ``llm-infer``."""
-    task = tmp_path / "configs" / "real"
-    if not task.exists():
-        task.mkdir(parents=True)
-        (task / "task_config.py").write_text(TASK)
-        (task / "prompts.jsonl").write_text(
-            "".join(json.dumps({"i": i, "prompt": p}) + "\n" for i, p in enumerate(PROMPTS))
-        )
-        (task / "sampling_params.json").write_text(
-            json.dumps({"temperature": 0, "max_tokens": MAX_TOKENS, "stop": STOP})
-        )
+    sampling = {"temperature": 0, "max_tokens": MAX_TOKENS, "stop": STOP}
+    write_prompt_task(tmp_path / "configs" / "real", PROMPTS, sampling)
     out = tmp_path / f"out-{model_type}"
     r = llm_infer(
         "--config_path", str(tmp_path / "configs"), "--task_name", "real", "--model_path", model,
         "--model_type", model_type, "--use_cpu", "--output_path", str(out), *extra, timeout=900,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
-    rows = [row for f in sorted((out / "results" / "infer").glob("*.json")) for row in json.loads(f.read_text())]
-    by_index = {row["origin_data"]["i"]: row for row in rows}
-    assert sorted(by_index) == list(range(len(PROMPTS)))
-    assert all(by_index[i]["error"] is None for i in by_index)
-    return [by_index[i]["model_response_raw"] for i in range(len(PROMPTS))]
+    rows = completions_in_order(out, len(PROMPTS))
+    assert all(row["error"] is None for row in rows)
+    return [row["model_response_raw"] for row in rows]
 
 
 @pytest.mark.slow
