@@ -130,7 +130,8 @@ def _model_in(annotation: Any) -> Any:
 
 
 def _describe(exc: ValidationError, source: Path) -> str:
-    err = exc.errors()[0]
+    errors = exc.errors()
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])  # a misspelt key says most
     loc = [p for p in err["loc"] if not (isinstance(p, str) and p in ("str", "list[Message]"))]
     key = ".".join(str(p) for p in loc) or "(top level)"
     if err["type"] == "extra_forbidden":
