@@ -104,7 +104,7 @@ def test_chat_messages_columns_group_and_exact_match(tmp_path: Path) -> None:
 
 
 def test_without_answer_the_answer_is_the_text_and_without_score_there_is_none(tmp_path: Path) -> None:
-    cfg = make_task(tmp_path, 'dataset: {path: data}\nprompt: "{{ row[\'question\'] }}"\n')
+    cfg = make_task(tmp_path, "dataset: {path: data}\nprompt: \"{{ row['question'] }}\"\n")
     task = load_task(cfg, "t")
     assert task.extract_answer("  42 \n") == "42" and task.score is None
     assert task.format_prompt({"question": "q?"}) == "q?"
@@ -118,7 +118,8 @@ def test_the_template_is_sandboxed(tmp_path: Path) -> None:
 
 
 def test_split_keeps_only_its_files(tmp_path: Path) -> None:
-    cfg = make_task(tmp_path, 'dataset: {path: data, split: test}\nprompt: "{{ question }}"\n', data="data/test-0.jsonl")
+    text = 'dataset: {path: data, split: test}\nprompt: "{{ question }}"\n'
+    cfg = make_task(tmp_path, text, data="data/test-0.jsonl")
     pl.DataFrame(ROWS).write_ndjson(cfg / "t" / "data" / "train-0.jsonl")
     task = load_task(cfg, "t")
     assert [Path(f).name for f in task.list_files(task.input_path(None))] == ["test-0.jsonl"]
@@ -138,7 +139,8 @@ def test_split_keeps_only_its_files(tmp_path: Path) -> None:
         ('dataset: {path: nowhere}\nprompt: "x"\n', r"dataset.path 'nowhere' does not exist"),
         ('dataset: {path: data}\nprompt: "x"\nanswer: {regex: "(\\\\d+"}\n',
          r"answer.regex '\(\\\\d\+' is not a valid regular expression"),
-        ('dataset: {path: data}\nprompt: "{{ question }"\n', r"prompt is not a valid Jinja2 template \(template line 1"),
+        ('dataset: {path: data}\nprompt: "{{ question }"\n',
+         r"prompt is not a valid Jinja2 template \(template line 1"),
         ('dataset: {path: data}\nprompt: [{role: user, content: "{% if %}"}]\n',
          r"prompt\[0\].content is not a valid Jinja2 template"),
         ('dataset: {path: data}\nprompt: "x"\nscore: {column: gold}\n', r"score: .*exactly one of match"),
