@@ -169,7 +169,12 @@ def test_parquet_registration_never_calls_read_file(tmp_path: Path, monkeypatch:
     task = load_task(cfg, "t")
     calls: list[str] = []
     real = task.read_rows
-    monkeypatch.setattr(task, "read_rows", lambda path: calls.append(path) or real(path))
+
+    def counted(path: str) -> list[dict[str, Any]]:
+        calls.append(path)
+        return real(path)
+
+    monkeypatch.setattr(task, "read_rows", counted)
     store = TaskStore(tmp_path / "out", "t")
     reg = plan_registration(task, store, task.input_path(None), shard_size=4096)
     assert calls == []  # counted from the Parquet footer, digested in polars: no Python dict per row
