@@ -224,3 +224,29 @@ def test_the_example_folder_loads(tmp_path: Path) -> None:
     row = task.read_rows(files[0])[0]
     assert json.dumps(task.format_prompt(row)).startswith('"How much is')
     assert task.score is not None and task.score(str(row["gold"]), row) == 1.0
+
+
+# -- end to end ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_llm_infer_runs_a_task_yaml_over_parquet_and_resumes(tmp_path: Path, tiny_model_path: str) -> None:
+    from tests_support import llm_infer
+
+    rows = [{"question": f"{i} + 1", "gold": i + 1} for i in range(20)]
+    cfg = make_task(tmp_path, BASIC, rows=rows, data="data/qa.parquet", name="yaml_qa")
+    out = tmp_path / "out"
+    base = ["--model_path", tiny_model_path, "--model_type", "hf", "--use_cpu", "--output_path", str(out),
+            "--config_path", str(cfg), "--task_name", "yaml_qa", "--shard_size", "8"]  # fmt: skip
+    first = llm_infer(*base)
+    assert first.returncode == 0, first.stderr
+    assert "3/3 shards done, 20 rows, 0 rows failed" in first.stdout
+    records = [r for f in sorted((out / "results" / "extract").iterdir()) for r in json.loads(f.read_text())]
+    assert [r["origin_data"] for r in records] == rows
+    assert records[4]["prompt"] == "How much is 4 + 1? Answer with a number."
+    answers = pl.read_parquet(out / "yaml_qa" / "answers" / "*.parquet")
+    assert answers.height == 20 and "score" in answers.columns
+
+    again = llm_infer(*base)
+    assert again.returncode == 0, again.stderr
+    assert "nothing to do: every shard is done" in again.stdout + again.stderr
