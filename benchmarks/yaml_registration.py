@@ -71,13 +71,21 @@ def make(root: Path, name: str, rows: int, python: bool) -> Path:
     return root / "cfg"
 
 
+def peak_rss_mib() -> float:
+    """This process's peak RSS (VmHWM: unlike ru_maxrss it does not carry the parent's peak across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(cfg: str, name: str, what: str, shard_size: int) -> None:
     """One measurement in this process: prints seconds and peak RSS (MiB) as JSON."""
     from llm_infer_dagster.shards.manifest import plan_registration
     from llm_infer_dagster.shards.store import TaskStore
     from llm_infer_dagster.tasks.loader import load_task
 
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base = peak_rss_mib()
     started = time.perf_counter()
     task = load_task(cfg, name)
     if what == "count":
@@ -89,7 +97,7 @@ def child(cfg: str, name: str, what: str, shard_size: int) -> None:
         reg = plan_registration(task, store, task.input_path(None), shard_size=shard_size)
         rows, shards = sum(s.rows for s in reg.manifest.shards.values()), len(reg.manifest.shards)
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mib()
     print(json.dumps({"seconds": round(seconds, 2), "peak_rss_mib": round(peak), "import_rss_mib": round(base),
                       "rows": rows, "shards": shards}))  # fmt: skip
 
@@ -127,10 +135,12 @@ def main() -> None:
                 results[f"compare_{kind}_register"] = measure(small, "cmp", "register", args.shard_size)
     results["load_avg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     print(json.dumps(results))
-    print(f"{'what':<34}{'rows':>12}{'seconds':>10}{'peak RSS MiB':>14}")
+    print(f"{'what':<34}{'rows':>12}{'seconds':>10}{'peak RSS MiB':>14}{'after imports':>14}")
     for key, value in results.items():
         if isinstance(value, dict):
-            print(f"{key:<34}{value['rows']:>12}{value['seconds']:>10}{value['peak_rss_mib']:>14}")
+            print(
+                f"{key:<34}{value['rows']:>12}{value['seconds']:>10}{value['peak_rss_mib']:>14}{value['import_rss_mib']:>14}"
+            )
     print(f"Parquet file {results['parquet_mib']} MiB; load average (1 min) before/after: {results['load_avg_1m']}")
 
 
