@@ -25,7 +25,7 @@ import json
 import keyword
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import ModuleType
@@ -275,6 +275,18 @@ class TaskConfig:
 
     def extract_answer(self, response: str) -> Any:
         return self._fn("extract_answer")(response)
+
+    def shard_rows(self, file_path: str) -> Sequence[dict[str, Any]]:
+        """The file's rows for slicing into shards: ``read_rows``, or for a YAML task a window that reads only
+        the rows sliced (its length is the file's row count)."""
+        if self.is_yaml:
+            window: Sequence[dict[str, Any]] = self.module.row_window(file_path)
+            try:
+                len(window)  # the file is readable now, or this file's shards fail here with its name
+            except Exception as exc:
+                raise TaskConfigError(f"{self.config_file}: reading {file_path} raised {_describe_error(exc)}") from exc
+            return window
+        return self.read_rows(file_path)
 
     def count_rows(self, file_path: str) -> int | None:
         """The file's row count without reading its rows, when the task can say it (a YAML task); else None."""

@@ -251,6 +251,32 @@ def shard_digests(path: str, ranges: Sequence[tuple[int, int]], columns: Sequenc
     return out
 
 
+class RowWindow(Sequence[dict[str, Any]]):
+    """A file's rows, read only where sliced: its length is the file's row count, a slice reads just those rows.
+
+    What the raw step reads a shard's rows through, so a shard of a 10M-row Parquet file costs its own rows,
+    not the file's (``TaskConfig.shard_rows``).
+    """
+
+    def __init__(self, path: str, columns: Sequence[str] | None) -> None:
+        self.path, self.columns = path, list(columns) if columns else None
+        self._len: int | None = None
+
+    def __len__(self) -> int:
+        if self._len is None:
+            self._len = count_rows(self.path)
+        return self._len
+
+    def __getitem__(self, index: Any) -> Any:
+        if not isinstance(index, slice):
+            return self[index : index + 1][0] if index >= 0 else self[len(self) + index]
+        start, stop, step = index.indices(len(self))
+        lf = _scan(self.path)
+        lf = lf.select(self.columns) if self.columns else lf
+        rows = lf.slice(start, max(stop - start, 0)).collect().to_dicts()
+        return rows[::step]
+
+
 # -- the task's functions -----------------------------------------------------------------------------------------
 
 
@@ -364,6 +390,7 @@ def build_module(folder: Path, name: str, spec: TaskYaml | None = None) -> Modul
     answer = spec.answer.model_dump()
     module.extract_answer = _mark(extract_answer, _fingerprint("answer", answer, impl))  # type: ignore[attr-defined]
     module.count_rows = count_rows  # type: ignore[attr-defined]
+    module.row_window = lambda path: RowWindow(path, columns)  # type: ignore[attr-defined]
     module.shard_digests = digests  # type: ignore[attr-defined]
     module.SPEC = spec  # type: ignore[attr-defined]
     if spec.score is not None:

@@ -190,6 +190,18 @@ def test_parquet_registration_never_calls_read_file(tmp_path: Path, monkeypatch:
     assert list(again.observed) == [k for k, s in reg.manifest.shards.items() if s.start <= 5000 < s.stop]
 
 
+def test_the_raw_step_reads_only_a_shards_rows(tmp_path: Path) -> None:
+    cfg = make_task(tmp_path, BASIC, data="data/part.parquet")
+    task = load_task(cfg, "t")
+    path = task.list_files(task.input_path(None))[0]
+    window = task.shard_rows(path)
+    assert not isinstance(window, list) and len(window) == 10
+    assert list(window[4:7]) == task.read_rows(path)[4:7] and list(window[8:20]) == ROWS[8:]
+    (cfg / "t" / "data" / "part.parquet").write_text("not parquet")
+    with pytest.raises(TaskConfigError, match="task.yaml: reading .*part.parquet raised"):
+        task.shard_rows(path)
+
+
 def test_a_changed_template_changes_the_tasks_version_not_the_rows(tmp_path: Path) -> None:
     cfg = make_task(tmp_path, BASIC)
     task = load_task(cfg, "t")
