@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -308,7 +308,7 @@ class ShardStream:
     def _prepare(self, manifest: ShardManifest) -> Iterator[str]:
         """Make raw and prompts shard by shard (one read per input file), recording each; yield its key."""
         log, store = self.log, self.store
-        cached: tuple[str, list[dict[str, Any]] | TaskConfigError] | None = None
+        cached: tuple[str, Sequence[dict[str, Any]] | TaskConfigError] | None = None
         checked_chat = False
         first_group = self.groups[0] if self.groups else []
         first_model = first_group[0] if first_group else None
@@ -320,7 +320,7 @@ class ShardStream:
                 self.sink.making(RAW, s.key)
                 if cached is None or cached[0] != s.file:
                     try:
-                        cached = (s.file, self.task.read_rows(s.file))
+                        cached = (s.file, self.task.shard_rows(s.file))  # a YAML task reads only the slice
                     except TaskConfigError as exc:  # this file's shards fail; the others carry on
                         cached = (s.file, exc)
                 rows = cached[1]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -186,11 +186,17 @@ def plan_registration(
     old = ShardManifest.load(store)
     roots = [r for r in (input_path, task.folder) if r]
     entries: list[FileEntry] = []
-    row_digests: dict[str, list[bytes]] = {}  # per file id, for the files read now
+    # per file id, for the files read now: what gives planned shards of that file their digests
+    row_digests: dict[str, Callable[[list[Shard]], list[Shard]]] = {}
 
     def read(path: str, fid: str) -> int:
+        counted = task.count_rows(path)  # a task that can count and digest rows without read_file (task.yaml)
+        if counted is not None:
+            row_digests[fid] = lambda planned: _digested(task, path, planned)
+            return counted
         rows = task.read_rows(path)
-        row_digests[fid] = [row_digest(to_json(r)) for r in rows]
+        digests = [row_digest(to_json(r)) for r in rows]
+        row_digests[fid] = lambda planned: with_digests(planned, digests)
         return len(rows)
 
     modified: list[str] = []
@@ -255,7 +261,7 @@ def plan_registration(
         if e.file_id not in row_digests and any(not s.digest for s in planned):
             read(e.path, e.file_id)  # a re-cut, or a manifest from before digests: one read to fill them in
         if e.file_id in row_digests:
-            digested = with_digests(planned, row_digests[e.file_id])
+            digested = row_digests[e.file_id](planned)
             # A shard past the file's end keeps the digest of the rows it was made from (see the docstring).
             planned = [old if old.stop > e.rows else new for old, new in zip(planned, digested, strict=True)]
         for s in planned:
@@ -279,6 +285,12 @@ def plan_registration(
         resharded=resharded,
         notes=notes,
     )
+
+
+def _digested(task: TaskConfig, path: str, planned: list[Shard]) -> list[Shard]:
+    """``planned`` with their digests from the task's own shard digests (no read_file: see count_rows)."""
+    digests = task.shard_digests(path, [(s.start, s.stop) for s in planned])
+    return [replace(s, digest=d) for s, d in zip(planned, digests, strict=True)]
 
 
 def manifest_for(store: TaskStore) -> ShardManifest:

@@ -12,7 +12,9 @@ per answered row, stored in the answers' ``score`` column and aggregated by the 
 without it loads and runs as before.
 
 A folder with no task file and a ``requests.jsonl`` is the built-in OpenAI batch task (``tasks/openai_batch.py``
-is its four functions; its own sampling defaults, see there).
+is its four functions; its own sampling defaults, see there). A folder with no task file and a ``task.yaml`` is a
+task without Python (``tasks/yaml_task.py`` makes its four functions from the YAML); ``task.yaml`` wins over a
+``requests.jsonl`` beside it.
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ import json
 import keyword
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from llm_infer_dagster.errors import SettingsError, TaskConfigError
-from llm_infer_dagster.tasks import openai_batch
+from llm_infer_dagster.tasks import openai_batch, yaml_task
 from llm_infer_dagster.tasks.sampling import (
     SAMPLING_FILE,
     check_combination,
@@ -154,6 +156,8 @@ class TaskConfig:
     files: TaskFiles = field(default_factory=TaskFiles)
     #: The built-in OpenAI batch task (a folder holding only requests.jsonl): its functions are the package's.
     is_openai_batch: bool = False
+    #: A task without Python (a folder holding task.yaml and no task file): its functions are made from the YAML.
+    is_yaml: bool = False
 
     def input_path(self, configured: str | None) -> str | None:
         """The input path for get_file_list: the run's setting if given, else the task's own."""
@@ -161,7 +165,7 @@ class TaskConfig:
 
     @property
     def config_file(self) -> Path:
-        if self.is_openai_batch:
+        if self.is_openai_batch or self.is_yaml:
             return Path(str(self.module.__file__))
         return self.folder / self.files.task_config_fn
 
@@ -208,8 +212,8 @@ class TaskConfig:
         try:
             rows = self._fn("read_file")(file_path)
         except Exception as exc:
-            if self.is_openai_batch and isinstance(exc, TaskConfigError):
-                raise  # it names the requests file and line already
+            if (self.is_openai_batch or self.is_yaml) and isinstance(exc, TaskConfigError):
+                raise  # it names the file already
             raise TaskConfigError(f"{self.config_file}: {fn}({file_path!r}) raised {_describe_error(exc)}") from exc
         if not isinstance(rows, list):
             raise TaskConfigError(
@@ -272,6 +276,37 @@ class TaskConfig:
     def extract_answer(self, response: str) -> Any:
         return self._fn("extract_answer")(response)
 
+    def shard_rows(self, file_path: str) -> Sequence[dict[str, Any]]:
+        """The file's rows for slicing into shards: ``read_rows``, or for a YAML task a window that reads only
+        the rows sliced (its length is the file's row count)."""
+        if self.is_yaml:
+            window: Sequence[dict[str, Any]] = self.module.row_window(file_path)
+            try:
+                len(window)  # the file is readable now, or this file's shards fail here with its name
+            except Exception as exc:
+                raise TaskConfigError(f"{self.config_file}: reading {file_path} raised {_describe_error(exc)}") from exc
+            return window
+        return self.read_rows(file_path)
+
+    def count_rows(self, file_path: str) -> int | None:
+        """The file's row count without reading its rows, when the task can say it (a YAML task); else None."""
+        fn = getattr(self.module, "count_rows", None) if self.is_yaml else None
+        if fn is None:
+            return None
+        try:
+            return int(fn(file_path))
+        except Exception as exc:
+            raise TaskConfigError(f"{self.config_file}: counting the rows of {file_path} raised "
+                                  f"{_describe_error(exc)}") from exc  # fmt: skip
+
+    def shard_digests(self, file_path: str, ranges: list[tuple[int, int]]) -> list[str]:
+        """The data version of each row range of the file, made without read_file (tasks with count_rows)."""
+        try:
+            digests: list[str] = self.module.shard_digests(file_path, ranges)
+        except Exception as exc:
+            raise TaskConfigError(f"{self.config_file}: reading {file_path} raised {_describe_error(exc)}") from exc
+        return digests
+
     @property
     def score(self) -> Callable[[Any, dict[str, Any]], Any] | None:
         """The task's ``score(answer, org_data)``, or None when the task file defines none (a seed folder)."""
@@ -297,19 +332,34 @@ def resolve_task_folder(task_configs: str | Path, name: str, files: TaskFiles | 
     folder = (root / name).resolve()
     if folder.parent != root:
         raise TaskConfigError(f"task name {name!r} leaves the task config dir {root}")
-    if not (folder / config_file).is_file() and not is_openai_batch_folder(folder, files):
+    if (
+        not (folder / config_file).is_file()
+        and not is_openai_batch_folder(folder, files)
+        and not is_yaml_folder(folder, files)
+    ):
         flag = "" if config_file == CONFIG_FILE else " (--task_config_fn)"
         raise TaskConfigError(
-            f"no task {name!r}: {folder / config_file}{flag} does not exist (nor {openai_batch.REQUESTS_FILE}); "
+            f"no task {name!r}: {folder / config_file}{flag} does not exist (nor {yaml_task.YAML_FILE} or "
+            f"{openai_batch.REQUESTS_FILE}); "
             f"tasks in {root}: {', '.join(discover_tasks(root, files)) or '(none)'}"
         )
     return folder
 
 
 def is_openai_batch_folder(folder: Path, files: TaskFiles | None = None) -> bool:
-    """A folder holding a requests.jsonl and no task file: the built-in OpenAI batch task."""
+    """A folder holding a requests.jsonl and no task file nor task.yaml: the built-in OpenAI batch task."""
     config_file = (files or TaskFiles()).task_config_fn
-    return not (folder / config_file).is_file() and (folder / openai_batch.REQUESTS_FILE).is_file()
+    return (
+        not (folder / config_file).is_file()
+        and not (folder / yaml_task.YAML_FILE).is_file()
+        and (folder / openai_batch.REQUESTS_FILE).is_file()
+    )
+
+
+def is_yaml_folder(folder: Path, files: TaskFiles | None = None) -> bool:
+    """A folder holding a task.yaml and no task file: a task without Python."""
+    config_file = (files or TaskFiles()).task_config_fn
+    return not (folder / config_file).is_file() and (folder / yaml_task.YAML_FILE).is_file()
 
 
 def discover_tasks(task_configs: str | Path, files: TaskFiles | None = None) -> list[str]:
@@ -321,7 +371,8 @@ def discover_tasks(task_configs: str | Path, files: TaskFiles | None = None) -> 
     return sorted(
         p.name
         for p in root.iterdir()
-        if ((p / config_file).is_file() or is_openai_batch_folder(p, files)) and TASK_NAME_RE.fullmatch(p.name)
+        if ((p / config_file).is_file() or is_openai_batch_folder(p, files) or is_yaml_folder(p, files))
+        and TASK_NAME_RE.fullmatch(p.name)
     )
 
 
@@ -413,6 +464,8 @@ def load_task(task_configs: str | Path, name: str, files: TaskFiles | None = Non
     """
     files = files or TaskFiles()
     folder = resolve_task_folder(task_configs, name, files)
+    if is_yaml_folder(folder, files):
+        return _load_yaml(task_configs, name, folder)
     if is_openai_batch_folder(folder, files):
         return _load_openai_batch(name, folder)
     module = _import_config(folder, name, files.task_config_fn)
@@ -439,6 +492,26 @@ def _load_openai_batch(name: str, folder: Path) -> TaskConfig:
     return TaskConfig(
         name=name, folder=folder, module=openai_batch, sampling_params=sampling, settings=settings, files=files,
         is_openai_batch=True,
+    )  # fmt: skip
+
+
+def _load_yaml(task_configs: str | Path, name: str, folder: Path) -> TaskConfig:
+    """A task without Python: task.yaml's functions, its dataset as the input unless task_settings.json (or
+    --input_path) names another, and its ``sampling`` over the folder's and the defaults' sampling parameters."""
+    spec = yaml_task.load_task_yaml(folder)
+    module = yaml_task.build_module(folder, name, spec)
+    files = TaskFiles()  # the package's functions: the seed's renaming flags are for task files
+    sampling = load_sampling_params(Path(task_configs) / DEFAULTS_FILE, folder / files.sampling_params_fn)
+    if spec.sampling:
+        source = f"{folder / yaml_task.YAML_FILE}: sampling"
+        sampling = {**sampling, **validate_sampling_params(spec.sampling, source)}
+        check_combination(sampling, source)
+    settings = load_task_settings(folder)
+    if settings.input_path is None:
+        settings = settings.model_copy(update={"input_path": str((folder / spec.dataset.path).resolve())})
+    return TaskConfig(
+        name=name, folder=folder, module=module, sampling_params=sampling, settings=settings, files=files,
+        is_yaml=True,
     )  # fmt: skip
 
 

@@ -13,7 +13,11 @@ Each role's fingerprint is of the function actually used for it (the seed's ``--
 another), so pointing ``--format_prompt_func`` at another function makes prompts and what follows stale.
 
 A function's fingerprint covers its own source and, transitively, the module-level helpers of the same
-task file it calls by name, so editing a helper of ``format_prompt`` still counts.
+task file it calls by name, so editing a helper of ``format_prompt`` still counts. A function that carries a
+``__fingerprint__`` string (a task without Python: ``tasks/yaml_task.py``) is fingerprinted by it instead: its
+source is the same for every task, the YAML section it is made from is not. Such a task's ``task.yaml`` is
+not one of its prompt files (its prompt is already in ``format_prompt``'s fingerprint; a changed regex must
+not make prompts stale).
 """
 
 from __future__ import annotations
@@ -61,6 +65,10 @@ def function_fingerprint(module: ModuleType, names: Iterable[str]) -> str:
         obj = getattr(module, name, None)
         if obj is None:
             continue
+        given = getattr(obj, "__fingerprint__", None)
+        if isinstance(given, str):  # made from data (task.yaml): its source says nothing of what it does
+            seen[name] = given
+            continue
         seen[name] = _source(obj)
         code = getattr(obj, "__code__", None)
         if isinstance(obj, FunctionType) and code is not None:
@@ -80,9 +88,12 @@ def function_fingerprint(module: ModuleType, names: Iterable[str]) -> str:
     return _digest(f"{k}\n{v}" for k, v in sorted(seen.items()))
 
 
-def prompt_files_fingerprint(folder: Path) -> str:
+def prompt_files_fingerprint(folder: Path, exclude: Iterable[str] = ()) -> str:
     """Top-level template-like files of the task folder. Data belongs in a subfolder or the input path."""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PROMPT_FILE_SUFFIXES)
+    skip = set(exclude)
+    files = sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PROMPT_FILE_SUFFIXES and p.name not in skip
+    )
     return _digest(part for p in files for part in (p.name, p.read_bytes()))
 
 
@@ -163,7 +174,9 @@ def task_code_versions(
     raw = fingerprint("get_file_list", "read_file")
     if limit is not None:  # --limit keeps only the first rows of each shard: a full run must redo those shards
         raw = combine(raw, f"limit={limit}")
-    prompts = combine(raw, fingerprint("format_prompt"), prompt_files_fingerprint(folder))
+    # A task without Python is its task.yaml: its sections are in the functions' fingerprints (see the docstring).
+    own = [Path(str(module.__file__)).name] if hasattr(module, "SPEC") and getattr(module, "__file__", None) else []
+    prompts = combine(raw, fingerprint("format_prompt"), prompt_files_fingerprint(folder, own))
     engine = combine(model_type, model_fingerprint(model_path), dtype, str(max_model_len))
     if max_input_length is not None:  # a shorter allowance turns rows into errors
         engine = combine(engine, f"max_input_length={max_input_length}")
