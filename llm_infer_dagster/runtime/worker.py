@@ -17,6 +17,7 @@ which), and the worker carries on; an engine that is gone (vLLM's ``EngineDeadEr
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import sys
@@ -258,6 +259,12 @@ def main() -> None:
     # The pool starts each worker as its own process group, passing its message fd and its own pid.
     take_group_down_with_parent(int(sys.argv[2]) if len(sys.argv) > 2 else None)
     out = os.fdopen(int(sys.argv[1]), "w", buffering=1)
+    # The package's notes (e.g. vLLM on CPU choosing eager mode at start) go to this worker's log file.
+    package = logging.getLogger("llm_infer_dagster")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
     serve(LineReader(sys.stdin.fileno()), out)
 
 
