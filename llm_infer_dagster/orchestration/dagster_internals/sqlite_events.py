@@ -147,10 +147,10 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         """
         dagster_event = event.get_dagster_event()
         planned = dagster_event.event_specific_data
-        subset = planned.partitions_subset if isinstance(planned, AssetCheckEvaluationPlanned) else None
-        if subset is None:
+        if not isinstance(planned, AssetCheckEvaluationPlanned) or planned.partitions_subset is None:
             super()._store_asset_check_evaluation_planned(event, event_id)
             return
+        subset = planned.partitions_subset
         asset, name, when = planned.asset_key, planned.check_name, self._event_insert_timestamp(event)
         narrowed = AssetCheckEvaluationPlanned(
             asset_key=asset, check_name=name, partitions_subset=subset.empty_subset().with_partition_keys([_SLOT])
