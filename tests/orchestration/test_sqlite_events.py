@@ -156,3 +156,44 @@ def test_a_runs_planned_checks_store_one_partition_per_row_and_read_back_as_stoc
     assert seen["pooled"] == seen["stock"]
     assert len(seen["pooled"]) == len(keys)
     assert (keys[1], "run1", AssetCheckExecutionRecordStatus.FAILED) in seen["pooled"]
+
+
+def test_a_check_targets_the_materialization_just_stored_without_a_query(tmp_path: Path, monkeypatch) -> None:
+    """The step's evaluations judge the shard's materialization it just wrote: the pooled storage remembers its
+    storage id (what a query per shard used to fetch), and only a committed write is remembered."""
+    from dagster import AssetMaterialization, DagsterEvent, DagsterEventType, EventLogEntry
+
+    from llm_infer_dagster.orchestration.assets.checks import latest_target
+    from llm_infer_dagster.orchestration.dagster_internals.private import StepMaterializationData
+
+    instance, key = _instance(tmp_path / "home", pooled=True), AssetKey(["t", "completions"])
+    storage = instance.event_log_storage
+    assert isinstance(storage, PooledSqliteEventLogStorage)
+
+    def store(shard: str, run_id: str) -> None:
+        data = StepMaterializationData(AssetMaterialization(asset_key=key, partition=shard))
+        event = DagsterEvent(DagsterEventType.ASSET_MATERIALIZATION.value, "t_job", event_specific_data=data)
+        storage.store_event(EventLogEntry(user_message="", level=logging.INFO, job_name="t_job", run_id=run_id,
+                                          error_info=None, timestamp=2.0, dagster_event=event))  # fmt: skip
+
+    for run_id in ("run1", "run2"):
+        store("a", run_id)
+    store("b", "run1")
+    latest = instance.fetch_materializations(key, limit=10).records
+    expected = {r.partition_key: (r.storage_id, r.run_id, r.timestamp) for r in reversed(latest)}  # newest wins
+    assert expected["a"][1] == "run2"
+    monkeypatch.setattr(instance, "fetch_materializations", lambda *a, **k: pytest.fail("queried"))
+    for shard in ("a", "b"):
+        target = latest_target(instance, key, shard)
+        assert target is not None and (target.storage_id, target.run_id, target.timestamp) == expected[shard]
+    monkeypatch.undo()
+
+    def then_fail(conn: object, event: object, event_id: int) -> None:
+        PooledSqliteEventLogStorage._store_asset_event(storage, conn, event, event_id)  # noqa: SLF001
+        raise RuntimeError("disk full")  # the index transaction rolls back after the row was written
+
+    monkeypatch.setattr(storage, "_store_asset_event", then_fail)
+    with pytest.raises(RuntimeError):
+        store("a", "run3")
+    assert storage.stored_materialization(key, "a")[1] == "run2"  # the rolled-back one is not remembered
+    assert storage.stored_materialization(key, "c") is None  # never stored here: latest_target queries

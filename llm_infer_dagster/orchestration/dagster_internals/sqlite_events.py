@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from dagster import EventLogEntry, serialize_value
+from dagster import AssetKey, DagsterEventType, EventLogEntry, serialize_value
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import QueuePool
@@ -36,6 +37,7 @@ from llm_infer_dagster.orchestration.dagster_internals.private import (
     SqliteEventLogStorage,
 )
 
+MAX_STORED = 10_000  # materializations remembered (their storage ids), for the check evaluations that follow
 MAX_ENGINES = 16  # open database files per process: the index, and the runs being written or read
 
 
@@ -77,6 +79,9 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         self._engines: OrderedDict[str, Engine] = OrderedDict()
         self._tables: set[str] = set()  # schema facts that, once true, stay true
         self._pid = os.getpid()
+        # (asset key, partition) -> (storage id, run id, timestamp) of the materializations this process stored
+        self._stored: OrderedDict[tuple[AssetKey, str], tuple[int, str, float]] = OrderedDict()
+        self._pending = threading.local()  # the one being stored by this thread, kept once its write commits
         super().__init__(base_dir, inst_data)  # connects already (it checks the index's migrations)
 
     @classmethod
@@ -175,6 +180,36 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         if rows:
             with self.index_connection() as conn:
                 conn.execute(AssetCheckExecutionsTable.insert().values(rows))
+
+    def store_event(self, event: EventLogEntry) -> None:
+        self._pending.record = None
+        super().store_event(event)
+        record, self._pending.record = self._pending.record, None
+        if record is not None:  # committed: the partition's newest materialization, as far as this process knows
+            key, value = record
+            self._stored[key] = value
+            self._stored.move_to_end(key)
+            while len(self._stored) > MAX_STORED:
+                self._stored.popitem(last=False)
+
+    def _store_asset_event(self, conn: Connection, event: EventLogEntry, event_id: int) -> None:
+        super()._store_asset_event(conn, event, event_id)
+        dagster_event = event.dagster_event
+        if (
+            dagster_event is not None
+            and dagster_event.event_type == DagsterEventType.ASSET_MATERIALIZATION
+            and dagster_event.asset_key is not None
+            and dagster_event.partition is not None
+        ):
+            self._pending.record = (
+                (dagster_event.asset_key, dagster_event.partition),
+                (event_id, event.run_id, event.timestamp),
+            )
+
+    def stored_materialization(self, asset: AssetKey, partition: str) -> tuple[int, str, float] | None:
+        """(storage id, run id, timestamp) of the materialization of ``asset``'s ``partition`` that this process
+        stored last, if any: what a check evaluation just after it judges, without a query per shard."""
+        return self._stored.get((asset, partition))
 
     def _dispose_engines(self) -> None:
         with self._db_lock:
