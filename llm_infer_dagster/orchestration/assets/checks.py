@@ -24,6 +24,7 @@ from dagster import (
 )
 
 from llm_infer_dagster.orchestration.dagster_internals.private import AssetCheckEvaluationTargetMaterializationData
+from llm_infer_dagster.orchestration.dagster_internals.sqlite_events import PooledSqliteEventLogStorage
 from llm_infer_dagster.shards.quality import ABOUT, CheckResult
 from llm_infer_dagster.tasks.task_settings import ANSWERS_CHECKS, COMPLETIONS_CHECKS, SETTINGS_FILE, CheckSettings
 
@@ -67,7 +68,15 @@ def check_specs(
 def latest_target(
     instance: DagsterInstance, asset: AssetKey, shard: str
 ) -> AssetCheckEvaluationTargetMaterializationData | None:
-    """The shard's latest materialization: what an evaluation judged (the UI shows only current evaluations)."""
+    """The shard's latest materialization: what an evaluation judged (the UI shows only current evaluations).
+
+    The step's own event log remembers the materialization it just stored (no query per shard); another
+    storage is asked.
+    """
+    storage = instance.event_log_storage
+    if isinstance(storage, PooledSqliteEventLogStorage) and (known := storage.stored_materialization(asset, shard)):
+        storage_id, run_id, timestamp = known
+        return AssetCheckEvaluationTargetMaterializationData(storage_id=storage_id, run_id=run_id, timestamp=timestamp)
     records = instance.fetch_materializations(AssetRecordsFilter(asset_key=asset, asset_partitions=[shard]), limit=1)
     if not records.records:
         return None

@@ -17,6 +17,7 @@ from dagster._core.asset_graph_view.asset_graph_view import (
     TemporalContext,  # staleness.stale_resolver: "now, latest events" for that AssetGraphView
 )
 from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationPlanned,  # sqlite_events: a run's planned check, narrowed to one partition per stored row
     AssetCheckEvaluationTargetMaterializationData,  # pipeline: the shard materialization a check evaluation judged
 )
 from dagster._core.definitions.data_version import (
@@ -57,6 +58,12 @@ from dagster._core.instance.utils import (
     RUNLESS_JOB_NAME,  # event_batches: the job name report_runless_asset_event stores
     RUNLESS_RUN_ID,  # event_batches: the run id report_runless_asset_event stores
 )
+from dagster._core.storage.asset_check_execution_record import (
+    AssetCheckExecutionRecordStatus,  # sqlite_events: PLANNED, the status of a check execution's planned row
+)
+from dagster._core.storage.event_log.schema import (
+    AssetCheckExecutionsTable,  # sqlite_events: the planned check executions, one row per partition
+)
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     SQLITE_BUSY_TIMEOUT_SECONDS,  # sqlite_events: the busy timeout of Dagster's own sqlite connections
     SqliteEventLogStorage,  # sqlite_events: PooledSqliteEventLogStorage's base; event_batches: its writers
@@ -78,7 +85,10 @@ __all__ = [
     "RUNLESS_JOB_NAME",
     "RUNLESS_RUN_ID",
     "SQLITE_BUSY_TIMEOUT_SECONDS",
+    "AssetCheckEvaluationPlanned",
     "AssetCheckEvaluationTargetMaterializationData",
+    "AssetCheckExecutionRecordStatus",
+    "AssetCheckExecutionsTable",
     "AssetGraphView",
     "AssetObservationData",
     "CachingStaleStatusResolver",
