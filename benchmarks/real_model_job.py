@@ -14,7 +14,9 @@ to exit (imports, model load, generation, writing results):
   llm-infer-vllm ``llm-infer --model_type vllm --use_cpu`` (its defaults)
 
 Every variant's text must equal ``bare-hf``'s (HF) or ``bare-vllm``'s (vLLM) prompt for prompt; the table says
-how many do; "vs bare" divides by ``bare-hf`` (HF) or ``bare-vllm-eager`` (vLLM). Variants run ``--repeats`` times in rotated order; the best time counts.
+how many do;
+"vs bare" divides by ``bare-hf`` (HF) or ``bare-vllm-eager`` (vLLM). Variants run ``--repeats`` times in
+rotated order; the best time counts.
 
     python benchmarks/real_model_job.py [--prompts 64] [--max-tokens 128] [--batch-size 8] [--repeats 1]
         [--variants bare-hf,llm-infer-hf,bare-vllm,bare-vllm-eager,llm-infer-vllm]
