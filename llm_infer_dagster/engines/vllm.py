@@ -21,6 +21,10 @@ Conventions shared with the HF backend (see :mod:`llm_infer_dagster.engines.hf`)
 - ``completion_tokens`` counts the generated token ids (the terminating EOS / stop token included),
   summed over the ``n`` samples; ``finish_reasons`` are vLLM's ("stop", "length", "abort").
 
+With ``prefix_order`` (the default) a shard's requests are queued sorted by their token ids, so rows that
+share a prefix run together and vLLM's prefix cache (on by default) computes the shared blocks once; the
+completions still come back in input order (see :mod:`llm_infer_dagster.engines.prefix_order`).
+
 LoRA adapters (``lora_adapters``) load with the base model (``enable_lora``); each submitted shard names
 the one its requests run with (a ``LoRARequest``), or none for the base model.
 
@@ -49,6 +53,7 @@ from llm_infer_dagster.engines.base import (
     too_long_error,
 )
 from llm_infer_dagster.engines.lora import vllm_lora_args, vllm_requests
+from llm_infer_dagster.engines.prefix_order import submit_order
 from llm_infer_dagster.engines.spec import Dtype
 from llm_infer_dagster.engines.structured import compact_json_ebnf
 from llm_infer_dagster.errors import SettingsError, TaskConfigError
@@ -95,8 +100,10 @@ class VLLMEngine:
         engine_args: dict[str, Any] | None = None,
         max_input_length: int | None = None,
         lora_adapters: Mapping[str, str] | None = None,
+        prefix_order: bool = True,
     ) -> None:
         self.model_path = str(model_path)
+        self.prefix_order = prefix_order
         self.device = str(device)
         if max_model_len is not None and max_model_len < 2:
             raise SettingsError(f"max_model_len must be at least 2 (prompt plus one token), got {max_model_len}")
@@ -213,11 +220,19 @@ class VLLMEngine:
         self._shards[tag] = shard
         added: list[str] = []
         try:
+            rendered: list[tuple[int, Any, int]] = []  # (row, engine input, prompt tokens)
             for i, prompt in enumerate(prompts):
                 engine_input, error, n_tokens = self._render(prompt)
                 if engine_input is None:
                     shard.results[i] = Completion(prompt_tokens=n_tokens, error=error)
                     continue
+                rendered.append((i, engine_input, n_tokens))
+            if self.prefix_order and len(rendered) > 1:
+                # Queue rows that share a prefix back to back (results stay keyed by row): vLLM's prefix cache
+                # then computes the shared blocks once, before they can be evicted.
+                order = submit_order([list(r[1].get("prompt_token_ids") or ()) for r in rendered])
+                rendered = [rendered[k] for k in order]
+            for i, engine_input, n_tokens in rendered:
                 request_id = f"{tag}{_SEP}{i}"
                 try:
                     self._engine.add_request(request_id, engine_input, row_params[i], lora_request=lora)
