@@ -230,7 +230,8 @@ def main() -> None:
         print(f"| {v} | {b['seconds']:.2f} | {b['tokens_per_s']:,.0f} | {b['output_tokens_per_s']:,.1f} "
               f"| {b['hit_rate']:.1%} |")  # fmt: skip
     if "bare" in best and "platform-on" in best:
-        print(f"\nplatform-on / bare (file order): {best['platform-on']['tokens_per_s'] / best['bare']['tokens_per_s']:.2f}x")
+        ratio = best["platform-on"]["tokens_per_s"] / best["bare"]["tokens_per_s"]
+        print(f"\nplatform-on / bare (file order): {ratio:.2f}x")
 
 
 if __name__ == "__main__":
