@@ -28,7 +28,7 @@ class EngineSpec:
     max_input_length: int | None = None  # the seed's --max_input_length: longer prompts are error rows
     # LoRA adapters loaded with the base model, by name -> folder; a job names the one it runs (or none)
     lora_adapters: dict[str, str] = field(default_factory=dict)
-    # vLLM: queue a shard's requests sorted by token ids so shared prefixes hit the prefix cache
+    # vLLM: feed queued requests sorted by token ids so shared prefixes hit the prefix cache
     prefix_order: bool = True
 
     def base(self) -> EngineSpec:
