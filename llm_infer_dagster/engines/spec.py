@@ -28,6 +28,8 @@ class EngineSpec:
     max_input_length: int | None = None  # the seed's --max_input_length: longer prompts are error rows
     # LoRA adapters loaded with the base model, by name -> folder; a job names the one it runs (or none)
     lora_adapters: dict[str, str] = field(default_factory=dict)
+    # vLLM: feed queued requests sorted by token ids so shared prefixes hit the prefix cache
+    prefix_order: bool = True
 
     def base(self) -> EngineSpec:
         """This engine without its adapters: specs with the same base can share one loaded engine."""
@@ -86,5 +88,6 @@ def load_engine(spec: EngineSpec) -> Engine:
             engine_args=dict(spec.engine_args),
             max_input_length=spec.max_input_length,
             lora_adapters=dict(spec.lora_adapters),
+            prefix_order=spec.prefix_order,
         )
     raise ValueError(f"unknown model type {spec.model_type!r}")

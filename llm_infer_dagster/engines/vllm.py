@@ -21,6 +21,11 @@ Conventions shared with the HF backend (see :mod:`llm_infer_dagster.engines.hf`)
 - ``completion_tokens`` counts the generated token ids (the terminating EOS / stop token included),
   summed over the ``n`` samples; ``finish_reasons`` are vLLM's ("stop", "length", "abort").
 
+With ``prefix_order`` (the default) submitted requests are staged and handed to vLLM a batch
+(``max_num_seqs``) at a time, sorted by token ids across every shard submitted so far, so rows that share a
+prefix run together and vLLM's prefix cache (on by default) computes the shared blocks once, before they are
+evicted; completions still come back per shard in input order (see :mod:`llm_infer_dagster.engines.prefix_order`).
+
 LoRA adapters (``lora_adapters``) load with the base model (``enable_lora``); each submitted shard names
 the one its requests run with (a ``LoRARequest``), or none for the base model.
 
@@ -30,8 +35,10 @@ worker process that builds it.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import gc
+import itertools
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -78,6 +85,17 @@ class _Shard:
     running: int = 0
 
 
+@dataclass
+class _Request:
+    """One rendered request, ready for ``add_request``."""
+
+    request_id: str
+    engine_input: Any
+    params: Any
+    lora: Any
+    n_tokens: int
+
+
 class VLLMEngine:
     """One model served by ``vllm.LLM``; implements both ``Engine`` and ``StreamingEngine``."""
 
@@ -95,8 +113,10 @@ class VLLMEngine:
         engine_args: dict[str, Any] | None = None,
         max_input_length: int | None = None,
         lora_adapters: Mapping[str, str] | None = None,
+        prefix_order: bool = True,
     ) -> None:
         self.model_path = str(model_path)
+        self.prefix_order = prefix_order
         self.device = str(device)
         if max_model_len is not None and max_model_len < 2:
             raise SettingsError(f"max_model_len must be at least 2 (prompt plus one token), got {max_model_len}")
@@ -157,6 +177,9 @@ class VLLMEngine:
                     base, max_total_tokens=None, add_special_tokens=add_special
                 )
         self._shards: dict[str, _Shard] = {}
+        self._staged: list[tuple[tuple[tuple[int, ...], int], _Request]] = []  # prefix_order: not in vLLM yet
+        self._arrivals = itertools.count()
+        self._in_vllm = 0  # requests handed to vLLM and not finished
         self._ready: list[tuple[str, list[Completion]]] = []
         self._lora = vllm_requests(self.lora_adapters) if self.lora_adapters else {}
 
@@ -220,29 +243,56 @@ class VLLMEngine:
         self._shards[tag] = shard
         added: list[str] = []
         try:
+            rendered: list[tuple[int, Any, int]] = []  # (row, engine input, prompt tokens)
             for i, prompt in enumerate(prompts):
                 engine_input, error, n_tokens = self._render(prompt)
                 if engine_input is None:
                     shard.results[i] = Completion(prompt_tokens=n_tokens, error=error)
                     continue
-                request_id = f"{tag}{_SEP}{i}"
-                try:
-                    self._engine.add_request(request_id, engine_input, row_params[i], lora_request=lora)
-                except Exception as exc:
-                    if _is_engine_failure(exc):
-                        raise
-                    shard.results[i] = Completion(
-                        prompt_tokens=n_tokens, error=f"vLLM refused the prompt: {type(exc).__name__}: {exc}"
-                    )
-                    continue
-                added.append(request_id)
+                rendered.append((i, engine_input, n_tokens))
+            for i, engine_input, n_tokens in rendered:
+                request = _Request(f"{tag}{_SEP}{i}", engine_input, row_params[i], lora, n_tokens)
                 shard.prompt_tokens[i] = n_tokens
                 shard.running += 1
+                if self.prefix_order:
+                    # Staged, then fed to vLLM sorted by token ids across every shard submitted so far: rows
+                    # that share a prefix (in this shard or the next) run back to back, so vLLM's prefix cache
+                    # computes the shared blocks once, before they can be evicted. Results stay keyed by row.
+                    order = (tuple(engine_input.get("prompt_token_ids") or ()), next(self._arrivals))
+                    bisect.insort(self._staged, (order, request), key=lambda e: e[0])
+                elif self._add(request):
+                    added.append(request.request_id)
         except BaseException:
             self._shards.pop(tag, None)
+            self._staged = [e for e in self._staged if not e[1].request_id.startswith(f"{tag}{_SEP}")]
             if added:
                 self._abort(added)
             raise
+
+    def _add(self, request: _Request) -> bool:
+        """Hand one request to vLLM; a refused one becomes its row's error Completion (False)."""
+        try:
+            self._engine.add_request(
+                request.request_id, request.engine_input, request.params, lora_request=request.lora
+            )
+        except Exception as exc:
+            if _is_engine_failure(exc):
+                raise
+            tag, _, row = request.request_id.rpartition(_SEP)
+            shard = self._shards[tag]
+            shard.results[int(row)] = Completion(
+                prompt_tokens=request.n_tokens, error=f"vLLM refused the prompt: {type(exc).__name__}: {exc}"
+            )
+            shard.running -= 1
+            return False
+        self._in_vllm += 1
+        return True
+
+    def _feed(self) -> None:
+        """Move staged requests to vLLM, smallest token ids first, while it holds less than a full batch."""
+        while self._staged and self._in_vllm < self._max_num_seqs:
+            _, request = self._staged.pop(0)
+            self._add(request)
 
     def has_pending(self) -> bool:
         return bool(self._shards) or bool(self._ready)
@@ -261,6 +311,7 @@ class VLLMEngine:
         done, self._ready = self._ready, []
         if self._llm is None:
             return done
+        self._feed()
         if any(s.running for s in self._shards.values()):
             if self._engine.has_unfinished_requests():
                 for output in self._engine.step():
@@ -347,6 +398,7 @@ class VLLMEngine:
             completion.error = "vLLM failed this request (finish_reason 'error'); retrying the shard may help"
         shard.results[i] = completion
         shard.running -= 1
+        self._in_vllm -= 1
 
     def _abort(self, request_ids: list[str]) -> None:
         try:
@@ -365,6 +417,7 @@ class VLLMEngine:
         if running:
             self._abort(running)
         self._shards.clear()
+        self._staged.clear()
         self._ready.clear()
         try:
             self._engine.engine_core.shutdown()

@@ -16,6 +16,7 @@ group, and each shard becomes one job per model, reported as it lands like any o
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import polars as pl
 
 from llm_infer_dagster.deployment import Deployment
 from llm_infer_dagster.engines.lora import base_shares_engine_with_adapters
+from llm_infer_dagster.engines.prefix_order import plan_groups, prefix_signature
 from llm_infer_dagster.engines.spec import EngineSpec, has_chat_template
 from llm_infer_dagster.errors import TaskConfigError
 from llm_infer_dagster.pipeline.events import AssetRef, Checked, FilePath, Landed, Markdown, StreamFailed, StreamSink
@@ -50,6 +52,10 @@ from llm_infer_dagster.tasks.loader import TaskConfig
 from llm_infer_dagster.tasks.task_settings import SETTINGS_FILE
 
 RAW, PROMPTS, INPUT = AssetRef("raw"), AssetRef("prompts"), AssetRef("input")
+
+#: Shards planned together by prefix-aware planning (``prefix_planning`` in task_settings.json): their prompts
+#: are made before the first of them runs, so a larger window delays the first shard a little more.
+PLAN_WINDOW = 64
 
 
 @dataclass(frozen=True)
@@ -387,6 +393,24 @@ class ShardStream:
             if k not in self.failed and self._claim(k):
                 yield k
 
+    def _prefix_planned(self, shards: Iterator[str]) -> Iterator[tuple[str, int]]:
+        """``shards`` reordered, PLAN_WINDOW at a time, so shards whose prompts share prefixes run back to back
+        (each with its planning group, kept on one worker); which rows a shard holds is untouched."""
+        groups_before = 0
+        while window := list(itertools.islice(shards, PLAN_WINDOW)):
+            signatures = []
+            for key in window:
+                try:
+                    texts = self.store.read_frame("prompts", key)["prompt"].drop_nulls().to_list()
+                except Exception:  # unreadable here: the worker reports it; plan the shard without prefixes
+                    texts = []
+                signatures.append(prefix_signature(texts))
+            groups = plan_groups(signatures)
+            for g, members in enumerate(groups):
+                for i in members:
+                    yield window[i], groups_before + g
+            groups_before += len(groups)
+
     def _complete(self, group: list[ModelTarget], shards: Iterator[str]) -> None:
         """Run one engine over ``shards`` for every model of ``group``; record each shard as it lands.
 
@@ -398,18 +422,19 @@ class ShardStream:
         assert first.spec is not None
         log, settings = self.log, self.settings
         adapters = {name: t.adapter for t in group if (name := _adapter_name(t)) and t.adapter}
-        spec = dataclasses.replace(first.spec, lora_adapters=adapters)
+        planning = self.task.settings.prefix_planning
+        spec = dataclasses.replace(first.spec, lora_adapters=adapters, prefix_order=planning)
         by_job: dict[str, tuple[ModelTarget, str]] = {}
 
         def jobs() -> Iterator[ShardJob]:
-            for shard in shards:
+            for shard, plan_group in self._prefix_planned(shards) if planning else ((s, None) for s in shards):
                 self._jobs_left[shard] = len(group)
                 for t in group:
                     key = shard if len(group) == 1 else f"{shard}@{t.name or 'default'}"
                     by_job[key] = (t, shard)
                     out = self.store.shard_path("completions", shard, t.name)
                     prompts = self.store.shard_path("prompts", shard)
-                    yield ShardJob(key, str(prompts), str(out), adapter=_adapter_name(t))
+                    yield ShardJob(key, str(prompts), str(out), adapter=_adapter_name(t), group=plan_group)
 
         feed: Iterator[ShardJob] = jobs()
         if self.make_prompts:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import assert_never
 
+from llm_infer_dagster.engines.prefix_order import pick
 from llm_infer_dagster.runtime.messages import (
     FROM_WORKER,
     Done,
@@ -36,6 +37,7 @@ class ShardJob:
     prompts: str  # path of the prompts shard
     output: str  # where the completions shard goes
     adapter: str | None = None  # the LoRA adapter of the pool's engine spec it runs with (None: the base model)
+    group: int | None = None  # prefix-planning group: shards sharing prompt prefixes, kept on one worker
 
 
 @dataclass
@@ -69,6 +71,7 @@ class WorkerState:
     stopping: bool = False
     clock: float = 0.0  # when its oldest in-flight shard started to be the one it works on (for the timeout)
     timed_out: bool = False
+    group: int | None = None  # the prefix-planning group of the last job it was given
 
 
 def read_messages(state: WorkerState, data: bytes) -> Iterator[FromWorker]:
@@ -92,13 +95,19 @@ def dispatch(
     feed: Feed,
     send: Callable[[ToWorker], None],
     on_job: Callable[[ShardJob], None] | None = None,
+    busy: set[int] | None = None,
 ) -> Done | Failed | None:
     """Act on one message: hand a ready worker its next shard (or ``stop``), note a fatal error; a shard's
-    ``done``/``failed`` is returned for the pool to report (None for every other message)."""
+    ``done``/``failed`` is returned for the pool to report (None for every other message).
+
+    ``busy``: the prefix-planning groups other workers are on; a worker keeps to its own group, or takes
+    one nobody runs, so shards that share prefixes meet in one engine's cache.
+    """
     match msg:
         case Ready():
-            job = None if state.stopping else feed.pop()
+            job = None if state.stopping else feed.pop(state.group, busy or set())
             if job is not None:
+                state.group = job.group
                 if not state.inflight:
                     state.clock = time.monotonic()
                 state.inflight.append(job.key)
@@ -160,8 +169,16 @@ class Feed:
             self.make_one()
         return bool(self._made)
 
-    def pop(self) -> ShardJob | None:
-        return self._made.popleft() if self.peek() else None
+    def pop(self, prefer: int | None = None, busy: set[int] | frozenset[int] = frozenset()) -> ShardJob | None:
+        """The next job: of group ``prefer`` if one is made, else of a group not in ``busy``, else the first."""
+        if not self.peek():
+            return None
+        if prefer is None and not busy:
+            return self._made.popleft()
+        i = pick(self._made, lambda j: j.group, prefer, set(busy))
+        job = self._made[i]
+        del self._made[i]
+        return job
 
     def put_back(self, job: ShardJob) -> None:
         """``job`` goes first again (its worker was lost: another takes it next)."""

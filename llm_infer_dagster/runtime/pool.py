@@ -104,6 +104,7 @@ class WorkerPool:
         # The seed's --timeout: a shard a worker has worked on for longer fails, the worker is stopped (an engine
         # cannot drop one request for certain) and a new one takes its place for the shards still to come.
         self.shard_timeout = shard_timeout
+        self._started: list[_Worker] = []  # this run's workers (replacements appended)
 
     def _start(self, index: int) -> _Worker:
         read_fd, write_fd = os.pipe()
@@ -165,6 +166,7 @@ class WorkerPool:
         if total == 0 or not feed.peek():
             return
         started = [self._start(i) for i in range(min(self.workers, total or self.workers))]
+        self._started = started  # a replacement is appended: _pump reads which planned groups are busy
         sel = selectors.DefaultSelector()
         for w in started:
             sel.register(w.msgs, selectors.EVENT_READ, w)
@@ -223,7 +225,8 @@ class WorkerPool:
         try:
             for msg in read_messages(w, data):
                 self.on_message(w.index, msg)
-                if (landed := dispatch(w, msg, queue, lambda m: self._send(w, m))) is not None:
+                busy = {o.group for o in self._started if o is not w and o.inflight and o.group is not None}
+                if (landed := dispatch(w, msg, queue, lambda m: self._send(w, m), busy=busy)) is not None:
                     yield result_of(w, landed)
         except ProtocolError as exc:
             self._refuse(w, exc)

@@ -10,7 +10,8 @@ here, in one place next to the task's code::
       "schedule": {"enabled": false, "cron": "0 * * * *"},    # materialize missing shards
       "models": {"qwen7b": {"model_path": "/models/qwen7b", "model_type": "vllm"}},  # also run these
                                                 # ... each may add "lora_adapters": {"<name>": "<adapter folder>"}
-      "checks": {"error_rows": {"warn": 0.05, "error": 0.5, "blocking": true}}   # per-shard quality checks
+      "checks": {"error_rows": {"warn": 0.05, "error": 0.5, "blocking": true}},  # per-shard quality checks
+      "prefix_planning": true                   # order rows and shards so shared prompt prefixes hit vLLM's cache
     }
 
 The file is :class:`TaskSettings` (pydantic, strict JSON types, unknown keys refused); a mistake is one
@@ -219,6 +220,8 @@ class TaskSettings(_Section):
     schedule: ScheduleSettings = ScheduleSettings()
     models: dict[ModelName, ModelChoice] = Field(default_factory=dict)
     checks: CheckSettings = CheckSettings()
+    # Run rows and shards that share a prompt prefix together, so vLLM's prefix cache hits (results unchanged)
+    prefix_planning: bool = True
 
     @property
     def sensor_enabled(self) -> bool:

@@ -259,3 +259,33 @@ def test_wants_more_until_the_batch_is_covered_twice(engine: VLLMEngine) -> None
     assert not engine.wants_more()  # two batches' worth: enough
     assert sorted(tag for tag, _ in drain(engine)) == ["fill-a", "fill-b"]
     assert engine.wants_more()
+
+
+def test_prefix_order_groups_shared_prefixes_and_keeps_every_rows_result(
+    engine: VLLMEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planning on vs off: requests queued by shared prefix (on) or in row order (off), the same greedy
+    completion for every row either way, returned in row order."""
+    docs = [f"Document {d}: the river runs past town number {d} and on to the sea. " * 4 for d in range(3)]
+    prompts = [f"{doc}Question {q}: where does it run?" for q in range(3) for doc in docs]  # grouped by question
+    queued: list[int] = []
+    real = engine._engine.add_request
+
+    def spy(request_id: str, *args: object, **kwargs: object) -> object:
+        queued.append(int(request_id.rpartition("\x1f")[2]))
+        return real(request_id, *args, **kwargs)
+
+    monkeypatch.setattr(engine._engine, "add_request", spy)
+    results = {}
+    for planned in (True, False):
+        monkeypatch.setattr(engine, "prefix_order", planned)
+        queued.clear()
+        results[planned] = [as_tuple(c) for c in engine.generate(prompts, GREEDY)]
+        if planned:
+            by_doc = [i % len(docs) for i in queued]
+            runs = [d for i, d in enumerate(by_doc) if i == 0 or by_doc[i - 1] != d]
+            assert sorted(runs) == list(range(len(docs))), queued  # each document's rows queued back to back
+        else:
+            assert queued == list(range(len(prompts)))
+    assert results[True] == results[False]
+    assert all(r[4] is None for r in results[True])

@@ -1,0 +1,238 @@
+"""Prefix-aware planning (issue 24): rows in file order vs planned, on vLLM with its prefix cache on.
+
+The task: ``--docs`` documents (``--doc-lines`` sentences of the tiny model's corpus each, about 300-600
+tokens), each asked ``--questions`` questions behind one shared instruction. The input is grouped by
+question type, as a real dataset would be (every document's question 1, then every question 2, ...), so in
+file order the rows of one document sit ``--docs`` rows apart. Short greedy outputs (``--max-tokens``) make
+prefill dominate. Each variant runs in its own fresh process; engine start-up is not timed:
+
+  bare-nocache   ``LLM.generate(all prompts in file order)`` with ``enable_prefix_caching=False`` (reference)
+  bare           ``LLM.generate(all prompts in file order)``, prefix caching on (vLLM's default)
+  bare-planned   the same fed the planned order (every document's rows together): the ceiling
+  platform-off   the platform's engine level: ``VLLMEngine`` fed ``--shard-size``-row shards through its
+                 submit/step loop the way a worker feeds it (a shard queued while ``wants_more()``), shards in
+                 file order, ``prefix_order=False``
+  platform-on    the same with planning: shards in ``plan_order`` of their prefix signatures, each shard's
+                 requests queued in ``submit_order`` (``prefix_order=True``)
+
+Prefix cache hit rate = vLLM's ``vllm:prompt_tokens_cached`` / ``vllm:prompt_tokens`` counters
+(``LLM.get_metrics()``, with ``disable_log_stats=False``). Throughput: prompt+output tokens per second (and
+output tokens per second) over the timed generation. The KV cache (``--kv-cache-mib``) is sized below the
+corpus, as with any real corpus larger than the cache: what is evicted before its document's next question
+comes is what file order loses.
+
+    python benchmarks/prefix_planning.py [--docs 48] [--questions 4] [--doc-lines 28] [--shard-size 16]
+        [--max-tokens 8] [--kv-cache-mib 96] [--hidden-size 512] [--layers 4] [--repeats 1]
+        [--variants bare-nocache,bare,bare-planned,platform-off,platform-on] [--model-dir DIR]
+
+Prints one JSON line per variant run, then a markdown table. Everything runs under ``__main__`` (vLLM
+starts its engine core with spawn).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+VARIANTS = ("bare-nocache", "bare", "bare-planned", "platform-off", "platform-on")
+QUESTIONS = (
+    "Summarise the document in one sentence.",
+    "Which place does the document mention first?",
+    "What is the main subject of the document?",
+    "Name one number that appears in the document.",
+    "Is the tone of the document positive or negative?",
+    "Who is the document written for?",
+)
+INSTRUCTION = "You are a careful reader. Read the document below and answer the question after it briefly."
+
+
+def make_rows(docs: int, questions: int, doc_lines: int, seed: int) -> list[str]:
+    """Prompts in file order: grouped by question, then by document."""
+    from llm_infer_dagster.testing.tiny_model import corpus
+
+    lines = corpus()
+    rng = random.Random(seed)
+    texts = [" ".join(rng.choice(lines) for _ in range(doc_lines)) for _ in range(docs)]
+    qs = [QUESTIONS[i % len(QUESTIONS)] + ("" if i < len(QUESTIONS) else f" ({i})") for i in range(questions)]
+    return [f"{INSTRUCTION}\n\nDocument {d}:\n{texts[d]}\n\nQuestion: {q}\nAnswer:" for q in qs for d in range(docs)]
+
+
+def shards_of(prompts: list[str], shard_size: int, files: int) -> list[list[int]]:
+    """Row indices of each shard: each question file cut into contiguous ``shard_size`` chunks."""
+    per_file = len(prompts) // files
+    out = []
+    for f in range(files):
+        rows = list(range(f * per_file, (f + 1) * per_file))
+        out += [rows[i : i + shard_size] for i in range(0, len(rows), shard_size)]
+    return out
+
+
+def _metrics(llm: Any) -> dict[str, float]:
+    got: dict[str, float] = {}
+    for m in llm.get_metrics():
+        if m.name in ("vllm:prompt_tokens", "vllm:prompt_tokens_cached", "vllm:generation_tokens"):
+            got[m.name.split(":")[1]] = got.get(m.name.split(":")[1], 0) + float(m.value)
+    return got
+
+
+def _child(cfg: dict[str, Any]) -> dict[str, Any]:
+    from llm_infer_dagster.engines.prefix_order import plan_order, prefix_signature
+
+    prompts = make_rows(cfg["docs"], cfg["questions"], cfg["doc_lines"], cfg["seed"])
+    shards = shards_of(prompts, cfg["shard_size"], cfg["questions"])
+    variant = cfg["variant"]
+    engine_args = {
+        "enforce_eager": True,
+        "kv_cache_memory_bytes": cfg["kv_cache_mib"] << 20,
+        "max_num_seqs": cfg["max_num_seqs"],
+        "disable_log_stats": False,
+        "enable_prefix_caching": variant != "bare-nocache",
+    }
+    sampling = {"temperature": 0.0, "max_tokens": cfg["max_tokens"], "ignore_eos": True}
+    responses: dict[int, str] = {}
+    if variant.startswith("bare"):
+        from vllm import LLM, SamplingParams
+
+        llm = LLM(model=cfg["model"], dtype="float32", max_model_len=cfg["max_model_len"], **engine_args)
+        order = list(range(len(prompts)))
+        if variant == "bare-planned":
+            order = sorted(order, key=lambda i: prompts[i])  # every document's rows together
+        start = time.perf_counter()
+        outs = llm.generate([prompts[i] for i in order], SamplingParams(**sampling), use_tqdm=False)
+        seconds = time.perf_counter() - start
+        for i, o in zip(order, outs, strict=True):
+            responses[i] = o.outputs[0].text
+        metrics = _metrics(llm)
+        llm.llm_engine.engine_core.shutdown()
+    else:
+        from llm_infer_dagster.engines.vllm import VLLMEngine
+
+        planned = variant == "platform-on"
+        engine = VLLMEngine(
+            cfg["model"], device="cpu", dtype="float32", max_model_len=cfg["max_model_len"],
+            engine_args=engine_args, prefix_order=planned,
+        )  # fmt: skip
+        order = list(range(len(shards)))
+        plan_s = 0.0
+        start = time.perf_counter()
+        if planned:
+            order = plan_order([prefix_signature([prompts[i] for i in rows]) for rows in shards])
+            plan_s = time.perf_counter() - start
+        queue = list(order)
+        pending = 0
+        while queue or pending:
+            while queue and engine.wants_more():  # what the worker does: queue shards while the batch has room
+                k = queue.pop(0)
+                engine.submit(str(k), [prompts[i] for i in shards[k]], sampling)
+                pending += 1
+            for tag, completions in engine.step():
+                pending -= 1
+                for i, c in zip(shards[int(tag)], completions, strict=True):
+                    assert c.error is None, c.error
+                    responses[i] = c.response or ""
+        seconds = time.perf_counter() - start
+        metrics = _metrics(engine._llm)
+        engine.close()
+    prompt_tokens = metrics.get("prompt_tokens", 0.0)
+    out_tokens = metrics.get("generation_tokens", 0.0)
+    result = {
+        "variant": variant,
+        "seconds": seconds,
+        "prompts": len(prompts),
+        "prompt_tokens": prompt_tokens,
+        "output_tokens": out_tokens,
+        "cached_tokens": metrics.get("prompt_tokens_cached", 0.0),
+        "hit_rate": metrics.get("prompt_tokens_cached", 0.0) / prompt_tokens if prompt_tokens else 0.0,
+        "tokens_per_s": (prompt_tokens + out_tokens) / seconds,
+        "output_tokens_per_s": out_tokens / seconds,
+        "responses": [responses[i] for i in range(len(prompts))],
+    }
+    if variant.startswith("platform"):
+        result["plan_s"] = plan_s
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--docs", type=int, default=48)
+    ap.add_argument("--questions", type=int, default=4)
+    ap.add_argument("--doc-lines", type=int, default=28)
+    ap.add_argument("--shard-size", type=int, default=16)
+    ap.add_argument("--max-tokens", type=int, default=8)
+    ap.add_argument("--max-num-seqs", type=int, default=64)
+    ap.add_argument("--kv-cache-mib", type=int, default=96)
+    ap.add_argument("--hidden-size", type=int, default=512)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--model-dir", default=".models/bench-prefix")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        cfg = json.loads(Path(args.child).read_text())
+        Path(cfg["out"]).write_text(json.dumps(_child(cfg)))
+        return
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        sys.exit(f"--variants: unknown {', '.join(bad)}; choose from {', '.join(VARIANTS)}")
+    if args.docs % args.shard_size and args.shard_size < args.docs:
+        print(f"note: {args.docs} docs per file is not a multiple of --shard-size {args.shard_size}", file=sys.stderr)
+    from llm_infer_dagster.testing.tiny_model import build_tiny_model
+
+    model = build_tiny_model(
+        Path(args.model_dir), hidden_size=args.hidden_size, num_layers=args.layers,
+        num_heads=max(1, args.hidden_size // 64), max_position_embeddings=2048,
+    )  # fmt: skip
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model))
+    prompts = make_rows(args.docs, args.questions, args.doc_lines, args.seed)
+    lens = [len(tok(p)["input_ids"]) for p in prompts]
+    doc_lens = [len(tok(p.split("Document ", 1)[1].split("\n\nQuestion", 1)[0])["input_ids"]) for p in prompts]
+    print(json.dumps({
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "load_before": os.getloadavg(), "prompts": len(prompts), "prompt_tokens_mean": statistics.mean(lens),
+        "doc_tokens_min_max": [min(doc_lens), max(doc_lens)], "corpus_tokens": sum(doc_lens) // args.questions,
+    }))  # fmt: skip
+    results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):
+            for v in variants[r % len(variants) :] + variants[: r % len(variants)]:
+                cfg = {**vars(args), "variant": v, "model": str(model), "max_model_len": 2048,
+                       "out": f"{tmp}/{v}-{r}.json"}  # fmt: skip
+                (Path(tmp) / "cfg.json").write_text(json.dumps(cfg))
+                env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", "TQDM_DISABLE": "1"}
+                subprocess.run([sys.executable, __file__, "--child", f"{tmp}/cfg.json"], check=True, env=env,
+                               stdout=subprocess.DEVNULL)  # fmt: skip
+                res = json.loads(Path(cfg["out"]).read_text())
+                res["load"] = os.getloadavg()[0]
+                results[v].append(res)
+                print(json.dumps({k: v for k, v in res.items() if k != "responses"}), flush=True)
+    ref = next(iter(results.values()))[0]["responses"]
+    same = {v: all(x["responses"] == ref for x in rs) for v, rs in results.items()}
+    print(f"\nload average after: {os.getloadavg()}; greedy outputs identical to {variants[0]}: {same}\n")
+    best = {v: max(rs, key=lambda x: x["tokens_per_s"]) for v, rs in results.items()}
+    print("| variant | seconds | prompt+output tok/s | output tok/s | prefix cache hit rate |")
+    print("|---|---:|---:|---:|---:|")
+    for v, b in best.items():
+        print(f"| {v} | {b['seconds']:.2f} | {b['tokens_per_s']:,.0f} | {b['output_tokens_per_s']:,.1f} "
+              f"| {b['hit_rate']:.1%} |")  # fmt: skip
+    if "bare" in best and "platform-on" in best:
+        ratio = best["platform-on"]["tokens_per_s"] / best["bare"]["tokens_per_s"]
+        print(f"\nplatform-on / bare (file order): {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
