@@ -11,7 +11,7 @@ here, in one place next to the task's code::
       "models": {"qwen7b": {"model_path": "/models/qwen7b", "model_type": "vllm"}},  # also run these
                                                 # ... each may add "lora_adapters": {"<name>": "<adapter folder>"}
       "checks": {"error_rows": {"warn": 0.05, "error": 0.5, "blocking": true}},  # per-shard quality checks
-      "prefix_planning": true                   # order rows and shards so shared prompt prefixes hit vLLM's cache
+      "prefix_planning": false                  # true: order rows and shards so shared prompt prefixes hit vLLM's cache
     }
 
 The file is :class:`TaskSettings` (pydantic, strict JSON types, unknown keys refused); a mistake is one
@@ -221,7 +221,7 @@ class TaskSettings(_Section):
     models: dict[ModelName, ModelChoice] = Field(default_factory=dict)
     checks: CheckSettings = CheckSettings()
     # Run rows and shards that share a prompt prefix together, so vLLM's prefix cache hits (results unchanged)
-    prefix_planning: bool = True
+    prefix_planning: bool = False  # opt in: measured on the engine, not yet on whole jobs (BENCHMARKS.md)
 
     @property
     def sensor_enabled(self) -> bool:

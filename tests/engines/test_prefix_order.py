@@ -21,8 +21,10 @@ def test_submit_order_puts_equal_prefixes_together_and_is_stable() -> None:
 
 
 def test_signature_overlap_follows_shared_prefix() -> None:
-    a, b, c = prefix_signature(shard(range(3), 1)), prefix_signature(shard(range(3), 2)), prefix_signature(
-        shard(range(3, 6), 1)
+    a, b, c = (
+        prefix_signature(shard(range(3), 1)),
+        prefix_signature(shard(range(3), 2)),
+        prefix_signature(shard(range(3, 6), 1)),
     )
     assert sum(n for n, _ in a & b) > sum(n for n, _ in a & c)  # other questions, same documents: shared
     assert prefix_signature(["short"]) == frozenset()  # shorter than every rung: nothing to plan on

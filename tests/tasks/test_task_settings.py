@@ -110,7 +110,7 @@ def test_invalid_json_and_not_an_object(tmp_path: Path) -> None:
     ("content", "expected"),
     [
         ({"shardsize": 4}, 'unknown key(s) shardsize (did you mean "shard_size"?); valid: checks, input_path, '),
-        ({"zzz": 1}, "unknown key(s) zzz; valid: checks, input_path, models, prefix_planning, schedule, sensor, shard_size"),
+        ({"zzz": 1}, "unknown key(s) zzz; valid: checks, input_path, models, prefix_planning, schedule, sensor, "),
         ({"sensor": {"enable": True}}, 'unknown key(s) enable in "sensor" (did you mean "enabled"?); valid: enabled,'),
         ({"schedule": {"crn": "x"}}, 'unknown key(s) crn in "schedule" (did you mean "cron"?)'),
         (
@@ -291,7 +291,7 @@ def test_a_good_cron_string_builds_the_schedule(tmp_path: Path) -> None:
     assert sched.name == "t_missing_shards" and sched.cron_schedule == "@daily"
 
 
-def test_prefix_planning_defaults_on_and_can_be_turned_off(tmp_path: Path) -> None:
-    assert TaskSettings().prefix_planning is True
-    (tmp_path / "task_settings.json").write_text('{"prefix_planning": false}')
-    assert load_task_settings(tmp_path).prefix_planning is False
+def test_prefix_planning_is_opt_in(tmp_path: Path) -> None:
+    assert TaskSettings().prefix_planning is False
+    (tmp_path / "task_settings.json").write_text('{"prefix_planning": true}')
+    assert load_task_settings(tmp_path).prefix_planning is True
