@@ -28,8 +28,9 @@ class EngineSpec:
     max_input_length: int | None = None  # the seed's --max_input_length: longer prompts are error rows
     # LoRA adapters loaded with the base model, by name -> folder; a job names the one it runs (or none)
     lora_adapters: dict[str, str] = field(default_factory=dict)
-    # vLLM: feed queued requests sorted by token ids so shared prefixes hit the prefix cache
-    prefix_order: bool = True
+    # vLLM: feed queued requests sorted by token ids so shared prefixes hit the prefix cache (task_settings'
+    # prefix_planning, opt in)
+    prefix_order: bool = False
 
     def base(self) -> EngineSpec:
         """This engine without its adapters: specs with the same base can share one loaded engine."""

@@ -21,10 +21,11 @@ Conventions shared with the HF backend (see :mod:`llm_infer_dagster.engines.hf`)
 - ``completion_tokens`` counts the generated token ids (the terminating EOS / stop token included),
   summed over the ``n`` samples; ``finish_reasons`` are vLLM's ("stop", "length", "abort").
 
-With ``prefix_order`` (the default) submitted requests are staged and handed to vLLM a batch
-(``max_num_seqs``) at a time, sorted by token ids across every shard submitted so far, so rows that share a
-prefix run together and vLLM's prefix cache (on by default) computes the shared blocks once, before they are
-evicted; completions still come back per shard in input order (see :mod:`llm_infer_dagster.engines.prefix_order`).
+With ``prefix_order`` (task_settings' ``prefix_planning``; off by default) submitted requests are staged
+and handed to vLLM a batch (``max_num_seqs``) at a time, sorted by token ids across every shard submitted so
+far, so rows that share a prefix run together and vLLM's prefix cache (on by default) computes the shared
+blocks once, before they are evicted; completions still come back per shard in input order (see
+:mod:`llm_infer_dagster.engines.prefix_order`).
 
 LoRA adapters (``lora_adapters``) load with the base model (``enable_lora``); each submitted shard names
 the one its requests run with (a ``LoRARequest``), or none for the base model.
@@ -113,7 +114,7 @@ class VLLMEngine:
         engine_args: dict[str, Any] | None = None,
         max_input_length: int | None = None,
         lora_adapters: Mapping[str, str] | None = None,
-        prefix_order: bool = True,
+        prefix_order: bool = False,
     ) -> None:
         self.model_path = str(model_path)
         self.prefix_order = prefix_order
