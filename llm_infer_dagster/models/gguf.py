@@ -64,6 +64,8 @@ def convert_gguf(gguf_file: str | Path, out_dir: str | Path) -> Path:
     An existing ``out_dir`` is refused: converting never overwrites a model folder.
     """
     source, out = Path(gguf_file).resolve(), Path(out_dir).resolve()
+    if not source.is_file():
+        raise SettingsError(f"{source} does not exist: name the .gguf file to convert")
     if find_gguf(source) != source:
         raise SettingsError(f"{source} is not a GGUF file (it does not start with {GGUF_MAGIC!r})")
     if out.exists():

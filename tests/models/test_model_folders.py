@@ -127,4 +127,4 @@ def test_the_commands_answer_help_and_mistakes_on_one_line() -> None:
         [sys.executable, "-m", "llm_infer_dagster", "convert-gguf", "/nonexistent.gguf", "/tmp/x"],
         capture_output=True, text=True, env=cli_env(),
     )  # fmt: skip
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "is not a GGUF file" in r.stderr
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "/nonexistent.gguf does not exist" in r.stderr
