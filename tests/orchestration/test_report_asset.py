@@ -45,16 +45,32 @@ from llm_infer_dagster.tasks.loader import load_task
 TASK = "score_example"
 
 
-def _setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rows: int, models: dict | None = None):
+def _setup(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    rows: int,
+    models: dict | None = None,
+    *,
+    task_config: str | None = None,
+    sampling: str | None = None,
+    model_path: str | None = None,
+):
+    """The example task copied (its ``task_config.py`` / ``sampling_params.json`` replaced when given) over
+    ``rows`` questions, with its settings, assets and Definitions on the HF engine on CPU."""
     configs, data, out = tmp_path / "configs", tmp_path / "data", tmp_path / "out"
     shutil.copytree(CONFIGS / TASK, configs / TASK, ignore=shutil.ignore_patterns("data"))
     if models:
         (configs / TASK / "task_settings.json").write_text(json.dumps({"models": models}))
+    if task_config is not None:
+        (configs / TASK / "task_config.py").write_text(task_config)
+    if sampling is not None:
+        (configs / TASK / "sampling_params.json").write_text(sampling)
     data.mkdir()
     (data / "q.jsonl").write_text("".join(json.dumps({"question": f"{i}?", "gold": i}) + "\n" for i in range(rows)))
     (tmp_path / "home").mkdir()
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
-    s = Settings(task_configs=str(configs), input_path=str(data), output_dir=str(out), model_type="hf", use_cpu=True)
+    s = Settings(task_configs=str(configs), input_path=str(data), output_dir=str(out), model_path=model_path,
+                 model_type="hf", use_cpu=True)  # fmt: skip
     task = load_task(configs, TASK)
     bundle = build_task_assets(task, s.deployment)
     defs = Definitions(assets=bundle.all_assets, jobs=[bundle.job, bundle.report_job], resources={"settings": s.run})
@@ -198,13 +214,10 @@ def test_two_real_models_are_scored_per_row_and_reported_side_by_side(
     from llm_infer_dagster.testing.tiny_model import build_tiny_model
 
     other = build_tiny_model(tmp_path / "other-model", arch="qwen2", seed=1)
-    s, task, bundle, defs, data = _setup(tmp_path, monkeypatch, rows=6, models={"qwen": {"model_path": str(other)}})
-    (Path(task.folder) / "task_config.py").write_text(CONTROLLED)
-    s = Settings(task_configs=str(task.folder.parent), input_path=data, output_dir=str(tmp_path / "out"),
-                 model_path=tiny_model_path, model_type="hf", use_cpu=True)  # fmt: skip
-    task = load_task(task.folder.parent, TASK)
-    bundle = build_task_assets(task, s.deployment)
-    defs = Definitions(assets=bundle.all_assets, jobs=[bundle.job, bundle.report_job], resources={"settings": s.run})
+    models = {"qwen": {"model_path": str(other)}}
+    s, task, bundle, defs, data = _setup(
+        tmp_path, monkeypatch, rows=6, models=models, task_config=CONTROLLED, model_path=tiny_model_path
+    )
     store = s.store(TASK)
     with DagsterInstance.get() as instance:
         register_shards(instance, task, store, data, shard_size=4)
@@ -302,14 +315,10 @@ def test_n_samples_give_pass_at_1_pass_at_n_and_maj_at_n_in_the_answers_and_the_
     from llm_infer_dagster.orchestration.assets.report import report_line
 
     assert SAMPLED != CONTROLLED and "% 3" in SAMPLED
-    s, task, bundle, defs, data = _setup(tmp_path, monkeypatch, rows=6)
-    (Path(task.folder) / "task_config.py").write_text(SAMPLED)  # the answer: a sample's length mod 3
-    (Path(task.folder) / "sampling_params.json").write_text('{"n": 4, "temperature": 1.0, "max_tokens": 6}')
-    s = Settings(task_configs=str(task.folder.parent), input_path=data, output_dir=str(tmp_path / "out"),
-                 model_path=tiny_model_path, model_type="hf", use_cpu=True)  # fmt: skip
-    task = load_task(task.folder.parent, TASK)
-    bundle = build_task_assets(task, s.deployment)
-    defs = Definitions(assets=bundle.all_assets, jobs=[bundle.job, bundle.report_job], resources={"settings": s.run})
+    sampling = '{"n": 4, "temperature": 1.0, "max_tokens": 6}'
+    s, task, bundle, defs, data = _setup(  # the answer: a sample's length mod 3
+        tmp_path, monkeypatch, rows=6, task_config=SAMPLED, sampling=sampling, model_path=tiny_model_path
+    )
     store = s.store(TASK)
     with DagsterInstance.get() as instance:
         register_shards(instance, task, store, data, shard_size=3)
