@@ -272,12 +272,7 @@ class HFEngine:
             n = int(p.get("n", 1))
             if len(finished) != n:  # greedy: vLLM returns n identical samples
                 finished = finished * n
-            results[item.index] = Completion(
-                responses=[f[0] for f in finished],
-                finish_reasons=[f[1] for f in finished],
-                prompt_tokens=len(item.ids),
-                completion_tokens=sum(f[2] for f in finished),
-            )
+            results[item.index] = _completion(finished, len(item.ids))
         return [r if r is not None else Completion(error="internal: prompt was not generated") for r in results]
 
     def _stop_check(self, stop_strings: list[str], skip_special_tokens: bool) -> Callable[[list[int]], bool]:
@@ -316,12 +311,7 @@ class HFEngine:
             for item, item_samples in zip(batch, samples, strict=True):
                 if seqs_per_prompt != n:
                     item_samples = item_samples * n
-                results[item.index] = Completion(
-                    responses=[s[0] for s in item_samples],
-                    finish_reasons=[s[1] for s in item_samples],
-                    prompt_tokens=len(item.ids),
-                    completion_tokens=sum(s[2] for s in item_samples),
-                )
+                results[item.index] = _completion(item_samples, len(item.ids))
         return [r if r is not None else Completion(error="internal: prompt was not generated") for r in results]
 
     def _encode_all(self, prompts: Sequence[Prompt], results: list[Completion | None]) -> list[_Encoded]:
@@ -511,3 +501,13 @@ class HFEngine:
         gc.collect()
         if on_cuda:
             torch.cuda.empty_cache()
+
+
+def _completion(samples: Sequence[tuple[str, str, int]], prompt_tokens: int) -> Completion:
+    """One prompt's Completion from its samples' (text, finish reason, new tokens)."""
+    return Completion(
+        responses=[s[0] for s in samples],
+        finish_reasons=[s[1] for s in samples],
+        prompt_tokens=prompt_tokens,
+        completion_tokens=sum(s[2] for s in samples),
+    )
