@@ -14,7 +14,8 @@ without it loads and runs as before.
 A folder with no task file and a ``requests.jsonl`` is the built-in OpenAI batch task (``tasks/openai_batch.py``
 is its four functions; its own sampling defaults, see there). A folder with no task file and a ``task.yaml`` is a
 task without Python (``tasks/yaml_task.py`` makes its four functions from the YAML); ``task.yaml`` wins over a
-``requests.jsonl`` beside it.
+``requests.jsonl`` beside it. So is a folder whose ``defs.yaml`` declares an ``LLMInferComponent`` with the same
+fields inline (the Component's inline form; its ``name`` attribute may name the task other than the folder).
 """
 
 from __future__ import annotations
@@ -332,6 +333,8 @@ def resolve_task_folder(task_configs: str | Path, name: str, files: TaskFiles | 
     folder = (root / name).resolve()
     if folder.parent != root:
         raise TaskConfigError(f"task name {name!r} leaves the task config dir {root}")
+    if not folder.is_dir():
+        folder = _inline_folder(root, name, files) or folder  # a defs.yaml whose name attribute is the task's
     if (
         not (folder / config_file).is_file()
         and not is_openai_batch_folder(folder, files)
@@ -357,9 +360,17 @@ def is_openai_batch_folder(folder: Path, files: TaskFiles | None = None) -> bool
 
 
 def is_yaml_folder(folder: Path, files: TaskFiles | None = None) -> bool:
-    """A folder holding a task.yaml and no task file: a task without Python."""
+    """A folder holding a task.yaml (or a defs.yaml with the task inline) and no task file: a task without Python."""
     config_file = (files or TaskFiles()).task_config_fn
-    return not (folder / config_file).is_file() and (folder / yaml_task.YAML_FILE).is_file()
+    if (folder / config_file).is_file():
+        return False
+    return (folder / yaml_task.YAML_FILE).is_file() or yaml_task.inline_attributes(folder) is not None
+
+
+def _inline_name(folder: Path) -> str:
+    """The task name of a defs.yaml with the task inline: its ``name`` attribute, else the folder's name."""
+    name = (yaml_task.inline_attributes(folder) or {}).get("name")
+    return name if isinstance(name, str) else folder.name
 
 
 def discover_tasks(task_configs: str | Path, files: TaskFiles | None = None) -> list[str]:
@@ -369,11 +380,24 @@ def discover_tasks(task_configs: str | Path, files: TaskFiles | None = None) -> 
     if not root.is_dir():
         return []
     return sorted(
-        p.name
+        _inline_name(p) if _is_inline(p, files) else p.name
         for p in root.iterdir()
         if ((p / config_file).is_file() or is_openai_batch_folder(p, files) or is_yaml_folder(p, files))
-        and TASK_NAME_RE.fullmatch(p.name)
+        and TASK_NAME_RE.fullmatch(_inline_name(p) if _is_inline(p, files) else p.name)
     )
+
+
+def _is_inline(folder: Path, files: TaskFiles | None = None) -> bool:
+    """A folder whose defs.yaml carries the task inline (and no task.yaml beside it)."""
+    return is_yaml_folder(folder, files) and not (folder / yaml_task.YAML_FILE).is_file()
+
+
+def _inline_folder(root: Path, name: str, files: TaskFiles | None) -> Path | None:
+    """The folder under ``root`` whose inline defs.yaml names the task ``name`` (its ``name`` attribute)."""
+    for p in sorted(root.iterdir()) if root.is_dir() else []:
+        if p.is_dir() and p.name != name and _is_inline(p, files) and _inline_name(p) == name:
+            return p.resolve()
+    return None
 
 
 def _local_module_names(folder: Path, config_file: str) -> set[str]:
@@ -498,17 +522,31 @@ def _load_openai_batch(name: str, folder: Path) -> TaskConfig:
 def _load_yaml(task_configs: str | Path, name: str, folder: Path) -> TaskConfig:
     """A task without Python: task.yaml's functions, its dataset as the input unless task_settings.json (or
     --input_path) names another, and its ``sampling`` over the folder's and the defaults' sampling parameters."""
-    spec = yaml_task.load_task_yaml(folder)
-    module = yaml_task.build_module(folder, name, spec)
+    inline = _is_inline(folder)
+    if inline:  # the LLMInferComponent's inline form: the fields are its defs.yaml's attributes
+        spec, file, prefix = yaml_task.load_inline(folder), folder / yaml_task.DEFS_FILE, "attributes."
+        declared = _inline_name(folder)
+        if not TASK_NAME_RE.fullmatch(declared):
+            raise TaskConfigError(
+                f"{file}: attributes.name {declared!r} is not a plain task name (letters, digits, '_', '-', '.'); "
+                "give one like 'arith_qa'"
+            )
+        if declared != name:
+            raise TaskConfigError(f"{file}: attributes.name names the task {declared!r}; load it by that name, "
+                                  f"not {name!r}")  # fmt: skip
+    else:
+        spec, file, prefix = yaml_task.load_task_yaml(folder), folder / yaml_task.YAML_FILE, ""
+    module = yaml_task.build_module(folder, name, spec, file, prefix)
     files = TaskFiles()  # the package's functions: the seed's renaming flags are for task files
     sampling = load_sampling_params(Path(task_configs) / DEFAULTS_FILE, folder / files.sampling_params_fn)
     if spec.sampling:
-        source = f"{folder / yaml_task.YAML_FILE}: sampling"
+        source = f"{file}: {prefix}sampling"
         sampling = {**sampling, **validate_sampling_params(spec.sampling, source)}
         check_combination(sampling, source)
     settings = load_task_settings(folder)
-    if settings.input_path is None:
-        settings = settings.model_copy(update={"input_path": str((folder / spec.dataset.path).resolve())})
+    local = (folder / spec.dataset.path).resolve()
+    if settings.input_path is None and local.exists():  # a hub dataset's files are in the HF cache: None
+        settings = settings.model_copy(update={"input_path": str(local)})
     return TaskConfig(
         name=name, folder=folder, module=module, sampling_params=sampling, settings=settings, files=files,
         is_yaml=True,

@@ -3,8 +3,11 @@
 ::
 
     dataset:
-      path: data            # a file or folder of Parquet / JSONL / CSV files, relative to the task folder
-      split: train          # optional: only files in a folder named so, or whose name starts with it
+      path: data            # Parquet / JSONL / CSV file or folder, a datasets.save_to_disk folder (relative to
+                            # the task folder), or a hub dataset owner/name
+      split: train          # optional: only files in a folder named so, or whose name starts with it; a
+                            # DatasetDict's or hub dataset's split
+      name: main            # optional: a hub dataset's config
       columns: [question, gold]   # optional: the columns a row keeps
     prompt: "How much is {{ question }}? Answer with a number."   # or a list of {role, content} messages
     answer:
@@ -19,11 +22,13 @@ from (``tasks/versions.py`` uses it in place of its source), so a changed templa
 changed regex only answers.
 
 The module also has ``count_rows(path)`` and ``shard_digests(path, ranges)``: registration reads a Parquet
-file's row count from its footer and digests shards in polars (Rust), never calling ``read_file`` (a Python
-dict per row) on the whole file.
+file's row count from its footer (an Arrow file's from its batch headers) and digests shards in polars (Rust),
+never calling ``read_file`` (a Python dict per row) on the whole file. Reading the dataset, whatever its kind,
+is ``tasks/datasets_io.py``.
 
-Rows are read with polars. A ``datasets.save_to_disk`` folder and hub dataset names are not read yet: both
-are refused with a one-line message (export to Parquet: ``ds.to_parquet(...)``).
+The same fields may sit inline in a ``defs.yaml`` of the ``LLMInferComponent`` (its ``attributes``): the folder
+holding that ``defs.yaml`` is then the task folder (:func:`inline_attributes`), and the functions and their
+fingerprints are the same as from a ``task.yaml`` with the same fields.
 
 Everything wrong with the file is refused at load, before any model loads, in one line naming the file and
 key: unknown keys (with the closest valid one), YAML or Jinja2 syntax, a regex that does not compile, a dataset
@@ -43,22 +48,32 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
-import polars as pl
 import yaml
 from jinja2 import StrictUndefined, TemplateSyntaxError, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llm_infer_dagster.errors import TaskConfigError
+from llm_infer_dagster.tasks.datasets_io import (
+    DATA_SUFFIXES,
+    RowWindow,
+    count_rows,
+    hub_files,
+    is_hub_name,
+    list_data_files,
+    read_rows,
+    schema_columns,
+    shard_digests,
+)
 
-__all__ = ["DATA_SUFFIXES", "YAML_FILE", "TaskYaml", "build_module", "load_task_yaml"]
+__all__ = ["DEFS_FILE", "TASK_KEYS", "YAML_FILE", "TaskYaml", "build_module", "inline_attributes", "load_task_yaml"]
 
 #: The file that makes a folder a YAML task folder.
 YAML_FILE = "task.yaml"
-#: File suffix -> polars format name. A folder's files of other suffixes are ignored.
-DATA_SUFFIXES = {".parquet": "parquet", ".jsonl": "ndjson", ".ndjson": "ndjson", ".csv": "csv"}
-#: Rows per polars read when digesting shards: bounds memory whatever the file's size.
-DIGEST_BLOCK_ROWS = 65_536
+#: A Dagster component's file: with the task's fields inline in its attributes, its folder is a task folder.
+DEFS_FILE = "defs.yaml"
+#: The component type whose defs.yaml may carry the task inline.
+COMPONENT_TYPE = "llm_infer_dagster.LLMInferComponent"
 
 
 class _Strict(BaseModel):
@@ -66,8 +81,14 @@ class _Strict(BaseModel):
 
 
 class DatasetSpec(_Strict):
-    path: str = Field(description="a file or folder of Parquet / JSONL / CSV files, relative to the task folder")
-    split: str | None = Field(default=None, description="only files under a folder of this name or named after it")
+    path: str = Field(
+        description="a Parquet / JSONL / CSV file or folder or a datasets.save_to_disk folder (relative to the task "
+        "folder), or a hub dataset's owner/name"
+    )
+    split: str | None = Field(
+        default=None, description="only files under a folder of this name or named after it; a DatasetDict's split"
+    )
+    name: str | None = Field(default=None, description="a hub dataset's config name")
     columns: list[str] | None = Field(default=None, description="the columns each row keeps (default: all)")
 
 
@@ -102,6 +123,8 @@ class TaskYaml(_Strict):
     sampling: dict[str, Any] | None = None
 
 
+#: The keys of task.yaml: what a defs.yaml may carry inline instead of naming a task folder.
+TASK_KEYS = tuple(TaskYaml.model_fields)
 _ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
 
@@ -129,11 +152,11 @@ def _model_in(annotation: Any) -> Any:
     return None
 
 
-def _describe(exc: ValidationError, source: Path) -> str:
+def _describe(exc: ValidationError, source: Path, prefix: str = "") -> str:
     errors = exc.errors()
     err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])  # a misspelt key says most
     loc = [p for p in err["loc"] if not (isinstance(p, str) and p in ("str", "list[Message]"))]
-    key = ".".join(str(p) for p in loc) or "(top level)"
+    key = prefix + ".".join(str(p) for p in loc) if loc else prefix.rstrip(".") or "(top level)"
     if err["type"] == "extra_forbidden":
         valid = _fields(TaskYaml, loc[:-1])
         close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
@@ -150,131 +173,58 @@ def load_task_yaml(folder: Path) -> TaskYaml:
     try:
         data = yaml.safe_load(source.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise TaskConfigError(f"{source}{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+        raise TaskConfigError(_yaml_error(source, exc)) from None
     if not isinstance(data, dict):
         raise TaskConfigError(
             f"{source}: must be a mapping with dataset, prompt and optionally answer, score, sampling"
         )
+    return parse_task(data, source)
+
+
+def _yaml_error(source: Path, exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = f" line {mark.line + 1}" if mark is not None else ""
+    return f"{source}{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})"
+
+
+def parse_task(data: dict[str, Any], source: Path, prefix: str = "") -> TaskYaml:
+    """Validate task.yaml's fields (``prefix``: where they sit in the file, e.g. ``attributes.``)."""
     try:
         spec = TaskYaml.model_validate(data)
     except ValidationError as exc:
-        raise TaskConfigError(_describe(exc, source)) from None
+        raise TaskConfigError(_describe(exc, source, prefix)) from None
     if spec.answer.regex is not None:
         try:
             re.compile(spec.answer.regex)
         except re.error as exc:
             raise TaskConfigError(
-                f"{source}: answer.regex {spec.answer.regex!r} is not a valid regular expression ({exc})"
+                f"{source}: {prefix}answer.regex {spec.answer.regex!r} is not a valid regular expression ({exc})"
             ) from None
     return spec
 
 
-# -- the dataset --------------------------------------------------------------------------------------------------
+def inline_attributes(folder: Path) -> dict[str, Any] | None:
+    """The attributes of ``folder/defs.yaml`` when it declares an LLMInferComponent with the task inline
+    (``dataset`` or ``prompt`` among them); else None. Read as written: no Dagster templating."""
+    path = folder / DEFS_FILE
+    if not path.is_file():
+        return None
+    try:
+        docs = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+    except (OSError, yaml.YAMLError):
+        return None  # not ours to report: Dagster says what is wrong with its file
+    for doc in docs:
+        if isinstance(doc, dict) and doc.get("type") == COMPONENT_TYPE and isinstance(doc.get("attributes"), dict):
+            attributes: dict[str, Any] = doc["attributes"]
+            if "dataset" in attributes or "prompt" in attributes:
+                return attributes
+    return None
 
 
-def _is_save_to_disk(path: Path) -> bool:
-    return path.is_dir() and (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
-
-
-def _format(path: str | Path) -> str:
-    return DATA_SUFFIXES[Path(path).suffix.lower()]
-
-
-def list_data_files(root: Path, split: str | None, source: Path) -> list[str]:
-    """The data files under ``root`` (itself when it is a file), sorted; refuses what it cannot read."""
-    if _is_save_to_disk(root):
-        raise TaskConfigError(
-            f"{source}: dataset.path {str(root)!r} is a datasets.save_to_disk folder, which is not read yet; "
-            "export it to Parquet (ds.to_parquet('data/train.parquet')) and name that"
-        )
-    if root.is_file():
-        if root.suffix.lower() not in DATA_SUFFIXES:
-            raise TaskConfigError(f"{source}: dataset.path {str(root)!r} is not a {' / '.join(DATA_SUFFIXES)} file")
-        return [str(root)]
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in DATA_SUFFIXES)
-    if split is not None:
-        files = [
-            p for p in files
-            if split in p.relative_to(root).parts[:-1] or re.match(rf"{re.escape(split)}([-_.]|$)", p.name)
-        ]  # fmt: skip
-    if not files:
-        which = f" of split {split!r}" if split else ""
-        raise TaskConfigError(f"{source}: dataset.path {str(root)!r} holds no {' / '.join(DATA_SUFFIXES)} files{which}")
-    return [str(p) for p in files]
-
-
-def _scan(path: str) -> pl.LazyFrame:
-    kind = _format(path)
-    if kind == "parquet":
-        return pl.scan_parquet(path)
-    if kind == "ndjson":
-        return pl.scan_ndjson(path)
-    return pl.scan_csv(path)
-
-
-def schema_columns(path: str) -> list[str]:
-    """A file's column names, from its metadata (Parquet) or its first rows (JSONL, CSV)."""
-    return list(_scan(path).collect_schema().names())
-
-
-def count_rows(path: str) -> int:
-    """Rows in a file without making them: a Parquet file's footer; a Rust line scan for JSONL and CSV."""
-    return int(_scan(path).select(pl.len()).collect().item())
-
-
-def _digest_frame(frame: pl.DataFrame, start: int, stop: int) -> str:
-    h = hashlib.sha256(f"{start}:{stop}:".encode())
-    if frame.height:
-        h.update(frame.write_ndjson().encode())
-    return h.hexdigest()[:24]
-
-
-def shard_digests(path: str, ranges: Sequence[tuple[int, int]], columns: Sequence[str] | None = None) -> list[str]:
-    """The data version of each ``[start, stop)`` of the file: a digest of its rows' JSON lines, made in polars.
-
-    Reads the file in blocks of :data:`DIGEST_BLOCK_ROWS` rows, so memory stays bounded on a large file.
-    """
-    lf = _scan(path)
-    if columns:
-        lf = lf.select(columns)
-    out: list[str] = []
-    block: tuple[int, pl.DataFrame] | None = None
-    for start, stop in ranges:
-        if stop - start > DIGEST_BLOCK_ROWS or start >= stop:
-            out.append(_digest_frame(lf.slice(start, max(stop - start, 0)).collect(), start, stop))
-            continue
-        if block is None or not (block[0] <= start and stop <= block[0] + DIGEST_BLOCK_ROWS):
-            block = (start, lf.slice(start, DIGEST_BLOCK_ROWS).collect())
-        out.append(_digest_frame(block[1].slice(start - block[0], stop - start), start, stop))
-    return out
-
-
-class RowWindow(Sequence[dict[str, Any]]):
-    """A file's rows, read only where sliced: its length is the file's row count, a slice reads just those rows.
-
-    What the raw step reads a shard's rows through, so a shard of a 10M-row Parquet file costs its own rows,
-    not the file's (``TaskConfig.shard_rows``).
-    """
-
-    def __init__(self, path: str, columns: Sequence[str] | None) -> None:
-        self.path, self.columns = path, list(columns) if columns else None
-        self._len: int | None = None
-
-    def __len__(self) -> int:
-        if self._len is None:
-            self._len = count_rows(self.path)
-        return self._len
-
-    def __getitem__(self, index: Any) -> Any:
-        if not isinstance(index, slice):
-            return self[index : index + 1][0] if index >= 0 else self[len(self) + index]
-        start, stop, step = index.indices(len(self))
-        lf = _scan(self.path)
-        lf = lf.select(self.columns) if self.columns else lf
-        rows = lf.slice(start, max(stop - start, 0)).collect().to_dicts()
-        return rows[::step]
+def load_inline(folder: Path) -> TaskYaml:
+    """The task declared inline in ``folder/defs.yaml``; errors name the file and ``attributes.<key>``."""
+    attributes = inline_attributes(folder) or {}
+    return parse_task({k: v for k, v in attributes.items() if k in TASK_KEYS}, folder / DEFS_FILE, "attributes.")
 
 
 # -- the task's functions -----------------------------------------------------------------------------------------
@@ -284,13 +234,13 @@ def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _template_columns(spec: TaskYaml, source: Path) -> tuple[list[Any], set[str]]:
+def _template_columns(spec: TaskYaml, source: Path, prefix: str = "") -> tuple[list[Any], set[str]]:
     """The compiled templates (one, or one per message) and the variables they read from the row."""
     texts = [spec.prompt] if isinstance(spec.prompt, str) else [m.content for m in spec.prompt]
     compiled: list[Any] = []
     names: set[str] = set()
     for i, text in enumerate(texts):
-        key = "prompt" if isinstance(spec.prompt, str) else f"prompt[{i}].content"
+        key = prefix + ("prompt" if isinstance(spec.prompt, str) else f"prompt[{i}].content")
         try:
             names |= meta.find_undeclared_variables(_ENV.parse(text))
             compiled.append(_ENV.from_string(text))
@@ -301,18 +251,18 @@ def _template_columns(spec: TaskYaml, source: Path) -> tuple[list[Any], set[str]
     return compiled, names
 
 
-def _check_columns(spec: TaskYaml, names: set[str], first_file: str, source: Path) -> None:
+def _check_columns(spec: TaskYaml, names: set[str], first_file: str, source: Path, prefix: str = "") -> None:
     have = schema_columns(first_file)
     if spec.dataset.columns:
         missing = [c for c in spec.dataset.columns if c not in have]
         if missing:
-            raise TaskConfigError(_no_column(source, "dataset.columns", missing[0], have, first_file))
+            raise TaskConfigError(_no_column(source, prefix + "dataset.columns", missing[0], have, first_file))
         have = list(spec.dataset.columns)
     for name in sorted(names - {"row"}):
         if name not in have:
-            raise TaskConfigError(_no_column(source, "prompt", name, have, first_file))
+            raise TaskConfigError(_no_column(source, prefix + "prompt", name, have, first_file))
     if spec.score is not None and spec.score.column not in have:
-        raise TaskConfigError(_no_column(source, "score.column", spec.score.column, have, first_file))
+        raise TaskConfigError(_no_column(source, prefix + "score.column", spec.score.column, have, first_file))
 
 
 def _no_column(source: Path, key: str, name: str, have: list[str], file: str) -> str:
@@ -334,32 +284,52 @@ def _mark(fn: Callable[..., Any], fingerprint: str) -> Callable[..., Any]:
     return fn
 
 
-def build_module(folder: Path, name: str, spec: TaskYaml | None = None) -> ModuleType:
+def dataset_files(folder: Path, spec: TaskYaml, source: Path, prefix: str = "") -> tuple[list[str], Path | None]:
+    """The dataset's files, and its local root (None for a hub dataset, whose files are in the HF cache)."""
+    ds = spec.dataset
+    root = (folder / ds.path).resolve()
+    if root.exists():
+        if ds.name is not None:
+            raise TaskConfigError(
+                f"{source}: {prefix}dataset.name {ds.name!r} is a hub dataset's config, but {prefix}dataset.path "
+                f"{ds.path!r} is the local {root}; remove name"
+            )
+        return list_data_files(root, ds.split, source, prefix), root
+    if is_hub_name(ds.path) and not (folder / ds.path.split("/")[0]).exists():  # data/x.parquet is a local path
+        return hub_files(ds.path, ds.name, ds.split, source, root, prefix), None
+    raise TaskConfigError(
+        f"{source}: {prefix}dataset.path {ds.path!r} does not exist ({root}); give a file or folder of "
+        f"{' / '.join(DATA_SUFFIXES)} files or a datasets.save_to_disk folder, relative to the task folder, or a "
+        "hub dataset owner/name"
+    )
+
+
+def build_module(
+    folder: Path, name: str, spec: TaskYaml | None = None, source: Path | None = None, prefix: str = ""
+) -> ModuleType:
     """The task's module: ``get_file_list``, ``read_file``, ``format_prompt``, ``extract_answer`` (and
-    ``score``), plus ``count_rows`` and ``shard_digests``; checks the dataset and its columns first."""
-    source = folder / YAML_FILE
+    ``score``), plus ``count_rows`` and ``shard_digests``; checks the dataset and its columns first.
+
+    ``source``: the file the fields come from (default ``folder/task.yaml``), ``prefix``: where they sit in it.
+    """
+    source = source or folder / YAML_FILE
     spec = spec or load_task_yaml(folder)
-    root = (folder / spec.dataset.path).resolve()
-    if not root.exists():
-        raise TaskConfigError(
-            f"{source}: dataset.path {spec.dataset.path!r} does not exist ({root}); give a file or folder of "
-            f"{' / '.join(DATA_SUFFIXES)} files, relative to the task folder"
-        )
-    templates, names = _template_columns(spec, source)
-    files = list_data_files(root, spec.dataset.split, source)
-    _check_columns(spec, names, files[0], source)
+    templates, names = _template_columns(spec, source, prefix)
+    files, root = dataset_files(folder, spec, source, prefix)
+    _check_columns(spec, names, files[0], source, prefix)
     columns = list(spec.dataset.columns) if spec.dataset.columns else None
     regex = re.compile(spec.answer.regex) if spec.answer.regex is not None else None
     impl = inspect.getsource(build_module)  # this code's own changes count too
 
     def get_file_list(input_path: str | None) -> list[str]:
+        if not input_path and root is None:
+            return list(files)  # a hub dataset: its files in the HF cache
         given = Path(input_path) if input_path else root
-        return list_data_files(given.resolve(), spec.dataset.split, source)
+        assert given is not None
+        return list_data_files(given.resolve(), spec.dataset.split, source, prefix)
 
     def read_file(file_path: str) -> list[dict[str, Any]]:
-        lf = _scan(file_path)
-        rows: list[dict[str, Any]] = (lf.select(columns) if columns else lf).collect().to_dicts()
-        return rows
+        return read_rows(file_path, columns)
 
     def format_prompt(row: dict[str, Any]) -> str | list[dict[str, str]]:
         if isinstance(spec.prompt, str):
