@@ -9,6 +9,20 @@ skeleton beside it; ``dg check defs`` and ``dg dev`` load it. Minimal ``defs.yam
       output_path: /data/out
       model: {model_path: /models/qwen, model_type: vllm}   # use_cpu: true where there is no GPU
 
+Or the task inline, with the fields of a ``task.yaml`` (a task without Python) in place of ``task_folder``::
+
+    attributes:
+      dataset: {path: data}                # relative: to this file; or a hub dataset owner/name
+      prompt: "How much is {{ question }}? Answer with a number."   # Jinja2 over the row, not Dagster's
+      answer: {regex: "-?\\d+"}
+      output_path: /data/out
+      model: {model_path: /models/qwen}
+
+The folder holding that ``defs.yaml`` is then the task folder (its name the task's, unless ``name`` says
+another): the loader reads the fields from the file as written, so ``llm-infer`` and a code location given only
+the output folder load the same task (``tasks/yaml_task.py``); its versions equal a ``task.yaml`` folder's with
+the same fields.
+
 It is :func:`~llm_infer_dagster.orchestration.task_definitions.llm_task_definitions` behind YAML, so the
 deployment it declares gives the same code versions as ``llm-infer`` with the same task, model and output.
 """
@@ -17,12 +31,15 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import dagster as dg
 from pydantic import ConfigDict, Field
 
+from llm_infer_dagster.errors import TaskConfigError
 from llm_infer_dagster.orchestration.task_definitions import llm_task_definitions
+from llm_infer_dagster.tasks.loader import TASK_NAME_RE
+from llm_infer_dagster.tasks.yaml_task import TASK_KEYS
 
 _TASK_CONFIG = '''"""An llm-infer task: where rows come from, the prompt of a row, and the answer in a completion."""
 
@@ -118,7 +135,27 @@ class LLMInferComponent(dg.Component, dg.Model, dg.Resolvable):
 
     model_config = ConfigDict(extra="forbid")
 
-    task_folder: str = Field(description="An llm-infer task folder (relative: to this defs.yaml)")
+    task_folder: str | None = Field(
+        default=None, description="An llm-infer task folder (relative: to this defs.yaml); or the task inline"
+    )
+    # The task inline (task.yaml's fields): passed through as written, since the prompt's {{ }} are Jinja2 over
+    # each row, not Dagster templates; the loader reads and checks them from this file (tasks/yaml_task.py).
+    name: str | None = Field(default=None, description="The inline task's name (default: this folder's name)")
+    dataset: Annotated[dict[str, Any] | None, dg.Resolver.passthrough()] = Field(
+        default=None, description="Inline task: {path, split, name, columns}; path relative to this defs.yaml"
+    )
+    prompt: Annotated[str | list[dict[str, Any]] | None, dg.Resolver.passthrough()] = Field(
+        default=None, description="Inline task: a Jinja2 template over the row, or a list of {role, content}"
+    )
+    answer: Annotated[dict[str, Any] | None, dg.Resolver.passthrough()] = Field(
+        default=None, description="Inline task: {regex}: the answer is its first match (group 1 if any)"
+    )
+    score: Annotated[dict[str, Any] | None, dg.Resolver.passthrough()] = Field(
+        default=None, description="Inline task: {column, match: exact} or {column, tolerance}"
+    )
+    sampling: Annotated[dict[str, Any] | None, dg.Resolver.passthrough()] = Field(
+        default=None, description="Inline task: sampling parameters"
+    )
     output_path: str = Field(description="Shards, results and the recorded deployment: a folder or an fsspec URL")
     model: ModelAttributes | None = Field(default=None, description="The task's default model")  # type: ignore[assignment]
     input_path: str | None = Field(default=None, description="Passed to get_file_list (default: the task's own)")
@@ -134,7 +171,8 @@ class LLMInferComponent(dg.Component, dg.Model, dg.Resolvable):
         if model is not None:
             model["model_path"] = _relative_to(here, model["model_path"])
         return llm_task_definitions(
-            _relative_to(here, self.task_folder),
+            self._task_folder(here, declared_in),
+            task_name=self.name,
             output_path=_relative_to(here, self.output_path),
             model=model,
             input_path=_relative_to(here, self.input_path) if self.input_path else None,
@@ -144,6 +182,28 @@ class LLMInferComponent(dg.Component, dg.Model, dg.Resolvable):
             trust_remote_code=self.trust_remote_code,
             source=str(declared_in),
         )
+
+    def _task_folder(self, here: Path, declared_in: Path) -> str:
+        """``task_folder``, or this folder when the task is inline: exactly one of the two, in one line."""
+        inline = [k for k in TASK_KEYS if getattr(self, k) is not None]
+        if self.task_folder is not None and (inline or self.name is not None):
+            given = ", ".join(inline or ["name"])
+            raise TaskConfigError(
+                f"{declared_in}: attributes give both task_folder and the task inline ({given}); keep one"
+            )
+        if self.task_folder is not None:
+            return _relative_to(here, self.task_folder)
+        if not inline:
+            raise TaskConfigError(
+                f"{declared_in}: attributes name no task; give task_folder, or the task inline (dataset, prompt "
+                "and optionally answer, score, sampling)"
+            )
+        if self.name is not None and not TASK_NAME_RE.fullmatch(self.name):
+            raise TaskConfigError(
+                f"{declared_in}: attributes.name {self.name!r} is not a plain task name (letters, digits, '_', '-', "
+                "'.'); give one like 'arith_qa'"
+            )
+        return str(here.resolve())
 
 
 def _relative_to(here: Path, location: str) -> str:

@@ -28,6 +28,7 @@ MODEL_RUN_SETTINGS = ("use_cpu", "tensor_parallel_size", "workers", "batch_size"
 def llm_task_definitions(
     task_folder: str | os.PathLike[str],
     *,
+    task_name: str | None = None,
     output_path: str | os.PathLike[str],
     model: ModelChoice | Mapping[str, Any] | None = None,
     input_path: str | None = None,
@@ -43,8 +44,9 @@ def llm_task_definitions(
     Args:
         task_folder: A task folder written for llm-infer (``task_config.py`` with ``get_file_list``,
             ``read_file``, ``format_prompt``, ``extract_answer``; optional ``sampling_params.json`` and
-            ``task_settings.json``), or a folder holding only ``requests.jsonl``. Its parent may hold a
-            ``default_sampling_params.json``.
+            ``task_settings.json``), or a folder holding only ``requests.jsonl`` or ``task.yaml`` (or a
+            ``defs.yaml`` with the task inline). Its parent may hold a ``default_sampling_params.json``.
+        task_name: The task's name when it is not the folder's (an inline task's ``name`` attribute).
         output_path: Where shards, the seed's ``results/`` layout and the recorded deployment
             (``llm-infer.yaml``) go: a local folder or an fsspec URL (``s3://bucket/prefix``).
         model: The task's default model: ``model_path`` (a local model folder) and optionally ``model_type``
@@ -96,7 +98,7 @@ def llm_task_definitions(
     RunSettings.from_env(**runs)  # a bad run default fails here, naming the field
     deployment = Deployment.from_env(
         task_configs=str(folder.parent),
-        tasks=folder.name,
+        tasks=task_name or folder.name,
         output_dir=str(output_path),
         input_path=input_path,
         shard_size=shard_size,

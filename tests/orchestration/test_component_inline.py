@@ -1,0 +1,119 @@
+"""The LLMInferComponent with the task inline (task.yaml's fields in its defs.yaml): loaded by Dagster's own
+component loading, it gives the same code versions as a task.yaml folder with the same fields, and a defs.yaml
+that names no task, or two, is one line."""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster.components.testing import create_defs_folder_sandbox
+
+from llm_infer_dagster.errors import TaskConfigError
+from llm_infer_dagster.tasks.loader import discover_tasks, load_task
+
+FIELDS = """\
+dataset: {path: data}
+prompt: "How much is {{ question }}? Answer with a number."
+answer: {regex: "-?\\\\d+"}
+score: {column: gold, match: exact}
+sampling: {max_tokens: 8, temperature: 0}
+"""
+ROWS = "".join(json.dumps({"question": f"{i} + 1", "gold": i + 1}) + "\n" for i in range(5))
+STEPS = ("raw", "prompts", "completions", "answers")
+
+
+def _data(folder: Path) -> None:
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    (folder / "data" / "part.jsonl").write_text(ROWS)
+
+
+def _defs(folder: Path, attributes: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    body = textwrap.indent(attributes, "  ")
+    (folder / "defs.yaml").write_text(f"type: llm_infer_dagster.LLMInferComponent\nattributes:\n{body}")
+    return folder / "defs.yaml"
+
+
+def _versions(defs: dg.Definitions, task: str) -> dict[str, str | None]:
+    graph = defs.resolve_asset_graph()
+    return {step: graph.get(dg.AssetKey([task, step])).code_version for step in STEPS}
+
+
+def test_an_inline_task_has_the_versions_of_the_same_task_yaml_folder(tmp_path: Path) -> None:
+    with create_defs_folder_sandbox() as sandbox:
+        defs_root = sandbox.defs_folder_path
+        inline = defs_root / "inline_qa"
+        _data(inline)
+        _defs(inline, FIELDS + f"output_path: {tmp_path / 'out_inline'}\n")
+        folder = tmp_path / "tasks" / "folder_qa"
+        _data(folder)
+        (folder / "task.yaml").write_text(FIELDS)
+        _defs(defs_root / "folder_qa", f"task_folder: {folder}\noutput_path: {tmp_path / 'out_folder'}\n")
+        named = defs_root / "other_folder"
+        _data(named)
+        _defs(named, FIELDS + f"name: named_qa\noutput_path: {tmp_path / 'out_named'}\n")
+
+        with sandbox.load_component_and_build_defs(defs_path=inline) as (component, _):
+            assert component.prompt == "How much is {{ question }}? Answer with a number."  # not Dagster's template
+        with sandbox.build_all_defs() as defs:
+            by_inline, by_folder = _versions(defs, "inline_qa"), _versions(defs, "folder_qa")
+            assert all(by_inline.values()) and by_inline == by_folder
+            assert _versions(defs, "named_qa") == by_inline  # the name attribute names the task, not the folder
+
+        # llm-infer (and a code location given only the output folder) load the same task from the defs folder.
+        assert discover_tasks(defs_root) == ["inline_qa", "named_qa"]  # folder_qa names a folder elsewhere
+        task = load_task(defs_root, "inline_qa")
+        assert task.is_yaml and task.config_file == inline / "defs.yaml"
+        row = task.read_rows(task.list_files(task.input_path(None))[0])[2]
+        assert task.format_prompt(row) == "How much is 2 + 1? Answer with a number."
+        assert load_task(defs_root, "named_qa").folder == named.resolve()
+
+
+@pytest.mark.parametrize(
+    ("attributes", "expected"),
+    [
+        ("task_folder: tasks/qa\nprompt: x\n", r"defs.yaml: attributes give both task_folder and the task inline "
+                                               r"\(prompt\); keep one"),
+        ("", r"defs.yaml: attributes name no task; give task_folder, or the task inline"),
+        (FIELDS + "name: 'a b'\n", r"defs.yaml: attributes.name 'a b' is not a plain task name"),
+    ],
+)  # fmt: skip
+def test_a_defs_yaml_naming_no_task_or_two_is_one_line(tmp_path: Path, attributes: str, expected: str) -> None:
+    with create_defs_folder_sandbox() as sandbox:
+        here = sandbox.defs_folder_path / "qa"
+        _data(here)
+        _defs(here, attributes + f"output_path: {tmp_path / 'out'}\n")
+        with pytest.raises(Exception) as info, sandbox.build_all_defs():
+            pass
+        messages = [str(e) for e in _chain(info.value)]
+        assert any(isinstance(e, TaskConfigError) for e in _chain(info.value)), messages
+        assert any(re.search(expected, m) and "\n" not in m for m in messages), messages
+
+
+def _chain(exc: BaseException | None) -> list[BaseException]:
+    out: list[BaseException] = []
+    while exc is not None and exc not in out:
+        out.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return out
+
+
+def test_bad_inline_fields_are_one_line_naming_defs_yaml_and_the_attribute(tmp_path: Path) -> None:
+    root = tmp_path / "defs"
+    _data(root / "qa")
+    cases = {
+        "dataset: {pth: data}\nprompt: x\n": r"unknown key 'attributes.dataset.pth'; did you mean 'path'\?",
+        "dataset: {path: data}\nprompt: '{{ questoin }}'\n": r"attributes.prompt names column 'questoin'",
+        "dataset: {path: nowhere}\nprompt: x\n": r"attributes.dataset.path 'nowhere' does not exist",
+        "dataset: {path: data}\nprompt: x\nsampling: {temprature: 0}\n": r"attributes.sampling.*temprature",
+    }
+    for attributes, expected in cases.items():
+        _defs(root / "qa", attributes + "output_path: out\n")
+        with pytest.raises(TaskConfigError, match=expected) as info:
+            load_task(root, "qa")
+        assert "\n" not in str(info.value) and str(root / "qa" / "defs.yaml") in str(info.value)
