@@ -5,6 +5,7 @@ that names no task, or two, is one line."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import textwrap
 from pathlib import Path
@@ -117,3 +118,36 @@ def test_bad_inline_fields_are_one_line_naming_defs_yaml_and_the_attribute(tmp_p
         with pytest.raises(TaskConfigError, match=expected) as info:
             load_task(root, "qa")
         assert "\n" not in str(info.value) and str(root / "qa" / "defs.yaml") in str(info.value)
+
+
+@pytest.mark.slow
+def test_dg_check_defs_loads_an_inline_task_and_names_a_defs_yaml_with_two(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    from tests_support import cli_env
+
+    repo = Path(__file__).resolve().parents[2]
+    example = repo / "examples" / "llm_infer_project"
+    proj = tmp_path / "proj"
+    shutil.copytree(example, proj, ignore=shutil.ignore_patterns("__pycache__", "llm_infer_output"))
+    defs_root = proj / "src" / "llm_infer_project" / "defs"
+    shutil.rmtree(defs_root)
+    _data(defs_root / "inline_qa")
+    _defs(defs_root / "inline_qa", FIELDS + f"output_path: {tmp_path / 'out'}\n")
+    dg_cli = shutil.which("dg") or str(Path(sys.executable).parent / "dg")
+
+    def check() -> subprocess.CompletedProcess[str]:
+        env = cli_env(PYTHONPATH=f"{proj / 'src'}{os.pathsep}{repo}")  # this checkout's package, not an install
+        return subprocess.run([dg_cli, "check", "defs"], cwd=proj, env=env, capture_output=True, text=True, timeout=300)
+
+    ok = check()
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    _defs(defs_root / "inline_qa", FIELDS + f"task_folder: elsewhere\noutput_path: {tmp_path / 'out'}\n")
+    both = check()
+    assert both.returncode != 0
+    assert (
+        "attributes give both task_folder and the task inline (dataset, prompt, answer, score, sampling); keep one"
+        in (both.stdout + both.stderr)
+    )
