@@ -4,9 +4,10 @@ Writes a Parquet file of ``--rows`` rows (``question``: str, ``gold``: int) and 
 a fresh child process so its peak RSS is its own: the row count alone (the Parquet footer), and the full shard
 registration (``plan_registration``: row count, file sha256, per-shard digests in polars). With ``--compare N``
 it also registers the same N-row file through a Python task folder whose read_file returns the rows as dicts
-(what registration does for any task with Python), side by side.
+(what registration does for any task with Python), side by side. With ``--arrow N`` it registers the same N rows
+as one Parquet file and as a ``datasets.save_to_disk`` folder (memory-mapped Arrow; needs the datasets extra).
 
-    python benchmarks/yaml_registration.py [--rows 10000000] [--shard-size 512] [--compare 1000000]
+    python benchmarks/yaml_registration.py [--rows 10000000] [--shard-size 512] [--compare 1000000] [--arrow 1000000]
 
 Prints one JSON line, then a table. No model, no Dagster.
 """
@@ -56,14 +57,20 @@ def extract_answer(text):
 """
 
 
-def make(root: Path, name: str, rows: int, python: bool) -> Path:
+def make(root: Path, name: str, rows: int, python: bool, arrow: bool = False) -> Path:
     import polars as pl
 
     folder = root / "cfg" / name
     (folder / "data").mkdir(parents=True)
     n = pl.int_range(0, rows, eager=True)
     frame = pl.DataFrame({"question": n.cast(pl.String) + " + 1", "gold": n + 1})
-    frame.write_parquet(folder / "data" / "part.parquet", row_group_size=100_000)
+    if arrow:
+        import datasets
+
+        datasets.disable_progress_bars()
+        datasets.Dataset(frame.to_arrow()).save_to_disk(str(folder / "data"))
+    else:
+        frame.write_parquet(folder / "data" / "part.parquet", row_group_size=100_000)
     if python:
         (folder / "task_config.py").write_text(textwrap.dedent(PY_TASK))
     else:
@@ -116,6 +123,7 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=10_000_000)
     p.add_argument("--shard-size", type=int, default=512)
     p.add_argument("--compare", type=int, default=0, help="also register an N-row file both ways (0: no)")
+    p.add_argument("--arrow", type=int, default=0, help="also register N rows as Parquet and save_to_disk (0: no)")
     p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -133,6 +141,11 @@ def main() -> None:
             for kind, python in (("yaml", False), ("python", True)):
                 small = make(Path(tmp) / f"cmp_{kind}", "cmp", args.compare, python=python)
                 results[f"compare_{kind}_register"] = measure(small, "cmp", "register", args.shard_size)
+        if args.arrow:
+            for kind, arrow in (("parquet", False), ("save_to_disk", True)):
+                same = make(Path(tmp) / f"arrow_{kind}", "rows", args.arrow, python=False, arrow=arrow)
+                results[f"{kind}_count"] = measure(same, "rows", "count", args.shard_size)
+                results[f"{kind}_register"] = measure(same, "rows", "register", args.shard_size)
     results["load_avg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     print(json.dumps(results))
     print(f"{'what':<34}{'rows':>12}{'seconds':>10}{'peak RSS MiB':>14}{'after imports':>14}")
