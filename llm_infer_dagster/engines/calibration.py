@@ -9,10 +9,11 @@ The width never changes what a sequence generates beyond what any batch composit
 samples from its own generator on both engines, greedy takes the argmax); ``tests/engines/test_calibration.py``
 checks that outputs with calibration equal outputs without it on both engines.
 
-The first shard is not measured (it carries the engine's warm-up). A trial runs at least ``min_tokens`` output tokens (or ``max_shards`` shards); widths are tried from the
-smallest up, and the trials stop once a wider batch is slower than the best so far by more than
-``tolerance``. The chosen width is the fastest, except that the engine's default is kept when it is within
-``tolerance`` of it (a noisy win is not worth leaving the default for). Pure logic: no clock, no engine.
+The first shard is not measured (it carries the engine's warm-up). A trial runs at least ``min_tokens``
+output tokens (or ``max_shards`` shards); widths are tried from the smallest up, and the trials stop once a
+wider batch is slower than the best so far by more than ``tolerance``. The chosen width is the fastest, except
+that the engine's default is kept when it is within ``tolerance`` of it (a noisy win is not worth leaving the
+default for). Pure logic: no clock, no engine.
 """
 
 from __future__ import annotations
