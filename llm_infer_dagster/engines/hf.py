@@ -75,6 +75,8 @@ class HFEngine:
     """One model loaded with ``transformers`` from a local folder; see the module docstring."""
 
     name = "hf"
+    #: What calibration (:mod:`llm_infer_dagster.engines.calibration`) tunes here: sequences decoding at once.
+    knob = "batch_size"
 
     def __init__(
         self,
@@ -164,6 +166,20 @@ class HFEngine:
         self._continuous = None if off is not None else ContinuousDecoder(self._model, self.device, batch_size)
 
     # ----------------------------------------------------------------------------------------- set-up
+
+    @property
+    def width(self) -> int:
+        """Sequences decoding at once (``batch_size``; calibration may change it between shards)."""
+        return self.batch_size
+
+    def set_width(self, width: int) -> None:
+        """Decode at most ``width`` sequences at once from the next call on (calibration's knob)."""
+        if width < 1:
+            raise ValueError(f"width must be at least 1, got {width}")
+        self.batch_size = width
+        if self._continuous is not None:
+            self._continuous.capacity = width
+            self._continuous.refill_at = max(1, width // 8)
 
     def _resolve_dtype(self, dtype: str) -> torch.dtype:
         if dtype == "auto":

@@ -31,6 +31,8 @@ class EngineSpec:
     # vLLM: feed queued requests sorted by token ids so shared prefixes hit the prefix cache (task_settings'
     # prefix_planning, opt in)
     prefix_order: bool = False
+    # the first shards try a few batch widths and the worker keeps the fastest (task_settings' calibrate, opt in)
+    calibrate: bool = False
 
     def base(self) -> EngineSpec:
         """This engine without its adapters: specs with the same base can share one loaded engine."""

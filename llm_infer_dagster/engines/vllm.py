@@ -101,6 +101,8 @@ class VLLMEngine:
     """One model served by ``vllm.LLM``; implements both ``Engine`` and ``StreamingEngine``."""
 
     name = "vllm"
+    #: What calibration (:mod:`llm_infer_dagster.engines.calibration`) tunes here: requests handed to vLLM at once.
+    knob = "max_num_seqs"
 
     def __init__(
         self,
@@ -166,6 +168,7 @@ class VLLMEngine:
         self._engine: Any = self._llm.llm_engine
         self.max_model_len = int(self._engine.model_config.max_model_len)
         self._max_num_seqs = int(self._engine.vllm_config.scheduler_config.max_num_seqs)
+        self._width = self._max_num_seqs  # requests in vLLM at once; below max_num_seqs the rest wait staged
         self._tokenizer: Any = self._llm.get_tokenizer()
         self._renderer: Any = getattr(self._llm, "renderer", None)
         self._tok_params: dict[bool, Any] = {}
@@ -261,6 +264,9 @@ class VLLMEngine:
                     # computes the shared blocks once, before they can be evicted. Results stay keyed by row.
                     order = (tuple(engine_input.get("prompt_token_ids") or ()), next(self._arrivals))
                     bisect.insort(self._staged, (order, request), key=lambda e: e[0])
+                elif self._width < self._max_num_seqs or self._staged:
+                    # A narrower width (calibration): staged in arrival order, fed as vLLM's batch has room.
+                    self._staged.append((((), next(self._arrivals)), request))
                 elif self._add(request):
                     added.append(request.request_id)
         except BaseException:
@@ -289,9 +295,20 @@ class VLLMEngine:
         self._in_vllm += 1
         return True
 
+    @property
+    def width(self) -> int:
+        """Requests handed to vLLM at once (its ``max_num_seqs`` unless calibration narrowed it)."""
+        return self._width
+
+    def set_width(self, width: int) -> None:
+        """Hand vLLM at most ``width`` requests at once from the next step on (1 to ``max_num_seqs``)."""
+        if not 1 <= width <= self._max_num_seqs:
+            raise ValueError(f"width must be 1 to max_num_seqs ({self._max_num_seqs}), got {width}")
+        self._width = width
+
     def _feed(self) -> None:
-        """Move staged requests to vLLM, smallest token ids first, while it holds less than a full batch."""
-        while self._staged and self._in_vllm < self._max_num_seqs:
+        """Move staged requests to vLLM, in staged order, while it holds fewer than ``width``."""
+        while self._staged and self._in_vllm < self._width:
             _, request = self._staged.pop(0)
             self._add(request)
 

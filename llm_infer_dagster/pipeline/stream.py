@@ -158,6 +158,7 @@ class ShardStream:
         self.selected_checks = set(selected_checks)  # (asset, check name) the caller wants evaluated
         self.groups = engine_groups(targets)  # one worker pool (one base model load per worker) each
         self._jobs_left: dict[str, int] = {}  # shard -> its jobs still running in the current pool
+        self._calibrated: set[int] = set()  # workers whose calibration choice is logged
         self._rows: dict[str, int] = {}  # shard -> the rows it holds (--limit applied), for the step's pace
 
     # -- reporting -------------------------------------------------------------------------------------------
@@ -423,7 +424,9 @@ class ShardStream:
         log, settings = self.log, self.settings
         adapters = {name: t.adapter for t in group if (name := _adapter_name(t)) and t.adapter}
         planning = self.task.settings.prefix_planning
-        spec = dataclasses.replace(first.spec, lora_adapters=adapters, prefix_order=planning)
+        spec = dataclasses.replace(
+            first.spec, lora_adapters=adapters, prefix_order=planning, calibrate=self.task.settings.calibrate
+        )
         by_job: dict[str, tuple[ModelTarget, str]] = {}
 
         def jobs() -> Iterator[ShardJob]:
@@ -512,7 +515,15 @@ class ShardStream:
             **self._paths("completions", r.key, target.name, "infer"),
             "preview": Markdown(preview_markdown(comps, ["record_id", "response", "finish_reason", "error"])),
             **pace.metadata(),  # the step so far: run_rows_per_s, run_tokens_per_s, run_eta, run_gpu_hours ...
+            **({"calibration": r.tuning} if r.tuning else {}),  # knob, width, state, trials (task_settings' calibrate)
         })  # fmt: skip
+        if r.tuning and r.tuning.get("state") == "chosen" and r.worker not in self._calibrated:
+            self._calibrated.add(r.worker)
+            trials = ", ".join(f"{w}: {rate:.0f}" for w, rate in r.tuning.get("trials", {}).items())
+            self.log.info(
+                f"worker {r.worker}: calibration chose {r.tuning['knob']} {r.tuning['width']} "
+                f"(default {r.tuning['default']}); output tok/s by width: {trials}"
+            )
         msg = (
             f"shard {r.key}: {r.rows} rows, {r.errors} errors, {r.completion_tokens} tokens out, "
             f"{r.tokens_per_s:.0f} tok/s on worker {r.worker} ({r.gpus or 'cpu'}{', ' + r.node if r.node else ''})"

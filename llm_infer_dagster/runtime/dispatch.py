@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import assert_never
+from typing import Any, assert_never
 
 from llm_infer_dagster.engines.prefix_order import pick
 from llm_infer_dagster.runtime.messages import (
@@ -53,6 +53,7 @@ class ShardResult:
     seconds: float = 0.0
     error: str | None = None
     node: str = ""  # on Ray: which actor on which node ran it (empty for a local worker)
+    tuning: dict[str, Any] | None = None  # the worker's calibration as of this shard (None: calibration off)
 
     @property
     def tokens_per_s(self) -> float:
@@ -138,6 +139,7 @@ def result_of(state: WorkerState, msg: Done | Failed, node: str = "") -> ShardRe
     return ShardResult(
         msg.shard, state.index, state.gpus, ok=True, rows=msg.rows, errors=msg.errors,
         prompt_tokens=msg.prompt_tokens, completion_tokens=msg.completion_tokens, seconds=msg.seconds, node=node,
+        tuning=msg.tuning,
     )  # fmt: skip
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import types
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any, Literal, TypeAlias, Union, get_args, get_origin, get_type_hints
 
 from llm_infer_dagster.engines.spec import EngineSpec
@@ -85,6 +85,8 @@ class Done:
     prompt_tokens: int
     completion_tokens: int
     seconds: float
+    # the worker's calibration (task_settings' "calibrate") as of this shard: knob, width, trials; None when off
+    tuning: dict[str, Any] | None = None
     kind: Literal["done"] = "done"
 
 
@@ -162,13 +164,14 @@ def decode(line: str | bytes) -> Message:
         raise ProtocolError(f"unknown message kind {kind!r} (this version knows {', '.join(map(repr, _KINDS))})")
     hints = _HINTS[kind]
     expected = [f.name for f in fields(cls) if f.name != "kind"]
-    missing = [name for name in expected if name not in body]
+    optional = {f.name for f in fields(cls) if f.default is not MISSING}  # added later: absent from older peers
+    missing = [name for name in expected if name not in body and name not in optional]
     unexpected = [name for name in body if name != "kind" and name not in expected]
     if missing or unexpected:
         parts = [f"missing field(s) {', '.join(map(repr, missing))}"] if missing else []
         parts += [f"unexpected field(s) {', '.join(map(repr, unexpected))}"] if unexpected else []
         raise ProtocolError(f"{kind!r} message: {'; '.join(parts)} (a peer of another version?)")
-    values = {name: _field(kind, name, body[name], hints[name]) for name in expected}
+    values = {name: _field(kind, name, body[name], hints[name]) for name in expected if name in body}
     return cls(**values)
 
 

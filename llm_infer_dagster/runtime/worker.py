@@ -23,7 +23,7 @@ import select
 import sys
 import time
 import traceback
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from llm_infer_dagster.runtime.messages import (
     TO_WORKER,
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from llm_infer_dagster.engines.base import Completion
+    from llm_infer_dagster.engines.calibration import Tunable
 
 _PROTOCOL = "the pool sent a message this worker cannot read"
 MAX_STEP_FAILURES = 3  # consecutive failed engine steps after which the engine counts as unusable
@@ -100,6 +101,7 @@ class LineReader:
 def serve(reader: LineReader, out: TextIO) -> None:
 
     from llm_infer_dagster.engines.base import BlockingStream, as_streaming
+    from llm_infer_dagster.engines.calibration import calibration_for
     from llm_infer_dagster.engines.spec import load_engine
     from llm_infer_dagster.runtime.completions import ShardRequest, completions_frame, prepare_shard
     from llm_infer_dagster.shards.storage import atomic_write, read_parquet, store_path
@@ -133,6 +135,8 @@ def serve(reader: LineReader, out: TextIO) -> None:
         return
     _send(out, Loaded(seconds=round(time.perf_counter() - t0, 3), pid=os.getpid()))
     stream = as_streaming(engine)
+    # task_settings' "calibrate": the first shards try batch widths; the rest run at the fastest
+    calibration = calibration_for(engine, streaming=not isinstance(stream, BlockingStream)) if spec.calibrate else None
     inflight: dict[str, tuple[Job, ShardRequest, float]] = {}
     in_engine: list[str] = []  # shards submitted to the engine and not back yet, in submit order
     asked = 0
@@ -159,6 +163,15 @@ def serve(reader: LineReader, out: TextIO) -> None:
         except Exception as exc:
             _send(out, Failed(shard=key, error=_describe(exc), trace=traceback.format_exc()))
             return
+        tuning = None
+        if calibration is not None:
+            was_done = calibration.done
+            width = calibration.landed(int(df["completion_tokens"].sum()), time.perf_counter())
+            if width is not None:
+                cast("Tunable", engine).set_width(width)
+            if calibration.done and not was_done:
+                logging.getLogger("llm_infer_dagster.calibration").info(calibration.describe())
+            tuning = calibration.summary()
         _send(
             out,
             Done(
@@ -168,6 +181,7 @@ def serve(reader: LineReader, out: TextIO) -> None:
                 prompt_tokens=int(df["prompt_tokens"].sum()),
                 completion_tokens=int(df["completion_tokens"].sum()),
                 seconds=round(time.perf_counter() - started, 4),
+                tuning=tuning,
             ),
         )
 
@@ -213,6 +227,8 @@ def serve(reader: LineReader, out: TextIO) -> None:
                 request = prepare_shard(read_parquet(store_path(job.prompts)))
                 inflight[key] = (job, request, time.perf_counter())
                 if request.to_send:
+                    if calibration is not None:
+                        calibration.started(time.perf_counter())
                     # the base model is loaded once; each job picks its LoRA adapter (or none)
                     stream.submit(key, request.to_send, request.sampling(sampling), adapter=job.adapter)
                     in_engine.append(key)

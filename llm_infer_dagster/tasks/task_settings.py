@@ -11,7 +11,8 @@ here, in one place next to the task's code::
       "models": {"qwen7b": {"model_path": "/models/qwen7b", "model_type": "vllm"}},  # also run these
                                                 # ... each may add "lora_adapters": {"<name>": "<adapter folder>"}
       "checks": {"error_rows": {"warn": 0.05, "error": 0.5, "blocking": true}},  # per-shard quality checks
-      "prefix_planning": false                  # true: order rows and shards so shared prompt prefixes hit vLLM's cache
+      "prefix_planning": false,                 # true: order rows and shards so shared prompt prefixes hit vLLM's cache
+      "calibrate": false                        # true: the first shards try batch widths; the fastest is kept
     }
 
 The file is :class:`TaskSettings` (pydantic, strict JSON types, unknown keys refused); a mistake is one
@@ -222,6 +223,8 @@ class TaskSettings(_Section):
     checks: CheckSettings = CheckSettings()
     # Run rows and shards that share a prompt prefix together, so vLLM's prefix cache hits (results unchanged)
     prefix_planning: bool = False  # opt in: measured on the engine, not yet on whole jobs (BENCHMARKS.md)
+    # Each worker's first shards try a few batch widths and keep the fastest (outputs unchanged; speed only)
+    calibrate: bool = False
 
     @property
     def sensor_enabled(self) -> bool:

@@ -40,7 +40,15 @@ EVERY_KIND: list[Message] = [
     Stop(),
     Loaded(seconds=1.25, pid=4242),
     Ready(),
-    Done(shard="f-1", rows=3, errors=1, prompt_tokens=30, completion_tokens=12, seconds=0.5),
+    Done(
+        shard="f-1",
+        rows=3,
+        errors=1,
+        prompt_tokens=30,
+        completion_tokens=12,
+        seconds=0.5,
+        tuning={"knob": "max_num_seqs", "width": 64, "default": 256, "state": "trying", "trials": {"32": 410.5}},
+    ),  # fmt: skip
     Failed(shard="f-1", error="RuntimeError: boom", trace="Traceback ..."),
     Fatal(error="engine unusable", trace="Traceback ..."),
 ]
@@ -49,6 +57,14 @@ EVERY_KIND: list[Message] = [
 def test_every_kind_is_covered() -> None:
     assert {m.kind for m in EVERY_KIND} == {cls.kind for cls in (*TO_WORKER, *FROM_WORKER)}
     assert len(EVERY_KIND) == len({m.kind for m in EVERY_KIND})
+
+
+def test_a_field_added_with_a_default_may_be_absent() -> None:
+    """An older worker's 'done' (no ``tuning``) still reads; a required field missing is still refused."""
+    line = '{"kind": "done", "shard": "a", "rows": 1, "errors": 0, "prompt_tokens": 2, "completion_tokens": 3, '
+    assert decode(line + '"seconds": 0.1}') == Done("a", 1, 0, 2, 3, 0.1, tuning=None)
+    with pytest.raises(ProtocolError, match="missing field"):
+        decode(line[:-2].rsplit(",", 1)[0] + ', "seconds": 0.1}')
 
 
 @pytest.mark.parametrize("msg", EVERY_KIND, ids=lambda m: m.kind)

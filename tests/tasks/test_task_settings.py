@@ -109,8 +109,11 @@ def test_invalid_json_and_not_an_object(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        ({"shardsize": 4}, 'unknown key(s) shardsize (did you mean "shard_size"?); valid: checks, input_path, '),
-        ({"zzz": 1}, "unknown key(s) zzz; valid: checks, input_path, models, prefix_planning, schedule, sensor, "),
+        ({"shardsize": 4}, 'unknown key(s) shardsize (did you mean "shard_size"?); valid: calibrate, checks, '),
+        (
+            {"zzz": 1},
+            "unknown key(s) zzz; valid: calibrate, checks, input_path, models, prefix_planning, schedule, sensor",
+        ),
         ({"sensor": {"enable": True}}, 'unknown key(s) enable in "sensor" (did you mean "enabled"?); valid: enabled,'),
         ({"schedule": {"crn": "x"}}, 'unknown key(s) crn in "schedule" (did you mean "cron"?)'),
         (
@@ -295,3 +298,12 @@ def test_prefix_planning_is_opt_in(tmp_path: Path) -> None:
     assert TaskSettings().prefix_planning is False
     (tmp_path / "task_settings.json").write_text('{"prefix_planning": true}')
     assert load_task_settings(tmp_path).prefix_planning is True
+
+
+def test_calibrate_is_opt_in(tmp_path: Path) -> None:
+    assert TaskSettings().calibrate is False
+    (tmp_path / "task_settings.json").write_text('{"calibrate": true}')
+    assert load_task_settings(tmp_path).calibrate is True
+    (tmp_path / "task_settings.json").write_text('{"calibrate": "yes"}')
+    with pytest.raises(TaskConfigError, match="calibrate"):
+        load_task_settings(tmp_path)
