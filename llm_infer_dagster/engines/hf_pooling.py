@@ -86,12 +86,12 @@ class HFPoolingEngine:
         self.pooling = embed_pooling_type(self.model_path, config.to_dict()) if task == "embed" else "last"
         self.labels = label_names(config.to_dict()) if task != "embed" else []
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-        derived = next(
-            (v for k in _LENGTH_KEYS if isinstance(v := getattr(text_config, k, None), int) and v > 0), None
-        )
+        derived = next((v for k in _LENGTH_KEYS if isinstance(v := getattr(text_config, k, None), int) and v > 0), None)
         self.max_model_len = int(max_model_len or derived or 2048)
 
-    def generate(self, prompts: Sequence[Prompt], sampling: Sampling, *, adapter: str | None = None) -> list[Completion]:
+    def generate(
+        self, prompts: Sequence[Prompt], sampling: Sampling, *, adapter: str | None = None
+    ) -> list[Completion]:
         """One Completion per prompt with its pooled value (sampling parameters do not apply to pooling)."""
         if adapter is not None:
             raise ValueError("LoRA adapters are not supported by pooling tasks")

@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from llm_infer_dagster.engines.base import Engine
+from llm_infer_dagster.engines.spec import EngineSpec
 from llm_infer_dagster.errors import SettingsError
 
 TaskKind = Literal["generate", "embed", "classify", "reward"]
@@ -160,10 +162,10 @@ def render_ids(tokenizer: Any, prompt: Any) -> tuple[list[int] | None, str | Non
     return ids, None
 
 
-def load_pooling_engine(spec: Any) -> Any:
+def load_pooling_engine(spec: EngineSpec) -> Engine:
     """The pooling engine of an ``EngineSpec`` whose ``task`` is a pooling kind (torch / vLLM imported here)."""
     if spec.task not in POOLING_KINDS:
-        raise SettingsError(f'task must be one of {", ".join(TASK_KINDS)}, got {spec.task!r}')
+        raise SettingsError(f"task must be one of {', '.join(TASK_KINDS)}, got {spec.task!r}")
     if spec.lora_adapters:
         raise SettingsError(f"LoRA adapters are not supported with the {spec.task!r} task; drop lora_adapters")
     if spec.model_type == "hf":

@@ -84,7 +84,9 @@ class VLLMPoolingEngine:
         self.max_model_len = int(self._llm.llm_engine.model_config.max_model_len)
         self._tokenizer: Any = self._llm.get_tokenizer()
 
-    def generate(self, prompts: Sequence[Prompt], sampling: Sampling, *, adapter: str | None = None) -> list[Completion]:
+    def generate(
+        self, prompts: Sequence[Prompt], sampling: Sampling, *, adapter: str | None = None
+    ) -> list[Completion]:
         """One Completion per prompt with its pooled value (sampling parameters do not apply to pooling)."""
         if adapter is not None:
             raise ValueError("LoRA adapters are not supported by pooling tasks")
