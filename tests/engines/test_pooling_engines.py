@@ -66,7 +66,7 @@ def test_hf_pooling_refuses_a_too_long_prompt_as_its_row_only(tiny_model_path: s
 def test_a_head_the_model_lacks_is_one_line_before_loading(
     tiny_model_path: str, tiny_classifier_path: str, tiny_reward_path: str
 ) -> None:
-    where = "/t/task_settings.json: \"task\""
+    where = '/t/task_settings.json: "task"'
     for kind in ("classify", "reward"):
         with pytest.raises(SettingsError) as info:
             check_pooling_model(kind, tiny_model_path, where=where)
