@@ -27,8 +27,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-WORDS = ("the river city light old market morning quiet train paper music garden winter stone bright window "
-         "north letter small voice field summer glass story road").split()  # fmt: skip
+WORDS = [
+    "the", "river", "city", "light", "old", "market", "morning", "quiet", "train", "paper", "music", "garden",
+    "winter", "stone", "bright", "window", "north", "letter", "small", "voice", "field", "summer", "glass", "story",
+    "road",
+]  # fmt: skip
 
 TASK_CONFIG = '''import json, os
 def get_file_list(input_path):
