@@ -33,7 +33,7 @@ WORDS = [
     "road",
 ]  # fmt: skip
 
-TASK_CONFIG = '''import json, os
+TASK_CONFIG = """import json, os
 def get_file_list(input_path):
     return [os.path.join(input_path, "rows.jsonl")]
 def read_file(file_path):
@@ -43,7 +43,7 @@ def format_prompt(org_data):
     return org_data["text"]
 def extract_answer(embedding):
     return len(embedding)
-'''
+"""
 
 
 def prompts(n: int) -> list[str]:
