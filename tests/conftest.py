@@ -11,6 +11,7 @@ from s3_server import S3Server
 
 from llm_infer_dagster.testing.tiny_lora import build_tiny_adapter
 from llm_infer_dagster.testing.tiny_model import build_tiny_model
+from llm_infer_dagster.testing.tiny_pooling import build_tiny_classifier
 
 
 @pytest.fixture(autouse=True)
@@ -32,6 +33,18 @@ def _no_defs_state_from_earlier_tests() -> Iterator[None]:
 def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A tiny real Llama (random weights, BPE tokenizer, chat template) on disk, built once per session."""
     return str(build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny Llama with a seeded 2-label classification head (negative, positive), built once per session."""
+    return str(build_tiny_classifier(tmp_path_factory.mktemp("models") / "tiny-cls", ("negative", "positive")))
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny Llama with a seeded 1-label score head (a reward model), built once per session."""
+    return str(build_tiny_classifier(tmp_path_factory.mktemp("models") / "tiny-reward", ("score",)))
 
 
 @pytest.fixture(scope="session")

@@ -77,6 +77,9 @@ class Completion:
     prompt_tokens: int = 0
     completion_tokens: int = 0  # summed over the n samples
     error: str | None = None
+    # A pooling task's value instead of text (engines/pooling.py): embed a list of floats, classify a
+    # {label: probability} dict in label order, reward one float
+    pooled: Any = None
 
     @property
     def response(self) -> str | None:

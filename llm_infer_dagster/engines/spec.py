@@ -33,6 +33,8 @@ class EngineSpec:
     prefix_order: bool = False
     # the first shards try a few batch widths and the worker keeps the fastest (task_settings' calibrate, opt in)
     calibrate: bool = False
+    # what the model does per prompt: "generate" text, or a pooling task ("embed", "classify", "reward")
+    task: str = "generate"
 
     def base(self) -> EngineSpec:
         """This engine without its adapters: specs with the same base can share one loaded engine."""
@@ -65,6 +67,10 @@ def has_chat_template(model_path: str) -> bool | None:
 
 def load_engine(spec: EngineSpec) -> Engine:
     """Build the engine. Imports torch/vLLM lazily: call it only in the process that owns the GPUs."""
+    if spec.task != "generate":
+        from llm_infer_dagster.engines.pooling import load_pooling_engine
+
+        return load_pooling_engine(spec)
     if spec.model_type == "hf":
         from llm_infer_dagster.engines.hf import HFEngine
 

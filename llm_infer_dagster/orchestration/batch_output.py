@@ -47,7 +47,7 @@ def write_batch_output(
     from llm_infer_dagster.shards.storage import atomic_write, mtime
     from llm_infer_dagster.tasks.loader import to_json
     from llm_infer_dagster.tasks.openai_batch import read_requests
-    from llm_infer_dagster.tasks.openai_responses import NOT_RUN, error_line, response_line
+    from llm_infer_dagster.tasks.openai_responses import NOT_RUN, embedding_line, error_line, response_line
 
     name = task.dagster_name
     comp_key, answers_key = model_keys(name)
@@ -98,6 +98,10 @@ def write_batch_output(
                 if message.startswith(_BAD_REQUEST_PREFIX):
                     message = message[len(_BAD_REQUEST_PREFIX) :].rsplit(" (row ", 1)[0]
                 lines.append(error_line(cid, message))
+                continue
+            if row.get("embedding") is not None:  # a /v1/embeddings request: its vector
+                lines.append(embedding_line(request, list(row["embedding"]), int(row["prompt_tokens"] or 0),
+                                            model=model, created=created))  # fmt: skip
                 continue
             lines.append(
                 response_line(

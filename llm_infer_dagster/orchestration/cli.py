@@ -374,6 +374,7 @@ class _Progress:
 def run(args: argparse.Namespace) -> int:
     from llm_infer_dagster.deployment import Deployment
     from llm_infer_dagster.engines.hf_sampling import check_hf_supported
+    from llm_infer_dagster.engines.pooling import check_pooling_model
     from llm_infer_dagster.engines.preflight import check_engine_settings, parse_model_args
     from llm_infer_dagster.orchestration.settings import RunSettings
     from llm_infer_dagster.runtime.gpus import check_gpu_need, visible_gpu_ids
@@ -416,7 +417,10 @@ def run(args: argparse.Namespace) -> int:
 
             check_ray_address(ray_address)
             import_ray()  # installed, or one line saying how, before anything starts
-        if args.model_type == "hf":
+        where = f'{task.folder / "task_settings.json"}: "task"'
+        for model_path in (args.model_path, *(m.model_path for m in task.settings.models.values())):
+            check_pooling_model(task.settings.task, model_path, where=where)  # a head the model lacks: one line
+        if args.model_type == "hf" and task.settings.task == "generate":
             check_hf_supported(task.sampling_params)
     if not args.extract_only and run_settings.gpus_per_run:  # the rule the executor leases by; --plan_only too
         check_gpu_need(run_settings.gpus_per_run, visible_gpu_ids(), workers=args.workers,

@@ -38,6 +38,7 @@ from llm_infer_dagster.runtime.workers import devices_in_use, open_worker_pool
 from llm_infer_dagster.shards.exports import export_shard
 from llm_infer_dagster.shards.locks import ShardLeases
 from llm_infer_dagster.shards.manifest import ShardManifest, manifest_for
+from llm_infer_dagster.shards.pooled import pooled_metadata
 from llm_infer_dagster.shards.quality import (
     CheckResult,
     answers_checks,
@@ -512,6 +513,7 @@ class ShardStream:
             "model": target.spec.model_path if target.spec else "",
             **({"lora_adapter": FilePath(target.adapter)} if target.adapter else {}),
             "model_name": target.name or "default",
+            **pooled_metadata(comps),  # a pooling task: its kind and the vector's dimension (or the labels)
             **self._paths("completions", r.key, target.name, "infer"),
             "preview": Markdown(preview_markdown(comps, ["record_id", "response", "finish_reason", "error"])),
             **pace.metadata(),  # the step so far: run_rows_per_s, run_tokens_per_s, run_eta, run_gpu_hours ...

@@ -15,7 +15,7 @@ from typing import Any
 import polars as pl
 
 from llm_infer_dagster.engines.base import Completion, Engine, Prompt, Sampling
-from llm_infer_dagster.shards.tables import COMPLETION_SCHEMA, ROW_SAMPLING_COLUMN
+from llm_infer_dagster.shards.tables import COMPLETION_SCHEMA, POOLED_SCHEMAS, ROW_SAMPLING_COLUMN
 
 
 @dataclass
@@ -56,9 +56,16 @@ def prepare_shard(prompts: pl.DataFrame) -> ShardRequest:
 
 
 def completions_frame(
-    request: ShardRequest, completions: Sequence[Completion], sampling: Mapping[str, Any], model: str
+    request: ShardRequest,
+    completions: Sequence[Completion],
+    sampling: Mapping[str, Any],
+    model: str,
+    task: str = "generate",
 ) -> pl.DataFrame:
-    """The shard's completions; ``sampling`` is the task's, each row's own are applied over it."""
+    """The shard's completions; ``sampling`` is the task's, each row's own are applied over it.
+
+    A pooling ``task`` (``embed``, ``classify``, ``reward``) adds its value's columns (``POOLED_SCHEMAS``).
+    """
     results = [Completion(error=f"prompt: {e}") for e in request.prompts["error"].to_list()]
     for i, c in zip(request.rows, completions, strict=True):
         results[i] = c
@@ -69,7 +76,7 @@ def completions_frame(
         ]
     else:
         per_row = [task_json] * len(results)
-    return pl.DataFrame(
+    frame = pl.DataFrame(
         {
             "record_id": request.prompts["record_id"].to_list(),
             "response": [c.response for c in results],
@@ -84,6 +91,29 @@ def completions_frame(
         },
         schema=COMPLETION_SCHEMA,
     )
+    return frame if task == "generate" else frame.hstack(pooled_columns(task, results))
+
+
+def pooled_columns(task: str, results: Sequence[Completion]) -> pl.DataFrame:
+    """The pooled value's columns of a shard's rows (nulls for rows without one)."""
+    values = [c.pooled if c.error is None else None for c in results]
+    schema = POOLED_SCHEMAS[task]
+    if task == "embed":
+        column = pl.Series("embedding", values, dtype=schema["embedding"])
+        dims = {len(v) for v in values if v is not None}
+        if len(dims) == 1:  # a fixed-size column: every vector of a model has its size
+            column = column.cast(pl.Array(pl.Float32, dims.pop()))
+        return pl.DataFrame([column])
+    if task == "classify":
+        return pl.DataFrame(
+            {
+                "label": [max(v, key=v.get) if v else None for v in values],
+                "labels": [list(v) if v else None for v in values],
+                "probs": [list(v.values()) if v else None for v in values],
+            },
+            schema=schema,
+        )
+    return pl.DataFrame({"reward": [float(v) if v is not None else None for v in values]}, schema=schema)
 
 
 def complete_shard(engine: Engine, prompts: pl.DataFrame, sampling: Mapping[str, Any], model: str) -> pl.DataFrame:

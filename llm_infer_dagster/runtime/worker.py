@@ -158,7 +158,7 @@ def serve(reader: LineReader, out: TextIO) -> None:
         # an adapter's rows name the adapter folder applied to the base model
         model = spec.model_path if job.adapter is None else spec.lora_adapters.get(job.adapter, job.adapter)
         try:
-            df = completions_frame(request, completions, sampling, model)
+            df = completions_frame(request, completions, sampling, model, spec.task)
             atomic_write(store_path(job.output), lambda tmp: df.write_parquet(tmp))
         except Exception as exc:
             _send(out, Failed(shard=key, error=_describe(exc), trace=traceback.format_exc()))

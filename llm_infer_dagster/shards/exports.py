@@ -13,6 +13,7 @@ from typing import Any
 
 import polars as pl
 
+from llm_infer_dagster.shards.pooled import pooled_values
 from llm_infer_dagster.shards.store import TaskStore, atomic_write_text
 from llm_infer_dagster.shards.tables import SAMPLED_COLUMNS
 
@@ -27,7 +28,8 @@ def seed_records(
     extracted_answer (inference-only records have no such key, as the seed's had none), and ``score`` for a
     task that defines one (with n > 1 samples also ``n_samples``, ``n_correct``, ``majority_answer`` and
     ``majority_score``). ``model_response_raw`` is the first sample's exact text, unstripped (a code
-    completion's leading indentation, a trailing newline), ``""`` for a failed row.
+    completion's leading indentation, a trailing newline), ``""`` for a failed row. A pooling task's record
+    also has ``pooled``: the value its extract_answer got (the embedding, ``{label: probability}``, the reward).
     """
     df = raw.join(prompts.rename({"error": "prompt_error"}), on="record_id", how="left").join(
         completions.select("record_id", "response", "responses", "finish_reason", "error"),
@@ -44,6 +46,11 @@ def seed_records(
             on="record_id",
             how="left",
         )
+    by_id = (
+        dict(zip(completions["record_id"].to_list(), pooled, strict=True))
+        if (pooled := pooled_values(completions)) is not None
+        else None
+    )
     out = []
     for r in df.iter_rows(named=True):
         prompt = json.loads(r["prompt"]) if r.get("is_chat") else r.get("prompt")
@@ -59,6 +66,8 @@ def seed_records(
             "finish_reason": r["finish_reason"],
             "error": r.get("answer_error") or r["error"] or r.get("prompt_error"),
         }
+        if by_id is not None:
+            record["pooled"] = by_id.get(r["record_id"])
         if answers is not None:
             answer = r.get("answer")
             record["extracted_answer"] = json.loads(answer) if answer is not None else None

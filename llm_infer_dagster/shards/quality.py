@@ -10,6 +10,8 @@ What each share counts, and over which rows (its ``rows``):
 - ``empty_completions``: rows whose first response is empty or whitespace, over the rows without an error.
 - ``cut_at_max_tokens``: rows whose first ``finish_reason`` is ``"length"`` (stopped by ``max_tokens`` or the
   context), over the rows without an error.
+- For a pooling task (``embed``, ``classify``, ``reward``: no text) ``empty_completions`` counts the rows without
+  an error that have no pooled value, and ``cut_at_max_tokens`` counts none (nothing is generated).
 - ``extraction_failed``: rows where ``extract_answer`` raised, returned None or returned what JSON cannot
   hold, over the rows whose completion had no error (a row without a completion is ``error_rows``' to count,
   not extraction's).
@@ -29,6 +31,8 @@ from typing import Any, Literal
 
 import polars as pl
 
+from llm_infer_dagster.shards.pooled import pooled_kind
+from llm_infer_dagster.shards.tables import POOLED_SCHEMAS
 from llm_infer_dagster.tasks.structured import matches
 from llm_infer_dagster.tasks.task_settings import ANSWERS_CHECKS, COMPLETIONS_CHECKS, CheckName, CheckSettings
 
@@ -104,7 +108,11 @@ def judge(name: CheckName, count: int, rows: int, checks: CheckSettings) -> Chec
 def completions_checks(completions: pl.DataFrame, checks: CheckSettings) -> list[CheckResult]:
     """``error_rows``, ``empty_completions`` and ``cut_at_max_tokens`` of one completions shard."""
     ok = completions.filter(pl.col("error").is_null())
-    empty = ok.filter(pl.col("response").is_null() | (pl.col("response").str.strip_chars() == "")).height
+    kind = pooled_kind(completions)
+    if kind is not None:  # a pooling task: "empty" is a row without its value
+        empty = ok.filter(pl.col(next(iter(POOLED_SCHEMAS[kind]))).is_null()).height
+    else:
+        empty = ok.filter(pl.col("response").is_null() | (pl.col("response").str.strip_chars() == "")).height
     cut = ok.filter(pl.col("finish_reason") == "length").height
     counts: dict[CheckName, tuple[int, int]] = {
         "error_rows": (completions.height - ok.height, completions.height),

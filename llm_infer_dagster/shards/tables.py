@@ -43,6 +43,16 @@ COMPLETION_SCHEMA: Schema = {
     "sampling_params": pl.String,
 }
 
+#: ``completions`` of a pooling task (task_settings' ``"task"``) add its value's columns to COMPLETION_SCHEMA (whose
+#: text columns stay empty): ``embed`` a fixed-size ``embedding`` (``pl.Array(pl.Float32, dim)``: its size is the
+#: model's), ``classify`` the top ``label``, the head's ``labels`` and their ``probs`` (same order), ``reward`` one
+#: float. ``shards/pooled.py`` reads them back.
+POOLED_SCHEMAS: dict[str, Schema] = {
+    "embed": {"embedding": pl.List(pl.Float32)},  # cast to pl.Array(pl.Float32, dim) once dim is known
+    "classify": {"label": pl.String, "labels": pl.List(pl.String), "probs": pl.List(pl.Float32)},
+    "reward": {"reward": pl.Float64},
+}
+
 #: ``answers``: extract_answer's value as JSON (null when it returned None), ``error`` when there is none.
 ANSWER_SCHEMA: Schema = {"record_id": pl.String, "answer": pl.String, "error": pl.String}
 

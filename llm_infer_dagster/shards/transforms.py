@@ -20,6 +20,7 @@ import polars as pl
 
 from llm_infer_dagster.errors import TaskConfigError
 from llm_infer_dagster.shards.metrics import CORRECT_AT, majority_vote
+from llm_infer_dagster.shards.pooled import pooled_values
 from llm_infer_dagster.shards.sharding import Shard
 from llm_infer_dagster.shards.tables import (
     ANSWER_SCHEMA,
@@ -118,6 +119,9 @@ def answers_frame(
     A scored shard sampled more than once per row (some row's ``sampling_params`` has ``n`` > 1) also extracts
     and scores every other sample, for pass@k and maj@n (:data:`SAMPLED_ANSWER_SCHEMA`, ``shards/metrics.py``);
     ``answer``, ``score`` and ``error`` stay the first sample's.
+
+    A pooling task's ``extract_answer`` gets the row's pooled value instead of text (``shards/pooled.py``):
+    the embedding as a list of floats, the ``{label: probability}`` dict, or the reward as a float.
     """
     values: list[str | None] = []
     errors: list[str | None] = []
@@ -127,11 +131,13 @@ def answers_frame(
         if raw is None:
             raise ValueError("answers_frame: a score function needs the shard's raw rows (raw=)")
         rows = dict(zip(raw["record_id"].to_list(), raw["data"].to_list(), strict=True))
-    sampled = score is not None and _sampled(completions)
+    pooled = pooled_values(completions)  # a pooling task: extract_answer gets the vector / probabilities / score
+    sampled = score is not None and pooled is None and _sampled(completions)
     per_sample: dict[str, list[Any]] = {"n_samples": [], "n_correct": [], "majority_answer": [], "majority_score": []}
     columns_in = ["record_id", "response", "error", *(["responses"] if sampled else [])]
-    for row in completions.select(columns_in).iter_rows(named=True):
-        answer, ans, error = _extract(extract_answer, row["response"], row["record_id"], row["error"])
+    for i, row in enumerate(completions.select(columns_in).iter_rows(named=True)):
+        given = row["response"] if pooled is None else pooled[i]
+        answer, ans, error = _extract(extract_answer, given, row["record_id"], row["error"])
         values.append(answer)
         errors.append(error)
         scores.append(None)
@@ -176,14 +182,14 @@ def _sampled(completions: pl.DataFrame) -> bool:
 
 
 def _extract(
-    extract_answer: Callable[[str], Any], text: str | None, record_id: str, failed: str | None
+    extract_answer: Callable[[str], Any], text: Any, record_id: str, failed: str | None
 ) -> tuple[str | None, Any, str | None]:
     """(the answer as JSON, the answer, None) or (None, None, why there is none; None when extract_answer
     found nothing) of one sample; ``failed`` is the completion's error."""
     if failed is not None:
         return None, None, f"no completion: {failed}"
     try:
-        ans = extract_answer(text)  # type: ignore[arg-type]
+        ans = extract_answer(text)
     except Exception as exc:
         return None, None, f"extract_answer raised {type(exc).__name__}: {exc}"
     if ans is None:

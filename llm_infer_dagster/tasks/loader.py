@@ -513,6 +513,9 @@ def _load_openai_batch(name: str, folder: Path) -> TaskConfig:
     settings = load_task_settings(folder)
     if settings.input_path is None:
         settings = settings.model_copy(update={"input_path": str(folder / openai_batch.REQUESTS_FILE)})
+    requests = folder / openai_batch.REQUESTS_FILE
+    if settings.task == "generate" and requests.is_file() and openai_batch.task_kind(requests) == "embed":
+        settings = settings.model_copy(update={"task": "embed"})  # /v1/embeddings requests: the embed task
     return TaskConfig(
         name=name, folder=folder, module=openai_batch, sampling_params=sampling, settings=settings, files=files,
         is_openai_batch=True,

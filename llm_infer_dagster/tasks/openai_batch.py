@@ -16,6 +16,9 @@ object, a request without a string ``custom_id`` (its output line could not say 
 an unknown url, a bad sampling value) is that request's error (``BadRequest`` from ``format_prompt``): its
 output line carries it, the others run.
 
+A file of ``/v1/embeddings`` requests (``{"input": "text"}``) runs as the ``embed`` task
+(``engines/pooling.py``); one file holds one kind of request.
+
 Sampling: a request's body fields become the platform's sampling parameters (vLLM's names; ``max_tokens``,
 ``max_completion_tokens``, ``temperature``, ``top_p``, ``n``, ``stop``, ``seed``, the penalties, vLLM's extra
 fields such as ``top_k``), ``response_format`` (``json_schema`` / ``json_object``) becomes ``structured_outputs``,
@@ -45,13 +48,20 @@ __all__ = [
     "read_file",
     "read_requests",
     "request_prompt",
+    "task_kind",
 ]
 
 #: The file that makes a folder an OpenAI batch task folder.
 REQUESTS_FILE = "requests.jsonl"
 
 #: url -> the kind of request (what the body holds and what its response looks like).
-URLS: dict[str, str] = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
+URLS: dict[str, str] = {"/v1/chat/completions": "chat", "/v1/completions": "completion", "/v1/embeddings": "embedding"}
+#: The url of embedding requests: a file of them runs as the ``embed`` task (one kind of request per file).
+EMBEDDINGS_URL = "/v1/embeddings"
+#: Body fields of an embeddings request besides ``input``: ignored, or accepted only at the value that asks for
+#: what the platform gives (float vectors of the model's own size).
+_EMBED_IGNORED = ("model", "user")
+_EMBED_OFF: dict[str, tuple[Any, ...]] = {"encoding_format": (None, "float"), "dimensions": (None,)}
 
 #: What a request that sets nothing samples with: OpenAI's defaults (no top-k), and OpenAI's completions
 #: default of 16 tokens (vLLM's chat default, the model's remaining context, is not known before the model loads).
@@ -72,7 +82,7 @@ _OFF: dict[str, tuple[Any, ...]] = {
     "logit_bias": (None, {}), "suffix": (None, ""), "tools": (None, []), "tool_choice": (None, "none"),
     "functions": (None, []), "function_call": (None, "none"), "parallel_tool_calls": (None, True, False),
 }  # fmt: skip
-_BODY_KEYS = {"chat": "messages", "completion": "prompt"}
+_BODY_KEYS = {"chat": "messages", "completion": "prompt", "embedding": "input"}
 _KNOWN = (*SAMPLING_FIELDS, "max_tokens", "max_completion_tokens", "response_format", *IGNORED_FIELDS, *_OFF)
 _LINE_SHAPE = '{"custom_id": "...", "method": "POST", "url": "/v1/chat/completions", "body": {...}}'
 
@@ -169,6 +179,52 @@ def _prompt(value: Any) -> str:
     return value
 
 
+def _embedding_input(body: dict[str, Any]) -> str:
+    """The text of an embeddings request; fields it cannot honour are that request's error."""
+    for field, value in body.items():
+        if field == "input" or field in _EMBED_IGNORED:
+            continue
+        if field not in _EMBED_OFF:
+            raise BadRequest(f"body.{field} is not supported for {EMBEDDINGS_URL}")
+        if value not in _EMBED_OFF[field]:
+            raise BadRequest(
+                f"body.{field} {json.dumps(value)} is not supported for {EMBEDDINGS_URL}: the vectors are floats "
+                "of the model's own size; leave it out"
+            )
+    value = body["input"]
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+        value = value[0]
+    if not isinstance(value, str) or not value:
+        raise BadRequest(
+            "body.input must be a non-empty string (or a list of one string); token ids and several inputs per "
+            "request are not supported: give each input its own line"
+        )
+    return value
+
+
+def task_kind(path: str | Path) -> str:
+    """``"embed"`` for a requests file of ``/v1/embeddings`` requests, ``"generate"`` for one without any; a file
+    that mixes them is refused (one engine runs a file: a pooling engine embeds, a generating one writes text)."""
+    requests: list[dict[str, Any]] = []
+    with open(path, encoding="utf-8") as fh:  # a broken line is read_requests' to name, when the rows are read
+        for text in fh:
+            try:
+                request = json.loads(text) if text.strip() else None
+            except json.JSONDecodeError:
+                continue
+            if isinstance(request, dict):
+                requests.append(request)
+    embeds = [r for r in requests if r.get("url") == EMBEDDINGS_URL]
+    if embeds and len(embeds) < len(requests):
+        other = next(r for r in requests if r.get("url") != EMBEDDINGS_URL)
+        raise TaskConfigError(
+            f"{path}: mixes {EMBEDDINGS_URL} requests (custom_id {json.dumps(embeds[0].get('custom_id'))}) with "
+            f"{json.dumps(other.get('url'))} ones (custom_id {json.dumps(other.get('custom_id'))}); one engine runs a "
+            "file: put the embeddings requests in a file of their own"
+        )
+    return "embed" if embeds else "generate"
+
+
 def _structured(response_format: Any) -> dict[str, Any] | None:
     """``response_format`` as ``structured_outputs`` (vLLM maps it the same way)."""
     if not isinstance(response_format, dict):
@@ -242,6 +298,8 @@ def request_prompt(request: dict[str, Any]) -> dict[str, Any]:
     key = _BODY_KEYS[kind]
     if key not in body:
         raise BadRequest(f"body has no {key!r}; a {url} request needs one")
+    if kind == "embedding":
+        return {"prompt": _embedding_input(body)}
     other = _BODY_KEYS["completion" if kind == "chat" else "chat"]
     if other in body:
         raise BadRequest(f"body.{other} does not go with {url}")
@@ -276,6 +334,7 @@ def format_prompt(org_data: dict[str, Any]) -> dict[str, Any]:
     return request_prompt(org_data)
 
 
-def extract_answer(response: str) -> str:
-    """The first choice's text: the answers asset holds what the model said (the output file holds it all)."""
+def extract_answer(response: Any) -> Any:
+    """The first choice's text (an embeddings request's vector): the answers asset holds what the model said (the
+    output file holds it all)."""
     return response

@@ -9,6 +9,10 @@ A request that ran::
                     "finish_reason": "stop"}],
        "usage": {"prompt_tokens": 9, "completion_tokens": 12, "total_tokens": 21}}}}
 
+An embeddings request that ran has an OpenAI embeddings body: ``{"id": "embd-...", "object": "list", "created":
+..., "model": ..., "data": [{"index": 0, "object": "embedding", "embedding": [...]}], "usage": {"prompt_tokens":
+N, "total_tokens": N}}``.
+
 A request that did not (vLLM's shape: the HTTP status in ``response``, no body, the error object in ``error``)::
 
     {"id": "batch_req_...", "custom_id": "q2", "response": {"status_code": 400, "request_id": "req_...",
@@ -27,7 +31,7 @@ from typing import Any
 
 from llm_infer_dagster.tasks.openai_batch import URLS
 
-__all__ = ["BAD_REQUEST", "NOT_RUN", "error_line", "response_line"]
+__all__ = ["BAD_REQUEST", "NOT_RUN", "embedding_line", "error_line", "response_line"]
 
 #: Status codes and OpenAI error types: a request that cannot run as written; one whose shard did not finish.
 BAD_REQUEST = (400, "BadRequestError")
@@ -86,6 +90,29 @@ def response_line(
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
         },
+    }
+    return {
+        "id": f"batch_req_{h}",
+        "custom_id": custom_id,
+        "response": {"status_code": 200, "request_id": f"req_{h}", "body": body},
+        "error": None,
+    }
+
+
+def embedding_line(
+    request: Mapping[str, Any], vector: Sequence[float], prompt_tokens: int, *, model: str, created: int
+) -> dict[str, Any]:
+    """The output line of a ``/v1/embeddings`` request that ran: an OpenAI embeddings list body, one vector."""
+    custom_id = str(request["custom_id"])
+    data = [float(x) for x in vector]
+    h = _digest(custom_id, json.dumps(data), str(created))
+    body = {
+        "id": f"embd-{h}",
+        "object": "list",
+        "created": created,
+        "model": model,
+        "data": [{"index": 0, "object": "embedding", "embedding": data}],
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     }
     return {
         "id": f"batch_req_{h}",

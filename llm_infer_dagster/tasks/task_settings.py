@@ -12,7 +12,8 @@ here, in one place next to the task's code::
                                                 # ... each may add "lora_adapters": {"<name>": "<adapter folder>"}
       "checks": {"error_rows": {"warn": 0.05, "error": 0.5, "blocking": true}},  # per-shard quality checks
       "prefix_planning": false,                 # true: order rows and shards so shared prompt prefixes hit vLLM's cache
-      "calibrate": false                        # true: the first shards try batch widths; the fastest is kept
+      "calibrate": false,                       # true: the first shards try batch widths; the fastest is kept
+      "task": "generate"                        # or a pooling task: "embed", "classify", "reward" (no text)
     }
 
 The file is :class:`TaskSettings` (pydantic, strict JSON types, unknown keys refused); a mistake is one
@@ -60,6 +61,8 @@ __all__ = [
     "ModelChoice",
     "ScheduleSettings",
     "SensorSettings",
+    "TASK_KINDS",
+    "TaskKind",
     "TaskSettings",
     "load_task_settings",
 ]
@@ -68,6 +71,11 @@ SETTINGS_FILE = "task_settings.json"
 DEFAULT_CRON = "0 * * * *"
 #: The ``@`` shorthands Dagster accepts for a cron string.
 CRON_ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+
+#: What the model does per prompt: generate text, or a pooling task (one forward pass, a value per prompt:
+#: an embedding, label probabilities, a reward score; ``engines/pooling.py``).
+TaskKind = Literal["generate", "embed", "classify", "reward"]
+TASK_KINDS: tuple[TaskKind, ...] = get_args(TaskKind)
 
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,40}$")
 _MODEL_NAME_RULE = "a model name must be 1-40 letters, digits or '_'"
@@ -225,6 +233,8 @@ class TaskSettings(_Section):
     prefix_planning: bool = False  # opt in: measured on the engine, not yet on whole jobs (BENCHMARKS.md)
     # Each worker's first shards try a few batch widths and keep the fastest (outputs unchanged; speed only)
     calibrate: bool = False
+    # generate text, or a pooling task whose completions hold a vector / label probabilities / a score
+    task: TaskKind = "generate"
 
     @property
     def sensor_enabled(self) -> bool:

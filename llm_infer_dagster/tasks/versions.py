@@ -151,6 +151,7 @@ def task_code_versions(
     functions: Mapping[str, str] | None = None,
     max_input_length: int | None = None,
     adapter_path: str | None = None,
+    task: str = "generate",
 ) -> dict[str, str]:
     """The code version of each of a task's four assets.
 
@@ -160,8 +161,9 @@ def task_code_versions(
     stale" redo exactly those.
 
     ``functions``: role -> the function name used for it (default: the role's own name). ``adapter_path``: the
-    LoRA adapter applied to the model (its files' content joins the model's identity). Settings at their
-    default add nothing, so versions made before a setting existed stay valid.
+    LoRA adapter applied to the model (its files' content joins the model's identity). ``task``: a pooling kind
+    (``embed``, ``classify``, ``reward``) joins the engine's identity, so switching kinds makes completions stale.
+    Settings at their default add nothing, so versions made before a setting existed stay valid.
     """
     used = {role: role for role in ("get_file_list", "read_file", "format_prompt", "extract_answer")}
     used.update(functions or {})
@@ -182,6 +184,8 @@ def task_code_versions(
         engine = combine(engine, f"max_input_length={max_input_length}")
     if adapter_path is not None:  # the base model's identity plus the adapter's files
         engine = combine(engine, f"lora={adapter_fingerprint(adapter_path)}")
+    if task != "generate":  # a pooling task keeps a vector / probabilities / a score, not text
+        engine = combine(engine, f"task={task}")
     completions = combine(prompts, sampling_fingerprint(sampling), engine)
     answers = combine(completions, fingerprint("extract_answer"))
     if callable(getattr(module, SCORE_FUNCTION, None)):  # the optional scorer; a task without one keeps its versions

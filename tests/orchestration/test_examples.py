@@ -10,21 +10,25 @@ from tests_support import CONFIGS, llm_infer
 
 from llm_infer_dagster.deployment import Deployment
 from llm_infer_dagster.orchestration.definitions import build_definitions
-from llm_infer_dagster.tasks.loader import discover_tasks
+from llm_infer_dagster.tasks.loader import discover_tasks, load_task
 
 EXAMPLES = discover_tasks(CONFIGS)
 
 
 def test_the_examples_are_the_ones_documented() -> None:
     assert {"basic_example", "chat_example", "qa_regex", "score_example"} <= set(EXAMPLES)
+    assert {"embed_example", "classify_example", "reward_example"} <= set(EXAMPLES)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task", EXAMPLES)
-def test_each_example_runs_through_llm_infer(task: str, tmp_path: Path, tiny_model_path: str) -> None:
+def test_each_example_runs_through_llm_infer(task: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     out = tmp_path / "out"
+    kind = load_task(CONFIGS, task).settings.task  # classify / reward need a model with their head
+    model = request.getfixturevalue({"classify": "tiny_classifier_path", "reward": "tiny_reward_path"}.get(
+        kind, "tiny_model_path"))  # fmt: skip
     r = llm_infer("--task_name", task, "--config_path", str(CONFIGS), "--output_path", str(out),
-                  "--model_path", tiny_model_path, "--model_type", "hf", "--use_cpu", "--limit", "3")  # fmt: skip
+                  "--model_path", model, "--model_type", "hf", "--use_cpu", "--limit", "3")  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     last = r.stdout.strip().splitlines()[-1]
     done, total = last.split(" shards done")[0].split("/")

@@ -53,7 +53,7 @@ MIXED: list[tuple[str, str]] = [
         "chat",
     ),  # fmt: skip
     (json.dumps({"custom_id": "nobody", "method": "POST", "url": CHAT}), "no body"),
-    (line("embed", "/v1/embeddings", input="x"), 'url "/v1/embeddings" is not supported'),
+    (line("moderate", "/v1/moderations", input="x"), 'url "/v1/moderations" is not supported'),
     (line("hot", TEXT, prompt="x", temperature=-1), '"temperature" must be at least 0'),
     (line("short", TEXT, prompt="Two words", max_completion_tokens=3, stop=["\n"]), "text"),
 ]

@@ -110,7 +110,7 @@ def test_vllm_structured_outputs_field_passes_through() -> None:
 @pytest.mark.parametrize(
     ("request_", "says"),
     [
-        ({"custom_id": "x", "method": "POST", "url": "/v1/embeddings", "body": {"input": "a"}}, 'url "/v1/embeddings"'),
+        ({"custom_id": "x", "method": "POST", "url": "/v1/moderations", "body": {"input": "a"}}, "/v1/moderations"),
         ({"custom_id": "x", "method": "GET", "url": CHAT, "body": {}}, 'method "GET" is not supported'),
         ({"custom_id": "x", "method": "POST", "url": CHAT}, "no body"),
         ({"custom_id": "x", "method": "POST", "url": CHAT, "body": "hi"}, "body must be an object"),

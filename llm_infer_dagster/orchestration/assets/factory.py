@@ -34,6 +34,7 @@ from dagster import (
 
 from llm_infer_dagster.deployment import Deployment, claim_output
 from llm_infer_dagster.engines.hf_sampling import check_hf_supported
+from llm_infer_dagster.engines.pooling import check_pooling_model
 from llm_infer_dagster.engines.preflight import check_engine_settings
 from llm_infer_dagster.engines.spec import EngineSpec
 from llm_infer_dagster.orchestration.asset_keys import PROMPTS, RAW, model_keys, task_key
@@ -48,7 +49,7 @@ from llm_infer_dagster.orchestration.settings import RunSettings
 from llm_infer_dagster.pipeline.stream import ModelTarget
 from llm_infer_dagster.shards.manifest import ShardManifest
 from llm_infer_dagster.tasks.loader import TaskConfig
-from llm_infer_dagster.tasks.task_settings import ModelChoice
+from llm_infer_dagster.tasks.task_settings import SETTINGS_FILE, ModelChoice
 from llm_infer_dagster.tasks.versions import task_code_versions
 
 
@@ -87,9 +88,13 @@ class _ShardSpecArgs(TypedDict):
     kinds: set[str]
 
 
-def engine_spec(deployment: Deployment, run: RunSettings, choice: ModelChoice | None = None) -> EngineSpec:
-    """The engine of a declared model (the default one for ``None``), run as fast as the run's settings say."""
+def engine_spec(
+    deployment: Deployment, run: RunSettings, choice: ModelChoice | None = None, task: TaskConfig | None = None
+) -> EngineSpec:
+    """The engine of a declared model (the default one for ``None``), run as fast as the run's settings say;
+    ``task``'s kind (task_settings' ``"task"``) picks a generating or a pooling engine."""
     c = deployment.resolve(choice)
+    kind = task.settings.task if task is not None else "generate"
     spec = EngineSpec(
         model_type=c.model_type or deployment.model_type,
         model_path=c.model_path,
@@ -101,7 +106,10 @@ def engine_spec(deployment: Deployment, run: RunSettings, choice: ModelChoice | 
         tensor_parallel_size=run.tensor_parallel_size,
         engine_args={**(c.model_args or {}), **run.engine_args},
         max_input_length=deployment.max_input_length,
+        task=kind,
     )
+    if task is not None:
+        check_pooling_model(kind, spec.model_path, where=f'{task.folder / SETTINGS_FILE}: "task"')
     check_engine_settings(
         model_path=spec.model_path or None, model_type=spec.model_type, use_cpu=run.use_cpu, dtype=spec.dtype,
         workers=run.workers, tensor_parallel_size=spec.tensor_parallel_size,
@@ -121,7 +129,7 @@ def code_versions(task: TaskConfig, deployment: Deployment) -> dict[str | None, 
             model_type=c.model_type or deployment.model_type, model_path=c.model_path,
             dtype=c.dtype or deployment.dtype, max_model_len=c.max_model_len, limit=deployment.limit,
             functions=task.files.functions, max_input_length=deployment.max_input_length,
-            adapter_path=c.adapter_path,
+            adapter_path=c.adapter_path, task=task.settings.task,
         )  # fmt: skip
     return out
 
@@ -226,8 +234,8 @@ def _build_task_assets(
             if not (make_comp or make_ans):
                 continue
             choice = task.settings.models.get(model) if model else None
-            spec = engine_spec(deployment, settings, choice) if make_comp else None
-            if spec is not None and spec.model_type == "hf":
+            spec = engine_spec(deployment, settings, choice, task) if make_comp else None
+            if spec is not None and spec.model_type == "hf" and spec.task == "generate":
                 check_hf_supported(task.sampling_params)
             adapter = choice.adapter_path if choice else None  # a LoRA adapter runs on its base's engine
             targets.append(ModelTarget(model, all_versions[model], spec, make_comp, make_ans, adapter))
