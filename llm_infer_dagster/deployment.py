@@ -33,7 +33,7 @@ from llm_infer_dagster.engines.spec import Dtype, ModelType
 from llm_infer_dagster.errors import SettingsError
 from llm_infer_dagster.shards.storage import StorePath, store_path
 from llm_infer_dagster.shards.store import TaskStore, atomic_write_text
-from llm_infer_dagster.tasks.task_settings import ModelChoice
+from llm_infer_dagster.tasks.task_settings import ModelChoice, TaskKind
 
 ENV_PREFIX = "LLM_INFER_"
 
@@ -77,6 +77,11 @@ class Deployment(BaseSettings):
     dtype: Dtype = Field(default="auto", description="The default model's dtype")
     max_model_len: int | None = Field(default=None, ge=1, description="The default model's context length")
     trust_remote_code: bool = Field(default=False, description="Run model code shipped in model folders")
+    task_kind: TaskKind | None = Field(
+        default=None,
+        description="What the model does per row for this deployment's tasks (generate, embed, classify, reward), "
+        "over each task_settings.json's \"task\" (the Component's task attribute); None: the task's own",
+    )
     limit: int | None = Field(default=None, ge=1, description="Keep the first N rows of each shard (debug)")
     max_input_length: int | None = Field(default=None, ge=1, description="Prompt tokens allowed per row")
     id_length: int = Field(default=5, ge=1, description="Digits of the seed-layout result numbers")
@@ -179,7 +184,7 @@ def _one_line(exc: ValidationError, overrides: dict[str, Any]) -> str:
 IDENTITY_FIELDS = (
     "task_configs", "input_path", "model_path", "model_type", "dtype", "max_model_len", "trust_remote_code",
     "limit", "max_input_length", "id_length", "task_config_fn", "sampling_params_fn", "get_file_list_func",
-    "read_file_func", "format_prompt_func", "extract_answer_func",
+    "read_file_func", "format_prompt_func", "extract_answer_func", "task_kind",
 )  # fmt: skip
 
 #: What another model or task is: ``llm-infer`` refuses a change of these without ``--redeploy``. The others
@@ -188,7 +193,7 @@ IDENTITY_FIELDS = (
 MODEL_FIELDS = ("model_path", "model_type", "dtype", "max_model_len", "trust_remote_code")
 MODEL_AND_TASK_FIELDS = (
     *MODEL_FIELDS, "task_configs", "task_config_fn", "sampling_params_fn", "get_file_list_func", "read_file_func",
-    "format_prompt_func", "extract_answer_func",
+    "format_prompt_func", "extract_answer_func", "task_kind",
 )  # fmt: skip
 
 #: The recorded deployment of an output folder, and the version of its schema this code reads and writes.

@@ -39,6 +39,7 @@ from pydantic import ConfigDict, Field
 from llm_infer_dagster.errors import TaskConfigError
 from llm_infer_dagster.orchestration.task_definitions import llm_task_definitions
 from llm_infer_dagster.tasks.loader import TASK_NAME_RE
+from llm_infer_dagster.tasks.task_settings import TaskKind
 from llm_infer_dagster.tasks.yaml_task import TASK_KEYS
 
 _TASK_CONFIG = '''"""An llm-infer task: where rows come from, the prompt of a row, and the answer in a completion."""
@@ -163,6 +164,11 @@ class LLMInferComponent(dg.Component, dg.Model, dg.Resolvable):
     limit: int | None = Field(default=None, ge=1, description="Keep the first N rows of each shard (debugging)")
     max_input_length: int | None = Field(default=None, ge=1, description="Prompt tokens allowed per row")
     trust_remote_code: bool = Field(default=False, description="Run code shipped in the model folder")
+    task: TaskKind | None = Field(
+        default=None,
+        description="What the model does per row: generate (text), or embed / classify / reward (a vector, label "
+        "probabilities, a score); default: the task folder's task_settings.json, else generate",
+    )
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         here = context.path
@@ -173,6 +179,7 @@ class LLMInferComponent(dg.Component, dg.Model, dg.Resolvable):
         return llm_task_definitions(
             self._task_folder(here, declared_in),
             task_name=self.name,
+            task=self.task,
             output_path=_relative_to(here, self.output_path),
             model=model,
             input_path=_relative_to(here, self.input_path) if self.input_path else None,

@@ -20,7 +20,7 @@ from llm_infer_dagster.orchestration.sensors import (
     build_shard_sensor,
 )
 from llm_infer_dagster.orchestration.settings import RESOURCE_KEY, shared_run_settings
-from llm_infer_dagster.tasks.loader import TaskFiles, discover_tasks, load_task
+from llm_infer_dagster.tasks.loader import TaskConfig, TaskFiles, discover_tasks, load_task
 
 
 def build_task_bundles_contained(
@@ -32,7 +32,9 @@ def build_task_bundles_contained(
     bundles, broken = load_tasks_contained(
         deployment.task_configs,
         names,
-        lambda n: build_task_assets(load_task(deployment.task_configs, n, files), deployment),
+        lambda n: build_task_assets(
+            load_task(deployment.task_configs, n, files).with_kind(deployment.task_kind), deployment
+        ),
     )
     seen: dict[str, str] = {}
     kept: list[TaskAssets] = []
@@ -48,6 +50,11 @@ def build_task_bundles_contained(
         seen[t.dagster_name] = t.name
         kept.append(b)
     return kept, broken
+
+
+def _load(deployment: Deployment, name: str, files: TaskFiles) -> TaskConfig:
+    """The task, doing what the deployment says per row where it says (the Component's ``task`` attribute)."""
+    return load_task(deployment.task_configs, name, files).with_kind(deployment.task_kind)
 
 
 def build_task_bundles(deployment: Deployment, only: list[str] | None = None) -> list[TaskAssets]:

@@ -19,7 +19,7 @@ from llm_infer_dagster.models.gguf import convert_hint, find_gguf
 from llm_infer_dagster.orchestration.broken_tasks import BrokenTask, broken_tasks_definitions
 from llm_infer_dagster.orchestration.definitions import build_definitions
 from llm_infer_dagster.orchestration.settings import RunSettings
-from llm_infer_dagster.tasks.task_settings import ModelChoice
+from llm_infer_dagster.tasks.task_settings import ModelChoice, TaskKind
 
 #: The run settings a model declaration may carry beside the model itself (defaults of this task's runs).
 MODEL_RUN_SETTINGS = ("use_cpu", "tensor_parallel_size", "workers", "batch_size")
@@ -29,6 +29,7 @@ def llm_task_definitions(
     task_folder: str | os.PathLike[str],
     *,
     task_name: str | None = None,
+    task: TaskKind | None = None,
     output_path: str | os.PathLike[str],
     model: ModelChoice | Mapping[str, Any] | None = None,
     input_path: str | None = None,
@@ -47,6 +48,8 @@ def llm_task_definitions(
             ``task_settings.json``), or a folder holding only ``requests.jsonl`` or ``task.yaml`` (or a
             ``defs.yaml`` with the task inline). Its parent may hold a ``default_sampling_params.json``.
         task_name: The task's name when it is not the folder's (an inline task's ``name`` attribute).
+        task: What the model does per row: ``generate`` text, or ``embed`` / ``classify`` / ``reward`` (a pooling
+            task); over the folder's ``task_settings.json`` ``"task"`` (default: the folder's, else generate).
         output_path: Where shards, the seed's ``results/`` layout and the recorded deployment
             (``llm-infer.yaml``) go: a local folder or an fsspec URL (``s3://bucket/prefix``).
         model: The task's default model: ``model_path`` (a local model folder) and optionally ``model_type``
@@ -99,6 +102,7 @@ def llm_task_definitions(
     deployment = Deployment.from_env(
         task_configs=str(folder.parent),
         tasks=task_name or folder.name,
+        task_kind=task,
         output_dir=str(output_path),
         input_path=input_path,
         shard_size=shard_size,

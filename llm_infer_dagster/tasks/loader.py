@@ -27,7 +27,7 @@ import keyword
 import re
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -40,7 +40,7 @@ from llm_infer_dagster.tasks.sampling import (
     load_sampling_params,
     validate_sampling_params,
 )
-from llm_infer_dagster.tasks.task_settings import TaskSettings, load_task_settings
+from llm_infer_dagster.tasks.task_settings import TASK_KINDS, TaskKind, TaskSettings, load_task_settings
 
 REQUIRED_FUNCTIONS = ("get_file_list", "read_file", "format_prompt", "extract_answer")
 #: The optional scorer: ``score(answer, org_data) -> number | None`` (beyond the seed; no flag renames it).
@@ -159,6 +159,12 @@ class TaskConfig:
     is_openai_batch: bool = False
     #: A task without Python (a folder holding task.yaml and no task file): its functions are made from the YAML.
     is_yaml: bool = False
+
+    def with_kind(self, kind: TaskKind | None) -> TaskConfig:
+        """This task doing ``kind`` per row instead of its task_settings.json's (None: as it is)."""
+        if kind is None or kind == self.settings.task:
+            return self
+        return replace(self, settings=self.settings.model_copy(update={"task": kind}))
 
     def input_path(self, configured: str | None) -> str | None:
         """The input path for get_file_list: the run's setting if given, else the task's own."""
@@ -547,6 +553,11 @@ def _load_yaml(task_configs: str | Path, name: str, folder: Path) -> TaskConfig:
         sampling = {**sampling, **validate_sampling_params(spec.sampling, source)}
         check_combination(sampling, source)
     settings = load_task_settings(folder)
+    kind = (yaml_task.inline_attributes(folder) or {}).get("task") if inline else None
+    if kind is not None:  # the Component's task attribute: llm-infer over the defs folder does the same
+        if kind not in TASK_KINDS:
+            raise TaskConfigError(f"{file}: attributes.task is {kind!r}; give one of {', '.join(TASK_KINDS)}")
+        settings = settings.model_copy(update={"task": kind})
     local = (folder / spec.dataset.path).resolve()
     if settings.input_path is None and local.exists():  # a hub dataset's files are in the HF cache: None
         settings = settings.model_copy(update={"input_path": str(local)})

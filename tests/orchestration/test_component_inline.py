@@ -151,3 +151,44 @@ def test_dg_check_defs_loads_an_inline_task_and_names_a_defs_yaml_with_two(tmp_p
         "attributes give both task_folder and the task inline (dataset, prompt, answer, score, sampling); keep one"
         in (both.stdout + both.stderr)
     )
+
+
+def test_the_task_attribute_makes_a_pooling_task_of_a_folder_and_of_an_inline_task(tmp_path: Path) -> None:
+    """``task: embed`` on the Component: the completions (and answers) version says so, raw and prompts keep
+    theirs, and the recorded deployment carries it; inline, llm-infer over the defs folder reads it too."""
+    with create_defs_folder_sandbox() as sandbox:
+        defs_root = sandbox.defs_folder_path
+        folder = tmp_path / "tasks" / "qa"
+        _data(folder)
+        (folder / "task.yaml").write_text(FIELDS)
+        _defs(defs_root / "plain", f"task_folder: {folder}\noutput_path: {tmp_path / 'o1'}\n")
+        with sandbox.load_component_and_build_defs(defs_path=defs_root / "plain") as (_, defs):
+            plain = _versions(defs, "qa")
+        _defs(defs_root / "plain", f"task_folder: {folder}\ntask: embed\noutput_path: {tmp_path / 'o2'}\n")
+        with sandbox.load_component_and_build_defs(defs_path=defs_root / "plain") as (component, defs):
+            embed = _versions(defs, "qa")
+            assert component.task == "embed"
+        assert embed["raw"] == plain["raw"] and embed["prompts"] == plain["prompts"]
+        assert embed["completions"] != plain["completions"] and embed["answers"] != plain["answers"]
+
+        _data(defs_root / "inline_qa")
+        _defs(defs_root / "inline_qa", FIELDS + f"task: classify\noutput_path: {tmp_path / 'o3'}\n")
+        assert load_task(defs_root, "inline_qa").settings.task == "classify"
+        _defs(defs_root / "inline_qa", FIELDS + f"task: embedd\noutput_path: {tmp_path / 'o3'}\n")
+        with pytest.raises(TaskConfigError, match=r"attributes.task is 'embedd'; give one of generate, embed"):
+            load_task(defs_root, "inline_qa")
+
+
+def test_the_deployment_records_the_task_kind_and_llm_infer_must_agree(tmp_path: Path) -> None:
+    from llm_infer_dagster.deployment import Deployment, claim_output, read_record
+    from llm_infer_dagster.errors import SettingsError
+
+    out = tmp_path / "out"
+    declared = Deployment.from_env(task_configs=str(tmp_path), tasks="qa", output_dir=str(out), task_kind="embed",
+                                   source="defs.yaml")  # fmt: skip
+    claim_output(declared, "qa")
+    recorded = read_record(out)
+    assert recorded is not None and recorded.task_kind == "embed"
+    other = declared.model_copy(update={"task_kind": None, "source": "llm-infer"})
+    with pytest.raises(SettingsError, match=r"task_kind 'embed' -> None"):
+        claim_output(other, "qa")
