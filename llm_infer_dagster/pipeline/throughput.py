@@ -41,6 +41,11 @@ class Progress:
         return self.tokens_done / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     @property
+    def tokenless(self) -> bool:
+        """Rows landed without output tokens: a pooling task (embed, classify, reward), whose pace is in rows."""
+        return self.tokens_done == 0 and self.rows_done > 0
+
+    @property
     def device_hours(self) -> float:
         return self.elapsed_s * self.devices / 3600
 
@@ -52,7 +57,7 @@ class Progress:
         """The progress bar's tail: ``312 rows/s, 41.2k tok/s, ETA 2:13:05, 0.31/~4.2 GPU-h`` (with the bar's
         head, ``45%|###| 450k/1.00M``, about 75 columns)."""
         parts = [f"{rate(self.rows_per_s)} rows/s"]
-        if self.tokens_per_s is not None:
+        if self.tokens_per_s is not None and not self.tokenless:
             parts.append(f"{rate(self.tokens_per_s)} tok/s")
         parts.append(f"ETA {clock(self.eta_s)}")
         if self.devices:
@@ -66,10 +71,14 @@ class Progress:
         return f"{self.rows_done}/{self.rows_total} rows, " + self.bar_text()
 
     def summary_text(self) -> str:
-        """For ``llm-infer``'s last line: ``1,234,567 output tokens at 41.2k tokens/s, 3.1 GPU-hours``."""
+        """For ``llm-infer``'s last line: ``1,234,567 output tokens at 41.2k tokens/s, 3.1 GPU-hours`` (a pooling
+        task: ``8,000 rows at 52.1 rows/s, ...``)."""
         parts = []
         overall = self.overall_tokens_per_s
-        if self.tokens_done is not None and overall is not None:
+        if self.tokenless:  # a pooling task: rows, not tokens
+            per_s = self.rows_done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+            parts.append(f"{self.rows_done:,} rows at {rate(per_s)} rows/s")
+        elif self.tokens_done is not None and overall is not None:
             parts.append(f"{self.tokens_done:,} output tokens at {rate(overall)} tokens/s")
         if self.devices:
             parts.append(f"{hours(self.device_hours)} {self.unit}-hours")

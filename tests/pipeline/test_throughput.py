@@ -98,3 +98,15 @@ def test_clock_and_hours_formats() -> None:
     assert [hours(h) for h in (0, 0.00001, 0.0004, 0.31, 4.2, 12.345, 1234.5)] == [
         "0", "<0.0001", "0.0004", "0.31", "4.2", "12.3", "1,234",
     ]  # fmt: skip
+
+
+def test_a_pooling_run_lands_rows_without_tokens_and_says_rows() -> None:
+    t = Throughput(80, started=0.0, devices=2, unit="CPU")
+    t.landed(10.0, 40, 0)  # embed / classify / reward: rows, no output tokens
+    t.landed(20.0, 40, 0)
+    p = t.at(20.0)
+    assert p.tokenless and p.summary_text() == "80 rows at 4 rows/s, 0.0111 CPU-hours"
+    assert "tok/s" not in p.bar_text() and p.bar_text().startswith("4 rows/s")
+    generating = Throughput(80, started=0.0)
+    generating.landed(10.0, 40, 400)
+    assert not generating.at(10.0).tokenless
