@@ -148,3 +148,41 @@ def test_a_text_tasks_digests_are_what_they_were(tmp_path: Path) -> None:
     digests = [row_digest(to_json(r) + images.suffix(r)) for r in rows]
     assert rows_digest(digests, 0, 2) == rows_digest([row_digest(to_json(r)) for r in rows], 0, 2)
     assert pl.DataFrame(rows).height == 2
+
+
+def test_a_task_yaml_prompt_with_image_parts_renders_them_and_versions_the_images(tmp_path: Path) -> None:
+    folder = tmp_path / "configs" / "pics"
+    data = folder / "data"
+    png(data / "images" / "a.png", (1, 2, 3))
+    png(data / "images" / "b.png", (4, 5, 6))
+    (data / "rows.jsonl").write_text(
+        '{"image": "images/a.png", "q": "Colour?"}\n{"image": "images/b.png", "q": "Hue?"}\n'
+    )
+    (folder / "task.yaml").write_text(
+        "dataset: {path: data}\n"
+        "prompt:\n"
+        "  - role: user\n"
+        "    content:\n"
+        "      - {type: image_url, image_url: {url: '{{ image }}'}}\n"
+        "      - {type: text, text: '{{ q }} Answer in one word.'}\n"
+    )
+    task = load_task(tmp_path / "configs", "pics")
+    assert task.format_prompt({"image": "images/a.png", "q": "Colour?"}) == [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": "images/a.png"}},
+                {"type": "text", "text": "Colour? Answer in one word."},
+            ],
+        }
+    ]
+    store = TaskStore(tmp_path / "out", "pics")
+
+    def register() -> dict[str, str]:
+        reg = plan_registration(task, store, None, shard_size=1)
+        save_manifest(store, reg.manifest)
+        return reg.observed
+
+    keys = list(register())
+    png(data / "images" / "b.png", (7, 8, 9))
+    assert list(register()) == [keys[1]]  # the row naming b.png, and only it
