@@ -7,6 +7,7 @@ Random weights make junk text, so the tests compare outputs with each other: the
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -26,7 +27,7 @@ def png(path: Path, seed: int) -> str:
     return str(path)
 
 
-def ask(url: str, text: str = "What is this?") -> list[dict[str, object]]:
+def ask(url: str, text: str = "What is this?") -> list[dict[str, Any]]:
     return [
         {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}]}
     ]
@@ -45,7 +46,7 @@ def test_hf_engine_sends_each_image_through_the_processor(tiny_vlm_path: str, tm
     a, b = png(tmp_path / "a.png", 1), png(tmp_path / "b.png", 2)
     engine = HFEngine(tiny_vlm_path, device="cpu", dtype="float32")
     try:
-        text_only = [{"role": "user", "content": "What is this?"}]
+        text_only: list[dict[str, Any]] = [{"role": "user", "content": "What is this?"}]
         out = engine.generate([ask(a), ask(b), ask(a), text_only, ask(str(tmp_path / "gone.png"))], GREEDY)
     finally:
         engine.close()
@@ -76,7 +77,7 @@ def test_vllm_cpu_sends_images_as_multimodal_data_and_agrees_with_hf(tiny_vlm_pa
 
     a, b = png(tmp_path / "a.png", 1), png(tmp_path / "b.png", 2)
     two = [{"role": "user", "content": [*ask(a)[0]["content"], {"type": "image_url", "image_url": {"url": b}}]}]
-    prompts = [ask(a), ask(b), ask(a), [{"role": "user", "content": "What is this?"}], two]
+    prompts: list[Any] = [ask(a), ask(b), ask(a), [{"role": "user", "content": "What is this?"}], two]
     hf = HFEngine(tiny_vlm_path, device="cpu", dtype="float32", max_model_len=256)
     try:
         expected = hf.generate(prompts, GREEDY)

@@ -7,6 +7,7 @@ import base64
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -28,7 +29,7 @@ def png(path: Path, rgb: tuple[int, int, int]) -> Path:
     return path
 
 
-def message(url: str) -> list[dict[str, object]]:
+def message(url: str) -> list[dict[str, Any]]:
     return [
         {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "?"}]}
     ]
