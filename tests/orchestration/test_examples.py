@@ -21,14 +21,19 @@ def test_the_examples_are_the_ones_documented() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task", EXAMPLES)
-def test_each_example_runs_through_llm_infer(task: str, tmp_path: Path, tiny_model_path: str) -> None:
+def test_each_example_runs_through_llm_infer(
+    task: str, tmp_path: Path, tiny_model_path: str, request: pytest.FixtureRequest
+) -> None:
     out = tmp_path / "out"
+    # the image example needs a vision-language model (on a text model each row would be an error)
+    model = request.getfixturevalue("tiny_vlm_path") if task == "image_example" else tiny_model_path
     r = llm_infer("--task_name", task, "--config_path", str(CONFIGS), "--output_path", str(out),
-                  "--model_path", tiny_model_path, "--model_type", "hf", "--use_cpu", "--limit", "3")  # fmt: skip
+                  "--model_path", model, "--model_type", "hf", "--use_cpu", "--limit", "3")  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     last = r.stdout.strip().splitlines()[-1]
     done, total = last.split(" shards done")[0].split("/")
     assert done == total and int(total) >= 1, last
+    assert task != "image_example" or " 0 rows failed" in last, last
     assert "Traceback" not in r.stderr and "error" not in r.stderr.lower(), r.stderr[-3000:]
     assert any((out / "results" / "extract").iterdir())
 
