@@ -201,7 +201,7 @@ def plan_registration(
             return counted
         rows = task.read_rows(path)
         images = RowImages(path)  # a row's version covers the content of the images it names
-        digests = [row_digest(to_json(r) + images.suffix(r)) for r in rows]
+        digests = [row_digest(j + images.suffix(r, j)) for r, j in ((r, to_json(r)) for r in rows)]
         image_stats[fid] = images.stats
         row_digests[fid] = lambda planned: with_digests(planned, digests)
         return len(rows)

@@ -30,6 +30,7 @@ import binascii
 import hashlib
 import io
 import os
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,8 @@ __all__ = [
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff")
 #: Part types that carry an image: OpenAI's ``image_url``, and ``image`` with an ``image``/``url`` key.
 IMAGE_PART_TYPES = ("image_url", "image")
+#: In a row's JSON: a string that ends in an image suffix, or a file URL (one C-level pass over the text).
+_MAY_NAME_IMAGE = re.compile(r"\.(?:png|jpe?g|gif|webp|bmp|tiff?)\"|file://", re.IGNORECASE)
 _MAX_REF_CHARS = 4096  # longer strings are text, not paths (data: URLs are in the row's JSON already)
 
 
@@ -213,7 +216,11 @@ class RowImages:
             for v in value:
                 yield from self._refs(v)
 
-    def suffix(self, row: Mapping[str, Any]) -> str:
+    def suffix(self, row: Mapping[str, Any], row_json: str | None = None) -> str:
+        """What joins the row's JSON (``row_json``, when given, lets a row that cannot name an image skip the
+        walk)."""
+        if row_json is not None and _MAY_NAME_IMAGE.search(row_json) is None:
+            return ""
         versions = []
         for ref in self._refs(row):
             try:
