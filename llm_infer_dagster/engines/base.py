@@ -1,7 +1,8 @@
 """The engine contract shared by the HF and vLLM backends.
 
 A prompt is either plain text (sent as is) or a list of chat messages
-(``[{"role": ..., "content": ...}]``), which the engine renders with the model's own chat template.
+(``[{"role": ..., "content": ...}]``), which the engine renders with the model's own chat template; a
+message's content may hold image parts for a vision-language model (``engines/multimodal.py``).
 An engine never raises for one bad prompt (e.g. longer than the model accepts): that prompt comes back
 as a :class:`Completion` with ``error`` set, so one row cannot sink a shard. An engine loaded with LoRA
 adapters runs a call with the one it names (``adapter=``), or the base model without any.
@@ -20,7 +21,8 @@ from typing import Any, Protocol
 
 from llm_infer_dagster.errors import SettingsError
 
-ChatMessages = list[dict[str, str]]
+#: ``content`` is a string, or a list of OpenAI-style parts (text, ``image_url``: ``engines/multimodal.py``).
+ChatMessages = list[dict[str, Any]]
 Prompt = str | ChatMessages
 #: One set of sampling parameters for every prompt, or one per prompt (in prompt order).
 Sampling = Mapping[str, Any] | Sequence[Mapping[str, Any]]

@@ -18,6 +18,9 @@ every sample, and follows vLLM where HF differs, so a task gives the same kind o
 - Prompts with their own sampling parameters share the continuous batch. ``structured_outputs`` masks
   logits with xgrammar (``hf_structured.py``) in static batches of equal parameters (``generate``, left-padded
   prompts of similar length), as do all prompts of a model the continuous loop cannot drive.
+- A vision-language model (its config has a ``vision_config``) loads with its processor; a chat prompt with
+  image parts is encoded through the processor and generated alone, in the static path
+  (:mod:`~llm_infer_dagster.engines.multimodal`); its text-only prompts run as any model's.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from llm_infer_dagster.engines.hf_continuous import ContinuousDecoder, Request, 
 from llm_infer_dagster.engines.hf_sampling import check_hf_supported, normalize_stop, to_hf_generate_kwargs
 from llm_infer_dagster.engines.hf_structured import GrammarCompilerCache, GrammarLogitsProcessor
 from llm_infer_dagster.engines.lora import hf_with_adapters, use_adapter
+from llm_infer_dagster.engines.multimodal import has_images, hf_encode, is_vision_model, load_hf_vision
 from llm_infer_dagster.errors import SettingsError, TaskConfigError
 
 __all__ = ["HFEngine"]
@@ -61,6 +65,7 @@ _LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_le
 class _Encoded:
     index: int  # position in the caller's list
     ids: list[int]
+    extra: dict[str, Any] | None = None  # a prompt with images: the processor's other inputs (pixel_values...)
 
 
 @dataclass(frozen=True)
@@ -105,13 +110,18 @@ class HFEngine:
         check_max_input_length(max_input_length)
         self.max_input_length = max_input_length
 
+        self._processor: Any = None  # a vision-language model's: encodes prompts with images
         try:
-            tokenizer = AutoTokenizer.from_pretrained(
-                self.model_path, local_files_only=True, trust_remote_code=trust_remote_code
-            )
-            model = AutoModelForCausalLM.from_pretrained(
-                self.model_path, dtype=self.dtype, local_files_only=True, trust_remote_code=trust_remote_code
-            )
+            if is_vision_model(self.model_path):
+                self._processor, model = load_hf_vision(self.model_path, self.dtype, trust_remote_code)
+                tokenizer = self._processor.tokenizer
+            else:
+                tokenizer = AutoTokenizer.from_pretrained(
+                    self.model_path, local_files_only=True, trust_remote_code=trust_remote_code
+                )
+                model = AutoModelForCausalLM.from_pretrained(
+                    self.model_path, dtype=self.dtype, local_files_only=True, trust_remote_code=trust_remote_code
+                )
         except (OSError, ValueError) as exc:
             if not Path(self.model_path).exists():
                 reason = "no such folder (nothing is downloaded: give a local folder or an already cached hub id)"
@@ -222,11 +232,14 @@ class HFEngine:
         results: list[Completion] = [Completion()] * len(prompts)
         continuous: list[int] = []
         for params, indices in groups:
+            static = indices
             if self._continuous is not None and not params.get("structured_outputs"):
-                continuous.extend(indices)
+                continuous.extend(i for i in indices if not has_images(prompts[i]))
+                static = [i for i in indices if has_images(prompts[i])]  # through the processor: static
+            if not static:
                 continue
-            group = self._generate_group([prompts[i] for i in indices], params, adapter)
-            for i, completion in zip(indices, group, strict=True):
+            group = self._generate_group([prompts[i] for i in static], params, adapter)
+            for i, completion in zip(static, group, strict=True):
                 results[i] = completion
         if continuous:
             continuous.sort()
@@ -335,8 +348,13 @@ class HFEngine:
         tok = self._tokenizer
         plain: list[tuple[int, str]] = []
         chat: list[tuple[int, str]] = []
+        encoded: list[_Encoded] = []
         for i, prompt in enumerate(prompts):
-            if isinstance(prompt, str):
+            if has_images(prompt):
+                item = self._encode_images(i, prompt, results)
+                if item is not None:
+                    encoded.append(item)
+            elif isinstance(prompt, str):
                 plain.append((i, prompt))
             elif isinstance(prompt, list) and all(isinstance(m, Mapping) for m in prompt):
                 if tok.chat_template is None:
@@ -356,7 +374,6 @@ class HFEngine:
                     error=f"prompt must be a string or a list of chat messages, got {type(prompt).__name__}"
                 )
 
-        encoded: list[_Encoded] = []
         # Chat templates write their own BOS; plain text gets the tokenizer's special tokens.
         for group, add_special in ((plain, True), (chat, False)):
             if not group:
@@ -371,6 +388,23 @@ class HFEngine:
                     encoded.append(_Encoded(i, list(ids)))
         return encoded
 
+    def _encode_images(self, i: int, prompt: Prompt, results: list[Completion | None]) -> _Encoded | None:
+        """A prompt with images through the processor; None (its error in ``results``) if it cannot be."""
+        if self._processor is None:
+            results[i] = Completion(error=f"the prompt has images, but the model at {self.model_path} is not a "
+                                    "vision-language model (its config.json has no vision_config)")  # fmt: skip
+            return None
+        try:
+            ids, extra = hf_encode(self._processor, prompt)  # type: ignore[arg-type]
+        except Exception as exc:  # a bad image or a template error concerns this prompt only
+            results[i] = Completion(error=f"cannot encode the prompt's images: {type(exc).__name__}: {exc}")
+            return None
+        too_long = too_long_error(len(ids), self.max_input_length, self.max_model_len)
+        if too_long is not None:
+            results[i] = Completion(prompt_tokens=len(ids), error=too_long)
+            return None
+        return _Encoded(i, ids, extra)
+
     def _batches(self, encoded: list[_Encoded], max_tokens: int, per_batch: int) -> list[list[_Encoded]]:
         """Cut the length-sorted prompts into batches.
 
@@ -380,7 +414,7 @@ class HFEngine:
         """
         batches: list[list[_Encoded]] = []
         for item in encoded:
-            if batches:
+            if batches and item.extra is None and batches[-1][0].extra is None:  # a prompt with images: alone
                 current = batches[-1]
                 head = len(current[0].ids)
                 constrained = head + max_tokens > self.max_model_len
@@ -426,6 +460,8 @@ class HFEngine:
         if structured:
             call["logits_processor"] = LogitsProcessorList([GrammarLogitsProcessor(self._grammar(structured))])
 
+        for key, value in (batch[0].extra or {}).items():  # one prompt with images: pixel_values...
+            call[key] = value.to(self.device, self.dtype) if value.is_floating_point() else value.to(self.device)
         with torch.inference_mode():
             out = self._model.generate(
                 input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device), **call

@@ -27,6 +27,9 @@ far, so rows that share a prefix run together and vLLM's prefix cache (on by def
 blocks once, before they are evicted; completions still come back per shard in input order (see
 :mod:`llm_infer_dagster.engines.prefix_order`).
 
+A chat prompt with image parts (``engines/multimodal.py``) is rendered with the template's image placeholders
+and handed over with its images as ``multi_modal_data``; vLLM's processor expands them into image tokens.
+
 LoRA adapters (``lora_adapters``) load with the base model (``enable_lora``); each submitted shard names
 the one its requests run with (a ``LoRARequest``), or none for the base model.
 
@@ -57,6 +60,7 @@ from llm_infer_dagster.engines.base import (
     too_long_error,
 )
 from llm_infer_dagster.engines.lora import vllm_lora_args, vllm_requests
+from llm_infer_dagster.engines.multimodal import has_images, split_images
 from llm_infer_dagster.engines.spec import Dtype
 from llm_infer_dagster.engines.structured import compact_json_ebnf
 from llm_infer_dagster.errors import SettingsError, TaskConfigError
@@ -361,6 +365,12 @@ class VLLMEngine:
 
     def _render(self, prompt: Prompt) -> tuple[Any, str | None, int]:
         """(engine input, None, token count) or (None, error, token count) for one prompt."""
+        images: list[Any] = []
+        if has_images(prompt):
+            try:
+                prompt, images = split_images(prompt)  # type: ignore[arg-type]
+            except ValueError as exc:  # an image gone since the prompts were made: this prompt's error
+                return None, str(exc), 0
         if isinstance(prompt, str):
             text, add_special = prompt, True
         elif isinstance(prompt, list) and all(isinstance(m, Mapping) for m in prompt):
@@ -379,8 +389,13 @@ class VLLMEngine:
 
         try:
             if self._renderer is not None:
-                (engine_input,) = self._renderer.render_cmpl([{"prompt": text}], self._tok_params[add_special])
+                request: dict[str, Any] = {"prompt": text}
+                if images:
+                    request["multi_modal_data"] = {"image": images}
+                (engine_input,) = self._renderer.render_cmpl([request], self._tok_params[add_special])
                 ids = engine_input["prompt_token_ids"]
+            elif images:
+                return None, "this vLLM has no renderer: prompts with images need vLLM 0.32 or later", 0
             else:  # older vLLM without a renderer: hand over token ids
                 ids = list(self._tokenizer(text, add_special_tokens=add_special)["input_ids"])
                 engine_input = {"prompt_token_ids": ids, "prompt": text}

@@ -33,6 +33,7 @@ from llm_infer_dagster.shards.sharding import (
 from llm_infer_dagster.shards.storage import remove_tree
 from llm_infer_dagster.shards.store import TaskStore, atomic_write_json
 from llm_infer_dagster.shards.tables import ASSETS
+from llm_infer_dagster.tasks.images import RowImages, images_changed
 from llm_infer_dagster.tasks.loader import TaskConfig, to_json
 
 
@@ -45,6 +46,9 @@ class FileEntry:
     mtime_ns: int
     sha256: str = ""  # of the whole file when it was last read
     rel: str = ""  # path relative to the input root (keeps a readable id when the input folder moves)
+    #: The images its rows name (tasks/images.py), path -> [size, mtime_ns] or None while missing: a change
+    #: re-reads the file, so the rows naming a replaced image get a new digest.
+    images: dict[str, list[int] | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -188,6 +192,7 @@ def plan_registration(
     entries: list[FileEntry] = []
     # per file id, for the files read now: what gives planned shards of that file their digests
     row_digests: dict[str, Callable[[list[Shard]], list[Shard]]] = {}
+    image_stats: dict[str, dict[str, list[int] | None]] = {}  # per file id read now: the images its rows name
 
     def read(path: str, fid: str) -> int:
         counted = task.count_rows(path)  # a task that can count and digest rows without read_file (task.yaml)
@@ -195,7 +200,9 @@ def plan_registration(
             row_digests[fid] = lambda planned: _digested(task, path, planned)
             return counted
         rows = task.read_rows(path)
-        digests = [row_digest(to_json(r)) for r in rows]
+        images = RowImages(path)  # a row's version covers the content of the images it names
+        digests = [row_digest(j + images.suffix(r, j)) for r, j in ((r, to_json(r)) for r in rows)]
+        image_stats[fid] = images.stats
         row_digests[fid] = lambda planned: with_digests(planned, digests)
         return len(rows)
 
@@ -205,17 +212,19 @@ def plan_registration(
     for path, rel, fid in zip(files, rels, fids, strict=True):
         size, mtime = _stat(path)
         prev = old.files.get(fid) if old else None
-        if prev is not None and (prev.size, prev.mtime_ns) == (size, mtime):
+        images_moved = prev is not None and images_changed(prev.images)  # rows unchanged, an image replaced
+        if prev is not None and (prev.size, prev.mtime_ns) == (size, mtime) and not images_moved:
             rows, digest = prev.rows, prev.sha256
         else:
             digest, prefix_digest = _digests(path, prev.size if prev else 0)
-            if prev is not None and digest == prev.sha256:
+            if prev is not None and digest == prev.sha256 and not images_moved:
                 rows = prev.rows  # touched, not changed: no read_file
             else:
                 rows = read(path, fid)
                 if prev is not None and prev.sha256 and (size < prev.size or prefix_digest != prev.sha256):
                     modified.append(path)  # rows already sharded may differ: their digests say which
-        entries.append(FileEntry(path=path, file_id=fid, rows=rows, size=size, mtime_ns=mtime, sha256=digest, rel=rel))
+        entries.append(FileEntry(path=path, file_id=fid, rows=rows, size=size, mtime_ns=mtime, sha256=digest, rel=rel,
+                                 images=prev.images if prev is not None else {}))  # fmt: skip
     current = {e.file_id for e in entries}
     gone = [fid for fid in (old.files if old else {}) if fid not in current]
     vanished = [old.files[fid].path for fid in gone] if old else []
@@ -264,6 +273,7 @@ def plan_registration(
             digested = row_digests[e.file_id](planned)
             # A shard past the file's end keeps the digest of the rows it was made from (see the docstring).
             planned = [old if old.stop > e.rows else new for old, new in zip(planned, digested, strict=True)]
+        e.images = image_stats.get(e.file_id, e.images)
         for s in planned:
             old_shard = manifest.shards.get(s.key)
             if old_shard is None:

@@ -14,6 +14,7 @@ import json
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -31,6 +32,7 @@ from llm_infer_dagster.shards.tables import (
     SAMPLED_ANSWER_SCHEMA,
     SCORED_ANSWER_SCHEMA,
 )
+from llm_infer_dagster.tasks.images import ImageError, localize
 from llm_infer_dagster.tasks.loader import JSON_HINT, RowPrompt, RowSamplingError, json_problem, to_json
 
 
@@ -80,6 +82,13 @@ def prompts_frame(raw: pl.DataFrame, format_prompt: Callable[[dict[str, Any]], A
             texts.append(None)
             is_chat.append(False)  # like any prompt error: no prompt, nothing to parse as messages
             errors.append(f"format_prompt returned {empty} ({where}); return the text or messages to send the model")
+            continue
+        try:  # each image checked (read, decoded) now, and named by its absolute path for the engine
+            p = localize(p, Path(row["file"]).resolve().parent)
+        except ImageError as exc:
+            texts.append(None)
+            is_chat.append(False)
+            errors.append(f"{exc} ({where})")
             continue
         texts.append(p if isinstance(p, str) else json.dumps(p, ensure_ascii=False))
         is_chat.append(not isinstance(p, str))

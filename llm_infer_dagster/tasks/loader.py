@@ -112,7 +112,8 @@ def _describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-Messages = list[dict[str, str]]
+#: Chat messages; a ``content`` is a string, or a list of OpenAI-style parts (text, images: tasks/images.py).
+Messages = list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -139,9 +140,16 @@ _RETURNS = (
 )
 
 
+def _is_content(value: Any) -> bool:
+    """A message's content: a string, or a list of parts (dicts with a ``type``: text, image_url, ...)."""
+    return isinstance(value, str) or (
+        isinstance(value, list) and all(isinstance(p, dict) and isinstance(p.get("type"), str) for p in value)
+    )
+
+
 def _is_messages(value: Any) -> bool:
     return isinstance(value, list) and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+        isinstance(m, dict) and isinstance(m.get("role"), str) and _is_content(m.get("content")) for m in value
     )
 
 

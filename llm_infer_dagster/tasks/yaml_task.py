@@ -94,7 +94,30 @@ class DatasetSpec(_Strict):
 
 class Message(_Strict):
     role: str
-    content: str
+    #: text, or OpenAI-style parts: [{type: text, text: ...}, {type: image_url, image_url: {url: "{{ image }}"}}]
+    content: str | list[dict[str, Any]]
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string inside a message's content (each is a template)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _fill(value: Any, templates: dict[str, Any], context: dict[str, Any]) -> Any:
+    """``value`` with each string rendered by its template."""
+    if isinstance(value, str):
+        return str(templates[value].render(context))
+    if isinstance(value, dict):
+        return {k: _fill(v, templates, context) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, templates, context) for v in value]
+    return value
 
 
 class AnswerSpec(_Strict):
@@ -234,13 +257,20 @@ def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _template_texts(spec: TaskYaml) -> list[tuple[str, str]]:
+    """(where, template text) of every template in the prompt."""
+    if isinstance(spec.prompt, str):
+        return [("prompt", spec.prompt)]
+    return [(f"prompt[{i}].content", t) for i, m in enumerate(spec.prompt) for t in _strings(m.content)]
+
+
 def _template_columns(spec: TaskYaml, source: Path, prefix: str = "") -> tuple[list[Any], set[str]]:
     """The compiled templates (one, or one per message) and the variables they read from the row."""
-    texts = [spec.prompt] if isinstance(spec.prompt, str) else [m.content for m in spec.prompt]
+    texts = _template_texts(spec)
     compiled: list[Any] = []
     names: set[str] = set()
-    for i, text in enumerate(texts):
-        key = prefix + ("prompt" if isinstance(spec.prompt, str) else f"prompt[{i}].content")
+    for where, text in texts:
+        key = prefix + where
         try:
             names |= meta.find_undeclared_variables(_ENV.parse(text))
             compiled.append(_ENV.from_string(text))
@@ -331,13 +361,12 @@ def build_module(
     def read_file(file_path: str) -> list[dict[str, Any]]:
         return read_rows(file_path, columns)
 
-    def format_prompt(row: dict[str, Any]) -> str | list[dict[str, str]]:
+    by_text = {text: t for (_, text), t in zip(_template_texts(spec), templates, strict=True)}
+
+    def format_prompt(row: dict[str, Any]) -> str | list[dict[str, Any]]:
         if isinstance(spec.prompt, str):
             return str(templates[0].render({"row": row, **row}))
-        return [
-            {"role": m.role, "content": t.render({"row": row, **row})}
-            for m, t in zip(spec.prompt, templates, strict=True)
-        ]
+        return [{"role": m.role, "content": _fill(m.content, by_text, {"row": row, **row})} for m in spec.prompt]
 
     def extract_answer(response: str) -> str | None:
         if regex is None:
@@ -359,9 +388,12 @@ def build_module(
     module.format_prompt = _mark(format_prompt, _fingerprint("prompt", prompt, impl))  # type: ignore[attr-defined]
     answer = spec.answer.model_dump()
     module.extract_answer = _mark(extract_answer, _fingerprint("answer", answer, impl))  # type: ignore[attr-defined]
-    module.count_rows = count_rows  # type: ignore[attr-defined]
+    if not (isinstance(spec.prompt, list) and any(not isinstance(m.content, str) for m in spec.prompt)):
+        # Rows counted and digested without read_file; a prompt with parts (images) is digested from its rows,
+        # whose versions cover the content of the images they name (tasks/images.py)
+        module.count_rows = count_rows  # type: ignore[attr-defined]
+        module.shard_digests = digests  # type: ignore[attr-defined]
     module.row_window = lambda path: RowWindow(path, columns)  # type: ignore[attr-defined]
-    module.shard_digests = digests  # type: ignore[attr-defined]
     module.SPEC = spec  # type: ignore[attr-defined]
     if spec.score is not None:
         rule = spec.score
