@@ -216,6 +216,10 @@ def _sqlite_event_log_storage() -> None:
     _takes(storage.prepare_insert_event, "event")
     _takes(storage._store_asset_event_tags, "conn", "events", "event_ids")  # noqa: SLF001
     _takes(storage._store_asset_event, "conn", "event", "event_id")  # noqa: SLF001
+    # sqlite_events' batch writer: one index transaction that Dagster's check-row writers join (their own
+    # index_connection, which is _connect on this shard)
+    _takes(storage.store_asset_check_event, "event", "event_id")
+    assert dp.INDEX_SHARD_NAME == "index" and "INDEX_SHARD_NAME" in inspect.getsource(storage.index_connection)
     assert isinstance(dp.SQLITE_BUSY_TIMEOUT_SECONDS, int | float) and dp.SQLITE_BUSY_TIMEOUT_SECONDS > 0
 
 
@@ -243,6 +247,7 @@ CONTRACTS: dict[str, Callable[[], None]] = {
     "ReconstructableRepository": _reconstructable_repository,
     "RetryMode": _retries,
     "RunFailureReason": _job_failure_data,
+    "INDEX_SHARD_NAME": _sqlite_event_log_storage,
     "SQLITE_BUSY_TIMEOUT_SECONDS": _sqlite_event_log_storage,
     "SqliteEventLogStorage": _sqlite_event_log_storage,
     "StaleStatus": _stale_resolver,

@@ -65,11 +65,12 @@ from dagster._core.storage.event_log.schema import (
     AssetCheckExecutionsTable,  # sqlite_events: the planned check executions, one row per partition
 )
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+    INDEX_SHARD_NAME,  # sqlite_events: the cross-run index's file, written in one transaction per batch
     SQLITE_BUSY_TIMEOUT_SECONDS,  # sqlite_events: the busy timeout of Dagster's own sqlite connections
     SqliteEventLogStorage,  # sqlite_events: PooledSqliteEventLogStorage's base; event_batches: its writers
 )
 from dagster._core.storage.sqlalchemy_compat import (
-    db_result,  # event_batches: an insert's result (its primary key), as store_event reads it
+    db_result,  # event_batches/sqlite_events: an insert's result (its primary key), as store_event reads it
 )
 
 # The Dagster minors this module and its contract test were checked against.
@@ -81,6 +82,7 @@ __all__ = [
     "DATA_VERSION_IS_USER_PROVIDED_TAG",
     "DATA_VERSION_TAG",
     "DEFAULT_DATA_VERSION",
+    "INDEX_SHARD_NAME",
     "NULL_EVENT_POINTER",
     "RUNLESS_JOB_NAME",
     "RUNLESS_RUN_ID",
