@@ -15,7 +15,12 @@ locally, on the embedded sqlite instance under the output dir. The steps, each o
   platform's crash guarantees make that safe) and the other steps are skipped;
 - run: with `--full-run`, until the command exits; then resume: the same command again (nothing to do);
 - overhead: `--overhead-rows` rows as one-row shards vs the same rows as one shard, both with one new token per
-  row; (wall one-row - wall one-shard) / (rows - 1) is the bookkeeping cost of one shard.
+  row; (wall one-row - wall one-shard) / (rows - 1) is the bookkeeping cost of one shard. Beside it (sqlite
+  only), the step's pace in the one-row run: first to last completions materialization in its event log, over
+  the shards between (each one-row shard's generation included, the start-up noise of two whole runs not).
+
+A no-op resume at many shards without a long run: `--rows 2000 --files 1 --shard-size 1 --max-tokens 1
+--full-run` (2,000 one-row shards).
 
 `--postgres` keeps each output's Dagster instance in its own database on a throwaway PostgreSQL server (Debian's
 `postgresql`, a unix socket: tests/postgres_server.py) instead of sqlite; `--event-batch-size N` sets Dagster's
@@ -218,6 +223,26 @@ def timed(cmd: list[str], *, until: Path | None = None, kill_at_until: bool = Fa
             "last_line": text.strip().splitlines()[-1] if text.strip() else ""}  # fmt: skip
 
 
+def step_pace_ms(out: Path) -> float | None:
+    """Milliseconds per shard between the first and the last completions materialization of ``out``'s sqlite
+    instance (None on Postgres or with fewer than two)."""
+    import sqlite3
+    from datetime import datetime
+
+    index = out / ".dagster" / "history" / "runs" / "index.db"
+    if not index.is_file():
+        return None
+    with sqlite3.connect(index) as conn:
+        rows = conn.execute(
+            "SELECT timestamp FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION' "
+            "AND asset_key LIKE '%\"completions\"]'"
+        ).fetchall()
+    if len(rows) < 2:
+        return None
+    times = sorted(datetime.fromisoformat(t) for (t,) in rows)
+    return round((times[-1] - times[0]).total_seconds() / (len(times) - 1) * 1000, 1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -279,6 +304,7 @@ def measure(args: argparse.Namespace, instances: Instances) -> None:
         result["overhead"] = {
             "one_row_shards": one_row, "one_shard": one_shard,
             "per_shard_ms": round((one_row["wall_s"] - one_shard["wall_s"]) / (args.overhead_rows - 1) * 1000, 1),
+            "step_pace_ms": step_pace_ms(row_out),
         }  # fmt: skip
     result["load_after"] = os.getloadavg()[0]
     print(json.dumps(result))
@@ -292,7 +318,8 @@ def measure(args: argparse.Namespace, instances: Instances) -> None:
     if "overhead" in result:
         o = result["overhead"]
         print(f"  per-shard bookkeeping: {o['per_shard_ms']} ms ({args.overhead_rows} one-row shards "
-              f"{o['one_row_shards']['wall_s']} s vs one shard {o['one_shard']['wall_s']} s)")  # fmt: skip
+              f"{o['one_row_shards']['wall_s']} s vs one shard {o['one_shard']['wall_s']} s); "
+              f"step pace {o['step_pace_ms']} ms a one-row shard")  # fmt: skip
 
 
 if __name__ == "__main__":
