@@ -17,7 +17,7 @@ from dagster._core.asset_graph_view.asset_graph_view import (
     TemporalContext,  # staleness.stale_resolver: "now, latest events" for that AssetGraphView
 )
 from dagster._core.definitions.asset_checks.asset_check_evaluation import (
-    AssetCheckEvaluationPlanned,  # sqlite_events: a run's planned check, narrowed to one partition per stored row
+    AssetCheckEvaluationPlanned,  # planned_checks: a run's planned check, narrowed to one partition per stored row
     AssetCheckEvaluationTargetMaterializationData,  # pipeline: the shard materialization a check evaluation judged
 )
 from dagster._core.definitions.data_version import (
@@ -59,10 +59,13 @@ from dagster._core.instance.utils import (
     RUNLESS_RUN_ID,  # event_batches: the run id report_runless_asset_event stores
 )
 from dagster._core.storage.asset_check_execution_record import (
-    AssetCheckExecutionRecordStatus,  # sqlite_events: PLANNED, the status of a check execution's planned row
+    AssetCheckExecutionRecordStatus,  # planned_checks: PLANNED, the status of a check execution's planned row
 )
 from dagster._core.storage.event_log.schema import (
-    AssetCheckExecutionsTable,  # sqlite_events: the planned check executions, one row per partition
+    AssetCheckExecutionsTable,  # planned_checks: the planned check executions, one row per partition
+)
+from dagster._core.storage.event_log.sql_event_log import (
+    SqlEventLogStorage,  # planned_checks: the base of the narrowed planned-check writer (sqlite and Postgres)
 )
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     INDEX_SHARD_NAME,  # sqlite_events: the cross-run index's file, written in one transaction per batch
@@ -99,6 +102,7 @@ __all__ = [
     "ReconstructableRepository",
     "RetryMode",
     "RunFailureReason",
+    "SqlEventLogStorage",
     "SqliteEventLogStorage",
     "StaleStatus",
     "StepDelegatingExecutor",

@@ -22,7 +22,6 @@ internals (from ``dagster_private``), like the executor: the project pins Dagste
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections import OrderedDict
@@ -31,17 +30,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from dagster import AssetKey, DagsterEventType, DagsterInvariantViolationError, EventLogEntry, serialize_value
+from dagster import AssetKey, DagsterEventType, DagsterInvariantViolationError, EventLogEntry
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import QueuePool
 
+from llm_infer_dagster.orchestration.dagster_internals.planned_checks import NarrowedPlannedChecks
 from llm_infer_dagster.orchestration.dagster_internals.private import (
     INDEX_SHARD_NAME,
     SQLITE_BUSY_TIMEOUT_SECONDS,
-    AssetCheckEvaluationPlanned,
-    AssetCheckExecutionRecordStatus,
-    AssetCheckExecutionsTable,
     SqliteEventLogStorage,
     db_result,
 )
@@ -81,24 +78,9 @@ def _batched(event: EventLogEntry) -> bool:
     return event.dagster_event is not None and event.dagster_event.event_type in _BATCHED
 
 
-_SLOT = "llm-infer:partition-key"  # stands for a row's partition in a planned check event serialized once
-
-
-def _narrowed(event: EventLogEntry, key: str) -> str:
-    """``event`` (a planned check over many partitions) serialized as planned for ``key`` alone."""
-    dagster_event = event.get_dagster_event()
-    planned = dagster_event.event_specific_data
-    assert isinstance(planned, AssetCheckEvaluationPlanned) and planned.partitions_subset is not None
-    one = AssetCheckEvaluationPlanned(
-        asset_key=planned.asset_key,
-        check_name=planned.check_name,
-        partitions_subset=planned.partitions_subset.empty_subset().with_partition_keys([key]),
-    )
-    return serialize_value(event._replace(dagster_event=dagster_event._replace(event_specific_data=one)))
-
-
-class PooledSqliteEventLogStorage(SqliteEventLogStorage):
-    """``SqliteEventLogStorage`` with one long-lived engine per database file instead of one per write."""
+class PooledSqliteEventLogStorage(NarrowedPlannedChecks, SqliteEventLogStorage):
+    """``SqliteEventLogStorage`` with one long-lived engine per database file instead of one per write, and a
+    run's planned check rows each narrowed to its own partition (``planned_checks.py``)."""
 
     # inst_data: Dagster's ConfigurableClassData (or None), passed through untouched.
     def __init__(self, base_dir: str, inst_data: Any = None) -> None:
@@ -191,45 +173,6 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         if found:
             self._tables.add("asset_key_index_cols")
         return found
-
-    def _store_asset_check_evaluation_planned(self, event: EventLogEntry, event_id: int | None) -> None:
-        """The planned row of each partition a run will check, holding the planned event narrowed to that partition.
-
-        Dagster's own writer stores the whole planned event, with the run's every partition in it, in each
-        partition's row: a run over n shards writes n copies of an n-key list per check. At 2,000 shards that was
-        ~120 MB and ~4.5 s per check, before the run's step could start (20 ms at 20 shards). Nothing reads a
-        row's subset back (the row has its own ``partition`` column); each row now names just its partition.
-        """
-        dagster_event = event.get_dagster_event()
-        planned = dagster_event.event_specific_data
-        if not isinstance(planned, AssetCheckEvaluationPlanned) or planned.partitions_subset is None:
-            super()._store_asset_check_evaluation_planned(event, event_id)
-            return
-        subset = planned.partitions_subset
-        asset, name, when = planned.asset_key, planned.check_name, self._event_insert_timestamp(event)
-        narrowed = AssetCheckEvaluationPlanned(
-            asset_key=asset, check_name=name, partitions_subset=subset.empty_subset().with_partition_keys([_SLOT])
-        )
-        # Serialized once, the partition put in per row: 2,000 serializations took ~1 s a check on a busy box.
-        template = serialize_value(event._replace(dagster_event=dagster_event._replace(event_specific_data=narrowed)))
-        slot = json.dumps(_SLOT)
-        exact = template.count(slot) == 1
-        rows = [
-            {
-                "asset_key": asset.to_string(),
-                "check_name": name,
-                "partition": key,
-                "run_id": event.run_id,
-                "execution_status": AssetCheckExecutionRecordStatus.PLANNED.value,
-                "evaluation_event": template.replace(slot, json.dumps(key)) if exact else _narrowed(event, key),
-                "evaluation_event_timestamp": when,
-                "evaluation_event_storage_id": event_id,
-            }
-            for key in subset.get_partition_keys()
-        ]
-        if rows:
-            with self.index_connection() as conn:
-                conn.execute(AssetCheckExecutionsTable.insert().values(rows))
 
     def store_event(self, event: EventLogEntry) -> None:
         if _batched(event):
