@@ -222,15 +222,16 @@ class PooledSqliteEventLogStorage(NarrowedPlannedChecks, SqliteEventLogStorage):
     def _store_batch(self, events: Sequence[EventLogEntry]) -> None:
         """What ``SqliteEventLogStorage.store_event`` writes for each of ``events``, in order, in one transaction
         per database file (each run's file, then the index), by the same writers."""
+        inserts = [self.prepare_insert_event(e) for e in events]  # one serialization each, for both files
         for run_id in dict.fromkeys(e.run_id for e in events):
             with self.run_connection(run_id) as conn:
-                for e in events:
+                for e, insert in zip(events, inserts, strict=True):
                     if e.run_id == run_id:
-                        conn.execute(self.prepare_insert_event(e))
+                        conn.execute(insert)
         self._pending.records = []
         with self._transaction(INDEX_SHARD_NAME) as conn:
-            for e in events:
-                with db_result(conn, self.prepare_insert_event(e)) as result:
+            for e, insert in zip(events, inserts, strict=True):
+                with db_result(conn, insert) as result:
                     event_id = result.inserted_primary_key[0]
                 if e.dagster_event_type in (
                     DagsterEventType.ASSET_CHECK_EVALUATION,
