@@ -437,3 +437,29 @@ def test_a_step_holding_its_evaluations_records_what_logging_them_one_by_one_rec
     assert seen["pooled"] == seen["stock"]
     assert seen["pooled"][1][(CHECKS[1], "b")] == (AssetCheckExecutionRecordStatus.FAILED, True)
     assert seen["pooled"][1][(CHECKS[0], "b")] == (AssetCheckExecutionRecordStatus.SUCCEEDED, True)
+
+
+def test_a_writer_inside_a_batch_may_open_another_file(tmp_path: Path) -> None:
+    """Inside a batch's index transaction, a row writer that opens another database (a run's file) proceeds
+    instead of waiting on the storage's lock forever; the index joins the batch's own transaction."""
+    from dagster import AssetMaterialization, DagsterEventType
+
+    from llm_infer_dagster.orchestration.dagster_internals.private import StepMaterializationData
+
+    storage = PooledSqliteEventLogStorage(str(tmp_path / "runs"))
+    with storage._db_lock:  # noqa: SLF001 - reentrant, or the nested write below would wait forever
+        assert storage._db_lock.acquire(blocking=False)  # noqa: SLF001
+        storage._db_lock.release()  # noqa: SLF001
+    opened = []
+
+    class Nested(PooledSqliteEventLogStorage):
+        def _store_asset_event(self, conn: Any, event: Any, event_id: int) -> None:
+            with self.run_connection("other") as other, self.index_connection() as index:
+                opened.append((other is not conn, index is conn))
+            super()._store_asset_event(conn, event, event_id)
+
+    storage.__class__ = Nested
+    mat = StepMaterializationData(AssetMaterialization(AssetKey("m"), partition="p"))
+    storage.store_event(_entry(DagsterEventType.ASSET_MATERIALIZATION, mat))
+    assert opened == [(True, True)]
+    assert storage.stored_materialization(AssetKey("m"), "p") is not None

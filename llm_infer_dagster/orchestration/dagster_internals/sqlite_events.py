@@ -93,6 +93,9 @@ class PooledSqliteEventLogStorage(NarrowedPlannedChecks, SqliteEventLogStorage):
         self._open = threading.local()  # .conns: shard -> this thread's connection inside a batch's transaction
         self._held = threading.local()  # .events: this thread's check evaluations held for one batch, or None
         super().__init__(base_dir, inst_data)  # connects already (it checks the index's migrations)
+        # Reentrant: inside a batch's index transaction, a row writer opening another file's connection (none
+        # does in 1.13) waits for no one instead of for itself.
+        self._db_lock = threading.RLock()  # type: ignore[assignment]
 
     @classmethod
     def from_config_value(  # type: ignore[override]
