@@ -15,7 +15,17 @@ locally, on the embedded sqlite instance under the output dir. The steps, each o
   platform's crash guarantees make that safe) and the other steps are skipped;
 - run: with `--full-run`, until the command exits; then resume: the same command again (nothing to do);
 - overhead: `--overhead-rows` rows as one-row shards vs the same rows as one shard, both with one new token per
-  row; (wall one-row - wall one-shard) / (rows - 1) is the bookkeeping cost of one shard.
+  row; (wall one-row - wall one-shard) / (rows - 1) is the bookkeeping cost of one shard. Beside it (sqlite
+  only), the step's pace in the one-row run: first to last completions materialization in its event log, over
+  the shards between (each one-row shard's generation included, the start-up noise of two whole runs not).
+
+`--event-log-only N` measures just the event-log part of a shard, in this process: a Dagster run (`materialize`
+on a fresh pooled sqlite instance) logs N shards' records as the step does (3 materializations, a log line,
+3 completions check evaluations, the answers' materialization and check, each preceded by the sink's
+`get_maximum_record_id`), through `context.log_event`; ms a shard, wall and CPU.
+
+A no-op resume at many shards without a long run: `--rows 2000 --files 1 --shard-size 1 --max-tokens 1
+--full-run` (2,000 one-row shards).
 
 `--postgres` keeps each output's Dagster instance in its own database on a throwaway PostgreSQL server (Debian's
 `postgresql`, a unix socket: tests/postgres_server.py) instead of sqlite; `--event-batch-size N` sets Dagster's
@@ -28,6 +38,7 @@ step processes, engine workers). Prints one JSON line, then a table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -218,6 +229,93 @@ def timed(cmd: list[str], *, until: Path | None = None, kill_at_until: bool = Fa
             "last_line": text.strip().splitlines()[-1] if text.strip() else ""}  # fmt: skip
 
 
+def step_pace_ms(out: Path) -> float | None:
+    """Milliseconds per shard between the first and the last completions materialization of ``out``'s sqlite
+    instance (None on Postgres or with fewer than two)."""
+    import sqlite3
+    from datetime import datetime
+
+    index = out / ".dagster" / "history" / "runs" / "index.db"
+    if not index.is_file():
+        return None
+    with sqlite3.connect(index) as conn:
+        rows = conn.execute(
+            "SELECT timestamp FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION' "
+            "AND asset_key LIKE '%\"completions\"]'"
+        ).fetchall()
+    if len(rows) < 2:
+        return None
+    times = sorted(datetime.fromisoformat(t) for (t,) in rows)
+    return round((times[-1] - times[0]).total_seconds() / (len(times) - 1) * 1000, 1)
+
+
+def event_log_only(shards: int) -> dict[str, float]:
+    """Milliseconds a shard of the step's event-log records alone (see the module docstring)."""
+    import tempfile
+    import warnings
+
+    from dagster import (
+        AssetCheckEvaluation,
+        AssetCheckSpec,
+        AssetKey,
+        AssetMaterialization,
+        AssetSpec,
+        DagsterInstance,
+        PreviewWarning,
+        StaticPartitionsDefinition,
+        materialize,
+        multi_asset,
+    )
+
+    from llm_infer_dagster.orchestration.assets import checks
+    from llm_infer_dagster.orchestration.dagster_internals.sqlite_events import instance_yaml
+
+    parts = StaticPartitionsDefinition(["all"])
+    keys = {a: AssetKey(["bench", a]) for a in ("raw", "prompts", "completions", "answers")}
+    names = {"completions": ["error_rows", "empty_completions", "cut_at_max_tokens"], "answers": ["extraction_failed"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PreviewWarning)
+        specs = [AssetCheckSpec(n, asset=keys[a], partitions_def=parts) for a, ns in names.items() for n in ns]
+    hold = getattr(checks, "holding_evaluations", None)  # absent before the evaluations were batched
+    out: dict[str, float] = {}
+
+    @multi_asset(specs=[AssetSpec(k, partitions_def=parts, skippable=True) for k in keys.values()],
+                 check_specs=specs, can_subset=True)  # fmt: skip
+    def shards_asset(context):  # type: ignore[no-untyped-def]  # Dagster refuses a string annotation
+        instance, storage = context.instance, context.instance.event_log_storage
+
+        def record(asset: str, shard: str) -> None:
+            storage.get_maximum_record_id()
+            context.log_event(AssetMaterialization(keys[asset], partition=shard, metadata={"rows": 1, "x": "y" * 100}))
+
+        def evaluate(asset: str, shard: str) -> None:
+            target = checks.latest_target(instance, keys[asset], shard)
+            with hold(instance) if hold else contextlib.nullcontext():
+                for n in names[asset]:
+                    md = {"share": 0.0, "count": 0, "rows": 1}
+                    context.log_event(AssetCheckEvaluation(asset_key=keys[asset], check_name=n, passed=True,
+                                      partition=shard, metadata=md, target_materialization_data=target))  # fmt: skip
+
+        t0, c0 = time.perf_counter(), time.process_time()
+        for i in range(shards):
+            shard = f"part_0000_jsonl-{i:05d}"
+            for asset in ("raw", "prompts", "completions"):
+                record(asset, shard)
+            context.log.info(f"shard {shard}: 1 rows, 0 errors")
+            evaluate("completions", shard)
+            record("answers", shard)
+            evaluate("answers", shard)
+        out["wall_ms"] = round((time.perf_counter() - t0) / shards * 1000, 2)
+        out["cpu_ms"] = round((time.process_time() - c0) / shards * 1000, 2)
+        yield from ()
+
+    home = Path(tempfile.mkdtemp(prefix="event-log-only-"))
+    (home / "dagster.yaml").write_text(instance_yaml(home))
+    with DagsterInstance.from_config(str(home)) as instance:
+        assert materialize([shards_asset], instance=instance, partition_key="all").success
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -231,7 +329,14 @@ def main() -> None:
     ap.add_argument("--postgres", action="store_true", help="each output's instance in a Postgres database")
     ap.add_argument("--no-checks", action="store_true", help='the task turns its quality checks off ("enabled": false)')
     ap.add_argument("--event-batch-size", type=int, default=0, help="DAGSTER_EVENT_BATCH_SIZE for every process")
+    ap.add_argument("--event-log-only", type=int, default=0, metavar="N",
+                    help="only time N shards' event-log records in one Dagster run (ms a shard)")  # fmt: skip
     args = ap.parse_args()
+    if args.event_log_only:
+        load = os.getloadavg()[0]
+        print(json.dumps({"event_log_only": args.event_log_only, "load_before": load,
+                          **event_log_only(args.event_log_only), "load_after": os.getloadavg()[0]}))  # fmt: skip
+        return
     if args.event_batch_size:
         EXTRA_ENV["DAGSTER_EVENT_BATCH_SIZE"] = str(args.event_batch_size)
     instances = Instances(args.postgres)
@@ -279,6 +384,7 @@ def measure(args: argparse.Namespace, instances: Instances) -> None:
         result["overhead"] = {
             "one_row_shards": one_row, "one_shard": one_shard,
             "per_shard_ms": round((one_row["wall_s"] - one_shard["wall_s"]) / (args.overhead_rows - 1) * 1000, 1),
+            "step_pace_ms": step_pace_ms(row_out),
         }  # fmt: skip
     result["load_after"] = os.getloadavg()[0]
     print(json.dumps(result))
@@ -292,7 +398,8 @@ def measure(args: argparse.Namespace, instances: Instances) -> None:
     if "overhead" in result:
         o = result["overhead"]
         print(f"  per-shard bookkeeping: {o['per_shard_ms']} ms ({args.overhead_rows} one-row shards "
-              f"{o['one_row_shards']['wall_s']} s vs one shard {o['one_shard']['wall_s']} s)")  # fmt: skip
+              f"{o['one_row_shards']['wall_s']} s vs one shard {o['one_shard']['wall_s']} s); "
+              f"step pace {o['step_pace_ms']} ms a one-row shard")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -101,16 +101,20 @@ def _check_target_materialization() -> None:
 
 
 def _planned_check_rows() -> None:
-    # sqlite_events writes a run's planned check rows itself (one partition per row), as Dagster's writer does.
+    # planned_checks writes a run's planned check rows itself (one partition per row), as Dagster's writer does,
+    # for the pooled sqlite log and the Postgres one (both SqlEventLogStorage, which calls it per planned event).
     planned = dp.AssetCheckEvaluationPlanned(asset_key=dagster.AssetKey("a"), check_name="c", partitions_subset=None)
     assert (planned.asset_key, planned.check_name, planned.partitions_subset) == (dagster.AssetKey("a"), "c", None)
     assert dp.AssetCheckExecutionRecordStatus.PLANNED.value == "PLANNED"
     columns = set(dp.AssetCheckExecutionsTable.c.keys())
     assert columns >= {"asset_key", "check_name", "partition", "run_id", "execution_status", "evaluation_event",
                        "evaluation_event_timestamp", "evaluation_event_storage_id"}  # fmt: skip
-    storage = dp.SqliteEventLogStorage
+    storage = dp.SqlEventLogStorage
+    assert issubclass(dp.SqliteEventLogStorage, storage)
     _takes(storage._store_asset_check_evaluation_planned, "event", "event_id")  # noqa: SLF001
     _takes(storage._event_insert_timestamp, "event")  # noqa: SLF001
+    _has(storage, "index_connection")
+    assert "_store_asset_check_evaluation_planned" in inspect.getsource(storage.store_asset_check_event)
 
 
 # --- jobs and code locations
@@ -216,6 +220,10 @@ def _sqlite_event_log_storage() -> None:
     _takes(storage.prepare_insert_event, "event")
     _takes(storage._store_asset_event_tags, "conn", "events", "event_ids")  # noqa: SLF001
     _takes(storage._store_asset_event, "conn", "event", "event_id")  # noqa: SLF001
+    # sqlite_events' batch writer: one index transaction that Dagster's check-row writers join (their own
+    # index_connection, which is _connect on this shard)
+    _takes(storage.store_asset_check_event, "event", "event_id")
+    assert dp.INDEX_SHARD_NAME == "index" and "INDEX_SHARD_NAME" in inspect.getsource(storage.index_connection)
     assert isinstance(dp.SQLITE_BUSY_TIMEOUT_SECONDS, int | float) and dp.SQLITE_BUSY_TIMEOUT_SECONDS > 0
 
 
@@ -243,7 +251,9 @@ CONTRACTS: dict[str, Callable[[], None]] = {
     "ReconstructableRepository": _reconstructable_repository,
     "RetryMode": _retries,
     "RunFailureReason": _job_failure_data,
+    "INDEX_SHARD_NAME": _sqlite_event_log_storage,
     "SQLITE_BUSY_TIMEOUT_SECONDS": _sqlite_event_log_storage,
+    "SqlEventLogStorage": _planned_check_rows,
     "SqliteEventLogStorage": _sqlite_event_log_storage,
     "StaleStatus": _stale_resolver,
     "StepDelegatingExecutor": _step_delegating_executor,

@@ -3,6 +3,7 @@ SIGKILL and a resume, the sensor and the schedule, two concurrent runs through t
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -93,3 +94,39 @@ def test_schedule_on_postgres(pg_home: Path, tmp_path: Path, monkeypatch: pytest
 def test_concurrent_runs_share_no_gpu_on_postgres(pg_home: Path, tmp_path: Path) -> None:
     _instance(pg_home)  # the schema exists before runs start side by side
     gpu_executor.test_concurrent_runs_never_share_a_gpu_and_wait_when_full(tmp_path)
+
+
+def test_planned_check_rows_are_narrowed_on_postgres_and_read_back_as_stock(postgres_server: PostgresServer) -> None:
+    """``NarrowedPostgresEventLogStorage`` (named in dagster.yaml by ``postgres_instance_yaml``) writes each
+    planned check row with its own partition, not the run's every one; the statuses read back as the stock
+    Postgres storage's."""
+    from test_sqlite_events import _planned_check_run
+
+    from llm_infer_dagster.orchestration.dagster_internals.postgres_events import (
+        NarrowedPostgresEventLogStorage,
+        postgres_instance_yaml,
+    )
+    from llm_infer_dagster.orchestration.dagster_internals.private import AssetCheckExecutionRecordStatus
+
+    keys = [f"shard-{i:04d}" for i in range(200)] + ['a "quoted" \\ shard', "café-ünïcode"]
+    seen = {}
+    for name, yaml in (("stock", postgres_yaml), ("narrowed", postgres_instance_yaml)):
+        home = Path(tempfile.mkdtemp(prefix=f"pg-{name}-"))
+        (home / "dagster.yaml").write_text(yaml(postgres_server.create_database(f"t_{uuid.uuid4().hex[:12]}")))
+        instance = DagsterInstance.from_config(str(home))
+        storage = instance.event_log_storage
+        assert (type(storage) is NarrowedPostgresEventLogStorage) == (name == "narrowed")
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        check_key = _planned_check_run(storage, keys)
+        records = storage.get_asset_check_execution_history(check_key, limit=1000)
+        seen[name] = {(r.partition, r.run_id, r.status) for r in records}
+        subsets = [
+            r.event.get_dagster_event().event_specific_data.partitions_subset
+            for r in records
+            if r.status == AssetCheckExecutionRecordStatus.PLANNED
+        ]
+        sizes = {len(s.get_partition_keys()) for s in subsets}
+        assert sizes == ({1} if name == "narrowed" else {len(keys)})
+        instance.dispose()
+    assert seen["narrowed"] == seen["stock"]
+    assert (keys[1], "run1", AssetCheckExecutionRecordStatus.FAILED) in seen["narrowed"]

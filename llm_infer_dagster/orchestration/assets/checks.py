@@ -3,13 +3,15 @@
 Each model's ``completions`` asset gets ``error_rows``, ``empty_completions`` and ``cut_at_max_tokens``, its
 ``answers`` asset ``extraction_failed``; all are partitioned like their asset, so the UI shows each shard's
 result. ``pipeline.py`` evaluates them right after it records a shard, and logs one evaluation per selected
-check and shard (it never yields them as outputs: the step covers many shards).
+check and shard (it never yields them as outputs: the step covers many shards), a shard's evaluations held and
+written together (``holding_evaluations``).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 from dagster import (
     AssetCheckEvaluation,
@@ -28,7 +30,7 @@ from llm_infer_dagster.orchestration.dagster_internals.sqlite_events import Pool
 from llm_infer_dagster.shards.quality import ABOUT, CheckResult
 from llm_infer_dagster.tasks.task_settings import ANSWERS_CHECKS, COMPLETIONS_CHECKS, SETTINGS_FILE, CheckSettings
 
-__all__ = ["check_key", "check_specs", "evaluation", "latest_target"]
+__all__ = ["check_key", "check_specs", "evaluation", "holding_evaluations", "latest_target"]
 
 
 def check_specs(
@@ -84,6 +86,21 @@ def latest_target(
     return AssetCheckEvaluationTargetMaterializationData(
         storage_id=mat.storage_id, run_id=mat.run_id, timestamp=mat.timestamp
     )
+
+
+@contextmanager
+def holding_evaluations(instance: DagsterInstance) -> Iterator[None]:
+    """The check evaluations logged inside are written as one batch at its end, where the storage can.
+
+    On the pooled sqlite log that is two transactions for a shard's checks instead of three each; other
+    storages write each as it is logged (PostgreSQL's batch writer takes no check evaluations).
+    """
+    storage = instance.event_log_storage
+    if isinstance(storage, PooledSqliteEventLogStorage):
+        with storage.holding_check_evaluations():
+            yield
+    else:
+        yield
 
 
 def evaluation(

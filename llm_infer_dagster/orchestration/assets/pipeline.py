@@ -17,7 +17,7 @@ from dagster import MetadataValue as MV
 
 from llm_infer_dagster.deployment import Deployment
 from llm_infer_dagster.orchestration.asset_keys import asset_of, model_of, task_key
-from llm_infer_dagster.orchestration.assets.checks import evaluation, latest_target
+from llm_infer_dagster.orchestration.assets.checks import evaluation, holding_evaluations, latest_target
 from llm_infer_dagster.orchestration.assets.provenance import shard_tags
 from llm_infer_dagster.orchestration.dagster_internals.private import DATA_VERSION_TAG, DEFAULT_DATA_VERSION
 from llm_infer_dagster.orchestration.registry import recorded_input_versions
@@ -67,8 +67,9 @@ class DagsterSink:
     def checked(self, event: Checked) -> None:
         asset = self.key(event.ref)
         target = latest_target(self.instance, asset, event.shard)
-        for r in event.results:
-            self.context.log_event(evaluation(asset, event.shard, r, event.ref.model or "default", target))
+        with holding_evaluations(self.instance):  # one write for the shard's checks
+            for r in event.results:
+                self.context.log_event(evaluation(asset, event.shard, r, event.ref.model or "default", target))
 
 
 def _metadata(value: Any) -> Any:

@@ -17,7 +17,7 @@ from dagster._core.asset_graph_view.asset_graph_view import (
     TemporalContext,  # staleness.stale_resolver: "now, latest events" for that AssetGraphView
 )
 from dagster._core.definitions.asset_checks.asset_check_evaluation import (
-    AssetCheckEvaluationPlanned,  # sqlite_events: a run's planned check, narrowed to one partition per stored row
+    AssetCheckEvaluationPlanned,  # planned_checks: a run's planned check, narrowed to one partition per stored row
     AssetCheckEvaluationTargetMaterializationData,  # pipeline: the shard materialization a check evaluation judged
 )
 from dagster._core.definitions.data_version import (
@@ -59,17 +59,21 @@ from dagster._core.instance.utils import (
     RUNLESS_RUN_ID,  # event_batches: the run id report_runless_asset_event stores
 )
 from dagster._core.storage.asset_check_execution_record import (
-    AssetCheckExecutionRecordStatus,  # sqlite_events: PLANNED, the status of a check execution's planned row
+    AssetCheckExecutionRecordStatus,  # planned_checks: PLANNED, the status of a check execution's planned row
 )
 from dagster._core.storage.event_log.schema import (
-    AssetCheckExecutionsTable,  # sqlite_events: the planned check executions, one row per partition
+    AssetCheckExecutionsTable,  # planned_checks: the planned check executions, one row per partition
+)
+from dagster._core.storage.event_log.sql_event_log import (
+    SqlEventLogStorage,  # planned_checks: the base of the narrowed planned-check writer (sqlite and Postgres)
 )
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+    INDEX_SHARD_NAME,  # sqlite_events: the cross-run index's file, written in one transaction per batch
     SQLITE_BUSY_TIMEOUT_SECONDS,  # sqlite_events: the busy timeout of Dagster's own sqlite connections
     SqliteEventLogStorage,  # sqlite_events: PooledSqliteEventLogStorage's base; event_batches: its writers
 )
 from dagster._core.storage.sqlalchemy_compat import (
-    db_result,  # event_batches: an insert's result (its primary key), as store_event reads it
+    db_result,  # event_batches/sqlite_events: an insert's result (its primary key), as store_event reads it
 )
 
 # The Dagster minors this module and its contract test were checked against.
@@ -81,6 +85,7 @@ __all__ = [
     "DATA_VERSION_IS_USER_PROVIDED_TAG",
     "DATA_VERSION_TAG",
     "DEFAULT_DATA_VERSION",
+    "INDEX_SHARD_NAME",
     "NULL_EVENT_POINTER",
     "RUNLESS_JOB_NAME",
     "RUNLESS_RUN_ID",
@@ -97,6 +102,7 @@ __all__ = [
     "ReconstructableRepository",
     "RetryMode",
     "RunFailureReason",
+    "SqlEventLogStorage",
     "SqliteEventLogStorage",
     "StaleStatus",
     "StepDelegatingExecutor",

@@ -7,6 +7,13 @@ was ~60 ms a shard. This subclass keeps one engine per database file (a bounded 
 every run's file), so an event costs about 4 ms; the files, schema and every query are Dagster's own, and a
 stock instance reads them unchanged. Engines are never shared across a fork.
 
+Asset and check events go through one writer, :meth:`PooledSqliteEventLogStorage.store_event_batch`: a batch's rows
+in one transaction per database file, written by Dagster's own row writers (the stock storage loops
+``store_event``, and a check evaluation alone took three transactions: the run's file, the index, the index
+again). Inside :meth:`~PooledSqliteEventLogStorage.holding_check_evaluations` a thread's check evaluations are
+held and written as one batch when it ends, so a step logging a shard's checks through ``context.log_event``
+commits them together.
+
 ``llm-infer`` writes it into the ``dagster.yaml`` of the instances it creates; for another ``DAGSTER_HOME``
 add the ``event_log_storage`` block of ``instance_yaml`` (see the README). It subclasses ``dagster._core``
 internals (from ``dagster_private``), like the executor: the project pins Dagster's minor version and
@@ -15,30 +22,42 @@ internals (from ``dagster_private``), like the executor: the project pins Dagste
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from dagster import AssetKey, DagsterEventType, EventLogEntry, serialize_value
+from dagster import AssetKey, DagsterEventType, DagsterInvariantViolationError, EventLogEntry
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import QueuePool
 
+from llm_infer_dagster.orchestration.dagster_internals.planned_checks import NarrowedPlannedChecks
 from llm_infer_dagster.orchestration.dagster_internals.private import (
+    INDEX_SHARD_NAME,
     SQLITE_BUSY_TIMEOUT_SECONDS,
-    AssetCheckEvaluationPlanned,
-    AssetCheckExecutionRecordStatus,
-    AssetCheckExecutionsTable,
     SqliteEventLogStorage,
+    db_result,
 )
 
 MAX_STORED = 10_000  # materializations remembered (their storage ids), for the check evaluations that follow
 MAX_ENGINES = 16  # open database files per process: the index, and the runs being written or read
+MAX_HELD = 500  # check evaluations held before a hold writes them anyway (bounded memory and lock time)
+# What store_event_batch writes itself: events whose rows are the run's file and the index's asset or check
+# tables. The others (run status changes, logs) keep the stock store_event.
+_BATCHED = frozenset(
+    {
+        DagsterEventType.ASSET_MATERIALIZATION,
+        DagsterEventType.ASSET_OBSERVATION,
+        DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
+        DagsterEventType.ASSET_FAILED_TO_MATERIALIZE,
+        DagsterEventType.ASSET_CHECK_EVALUATION,
+        DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED,
+    }
+)
 
 
 def _relaxed_sync(dbapi_connection: Any, _record: Any) -> None:
@@ -55,24 +74,13 @@ def _relaxed_sync(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
-_SLOT = "llm-infer:partition-key"  # stands for a row's partition in a planned check event serialized once
+def _batched(event: EventLogEntry) -> bool:
+    return event.dagster_event is not None and event.dagster_event.event_type in _BATCHED
 
 
-def _narrowed(event: EventLogEntry, key: str) -> str:
-    """``event`` (a planned check over many partitions) serialized as planned for ``key`` alone."""
-    dagster_event = event.get_dagster_event()
-    planned = dagster_event.event_specific_data
-    assert isinstance(planned, AssetCheckEvaluationPlanned) and planned.partitions_subset is not None
-    one = AssetCheckEvaluationPlanned(
-        asset_key=planned.asset_key,
-        check_name=planned.check_name,
-        partitions_subset=planned.partitions_subset.empty_subset().with_partition_keys([key]),
-    )
-    return serialize_value(event._replace(dagster_event=dagster_event._replace(event_specific_data=one)))
-
-
-class PooledSqliteEventLogStorage(SqliteEventLogStorage):
-    """``SqliteEventLogStorage`` with one long-lived engine per database file instead of one per write."""
+class PooledSqliteEventLogStorage(NarrowedPlannedChecks, SqliteEventLogStorage):
+    """``SqliteEventLogStorage`` with one long-lived engine per database file instead of one per write, and a
+    run's planned check rows each narrowed to its own partition (``planned_checks.py``)."""
 
     # inst_data: Dagster's ConfigurableClassData (or None), passed through untouched.
     def __init__(self, base_dir: str, inst_data: Any = None) -> None:
@@ -81,8 +89,13 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         self._pid = os.getpid()
         # (asset key, partition) -> (storage id, run id, timestamp) of the materializations this process stored
         self._stored: OrderedDict[tuple[AssetKey, str], tuple[int, str, float]] = OrderedDict()
-        self._pending = threading.local()  # the one being stored by this thread, kept once its write commits
+        self._pending = threading.local()  # .records: those being stored by this thread, kept once they commit
+        self._open = threading.local()  # .conns: shard -> this thread's connection inside a batch's transaction
+        self._held = threading.local()  # .events: this thread's check evaluations held for one batch, or None
         super().__init__(base_dir, inst_data)  # connects already (it checks the index's migrations)
+        # Reentrant: inside a batch's index transaction, a row writer opening another file's connection (none
+        # does in 1.13) waits for no one instead of for itself.
+        self._db_lock = threading.RLock()  # type: ignore[assignment]
 
     @classmethod
     def from_config_value(  # type: ignore[override]
@@ -119,10 +132,32 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
 
     @contextmanager
     def _connect(self, shard: str) -> Iterator[Connection]:
+        """A connection in a transaction, committed at the end; inside a batch, the batch's own (no commit).
+
+        Dagster's row writers open their own index connection; in a batch they join its transaction.
+        """
+        conns: dict[str, Connection] = getattr(self._open, "conns", None) or {}
+        joined = conns.get(shard)
+        if joined is not None:
+            yield joined
+            return
         with self._db_lock:
             engine = self._engine(shard)
             with engine.connect() as conn, conn.begin():
                 yield conn
+
+    @contextmanager
+    def _transaction(self, shard: str) -> Iterator[Connection]:
+        """One transaction on ``shard`` that the row writers called inside it join."""
+        with self._connect(shard) as conn:
+            conns = getattr(self._open, "conns", None)
+            if conns is None:
+                conns = self._open.conns = {}
+            conns[shard] = conn
+            try:
+                yield conn
+            finally:
+                del conns[shard]
 
     def has_table(self, table_name: str) -> bool:
         """The stock one opens a new engine on every asset event to ask; a table, once there, stays."""
@@ -142,68 +177,95 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             self._tables.add("asset_key_index_cols")
         return found
 
-    def _store_asset_check_evaluation_planned(self, event: EventLogEntry, event_id: int | None) -> None:
-        """The planned row of each partition a run will check, holding the planned event narrowed to that partition.
-
-        Dagster's own writer stores the whole planned event, with the run's every partition in it, in each
-        partition's row: a run over n shards writes n copies of an n-key list per check. At 2,000 shards that was
-        ~120 MB and ~4.5 s per check, before the run's step could start (20 ms at 20 shards). Nothing reads a
-        row's subset back (the row has its own ``partition`` column); each row now names just its partition.
-        """
-        dagster_event = event.get_dagster_event()
-        planned = dagster_event.event_specific_data
-        if not isinstance(planned, AssetCheckEvaluationPlanned) or planned.partitions_subset is None:
-            super()._store_asset_check_evaluation_planned(event, event_id)
-            return
-        subset = planned.partitions_subset
-        asset, name, when = planned.asset_key, planned.check_name, self._event_insert_timestamp(event)
-        narrowed = AssetCheckEvaluationPlanned(
-            asset_key=asset, check_name=name, partitions_subset=subset.empty_subset().with_partition_keys([_SLOT])
-        )
-        # Serialized once, the partition put in per row: 2,000 serializations took ~1 s a check on a busy box.
-        template = serialize_value(event._replace(dagster_event=dagster_event._replace(event_specific_data=narrowed)))
-        slot = json.dumps(_SLOT)
-        exact = template.count(slot) == 1
-        rows = [
-            {
-                "asset_key": asset.to_string(),
-                "check_name": name,
-                "partition": key,
-                "run_id": event.run_id,
-                "execution_status": AssetCheckExecutionRecordStatus.PLANNED.value,
-                "evaluation_event": template.replace(slot, json.dumps(key)) if exact else _narrowed(event, key),
-                "evaluation_event_timestamp": when,
-                "evaluation_event_storage_id": event_id,
-            }
-            for key in subset.get_partition_keys()
-        ]
-        if rows:
-            with self.index_connection() as conn:
-                conn.execute(AssetCheckExecutionsTable.insert().values(rows))
-
     def store_event(self, event: EventLogEntry) -> None:
-        self._pending.record = None
-        super().store_event(event)
-        record, self._pending.record = self._pending.record, None
-        if record is not None:  # committed: the partition's newest materialization, as far as this process knows
-            key, value = record
+        if _batched(event):
+            held: list[EventLogEntry] | None = getattr(self._held, "events", None)
+            if held is not None and event.dagster_event_type == DagsterEventType.ASSET_CHECK_EVALUATION:
+                held.append(event)
+                if len(held) >= MAX_HELD:
+                    self._flush_held()
+                return
+            self._store_batch([event])
+        else:
+            super().store_event(event)
+
+    def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
+        """The stock one stores each event on its own; asset and check events are written here together."""
+        if events and all(_batched(e) for e in events):
+            self._store_batch(events)
+        else:
+            super().store_event_batch(events)
+
+    @contextmanager
+    def holding_check_evaluations(self) -> Iterator[None]:
+        """Check evaluations this thread stores inside are written at the end, as one batch (two transactions).
+
+        Meant for a few evaluations logged one after another (a shard's checks): nothing reads them back inside,
+        and they are written even when the block raises. Nested holds write at the outermost one's end.
+        """
+        if getattr(self._held, "events", None) is not None:
+            yield
+            return
+        self._held.events = []
+        try:
+            yield
+        finally:
+            try:
+                self._flush_held()
+            finally:
+                self._held.events = None
+
+    def _flush_held(self) -> None:
+        held: list[EventLogEntry] = self._held.events
+        if held:
+            batch = list(held)
+            held.clear()
+            self._store_batch(batch)
+
+    def _store_batch(self, events: Sequence[EventLogEntry]) -> None:
+        """What ``SqliteEventLogStorage.store_event`` writes for each of ``events``, in order, in one transaction
+        per database file (each run's file, then the index), by the same writers."""
+        inserts = [self.prepare_insert_event(e) for e in events]  # one serialization each, for both files
+        for run_id in dict.fromkeys(e.run_id for e in events):
+            with self.run_connection(run_id) as conn:
+                for e, insert in zip(events, inserts, strict=True):
+                    if e.run_id == run_id:
+                        conn.execute(insert)
+        self._pending.records = []
+        with self._transaction(INDEX_SHARD_NAME) as conn:
+            for e, insert in zip(events, inserts, strict=True):
+                with db_result(conn, insert) as result:
+                    event_id = result.inserted_primary_key[0]
+                if e.dagster_event_type in (
+                    DagsterEventType.ASSET_CHECK_EVALUATION,
+                    DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED,
+                ):
+                    self.store_asset_check_event(e, event_id)  # its writers join this transaction
+                    continue
+                if event_id is None:
+                    raise DagsterInvariantViolationError("Cannot store asset event tags for null event id.")
+                self._store_asset_event_tags(conn, [e], [event_id])
+                self._store_asset_event(conn, e, event_id)
+        records, self._pending.records = self._pending.records, []
+        for key, value in records:  # committed: each partition's newest materialization, as far as we know
             self._stored[key] = value
             self._stored.move_to_end(key)
-            while len(self._stored) > MAX_STORED:
-                self._stored.popitem(last=False)
+        while len(self._stored) > MAX_STORED:
+            self._stored.popitem(last=False)
 
     def _store_asset_event(self, conn: Connection, event: EventLogEntry, event_id: int) -> None:
         super()._store_asset_event(conn, event, event_id)
         dagster_event = event.dagster_event
+        records: list[Any] | None = getattr(self._pending, "records", None)
         if (
-            dagster_event is not None
+            records is not None
+            and dagster_event is not None
             and dagster_event.event_type == DagsterEventType.ASSET_MATERIALIZATION
             and dagster_event.asset_key is not None
             and dagster_event.partition is not None
         ):
-            self._pending.record = (
-                (dagster_event.asset_key, dagster_event.partition),
-                (event_id, event.run_id, event.timestamp),
+            records.append(
+                ((dagster_event.asset_key, dagster_event.partition), (event_id, event.run_id, event.timestamp))
             )
 
     def stored_materialization(self, asset: AssetKey, partition: str) -> tuple[int, str, float] | None:
