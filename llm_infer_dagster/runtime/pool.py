@@ -222,14 +222,18 @@ class WorkerPool:
             data += chunk
         if w.refused:
             return eof
+        # Every message read is dispatched before any result goes to the caller: a worker's `ready` that came
+        # with a `done` gets its next job now, not after the caller has recorded the finished shard.
+        landed: list[ShardResult] = []
         try:
             for msg in read_messages(w, data):
                 self.on_message(w.index, msg)
                 busy = {o.group for o in self._started if o is not w and o.inflight and o.group is not None}
-                if (landed := dispatch(w, msg, queue, lambda m: self._send(w, m), busy=busy)) is not None:
-                    yield result_of(w, landed)
+                if (done := dispatch(w, msg, queue, lambda m: self._send(w, m), busy=busy)) is not None:
+                    landed.append(result_of(w, done))
         except ProtocolError as exc:
             self._refuse(w, exc)
+        yield from landed
         return eof
 
     @staticmethod
