@@ -10,10 +10,10 @@ samples from its own generator on both engines, greedy takes the argmax); ``test
 checks that outputs with calibration equal outputs without it on both engines.
 
 The first shard is not measured (it carries the engine's warm-up). A trial runs at least ``min_tokens``
-output tokens (or ``max_shards`` shards); widths are tried from the smallest up, and the trials stop once a
-wider batch is slower than the best so far by more than ``tolerance``. The chosen width is the fastest, except
-that the engine's default is kept when it is within ``tolerance`` of it (a noisy win is not worth leaving the
-default for). Pure logic: no clock, no engine.
+output tokens (or ``max_shards`` shards); widths are tried from the smallest up until a wider batch is slower
+than the best so far by more than ``tolerance`` (then the default is tried, if it was not yet: every choice is
+measured against it). The chosen width is the fastest, except that the default is kept when it is within
+``tolerance`` of it (a noisy win is not worth leaving the default for). Pure logic: no clock, no engine.
 """
 
 from __future__ import annotations
@@ -139,10 +139,12 @@ class Calibration:
             return None
         best = max(t.rate for t in self.trials)
         slower = trial.rate < (1 - self.tolerance) * best
-        after = [w for w in self.candidates if w > trial.width]
-        if slower or not after:
+        tried = {t.width for t in self.trials}
+        after = [w for w in self.candidates if w > trial.width and not (slower and w != self.default)]
+        if not after or (slower and self.default in tried):
             self.chosen = self._choose()
             return self.chosen if self.chosen != trial.width else None
+        # the next width up; once wider got slower, only the default, so the choice is measured against it
         self.trials.append(Trial(after[0]))
         self._skip = self.warmup
         return after[0]

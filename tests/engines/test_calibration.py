@@ -53,10 +53,16 @@ def test_walks_up_until_slower_then_keeps_the_fastest() -> None:
     assert "calibration chose batch_size 64 (default 32)" in cal.describe()
 
 
-def test_stops_trying_wider_once_slower() -> None:
+def test_stops_trying_wider_once_slower_but_always_measures_the_default() -> None:
     cal = Calibration("max_num_seqs", 256, (32, 64, 128, 256), min_tokens=1000)
-    run(cal, {32: 500.0, 64: 400.0, 128: 900.0, 256: 900.0})
-    assert cal.width == 32 and set(cal.summary()["trials"]) == {"32", "64"}  # 128 and 256 never tried
+    run(cal, {32: 500.0, 64: 400.0, 128: 900.0, 256: 300.0})
+    assert cal.width == 32 and set(cal.summary()["trials"]) == {"32", "64", "256"}  # 128 skipped, the default not
+    cal = Calibration("max_num_seqs", 256, (32, 64, 128, 256), min_tokens=1000)
+    run(cal, {32: 500.0, 64: 400.0, 128: 900.0, 256: 510.0})
+    assert cal.width == 256  # within 5% of the fastest: the default stays
+    cal = Calibration("batch_size", 8, (2, 4, 8, 16, 32), min_tokens=1000)
+    run(cal, {2: 100.0, 4: 200.0, 8: 300.0, 16: 250.0, 32: 999.0})
+    assert cal.width == 8 and set(cal.summary()["trials"]) == {"2", "4", "8", "16"}  # default tried: stop
 
 
 def test_default_kept_when_within_tolerance() -> None:
