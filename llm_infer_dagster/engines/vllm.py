@@ -65,7 +65,7 @@ from llm_infer_dagster.engines.spec import Dtype
 from llm_infer_dagster.engines.structured import compact_json_ebnf
 from llm_infer_dagster.errors import SettingsError, TaskConfigError
 
-__all__ = ["DEFAULT_CPU_KV_CACHE_BYTES", "VLLMEngine", "cpu_engine_args"]
+__all__ = ["DEFAULT_CPU_KV_CACHE_BYTES", "VLLMEngine", "cpu_engine_args", "start_llm"]
 
 log = logging.getLogger(__name__)
 
@@ -150,24 +150,14 @@ class VLLMEngine:
         self.lora_adapters = dict(lora_adapters or {})
         args.update(vllm_lora_args(self.lora_adapters, args))
 
-        from vllm import LLM
-
-        try:
-            self._llm: Any = LLM(
-                model=self.model_path,
-                tensor_parallel_size=tensor_parallel_size,
-                dtype=dtype,
-                max_model_len=max_model_len,
-                trust_remote_code=trust_remote_code,
-                **args,
-            )
-        except Exception as exc:
-            if not Path(self.model_path).exists() and os.sep in self.model_path:
-                reason = "no such folder"
-            else:
-                text = str(exc).strip()
-                reason = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
-            raise SettingsError(f"cannot start vLLM for {self.model_path}: {reason}") from exc
+        self._llm: Any = start_llm(
+            self.model_path,
+            tensor_parallel_size=tensor_parallel_size,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            trust_remote_code=trust_remote_code,
+            **args,
+        )
 
         self._engine: Any = self._llm.llm_engine
         self.max_model_len = int(self._engine.model_config.max_model_len)
@@ -460,6 +450,21 @@ class VLLMEngine:
         self._engine = None
         self._renderer = None
         gc.collect()
+
+
+def start_llm(model_path: str, *, label: str = "vLLM", **kwargs: Any) -> Any:
+    """``vllm.LLM(model=model_path, **kwargs)``; a failure is one SettingsError saying why (``label`` names it)."""
+    from vllm import LLM
+
+    try:
+        return LLM(model=model_path, **kwargs)
+    except Exception as exc:
+        if not Path(model_path).exists() and os.sep in model_path:
+            reason = "no such folder"
+        else:
+            text = str(exc).strip()
+            reason = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+        raise SettingsError(f"cannot start {label} for {model_path}: {reason}") from exc
 
 
 def cpu_engine_args(engine_args: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from llm_infer_dagster.engines.base import Completion, Prompt, Sampling, check_max_input_length
 from llm_infer_dagster.engines.pooling import label_names, read_config, render_ids, too_long_for_pooling
 from llm_infer_dagster.engines.spec import Dtype
-from llm_infer_dagster.engines.vllm import cpu_engine_args
-from llm_infer_dagster.errors import SettingsError
+from llm_infer_dagster.engines.vllm import cpu_engine_args, start_llm
 
 __all__ = ["VLLMPoolingEngine"]
 
@@ -63,24 +60,15 @@ class VLLMPoolingEngine:
         args.setdefault("runner", "pooling")
         self.labels = label_names(read_config(self.model_path) or {}) if task != "embed" else []
 
-        from vllm import LLM
-
-        try:
-            self._llm: Any = LLM(
-                model=self.model_path,
-                tensor_parallel_size=tensor_parallel_size,
-                dtype=dtype,
-                max_model_len=max_model_len,
-                trust_remote_code=trust_remote_code,
-                **args,
-            )
-        except Exception as exc:
-            if not Path(self.model_path).exists() and os.sep in self.model_path:
-                reason = "no such folder"
-            else:
-                text = str(exc).strip()
-                reason = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
-            raise SettingsError(f"cannot start vLLM ({task}) for {self.model_path}: {reason}") from exc
+        self._llm: Any = start_llm(
+            self.model_path,
+            label=f"vLLM ({task})",
+            tensor_parallel_size=tensor_parallel_size,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            trust_remote_code=trust_remote_code,
+            **args,
+        )
         self.max_model_len = int(self._llm.llm_engine.model_config.max_model_len)
         self._tokenizer: Any = self._llm.get_tokenizer()
 
