@@ -8,7 +8,7 @@ seconds, output tokens, output tok/s over the whole command, the width calibrati
 how many completions equal the uncalibrated run's (greedy: all should).
 
     python benchmarks/calibration.py [--model-type vllm|hf] [--prompts 1024] [--max-tokens 96]
-        [--shard-size 32] [--rounds 2] [--model PATH]
+        [--shard-size 32] [--rounds 2] [--model PATH] [--model-args JSON]
 """
 
 from __future__ import annotations
@@ -42,10 +42,12 @@ def prompts(count: int) -> list[list[dict[str, str]]]:
     ]
 
 
-def run(task_root: Path, out: Path, model: str, model_type: str, shard_size: int) -> dict[str, Any]:
+def run(task_root: Path, out: Path, model: str, model_type: str, shard_size: int, model_args: str | None
+        ) -> dict[str, Any]:  # fmt: skip
     cmd = [sys.executable, "-m", "llm_infer_dagster", "--no_progress", "--model_path", model,
            "--model_type", model_type, "--use_cpu", "--task_name", "bench", "--config_path", str(task_root),
-           "--output_path", str(out), "--shard_size", str(shard_size)]  # fmt: skip
+           "--output_path", str(out), "--shard_size", str(shard_size),
+           *(["--model_args", model_args] if model_args else [])]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_INFER_", "DAGSTER_HOME"))}
     started = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=3600)
@@ -79,7 +81,10 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--shard-size", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--model-args", default=None, help='vLLM engine arguments as JSON, e.g. a small KV cache: '
+                    '\'{"kv_cache_memory_bytes": 134217728}\'')  # fmt: skip
     args = ap.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # each row as it is measured
     if args.model is None:
         from llm_infer_dagster.models.demo_model import demo_model_path
 
@@ -93,7 +98,8 @@ def main() -> None:
         write_prompt_task(roots[mode] / "bench", prompts(count), sampling)
         (roots[mode] / "bench" / "task_settings.json").write_text(json.dumps({"calibrate": mode == "on"}))
     print(f"# {platform.node()} {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; {args.model_type}, {count} "
-          f"prompts, max_tokens {args.max_tokens}, shard size {args.shard_size}, model {args.model}")  # fmt: skip
+          f"prompts, max_tokens {args.max_tokens}, shard size {args.shard_size}, model {args.model}, "
+          f"model_args {args.model_args}")  # fmt: skip
     print("| round | calibration | wall s | output tokens | output tok/s | width (trials, tok/s) | same | load |")
     print("|---|---|---:|---:|---:|---|---:|---:|")
     for r in range(args.rounds):
@@ -102,7 +108,8 @@ def main() -> None:
         lines = {}
         for mode in order:
             load = os.getloadavg()[0]
-            res = run(roots[mode], work / f"out-{mode}-{r}", args.model, args.model_type, args.shard_size)
+            res = run(roots[mode], work / f"out-{mode}-{r}", args.model, args.model_type, args.shard_size,
+                      args.model_args)  # fmt: skip
             rows = completions_in_order(res["out"], count)
             texts[mode] = [row["model_response_raw"] for row in rows]
             tokens = sum(
