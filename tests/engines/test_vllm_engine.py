@@ -289,3 +289,17 @@ def test_prefix_order_groups_shared_prefixes_and_keeps_every_rows_result(
             assert queued == list(range(len(prompts)))
     assert results[True] == results[False]
     assert all(r[4] is None for r in results[True])
+
+
+@pytest.mark.parametrize("task", [None, "embed"])
+def test_a_missing_model_folder_is_one_line(tmp_path, task: str | None) -> None:
+    """Both vLLM engines start through ``start_llm``: a folder that is not there is said in one line."""
+    missing = str(tmp_path / "no-model")
+    if task is None:
+        with pytest.raises(SettingsError, match=rf"^cannot start vLLM for {missing}: no such folder$"):
+            VLLMEngine(missing, device="cpu")
+    else:
+        from llm_infer_dagster.engines.vllm_pooling import VLLMPoolingEngine
+
+        with pytest.raises(SettingsError, match=rf"^cannot start vLLM \(embed\) for {missing}: no such folder$"):
+            VLLMPoolingEngine(missing, task, device="cpu")
