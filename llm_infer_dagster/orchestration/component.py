@@ -179,7 +179,9 @@ class LLMInferComponent(dg.Component, dg.Model, dg.Resolvable):
         return llm_task_definitions(
             self._task_folder(here, declared_in),
             task_name=self.name,
-            task=self.task,
+            # inline, ``task`` is the task's own field (the loader reads it from this defs.yaml, as llm-infer over
+            # the defs folder does); only over a task folder is it the deployment's, recorded with it
+            task=self.task if self.task_folder is not None else None,
             output_path=_relative_to(here, self.output_path),
             model=model,
             input_path=_relative_to(here, self.input_path) if self.input_path else None,
