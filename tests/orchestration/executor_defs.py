@@ -8,7 +8,7 @@ import os
 import signal
 import time
 
-from dagster import Definitions, asset, define_asset_job
+from dagster import AssetExecutionContext, AssetMaterialization, Definitions, Output, asset, define_asset_job
 
 from llm_infer_dagster.orchestration.dagster_internals.gpu_executor import gpu_executor
 
@@ -63,14 +63,23 @@ def cpu_b() -> None:
     _record("cpu_b")
 
 
+@asset
+def logs_shards(context: AssetExecutionContext) -> Output[None]:
+    """Records shards the way the task step does: materializations logged as it goes (GpuExecutor._pop_events)."""
+    for shard in ("s0", "s1", "s2"):
+        context.log_event(AssetMaterialization(asset_key="shard_records", partition=shard, metadata={"n": 1}))
+    return Output(None)
+
+
 defs = Definitions(
-    assets=[needs_two, needs_one, before_three, needs_three, cpu_a, cpu_b],
+    assets=[needs_two, needs_one, before_three, needs_three, cpu_a, cpu_b, logs_shards],
     jobs=[
         define_asset_job("two", ["needs_two"]),
         define_asset_job("one", ["needs_one"]),
         # A CPU step first, as raw/prompts come before completions: a GPU need too big must stop it running.
         define_asset_job("three", ["before_three", "needs_three"]),
         define_asset_job("cpu", ["cpu_a", "cpu_b"]),
+        define_asset_job("shard_records", ["logs_shards"]),
     ],
     executor=gpu_executor,
 )

@@ -167,3 +167,20 @@ def test_lock_files_and_dir_are_usable_by_other_users(tmp_path: Path) -> None:
     (tmp_path / "locks" / "gpu-0.lock").chmod(0o444)
     with GpuLeaser(["0"], tmp_path / "locks").acquire(1) as lease:
         assert lease.gpu_ids == ["0"]
+
+
+def test_the_executor_follows_its_steps_without_reading_their_shard_records(tmp: Path) -> None:
+    """The orchestrating process tails the run's events without the per-shard records (8 a shard): the run
+    still ends as Dagster's would, and every record is in the event log for the UI."""
+    from dagster import DagsterEventType, execute_job
+
+    from llm_infer_dagster.orchestration.dagster_internals.private import ReconstructableRepository
+
+    job = ReconstructableRepository.for_file(str(DEFS), "defs").get_reconstructable_job("shard_records")
+    with DagsterInstance.get() as instance:
+        result = execute_job(job, instance=instance)
+        assert result.success
+        kinds = {e.event_type for e in result.all_events}
+        assert DagsterEventType.STEP_SUCCESS in kinds and DagsterEventType.ASSET_MATERIALIZATION not in kinds
+        stored = instance.fetch_materializations(AssetKey("shard_records"), limit=10).records
+        assert sorted(r.partition_key for r in stored) == ["s0", "s1", "s2"]

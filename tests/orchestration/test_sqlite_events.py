@@ -378,10 +378,17 @@ def test_a_mixed_batch_reads_back_as_single_writes(tmp_path: Path) -> None:
                 AssetKey("m"), DagsterEventType.ASSET_MATERIALIZATION, [DATA_VERSION_TAG]
             ),
             storage.get_latest_storage_id_by_partition(AssetKey("m"), DagsterEventType.ASSET_MATERIALIZATION),
+            # The asset's row (the UI's asset list): the pooled log updates it first, the stock one inserts first.
+            [
+                (r.asset_entry.asset_key, r.asset_entry.last_materialization_record, r.asset_entry.last_run_id)
+                for r in storage.get_asset_records([AssetKey("m")])
+            ],  # fmt: skip
         )
         storage.dispose()
     assert seen["pooled"] == seen["stock"]
     assert len(seen["pooled"][1]) == 6
+    last = seen["pooled"][4][0][1]
+    assert last is not None and last.storage_id == max(seen["pooled"][3].values())  # the newest, not the first
 
 
 def test_a_step_holding_its_evaluations_records_what_logging_them_one_by_one_records(tmp_path: Path) -> None:

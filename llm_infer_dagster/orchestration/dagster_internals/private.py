@@ -63,6 +63,7 @@ from dagster._core.storage.asset_check_execution_record import (
 )
 from dagster._core.storage.event_log.schema import (
     AssetCheckExecutionsTable,  # planned_checks: the planned check executions, one row per partition
+    AssetKeyTable,  # sqlite_events: an asset's row, updated by each materialization (its latest)
 )
 from dagster._core.storage.event_log.sql_event_log import (
     SqlEventLogStorage,  # planned_checks: the base of the narrowed planned-check writer (sqlite and Postgres)
@@ -94,6 +95,7 @@ __all__ = [
     "AssetCheckEvaluationTargetMaterializationData",
     "AssetCheckExecutionRecordStatus",
     "AssetCheckExecutionsTable",
+    "AssetKeyTable",
     "AssetGraphView",
     "AssetObservationData",
     "CachingStaleStatusResolver",

@@ -39,6 +39,7 @@ from llm_infer_dagster.orchestration.dagster_internals.planned_checks import Nar
 from llm_infer_dagster.orchestration.dagster_internals.private import (
     INDEX_SHARD_NAME,
     SQLITE_BUSY_TIMEOUT_SECONDS,
+    AssetKeyTable,
     SqliteEventLogStorage,
     db_result,
 )
@@ -254,14 +255,22 @@ class PooledSqliteEventLogStorage(NarrowedPlannedChecks, SqliteEventLogStorage):
             self._stored.popitem(last=False)
 
     def _store_asset_event(self, conn: Connection, event: EventLogEntry, event_id: int) -> None:
-        super()._store_asset_event(conn, event, event_id)
+        """Dagster's asset row for ``event``, updated first: the stock writer tries an INSERT that fails with an
+        IntegrityError for every materialization of an asset that has a row (all but its first), then updates."""
         dagster_event = event.dagster_event
+        if dagster_event is None or dagster_event.asset_key is None:
+            return
+        values = self._get_asset_entry_values(event, event_id, self._has_asset_key_index_cols_on_connection(conn))
+        if values:
+            key = dagster_event.asset_key.to_string()
+            # The UPDATE takes sqlite's write lock, held to the commit: no other writer can add the row between.
+            updated = conn.execute(AssetKeyTable.update().values(**values).where(AssetKeyTable.c.asset_key == key))
+            if updated.rowcount == 0:
+                conn.execute(AssetKeyTable.insert().values(asset_key=key, **values))
         records: list[Any] | None = getattr(self._pending, "records", None)
         if (
             records is not None
-            and dagster_event is not None
             and dagster_event.event_type == DagsterEventType.ASSET_MATERIALIZATION
-            and dagster_event.asset_key is not None
             and dagster_event.partition is not None
         ):
             records.append(
