@@ -157,6 +157,15 @@ def _step_delegating_executor() -> None:
     assert set(hints) >= {"plan_context", "execution_plan"}, hints
     _has(hints["plan_context"], "dagster_run", "instance")
     _has(hints["execution_plan"], "get_steps_to_execute_in_topo_order")
+    # GpuExecutor._pop_events wraps the instance: its tail of the run's events reads them through this call.
+    _takes(dp.StepDelegatingExecutor._pop_events, "instance", "run_id", "seen_storage_ids")  # noqa: SLF001
+    source = inspect.getsource(dp.StepDelegatingExecutor._pop_events)  # noqa: SLF001
+    assert "instance.get_records_for_run(" in source and "of_type=" in source, source
+
+
+def _asset_key_table() -> None:
+    # PooledSqliteEventLogStorage._store_asset_event: update the asset's row by its key, else insert it.
+    assert {"asset_key", "last_materialization", "last_run_id"} <= set(dp.AssetKeyTable.c.keys())
 
 
 def _step_handler() -> None:
@@ -220,6 +229,8 @@ def _sqlite_event_log_storage() -> None:
     _takes(storage.prepare_insert_event, "event")
     _takes(storage._store_asset_event_tags, "conn", "events", "event_ids")  # noqa: SLF001
     _takes(storage._store_asset_event, "conn", "event", "event_id")  # noqa: SLF001
+    # PooledSqliteEventLogStorage._store_asset_event writes the asset's row itself from these values.
+    _takes(storage._get_asset_entry_values, "event", "event_id", "has_asset_key_index_cols")  # noqa: SLF001
     # sqlite_events' batch writer: one index transaction that Dagster's check-row writers join (their own
     # index_connection, which is _connect on this shard)
     _takes(storage.store_asset_check_event, "event", "event_id")
@@ -243,6 +254,7 @@ CONTRACTS: dict[str, Callable[[], None]] = {
     "CheckStepHealthResult": _check_step_health_result,
     "DATA_VERSION_IS_USER_PROVIDED_TAG": _data_version_tags,
     "DATA_VERSION_TAG": _data_version_tags,
+    "AssetKeyTable": _asset_key_table,
     "DEFAULT_DATA_VERSION": _data_version_tags,
     "JobFailureData": _job_failure_data,
     "NULL_EVENT_POINTER": _data_version_tags,

@@ -20,6 +20,7 @@ from llm_infer_dagster.orchestration.asset_keys import asset_of, model_of, task_
 from llm_infer_dagster.orchestration.assets.checks import evaluation, holding_evaluations, latest_target
 from llm_infer_dagster.orchestration.assets.provenance import shard_tags
 from llm_infer_dagster.orchestration.dagster_internals.private import DATA_VERSION_TAG, DEFAULT_DATA_VERSION
+from llm_infer_dagster.orchestration.dagster_internals.sqlite_events import PooledSqliteEventLogStorage
 from llm_infer_dagster.orchestration.registry import recorded_input_versions
 from llm_infer_dagster.orchestration.settings import RunSettings
 from llm_infer_dagster.pipeline.events import AssetRef, Checked, FilePath, Landed, Markdown, StreamFailed
@@ -35,6 +36,8 @@ class DagsterSink:
         self.name, self.shard_keys = task.dagster_name, list(shard_keys)
         self.data_versions: dict[AssetKey, dict[str, DataVersion]] = {}
         self.pointers: dict[tuple[AssetRef, str], int | None] = {}
+        # Every record made before this step (the input's, earlier runs' shards) is at or below this id.
+        self.floor = self.instance.event_log_storage.get_maximum_record_id() or 0
 
     def key(self, ref: AssetRef) -> AssetKey:
         return task_key(self.name, ref.asset, ref.model)
@@ -53,8 +56,13 @@ class DagsterSink:
             self.data_versions.setdefault(asset, {})[shard] = DataVersion(version)
 
     def making(self, ref: AssetRef, shard: str) -> None:
-        # A storage id at or after every record written so far: what the shard made now is made from.
-        self.pointers[(ref, shard)] = self.instance.event_log_storage.get_maximum_record_id()
+        # A storage id at or after every record the shard made now is made from: one made before this step
+        # (under the floor) or by this step (the pooled log knows the newest it wrote; other logs are asked).
+        storage = self.instance.event_log_storage
+        if isinstance(storage, PooledSqliteEventLogStorage):
+            self.pointers[(ref, shard)] = max(self.floor, storage.stored_up_to()) or None
+        else:
+            self.pointers[(ref, shard)] = storage.get_maximum_record_id()
 
     def landed(self, event: Landed) -> None:
         asset, parent = self.key(event.ref), self.key(event.parent)
