@@ -27,7 +27,8 @@ time the platform); their token counts are the completions Parquet's ``prompt_to
 their responses read back from the completions and prompts Parquet shards. The worker's vLLM counters are
 read from outside through prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, a fresh dir per
 run, set in the command's environment: the worker's counters are then kept in files there); if none are found
-the hit rate shows as n/a.
+the hit rate shows as n/a. Their JSON lines also give the engine load time, the whole command's wall time
+(``job_s``) and the order the completions shards were recorded in (``shard_order``: planning reorders it).
 
 Prefix cache hit rate = vLLM's ``vllm:prompt_tokens_cached`` / ``vllm:prompt_tokens`` counters
 (``LLM.get_metrics()``, with ``disable_log_stats=False``). Throughput: prompt+output tokens per second (and
@@ -144,6 +145,21 @@ def _multiprocess_metrics(path: Path) -> dict[str, float]:
     return got
 
 
+def _completions_order(dagster_home: Path) -> list[str]:
+    """The shards' keys in the order their completions were recorded: planning on reorders them."""
+    from dagster import DagsterEventType, DagsterInstance
+    from dagster._core.instance.ref import InstanceRef
+
+    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(dagster_home)))
+    keys = []
+    for run in instance.get_runs():
+        for entry in instance.all_logs(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION):
+            event = entry.dagster_event
+            if event and event.asset_key and event.asset_key.path[-1] == "completions":
+                keys.append(str(event.partition))
+    return keys
+
+
 def _llm_infer(cfg: dict[str, Any], prompts: list[str], engine_args: dict[str, Any],
                sampling: dict[str, Any]) -> tuple[float, dict[str, float], dict[int, str], dict[str, Any]]:  # fmt: skip
     """``llm-infer`` over ``prompts`` (one file per question); (window s, token counts, responses, extra)."""
@@ -200,7 +216,7 @@ def _llm_infer(cfg: dict[str, Any], prompts: list[str], engine_args: dict[str, A
     if vllm.get("prompt_tokens"):
         counts["prompt_tokens_cached"] = vllm.get("prompt_tokens_cached", 0.0)
     extra = {"load_s": load_s, "job_s": wall, "shards": len(list((out / TASK / "completions").glob("*.parquet"))),
-             "vllm_counters": vllm or None}  # fmt: skip
+             "vllm_counters": vllm or None, "shard_order": _completions_order(out / ".dagster")}  # fmt: skip
     return last_shard - first_loaded, counts, responses, extra
 
 
