@@ -14,6 +14,21 @@ prefill dominate. Each variant runs in its own fresh process; engine start-up is
                  file order, ``prefix_order=False``
   platform-on    the same with planning: shards in ``plan_order`` of their prefix signatures, each shard's
                  requests queued in ``submit_order`` (``prefix_order=True``)
+  llm-infer-off  the platform end to end: ``python -m llm_infer_dagster --model_type vllm --use_cpu`` (Dagster,
+                 the worker process, shards written and recorded) on a task folder written into a temporary
+                 dir: one JSON Lines file per question (in file order), ``--shard_size`` ``--shard-size``, so
+                 shards are cut per question file as above; ``task_settings.json`` ``"prefix_planning": false``
+  llm-infer-on   the same with ``"prefix_planning": true``
+
+The llm-infer variants pass the same engine arguments through ``--model_args`` (and ``--dtype float32
+--max_model_len 2048``) and are timed in the run's Dagster event log, from the first "model loaded" to the last
+completions shard recorded (``vllm_platform_vs_bare.llm_infer_spans``, as ``vs_ray_data_llm.py`` and ``gpu.py``
+time the platform); their token counts are the completions Parquet's ``prompt_tokens`` + ``completion_tokens``,
+their responses read back from the completions and prompts Parquet shards. The worker's vLLM counters are
+read from outside through prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, a fresh dir per
+run, set in the command's environment: the worker's counters are then kept in files there); if none are found
+the hit rate shows as n/a. Their JSON lines also give the engine load time, the whole command's wall time
+(``job_s``) and the order the completions shards were recorded in (``shard_order``: planning reorders it).
 
 Prefix cache hit rate = vLLM's ``vllm:prompt_tokens_cached`` / ``vllm:prompt_tokens`` counters
 (``LLM.get_metrics()``, with ``disable_log_stats=False``). Throughput: prompt+output tokens per second (and
@@ -23,10 +38,12 @@ comes is what file order loses.
 
     python benchmarks/prefix_planning.py [--docs 48] [--questions 4] [--doc-lines 28] [--shard-size 16]
         [--max-tokens 8] [--kv-cache-mib 96] [--hidden-size 512] [--layers 4] [--repeats 1]
-        [--variants bare-nocache,bare,bare-planned,platform-off,platform-on] [--model-dir DIR]
+        [--variants bare-nocache,bare,bare-planned,platform-off,platform-on,llm-infer-off,llm-infer-on]
+        [--model-dir DIR]
 
-Prints one JSON line per variant run, then a markdown table. Everything runs under ``__main__`` (vLLM
-starts its engine core with spawn).
+The llm-infer variants are not in the default ``--variants``: name them. Prints one JSON line per variant run,
+then a markdown table, whether every variant's greedy outputs equal the first one's, and llm-infer-on's against
+llm-infer-off's. Everything runs under ``__main__`` (vLLM starts its engine core with spawn).
 """
 
 from __future__ import annotations
@@ -44,7 +61,35 @@ import time
 from pathlib import Path
 from typing import Any
 
-VARIANTS = ("bare-nocache", "bare", "bare-planned", "platform-off", "platform-on")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from vllm_platform_vs_bare import _free_port, llm_infer_spans  # noqa: E402
+
+DEFAULT_VARIANTS = ("bare-nocache", "bare", "bare-planned", "platform-off", "platform-on")
+VARIANTS = (*DEFAULT_VARIANTS, "llm-infer-off", "llm-infer-on")
+COUNTERS = ("vllm:prompt_tokens", "vllm:prompt_tokens_cached", "vllm:generation_tokens")
+TASK = "prefix_bench"
+TASK_CONFIG = '''"""benchmarks/prefix_planning.py's prompts as a task: one JSON Lines file per question."""
+
+import json
+import os
+
+
+def get_file_list(input_path):
+    return sorted(os.path.join(input_path, f) for f in os.listdir(input_path) if f.endswith(".jsonl"))
+
+
+def read_file(file_path):
+    with open(file_path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def format_prompt(org_data):
+    return org_data["prompt"]
+
+
+def extract_answer(model_response):
+    return None
+'''
 QUESTIONS = (
     "Summarise the document in one sentence.",
     "Which place does the document mention first?",
@@ -80,9 +125,99 @@ def shards_of(prompts: list[str], shard_size: int, files: int) -> list[list[int]
 def _metrics(llm: Any) -> dict[str, float]:
     got: dict[str, float] = {}
     for m in llm.get_metrics():
-        if m.name in ("vllm:prompt_tokens", "vllm:prompt_tokens_cached", "vllm:generation_tokens"):
+        if m.name in COUNTERS:
             got[m.name.split(":")[1]] = got.get(m.name.split(":")[1], 0) + float(m.value)
     return got
+
+
+def _multiprocess_metrics(path: Path) -> dict[str, float]:
+    """vLLM's counters as a process wrote them under ``PROMETHEUS_MULTIPROC_DIR`` (summed over processes)."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(path))
+    got: dict[str, float] = {}
+    for metric in registry.collect():
+        if metric.name in COUNTERS:
+            total = sum(x.value for x in metric.samples if x.name == metric.name + "_total")
+            got[metric.name.split(":")[1]] = got.get(metric.name.split(":")[1], 0) + total
+    return got
+
+
+def _completions_order(dagster_home: Path) -> list[str]:
+    """The shards' keys in the order their completions were recorded: planning on reorders them."""
+    from dagster import DagsterEventType, DagsterInstance
+    from dagster._core.instance.ref import InstanceRef
+
+    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(dagster_home)))
+    keys = []
+    for run in instance.get_runs():
+        for entry in instance.all_logs(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION):
+            event = entry.dagster_event
+            if event and event.asset_key and event.asset_key.path[-1] == "completions":
+                keys.append(str(event.partition))
+    return keys
+
+
+def _llm_infer(cfg: dict[str, Any], prompts: list[str], engine_args: dict[str, Any],
+               sampling: dict[str, Any]) -> tuple[float, dict[str, float], dict[int, str], dict[str, Any]]:  # fmt: skip
+    """``llm-infer`` over ``prompts`` (one file per question); (window s, token counts, responses, extra)."""
+    import polars as pl
+
+    work = Path(cfg["out"]).with_suffix("")
+    configs, data, out, prom = work / "tasks", work / "data", work / "out", work / "prometheus"
+    folder = configs / TASK
+    for d in (folder, data, prom):
+        d.mkdir(parents=True, exist_ok=True)
+    (folder / "task_config.py").write_text(TASK_CONFIG)
+    (folder / "sampling_params.json").write_text(json.dumps(sampling) + "\n")
+    settings = {"prefix_planning": cfg["variant"] == "llm-infer-on"}
+    (folder / "task_settings.json").write_text(json.dumps(settings) + "\n")
+    docs = cfg["docs"]
+    for q in range(cfg["questions"]):
+        with (data / f"q{q:03d}.jsonl").open("w", encoding="utf-8") as f:
+            for p in prompts[q * docs : (q + 1) * docs]:
+                f.write(json.dumps({"prompt": p}) + "\n")
+    cmd = [
+        sys.executable, "-m", "llm_infer_dagster", "--task_name", TASK, "--config_path", str(configs),
+        "--input_path", str(data), "--output_path", str(out), "--model_path", cfg["model"], "--model_type", "vllm",
+        "--use_cpu", "--dtype", "float32", "--max_model_len", str(cfg["max_model_len"]),
+        "--model_args", json.dumps(engine_args), "--workers", "1", "--shard_size", str(cfg["shard_size"]),
+        "--no_progress",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_INFER_", "DAGSTER_HOME"))}
+    env.update(DAGSTER_HOME=str(out / ".dagster"), PROMETHEUS_MULTIPROC_DIR=str(prom), VLLM_PORT=str(_free_port()))
+    log = work / "llm-infer.log"
+    start = time.perf_counter()
+    with log.open("w") as fh:
+        code = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, check=False).returncode
+    wall = time.perf_counter() - start
+    if code != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        raise RuntimeError(f"llm-infer exited {code} ({log}):\n{tail}")
+    spans = llm_infer_spans(out / ".dagster")
+    if len(spans) != 1:
+        raise RuntimeError(f"{len(spans)} runs loaded the model, expected 1 ({log})")
+    first_loaded, _, last_shard, _, load_s = spans[0]
+
+    def frames(asset: str) -> pl.DataFrame:
+        return pl.concat([pl.read_parquet(p) for p in sorted((out / TASK / asset).glob("*.parquet"))])
+
+    comps = frames("completions").join(frames("prompts").select("record_id", "prompt"), on="record_id")
+    errors = comps["error"].drop_nulls()
+    if comps.height != len(prompts) or errors.len():
+        raise RuntimeError(f"{comps.height} completions for {len(prompts)} prompts, {errors.len()} with errors")
+    index = {p: i for i, p in enumerate(prompts)}
+    responses = {index[p]: r or "" for p, r in zip(comps["prompt"], comps["response"], strict=True)}
+    counts = {"prompt_tokens": float(comps["prompt_tokens"].sum()),
+              "generation_tokens": float(comps["completion_tokens"].sum())}  # fmt: skip
+    vllm = _multiprocess_metrics(prom)
+    if vllm.get("prompt_tokens"):
+        counts["prompt_tokens_cached"] = vllm.get("prompt_tokens_cached", 0.0)
+    extra = {"load_s": load_s, "job_s": wall, "shards": len(list((out / TASK / "completions").glob("*.parquet"))),
+             "vllm_counters": vllm or None, "shard_order": _completions_order(out / ".dagster")}  # fmt: skip
+    return last_shard - first_loaded, counts, responses, extra
 
 
 def _child(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -100,7 +235,10 @@ def _child(cfg: dict[str, Any]) -> dict[str, Any]:
     }
     sampling = {"temperature": 0.0, "max_tokens": cfg["max_tokens"], "ignore_eos": True}
     responses: dict[int, str] = {}
-    if variant.startswith("bare"):
+    extra: dict[str, Any] = {}
+    if variant.startswith("llm-infer"):
+        seconds, metrics, responses, extra = _llm_infer(cfg, prompts, engine_args, sampling)
+    elif variant.startswith("bare"):
         from vllm import LLM, SamplingParams
 
         llm = LLM(model=cfg["model"], dtype="float32", max_model_len=cfg["max_model_len"], **engine_args)
@@ -145,17 +283,19 @@ def _child(cfg: dict[str, Any]) -> dict[str, Any]:
         engine.close()
     prompt_tokens = metrics.get("prompt_tokens", 0.0)
     out_tokens = metrics.get("generation_tokens", 0.0)
+    cached = metrics.get("prompt_tokens_cached")  # None: the worker's counters were not reachable
     result = {
         "variant": variant,
         "seconds": seconds,
         "prompts": len(prompts),
         "prompt_tokens": prompt_tokens,
         "output_tokens": out_tokens,
-        "cached_tokens": metrics.get("prompt_tokens_cached", 0.0),
-        "hit_rate": metrics.get("prompt_tokens_cached", 0.0) / prompt_tokens if prompt_tokens else 0.0,
+        "cached_tokens": cached,
+        "hit_rate": cached / prompt_tokens if cached is not None and prompt_tokens else None,
         "tokens_per_s": (prompt_tokens + out_tokens) / seconds,
         "output_tokens_per_s": out_tokens / seconds,
         "responses": [responses[i] for i in range(len(prompts))],
+        **extra,
     }
     if variant.startswith("platform"):
         result["plan_s"] = plan_s
@@ -175,7 +315,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
     ap.add_argument("--model-dir", default=".models/bench-prefix")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -222,16 +362,24 @@ def main() -> None:
                 print(json.dumps({k: v for k, v in res.items() if k != "responses"}), flush=True)
     ref = next(iter(results.values()))[0]["responses"]
     same = {v: all(x["responses"] == ref for x in rs) for v, rs in results.items()}
-    print(f"\nload average after: {os.getloadavg()}; greedy outputs identical to {variants[0]}: {same}\n")
+    print(f"\nload average after: {os.getloadavg()}; greedy outputs identical to {variants[0]}: {same}")
+    if "llm-infer-off" in results and "llm-infer-on" in results:
+        off = results["llm-infer-off"][0]["responses"]
+        on_same = all(x["responses"] == off for x in results["llm-infer-on"])
+        print(f"greedy outputs of llm-infer-on identical to llm-infer-off: {on_same}")
+    print()
     best = {v: max(rs, key=lambda x: x["tokens_per_s"]) for v, rs in results.items()}
     print("| variant | seconds | prompt+output tok/s | output tok/s | prefix cache hit rate |")
     print("|---|---:|---:|---:|---:|")
     for v, b in best.items():
         print(f"| {v} | {b['seconds']:.2f} | {b['tokens_per_s']:,.0f} | {b['output_tokens_per_s']:,.1f} "
-              f"| {b['hit_rate']:.1%} |")  # fmt: skip
+              f"| {'n/a' if b['hit_rate'] is None else format(b['hit_rate'], '.1%')} |")  # fmt: skip
     if "bare" in best and "platform-on" in best:
         ratio = best["platform-on"]["tokens_per_s"] / best["bare"]["tokens_per_s"]
         print(f"\nplatform-on / bare (file order): {ratio:.2f}x")
+    if "llm-infer-off" in best and "llm-infer-on" in best:
+        ratio = best["llm-infer-on"]["tokens_per_s"] / best["llm-infer-off"]["tokens_per_s"]
+        print(f"llm-infer-on / llm-infer-off: {ratio:.2f}x")
 
 
 if __name__ == "__main__":

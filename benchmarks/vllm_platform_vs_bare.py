@@ -340,7 +340,7 @@ def _use_worker_script(script: Path) -> None:
             args[i : i + 2] = [str(script)]
             return real.Popen(args, **kwargs)
 
-    pool_module.subprocess = _Subprocess()  # type: ignore[assignment]
+    pool_module.subprocess = _Subprocess()  # type: ignore[assignment,attr-defined]
 
 
 def _child_platform(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -471,7 +471,9 @@ def llm_infer_spans(dagster_home: Path) -> list[tuple[float, float, float, float
                 loaded.append(entry.timestamp)
                 with contextlib.suppress(ValueError, IndexError):
                     load_s += float(entry.user_message.split("model loaded in ", 1)[1].split()[0])
-            elif kind == DagsterEventType.ASSET_MATERIALIZATION and event.asset_key.path[-1] == "completions":
+            elif kind == DagsterEventType.ASSET_MATERIALIZATION and event and event.asset_key:
+                if event.asset_key.path[-1] != "completions":
+                    continue
                 last = entry.timestamp  # the last completions shard recorded
             elif kind == DagsterEventType.STEP_SUCCESS:
                 success = entry.timestamp
