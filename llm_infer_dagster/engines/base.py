@@ -15,7 +15,7 @@ generates each group of prompts that share parameters together (:func:`sampling_
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -128,11 +128,20 @@ class StreamingEngine(Engine, Protocol):
 
 
 class BlockingStream:
-    """Gives a generate-only engine (HF) the streaming interface: each step runs one whole shard."""
+    """Gives a generate-only engine (HF) the streaming interface: each step runs the oldest queued shard.
+
+    An engine whose ``joins_shards(prompts, sampling)`` says a shard's outputs do not depend on what else is
+    in its batch (HF's continuous loop: per-row state, a seeded request's own generator) also gets the shards
+    queued behind it, with the same adapter, in the same ``generate``: small shards then share a batch
+    instead of running one by one (one-row shards: one forward each). It asks for more shards while what is
+    queued would not fill one batch (``width``).
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._queue: list[tuple[str, Sequence[Prompt], Sampling, str | None]] = []
+        joins = getattr(engine, "joins_shards", None)
+        self._joins: Callable[[Sequence[Prompt], Sampling], bool] | None = joins if callable(joins) else None
 
     def submit(self, tag: str, prompts: Sequence[Prompt], sampling: Sampling, *, adapter: str | None = None) -> None:
         self._queue.append((tag, prompts, sampling, adapter))
@@ -141,15 +150,44 @@ class BlockingStream:
         return bool(self._queue)
 
     def wants_more(self) -> bool:
-        return False  # each step runs one whole shard; the worker's prefetch keeps the next one ready
+        if self._joins is None:
+            return False  # each step runs one whole shard; the worker's prefetch keeps the next one ready
+        return sum(len(q[1]) for q in self._queue) < int(getattr(self.engine, "width", 0))
 
-    def step(self) -> list[tuple[str, list[Completion]]]:
+    def upcoming(self) -> list[str]:
+        """The tags of the shards the next ``step`` runs (a failure there is theirs)."""
+        return [q[0] for q in self._batch()]
+
+    def _batch(self) -> list[tuple[str, Sequence[Prompt], Sampling, str | None]]:
         if not self._queue:
             return []
-        tag, prompts, sampling, adapter = self._queue.pop(0)
+        first = self._queue[0]
+        batch = [first]
+        if self._joins is not None and self._joins(first[1], first[2]):
+            for item in self._queue[1:]:
+                if item[3] != first[3] or not self._joins(item[1], item[2]):
+                    break
+                batch.append(item)
+        return batch
+
+    def step(self) -> list[tuple[str, list[Completion]]]:
+        batch = self._batch()
+        if not batch:
+            return []
+        del self._queue[: len(batch)]
+        adapter = batch[0][3]
+        prompts = [p for _, ps, _, _ in batch for p in ps]
+        same = all(b[2] is batch[0][2] or b[2] == batch[0][2] for b in batch) and isinstance(batch[0][2], Mapping)
+        sampling = batch[0][2] if same else [s for _, ps, sp, _ in batch for s in per_prompt(sp, len(ps))]
         if adapter is None:  # an engine without adapters need not know the keyword
-            return [(tag, self.engine.generate(prompts, sampling))]
-        return [(tag, self.engine.generate(prompts, sampling, adapter=adapter))]
+            out = self.engine.generate(prompts, sampling)
+        else:
+            out = self.engine.generate(prompts, sampling, adapter=adapter)
+        results, start = [], 0
+        for tag, ps, _, _ in batch:
+            results.append((tag, out[start : start + len(ps)]))
+            start += len(ps)
+        return results
 
 
 def as_streaming(engine: Engine) -> StreamingEngine:

@@ -191,6 +191,15 @@ class HFEngine:
             self._continuous.capacity = width
             self._continuous.refill_at = max(1, width // 8)
 
+    def joins_shards(self, prompts: Sequence[Prompt], sampling: Sampling) -> bool:
+        """True when ``prompts`` would all run in the continuous loop, where a row's output does not depend on
+        its batch (a seeded request samples from its own generator): the worker may then generate the shard
+        together with others (``BlockingStream``). Static batches (structured outputs, images, a model the
+        loop cannot drive) reseed per batch, so their shards run alone."""
+        if self._continuous is None or any(has_images(p) for p in prompts):
+            return False
+        return not any(params.get("structured_outputs") for params in per_prompt(sampling, len(prompts)))
+
     def _resolve_dtype(self, dtype: str) -> torch.dtype:
         if dtype == "auto":
             if self.device.type == "cuda":

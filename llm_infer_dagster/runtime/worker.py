@@ -241,9 +241,9 @@ def serve(reader: LineReader, out: TextIO) -> None:
                     _close_engine(engine)
                     return
         if stream.has_pending():
-            # The shards this step works on, should it raise: a blocking stream runs the oldest one; a
-            # streaming engine runs them all at once and cannot say whose request broke it.
-            concerned = in_engine[:1] if isinstance(stream, BlockingStream) else list(in_engine)
+            # The shards this step works on, should it raise: a blocking stream runs the oldest one (with those
+            # it joins to it); a streaming engine runs them all at once and cannot say whose request broke it.
+            concerned = stream.upcoming() if isinstance(stream, BlockingStream) else list(in_engine)
             try:
                 done = stream.step()
             except Exception as exc:

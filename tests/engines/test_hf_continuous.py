@@ -272,3 +272,49 @@ def test_unsupported_models_are_named(reference: tuple[Any, Any]) -> None:
             self.forward = lambda input_ids, attention_mask=None, past_key_values=None: None
 
     assert unsupported_reason(NoPositions()) == "NoPositions.forward takes no position_ids"
+
+
+def test_small_shards_share_a_batch_and_keep_their_outputs(engine: HFEngine) -> None:
+    """The worker's stream joins queued shards into one ``generate`` (one-row shards: one forward for several),
+    with each shard's completions those it gets alone: greedy and seeded sampling, per-row parameters."""
+    from llm_infer_dagster.engines.base import BlockingStream
+
+    greedy = {"temperature": 0, "max_tokens": 9}
+    seeded = {"temperature": 1.0, "top_p": 0.9, "max_tokens": 6, "n": 2, "seed": 11}
+    shards = {
+        "a": (PROMPTS[:1], greedy),
+        "b": (PROMPTS[1:2], seeded),
+        "c": (PROMPTS[2:5], [greedy, seeded, {**greedy, "max_tokens": 3}]),
+        "d": (PROMPTS[5:6], greedy),
+    }
+    alone = {tag: [as_tuple(c) for c in engine.generate(p, s)] for tag, (p, s) in shards.items()}
+    stream = BlockingStream(engine)
+    for tag, (p, s) in shards.items():
+        stream.submit(tag, p, s)
+    assert stream.upcoming() == ["a", "b", "c", "d"]  # what a failure in the next step would be pinned on
+    calls: list[int] = []
+    real = engine.generate
+
+    def counted(prompts: Any, sampling: Any, **kw: Any) -> list[Completion]:
+        calls.append(len(prompts))
+        return real(prompts, sampling, **kw)
+
+    engine.generate = counted  # type: ignore[method-assign]
+    try:
+        joined = {tag: [as_tuple(c) for c in out] for tag, out in stream.step()}
+    finally:
+        del engine.generate
+    assert calls == [6] and not stream.has_pending()
+    assert joined == alone
+    # a shard with structured outputs (static batches, reseeded per batch) runs alone, and stops a join
+    choice = {**greedy, "structured_outputs": {"choice": ["x", "y"]}}
+    for tag, p, s in (("e", PROMPTS[:1], greedy), ("f", PROMPTS[1:2], choice), ("g", PROMPTS[2:3], greedy)):
+        stream.submit(tag, p, s)
+    assert stream.upcoming() == ["e"]
+    assert [tag for tag, _ in stream.step()] == ["e"]
+    assert [tag for tag, _ in stream.step()] == ["f"] and [tag for tag, _ in stream.step()] == ["g"]
+    assert stream.wants_more()  # nothing queued: room for a batch
+    stream.submit("h", PROMPTS[:3], greedy)
+    assert stream.wants_more()  # 3 rows queued, width 4
+    stream.submit("i", PROMPTS[3:4], greedy)
+    assert not stream.wants_more()  # a batch's worth queued: no more shards asked for
