@@ -28,8 +28,10 @@ and pyarrow, which the project's ``ray`` extra does not install: put them on ``P
 
     PYTHONPATH=.:/tmp/raydata-deps python benchmarks/vs_ray_data_llm.py [--prompts 64] [--min-tokens 1]
         [--max-tokens 128] [--shards 4] [--ray-batch-size 16] [--size tiny] [--repeats 1] [--work-dir DIR]
+        [--sides bare,platform,ray]
 
-Prints one JSON line, then a table.
+Prints one JSON line, then a table. With ``--repeats`` > 1 the ratios also come per round (the sides of one
+round run minutes apart) and their median, which a machine whose speed drifts over a run moves less.
 """
 
 from __future__ import annotations
@@ -153,7 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="rounds, sides rotated each round (default 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work-dir", type=Path)
+    parser.add_argument("--sides", default="bare,platform,ray", help="which sides run, in this order in round 0")
     args = parser.parse_args(argv)
+    names = [n.strip() for n in args.sides.split(",") if n.strip()]
+    if not names or set(names) - {"bare", "platform", "ray"}:
+        parser.error(f"--sides: a comma-separated subset of bare,platform,ray; got {args.sides!r}")
     args.cpu = True  # what gpu.run_platform reads
     try:
         import pandas  # noqa: F401
@@ -200,12 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         text, wall = clock.run(name, [sys.executable, script, flag, str(d / "cfg.json")], env=env, log=d / "log.txt")
         return {**_result_line(text, "RESULT"), "job_s": wall}
 
-    names = ["bare", "platform", "ray"]
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     errors: dict[str, str] = {}
     load0 = os.getloadavg()
     for r in range(args.repeats):
-        for name in names[r % 3 :] + names[: r % 3]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             try:
                 res = side(name, work / f"r{r}" / name)
             except PhaseError as exc:
@@ -227,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         if a in med and b in med:
             ratios[f"{a}/{b} window"] = round(med[a] / med[b], 3)
             ratios[f"{a}/{b} whole job"] = round(job[b] / job[a], 3)  # speed: the inverse of time
+            # Each round's own ratio, the two sides run minutes apart: steadier when the machine drifts.
+            paired = [x["tok_s"] / y["tok_s"] for x, y in zip(runs[a], runs[b], strict=False)]
+            ratios[f"{a}/{b} window, median of rounds"] = round(statistics.median(paired), 3)
     summary = {
         "bench": "vs_ray_data_llm",
         "size": args.size,
