@@ -106,18 +106,21 @@ def judge(name: CheckName, count: int, rows: int, checks: CheckSettings) -> Chec
 
 
 def completions_checks(completions: pl.DataFrame, checks: CheckSettings) -> list[CheckResult]:
-    """``error_rows``, ``empty_completions`` and ``cut_at_max_tokens`` of one completions shard."""
-    ok = completions.filter(pl.col("error").is_null())
+    """``error_rows``, ``empty_completions`` and ``cut_at_max_tokens`` of one completions shard (one pass)."""
+    ok = pl.col("error").is_null()
     kind = pooled_kind(completions)
     if kind is not None:  # a pooling task: "empty" is a row without its value
-        empty = ok.filter(pl.col(next(iter(POOLED_SCHEMAS[kind]))).is_null()).height
+        empty = pl.col(next(iter(POOLED_SCHEMAS[kind]))).is_null()
     else:
-        empty = ok.filter(pl.col("response").is_null() | (pl.col("response").str.strip_chars() == "")).height
-    cut = ok.filter(pl.col("finish_reason") == "length").height
+        empty = pl.col("response").is_null() | (pl.col("response").str.strip_chars() == "")
+    cut = pl.col("finish_reason") == "length"
+    n_ok, n_empty, n_cut = completions.select(
+        ok.sum().alias("ok"), (ok & empty).sum().alias("empty"), (ok & cut.fill_null(False)).sum().alias("cut")
+    ).row(0)
     counts: dict[CheckName, tuple[int, int]] = {
-        "error_rows": (completions.height - ok.height, completions.height),
-        "empty_completions": (empty, ok.height),
-        "cut_at_max_tokens": (cut, ok.height),
+        "error_rows": (completions.height - n_ok, completions.height),
+        "empty_completions": (n_empty, n_ok),
+        "cut_at_max_tokens": (n_cut, n_ok),
     }
     assert set(counts) == set(COMPLETIONS_CHECKS)
     return [judge(name, *counts[name], checks) for name in COMPLETIONS_CHECKS]
@@ -125,11 +128,9 @@ def completions_checks(completions: pl.DataFrame, checks: CheckSettings) -> list
 
 def answers_checks(completions: pl.DataFrame, answers: pl.DataFrame, checks: CheckSettings) -> list[CheckResult]:
     """``extraction_failed`` of one answers shard, over the rows whose completion had no error."""
-    joined = completions.select("record_id", comp_error="error").join(
-        answers.select("record_id", "answer"), on="record_id", how="left"
-    )
-    with_completion = joined.filter(pl.col("comp_error").is_null())
-    failed = with_completion.filter(pl.col("answer").is_null()).height
+    with_completion = completions.filter(pl.col("error").is_null()).select("record_id")
+    answered = answers.filter(pl.col("answer").is_not_null()).select("record_id")
+    failed = with_completion.join(answered, on="record_id", how="anti").height
     assert ANSWERS_CHECKS == ("extraction_failed",)
     return [judge("extraction_failed", failed, with_completion.height, checks)]
 
