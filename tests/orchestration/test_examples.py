@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from dagster import DagsterInstance, SensorResult, SkipReason, build_sensor_context
+from dagster._core.storage.defs_state.base import set_defs_state_storage
 from tests_support import CONFIGS, llm_infer
 
 from llm_infer_dagster.deployment import Deployment
@@ -47,6 +48,11 @@ def test_each_examples_sensor_registers_its_shards_without_error(
     home.mkdir()
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     defs = build_definitions(Deployment.from_env(task_configs=str(CONFIGS), output_dir=str(tmp_path / "out")))
+    # Resolved (and cached) outside any instance's defs-state context, as in test_staleness.py: Dagster's load
+    # reads the current defs-state storage, whose instance an earlier test may have left dead (seen in a full
+    # run: "Attempted to resolve undefined DagsterInstance weakref"). These definitions keep no defs state.
+    with set_defs_state_storage(None):
+        defs.get_repository_def()
     with DagsterInstance.get() as instance:
         for task in EXAMPLES:
             sensor = defs.resolve_sensor_def(f"{task}_new_shards")

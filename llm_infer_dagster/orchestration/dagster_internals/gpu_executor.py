@@ -208,19 +208,19 @@ class GpuExecutor(StepDelegatingExecutor):
     and prompts steps had run (and spent their time) for nothing.
     """
 
+    def __init__(self, step_handler: GpuStepHandler, **kwargs: Any) -> None:
+        super().__init__(step_handler, **kwargs)
+        self.gpu_step_handler = step_handler
+
     def _pop_events(self, instance: DagsterInstance, run_id: str, seen_storage_ids: set[int]) -> Any:
         """The steps' events, less their per-shard materializations and check evaluations.
 
         Dagster's executor polls the run's events 10 times a second and deserializes each one to follow its
         steps (start, success, failure, retry); a step recording shards writes 8 records a shard that it
-        never looks at (~4 ms of the orchestrating process's CPU a shard, on the cores the engine needs).
-        They stay in the event log; only this process's tail of it skips them.
+        never looks at, on the cores the engine needs. They stay in the event log; only this process's tail
+        of it skips them.
         """
         return super()._pop_events(_StepEventsOnly(instance), run_id, seen_storage_ids)  # type: ignore[arg-type]
-
-    def __init__(self, step_handler: GpuStepHandler, **kwargs: Any) -> None:
-        super().__init__(step_handler, **kwargs)
-        self.gpu_step_handler = step_handler
 
     def execute(self, plan_context: Any, execution_plan: Any) -> Iterator[DagsterEvent]:
         """``plan_context``: Dagster's ``PlanOrchestrationContext``; ``execution_plan``: its ``ExecutionPlan``."""

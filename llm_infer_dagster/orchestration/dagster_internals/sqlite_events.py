@@ -239,6 +239,7 @@ class PooledSqliteEventLogStorage(NarrowedPlannedChecks, SqliteEventLogStorage):
             for e, insert in zip(events, inserts, strict=True):
                 with db_result(conn, insert) as result:
                     event_id = result.inserted_primary_key[0]
+                newest = event_id if event_id is not None else newest
                 if e.dagster_event_type in (
                     DagsterEventType.ASSET_CHECK_EVALUATION,
                     DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED,
@@ -249,7 +250,6 @@ class PooledSqliteEventLogStorage(NarrowedPlannedChecks, SqliteEventLogStorage):
                     raise DagsterInvariantViolationError("Cannot store asset event tags for null event id.")
                 self._store_asset_event_tags(conn, [e], [event_id])
                 self._store_asset_event(conn, e, event_id)
-            newest = event_id
         self._stored_up_to = max(self._stored_up_to, newest or 0)
         records, self._pending.records = self._pending.records, []
         for key, value in records:  # committed: each partition's newest materialization, as far as we know
