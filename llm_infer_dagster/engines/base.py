@@ -139,12 +139,14 @@ class BlockingStream:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._queue: list[tuple[str, Sequence[Prompt], Sampling, str | None]] = []
+        # (tag, prompts, sampling, adapter, whether it may share a generate), in submit order
+        self._queue: list[tuple[str, Sequence[Prompt], Sampling, str | None, bool]] = []
         joins = getattr(engine, "joins_shards", None)
         self._joins: Callable[[Sequence[Prompt], Sampling], bool] | None = joins if callable(joins) else None
 
     def submit(self, tag: str, prompts: Sequence[Prompt], sampling: Sampling, *, adapter: str | None = None) -> None:
-        self._queue.append((tag, prompts, sampling, adapter))
+        joinable = self._joins is not None and self._joins(prompts, sampling)  # decided once, not every step
+        self._queue.append((tag, prompts, sampling, adapter, joinable))
 
     def has_pending(self) -> bool:
         return bool(self._queue)
@@ -158,14 +160,14 @@ class BlockingStream:
         """The tags of the shards the next ``step`` runs (a failure there is theirs)."""
         return [q[0] for q in self._batch()]
 
-    def _batch(self) -> list[tuple[str, Sequence[Prompt], Sampling, str | None]]:
+    def _batch(self) -> list[tuple[str, Sequence[Prompt], Sampling, str | None, bool]]:
         if not self._queue:
             return []
         first = self._queue[0]
         batch = [first]
-        if self._joins is not None and self._joins(first[1], first[2]):
+        if first[4]:
             for item in self._queue[1:]:
-                if item[3] != first[3] or not self._joins(item[1], item[2]):
+                if item[3] != first[3] or not item[4]:
                     break
                 batch.append(item)
         return batch
@@ -176,15 +178,15 @@ class BlockingStream:
             return []
         del self._queue[: len(batch)]
         adapter = batch[0][3]
-        prompts = [p for _, ps, _, _ in batch for p in ps]
+        prompts = [p for _, ps, _, _, _ in batch for p in ps]
         same = all(b[2] is batch[0][2] or b[2] == batch[0][2] for b in batch) and isinstance(batch[0][2], Mapping)
-        sampling = batch[0][2] if same else [s for _, ps, sp, _ in batch for s in per_prompt(sp, len(ps))]
+        sampling = batch[0][2] if same else [s for _, ps, sp, _, _ in batch for s in per_prompt(sp, len(ps))]
         if adapter is None:  # an engine without adapters need not know the keyword
             out = self.engine.generate(prompts, sampling)
         else:
             out = self.engine.generate(prompts, sampling, adapter=adapter)
         results, start = [], 0
-        for tag, ps, _, _ in batch:
+        for tag, ps, _, _, _ in batch:
             results.append((tag, out[start : start + len(ps)]))
             start += len(ps)
         return results
